@@ -1,0 +1,111 @@
+"""Configuration from environment variables, validated once at start.
+
+Every setting is an environment variable ``LINKPULSE_<NAME>``; defaults point
+at loopback so a local stack works with no configuration at all.
+
+>>> s = Settings(nats_url="nats://127.0.0.1:4222")
+>>> s.stream_name
+'LINKPULSE_EVENTS'
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from linkpulse.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """All of linkpulse's settings; see ``docs/configuration.md`` for each one."""
+
+    model_config = SettingsConfigDict(env_prefix="LINKPULSE_", frozen=True, extra="ignore")
+
+    # services
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/test", description="PostgreSQL/TimescaleDB DSN"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for live state")
+    state_dir: Path = Field(
+        Path(".linkpulse"), description="where `linkpulse up` keeps embedded services' data"
+    )
+
+    # JetStream
+    stream_name: str = Field("LINKPULSE_EVENTS", description="JetStream stream holding raw events")
+    subject_prefix: str = Field("linkpulse", description="first token of every subject")
+    stream_max_age_s: float = Field(7 * 24 * 3600, gt=0, description="events kept in the stream")
+    stream_max_bytes: int = Field(-1, description="stream size limit in bytes, -1 for none")
+    stream_duplicate_window_s: float = Field(
+        120, gt=0, description="JetStream de-duplication window for event ids"
+    )
+
+    # ingestion API
+    ingest_max_batch: int = Field(1000, gt=0, le=100_000, description="events per POST")
+    ingest_max_body_bytes: int = Field(5 * 1024 * 1024, gt=0, description="POST body size limit")
+    api_host: str = Field("127.0.0.1", description="`linkpulse serve` bind address")
+    api_port: int = Field(8000, gt=0, lt=65536, description="`linkpulse serve` port")
+
+    # logging
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = Field(False, description="JSON log lines instead of console rendering")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_scheme(cls, v: str) -> str:
+        for url in v.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                msg = f"expected nats://host:port (comma-separated for a cluster), got {url!r}"
+                raise ValueError(msg)
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_scheme(cls, v: str) -> str:
+        if not v.startswith(("postgresql://", "postgres://")):
+            msg = f"expected postgresql://user@host:port/dbname, got {v!r}"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            msg = f"expected redis://host:port/db, got {v!r}"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            msg = f"expected DEBUG, INFO, WARNING or ERROR, got {v!r}"
+            raise ValueError(msg)
+        return v.upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the environment; raise ConfigError naming the bad variable.
+
+    >>> load_settings(api_port=0)
+    Traceback (most recent call last):
+    ...
+    linkpulse.errors.ConfigError: LINKPULSE_API_PORT: Input should be greater than 0 (got 0)
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            name = "LINKPULSE_" + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("; ".join(lines)) from e
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,145 @@
+"""Decode, validate and encode events; every failure is a SchemaValidationError.
+
+Decoding never raises anything else, whatever the bytes: callers route the
+error (with its ``field`` and ``problem``) to the dead letters and go on.
+
+>>> raw = encode_event(PageView(event_id="e1", tenant="acme",
+...     event_time=datetime(2026, 11, 24, tzinfo=UTC), properties={"page": "home"}))
+>>> decode_event(raw).event_id
+'e1'
+>>> decode_event(b'{"type": "page_view"')
+Traceback (most recent call last):
+...
+linkpulse.errors.SchemaValidationError: $: malformed JSON: Input data was truncated
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from linkpulse.errors import SchemaValidationError
+from linkpulse.schemas.events import (
+    EVENT_TYPES,
+    PROPERTY_RULES,
+    BaseEvent,
+    Event,
+    PageView,
+)
+
+__all__ = [
+    "MAX_FUTURE_SKEW",
+    "decode_event",
+    "encode_event",
+    "split_batch",
+    "validate_event",
+    "PageView",
+]
+
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+_LOCATION = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+
+
+def _field_from(exc: msgspec.ValidationError) -> SchemaValidationError:
+    """Turn msgspec's 'Problem - at `$.a.b`' into (field 'a.b', problem)."""
+    m = _LOCATION.match(str(exc))
+    problem = m["problem"] if m else str(exc)
+    path = (m["path"] or "") if m else ""
+    field = path.lstrip(".")
+    missing = _MISSING.search(problem)
+    if missing:
+        field = f"{field}.{missing['name']}" if field else missing["name"]
+    if problem.startswith("Invalid value") and field == "type":
+        problem = f"{problem}; expected one of {', '.join(EVENT_TYPES)}"
+    if problem.startswith("Object contains unknown field"):
+        unknown = re.search(r"`([^`]+)`", problem)
+        if unknown:
+            field = f"{field}.{unknown[1]}" if field else unknown[1]
+            problem = f"{problem}; put extra details under `properties`"
+    return SchemaValidationError(field or "$", problem)
+
+
+def _check_rules(ev: BaseEvent, now: datetime | None) -> None:
+    """Checks a JSON type can't express: property keys per type, finite amounts, clock skew."""
+    if ev.amount is not None and not math.isfinite(ev.amount):
+        raise SchemaValidationError("amount", "must be a finite number")
+    if (ev.amount is None) != (ev.currency is None):
+        missing = "currency" if ev.currency is None else "amount"
+        raise SchemaValidationError(missing, "amount and currency go together; give both")
+    for key, types, check, hint in PROPERTY_RULES.get(ev.type, ()):
+        if key not in ev.properties:
+            raise SchemaValidationError(
+                f"properties.{key}", f"required for {ev.type} events ({hint})"
+            )
+        value = ev.properties[key]
+        if not isinstance(value, types) or not check(value):
+            raise SchemaValidationError(f"properties.{key}", f"expected {hint}, got {value!r}")
+    if now is not None and ev.event_time - now > MAX_FUTURE_SKEW:
+        raise SchemaValidationError(
+            "event_time",
+            f"{ev.event_time.isoformat()} is more than {MAX_FUTURE_SKEW} in the future; "
+            "check the producer's clock",
+        )
+
+
+def decode_event(raw: bytes | str, *, now: datetime | None = None) -> BaseEvent:
+    """Decode one JSON event and validate it; ``now`` enables the future-skew check."""
+    try:
+        ev: BaseEvent = _decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        raise _field_from(e) from e
+    except msgspec.DecodeError as e:
+        raise SchemaValidationError("$", f"malformed JSON: {e}") from e
+    _check_rules(ev, now)
+    return ev
+
+
+def validate_event(obj: Any, *, now: datetime | None = None) -> BaseEvent:
+    """Validate an already-parsed JSON object (dict) as an event."""
+    try:
+        ev: BaseEvent = msgspec.convert(obj, Event, strict=True)
+    except msgspec.ValidationError as e:
+        raise _field_from(e) from e
+    _check_rules(ev, now)
+    return ev
+
+
+def encode_event(ev: BaseEvent) -> bytes:
+    """The event as compact JSON, with its ``type`` tag; round-trips through decode_event."""
+    return _encoder.encode(ev)
+
+
+def split_batch(body: bytes, content_type: str) -> list[bytes]:
+    """Split a request body into one raw JSON document per event.
+
+    A JSON array (``application/json``) or one event per line
+    (``application/x-ndjson``); the items are kept as raw bytes so each is
+    validated on its own and a bad one is dead-lettered exactly as sent.
+
+    >>> split_batch(b'[{"a": 1}, {"b": 2}]', "application/json")
+    [b'{"a": 1}', b'{"b": 2}']
+    >>> split_batch(b'{"a": 1}\\n\\n{"b": 2}\\n', "application/x-ndjson")
+    [b'{"a": 1}', b'{"b": 2}']
+    """
+    if content_type == "application/x-ndjson":
+        return [line.strip() for line in body.splitlines() if line.strip()]
+    try:
+        items = msgspec.json.decode(body, type=list[msgspec.Raw])
+    except msgspec.ValidationError as e:
+        raise SchemaValidationError("$", "expected a JSON array of events") from e
+    except msgspec.DecodeError as e:
+        raise SchemaValidationError("$", f"malformed JSON: {e}") from e
+    return [bytes(item) for item in items]
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC (the default clock everywhere)."""
+    return datetime.now(UTC)

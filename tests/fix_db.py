@@ -1,0 +1,60 @@
+"""PostgreSQL fixtures: each test gets a database of its own, dropped afterwards.
+
+The server comes from ``LINKPULSE_TEST_DATABASE_URL`` (default: the local
+PostgreSQL). If it can't be reached the fixture fails, saying how to start it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+ADMIN_DSN = os.environ.get(
+    "LINKPULSE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+START_HINT = (
+    "PostgreSQL is not reachable at {dsn}: {err}. Start it with "
+    "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start', "
+    "or run 'linkpulse up' and point LINKPULSE_TEST_DATABASE_URL at it."
+)
+
+
+def dsn_with_dbname(dsn: str, dbname: str) -> str:
+    """The same server and user, another database."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def admin_connect() -> psycopg.Connection:
+    try:
+        return psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        pytest.fail(START_HINT.format(dsn=ADMIN_DSN, err=e), pytrace=False)
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """DSN of a fresh, empty database on the real PostgreSQL server."""
+    name = f"lp_test_{uuid.uuid4().hex[:12]}"
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield dsn_with_dbname(ADMIN_DSN, name)
+    finally:
+        with admin_connect() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def pg_conn(pg_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test's own database."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        yield conn
