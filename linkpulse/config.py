@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LINKPULSE_", frozen=True, extra="ignore")
 
     # services
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated")
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated"
+    )
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/test", description="PostgreSQL/TimescaleDB DSN"
     )

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 REDIS_URL = os.environ.get("LINKPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 START_HINT = (
     "Redis is not reachable at {url}: {err!r}. Start it with 'redis-server --daemonize yes "
-    "--bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis "
+    '--bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis '
     "--logfile /var/log/redis/ci.log', or run 'linkpulse up'."
 )
 

@@ -8,9 +8,7 @@ import pytest
 
 @pytest.mark.integration
 def test_each_test_gets_an_empty_database(pg_conn: psycopg.Connection) -> None:
-    n = pg_conn.execute(
-        "select count(*) from pg_tables where schemaname = 'public'"
-    ).fetchone()
+    n = pg_conn.execute("select count(*) from pg_tables where schemaname = 'public'").fetchone()
     assert n == (0,)
     assert pg_conn.info.dbname.startswith("lp_test_")
 

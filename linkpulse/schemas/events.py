@@ -92,23 +92,23 @@ class BaseEvent(
         return self.__struct_config__.tag  # type: ignore[return-value]
 
 
-class UserSignup(BaseEvent, tag="user_signup"):
+class UserSignup(BaseEvent, frozen=True, tag="user_signup"):
     """A new user registered."""
 
     user_id: EntityId
 
 
-class PageView(BaseEvent, tag="page_view"):
+class PageView(BaseEvent, frozen=True, tag="page_view"):
     """A page was shown; ``properties.page`` says which kind (home, search, product, ...)."""
 
 
-class ListingCreated(BaseEvent, tag="listing_created"):
+class ListingCreated(BaseEvent, frozen=True, tag="listing_created"):
     """A seller listed an item; ``properties.listing_id`` names it."""
 
     seller_id: EntityId
 
 
-class OrderPlaced(BaseEvent, tag="order_placed"):
+class OrderPlaced(BaseEvent, frozen=True, tag="order_placed"):
     """A buyer placed an order; ``properties.order_id`` names it."""
 
     user_id: EntityId
@@ -117,7 +117,7 @@ class OrderPlaced(BaseEvent, tag="order_placed"):
     currency: Currency
 
 
-class PaymentSettled(BaseEvent, tag="payment_settled"):
+class PaymentSettled(BaseEvent, frozen=True, tag="payment_settled"):
     """An order's payment succeeded; its amount is gross merchandise value."""
 
     user_id: EntityId
@@ -126,7 +126,7 @@ class PaymentSettled(BaseEvent, tag="payment_settled"):
     currency: Currency
 
 
-class PaymentFailed(BaseEvent, tag="payment_failed"):
+class PaymentFailed(BaseEvent, frozen=True, tag="payment_failed"):
     """An order's payment was declined or errored; ``properties.reason`` says why."""
 
     user_id: EntityId
@@ -135,7 +135,7 @@ class PaymentFailed(BaseEvent, tag="payment_failed"):
     currency: Currency
 
 
-class RefundIssued(BaseEvent, tag="refund_issued"):
+class RefundIssued(BaseEvent, frozen=True, tag="refund_issued"):
     """Money went back to a buyer."""
 
     user_id: EntityId
@@ -144,14 +144,14 @@ class RefundIssued(BaseEvent, tag="refund_issued"):
     currency: Currency
 
 
-class ReviewPosted(BaseEvent, tag="review_posted"):
+class ReviewPosted(BaseEvent, frozen=True, tag="review_posted"):
     """A buyer reviewed a seller; ``properties.rating`` is 1 to 5."""
 
     user_id: EntityId
     seller_id: EntityId
 
 
-class WalletConnected(BaseEvent, tag="wallet_connected"):
+class WalletConnected(BaseEvent, frozen=True, tag="wallet_connected"):
     """A user linked a payment wallet; ``properties.provider`` names it."""
 
     user_id: EntityId
@@ -180,9 +180,7 @@ EVENT_CLASSES: Final[tuple[type[BaseEvent], ...]] = (
     ReviewPosted,
     WalletConnected,
 )
-EVENT_TYPES: Final[tuple[str, ...]] = tuple(
-    str(cls.__struct_config__.tag) for cls in EVENT_CLASSES
-)
+EVENT_TYPES: Final[tuple[str, ...]] = tuple(str(cls.__struct_config__.tag) for cls in EVENT_CLASSES)
 EVENT_CLASS_BY_TYPE: Final[dict[str, type[BaseEvent]]] = {
     str(cls.__struct_config__.tag): cls for cls in EVENT_CLASSES
 }
@@ -191,9 +189,7 @@ PAGE_KINDS: Final = ("home", "search", "category", "product", "cart", "checkout"
 
 # Required keys of `properties`, per type: (key, accepted python types, extra check, hint).
 PROPERTY_RULES: Final[dict[str, tuple[tuple[str, tuple[type, ...], Any, str], ...]]] = {
-    "page_view": (
-        ("page", (str,), lambda v: v in PAGE_KINDS, f"one of {', '.join(PAGE_KINDS)}"),
-    ),
+    "page_view": (("page", (str,), lambda v: v in PAGE_KINDS, f"one of {', '.join(PAGE_KINDS)}"),),
     "listing_created": (("listing_id", (str,), bool, "a non-empty string"),),
     "order_placed": (("order_id", (str,), bool, "a non-empty string"),),
     "payment_settled": (("order_id", (str,), bool, "a non-empty string"),),
