@@ -1,0 +1,65 @@
+"""Every ``linkpulse`` command answers ``--help``, and bad configuration names the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import typer.main
+
+from linkpulse.cli import app
+
+
+def _command_paths(cmd: object, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [path]
+    # typer ships its own click-compatible classes, so look for sub-commands by duck typing
+    for name, sub in getattr(cmd, "commands", {}).items():
+        paths.extend(_command_paths(sub, (*path, name)))
+    return paths
+
+
+ALL_COMMANDS = _command_paths(typer.main.get_command(app))
+
+
+def test_the_tool_has_the_commands_the_issues_name() -> None:
+    names = {" ".join(p) for p in ALL_COMMANDS}
+    assert {"config show", "config check"} <= names
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "linkpulse")
+def test_help_on_every_command(path: tuple[str, ...]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "linkpulse", *path, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    # Every command explains itself: the help has more than the usage line.
+    assert len(result.stdout.strip().splitlines()) > 3
+
+
+def test_bad_setting_is_named_with_the_problem() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "linkpulse", "config", "check"],
+        capture_output=True,
+        text=True,
+        env={"LINKPULSE_REDIS_URL": "http://nope", "PATH": ""},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "LINKPULSE_REDIS_URL" in result.stderr
+    assert "expected redis://" in result.stderr
+
+
+def test_valid_configuration_is_reported_valid() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "linkpulse", "config", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
