@@ -1,0 +1,313 @@
+"""Bytewax source reading a JetStream stream with an ordered push consumer.
+
+Each partition is one filter subject (by default the whole events stream, one
+partition). It reads through an *ordered push consumer* (flow-controlled, no
+acks: ~170k msg/s here, ~4.5x nats-py's pull ``fetch``) started at a given
+stream sequence. The position lives in Bytewax's recovery state, not in
+JetStream: ``snapshot()`` is the sequence *after* the last message emitted, so
+a resumed flow re-reads exactly from there, and idempotent sinks turn that
+at-least-once delivery into exactly-once in effect.
+
+The NATS client runs in a background event-loop thread per partition; it hands
+messages to Bytewax through a bounded buffer. When the buffer is full the
+partition *pauses*: it drops its consumer and re-creates it at the next
+unread sequence once Bytewax has drained half of the buffer. A slow sink thus
+slows the reading and nothing is buffered without bound (nats-py's own
+flow-control replies do not bound its client-side queue).
+
+Items are ``(payload, subject, stream_sequence)``.
+
+>>> src = JetStreamSource(Settings(subject_prefix="lp"))
+>>> src.list_parts()
+['lp.events.>']
+>>> partition_of("acme", 4) == partition_of("acme", 4)
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from linkpulse.bus.connection import nats_servers
+from linkpulse.bus.subjects import events_filter
+from linkpulse.config import Settings
+from linkpulse.dataflows import instrumentation as metrics
+from linkpulse.dataflows._loop import LoopThread
+from linkpulse.errors import DataflowError
+from linkpulse.logging import get_logger
+
+__all__ = ["Item", "JetStreamPartition", "JetStreamSource", "partition_of"]
+
+log = get_logger(__name__)
+
+Item = tuple[bytes, str, int]  # (payload, subject, stream sequence)
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """A routing hash stable across processes and runs (never ``hash()``).
+
+    >>> partition_of("acme", 8)
+    6
+    """
+    return zlib.crc32(key.encode()) % partitions
+
+
+def _seq_and_pending(reply: str) -> tuple[int, int]:
+    """Stream sequence and consumer num_pending from a JetStream ack subject.
+
+    v1: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>``;
+    v2 adds a domain and an account hash after ``ACK`` (and maybe a token at the end).
+
+    >>> _seq_and_pending("$JS.ACK.S.C.1.42.7.1700000000.3")
+    (42, 3)
+    >>> _seq_and_pending("$JS.ACK.dom.acc.S.C.1.42.7.1700000000.3.xyz")
+    (42, 3)
+    """
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[8])
+    return int(tokens[7]), int(tokens[10])
+
+
+class JetStreamPartition(StatefulSourcePartition[Item, int]):
+    """One filter subject of the stream, read from ``next_seq`` on."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        filter_subject: str,
+        next_seq: int,
+        *,
+        batch_size: int,
+        max_buffered: int,
+        stop_at_seq: int | None,
+        idle_wake: timedelta,
+    ) -> None:
+        self._settings = settings
+        self._filter = filter_subject
+        self._next_seq = next_seq  # Bytewax thread: first sequence not yet emitted
+        self._batch_size = batch_size
+        self._max_buffered = max_buffered
+        self._stop_at_seq = stop_at_seq
+        self._idle_wake = idle_wake
+        self._buf: deque[Item] = deque()  # appended by the loop thread, popped by Bytewax
+        self._last_empty = False
+        self._done = False
+        # Loop-thread state.
+        self._read_seq = next_seq - 1  # last sequence put in the buffer
+        self._pending = 0  # consumer num_pending after the last message read
+        self._paused = False  # no consumer: buffer full, or restarting after a drop
+        self._restarting = False
+        self._sub: Any = None
+        self._nc: Client | None = None
+        self._loop = LoopThread(f"jetstream-{filter_subject}")
+        try:
+            self._loop.run(self._start(), timeout=15)
+        except Exception as e:
+            self._loop.stop()
+            msg = f"cannot consume {filter_subject} from stream {settings.stream_name}: {e!r}"
+            raise DataflowError(msg) from e
+
+    # -- loop thread ---------------------------------------------------------
+
+    async def _start(self) -> None:
+        async def on_error(e: Exception) -> None:
+            if isinstance(e, nats.errors.SlowConsumerError) and self._sub is not None:
+                if e.sid == self._sub._id:
+                    # nats-py dropped a message but already advanced its ordered
+                    # consumer past it: the next message would hide a gap.
+                    # Ignore the rest of this consumer and re-read from the last
+                    # sequence we buffered.
+                    metrics.SOURCE_RESTARTS.labels(self._filter).inc()
+                    self._paused = True
+                    asyncio.get_running_loop().create_task(self._restart())
+                    return
+            log.warning("nats error", error=repr(e), subject=self._filter)
+
+        self._nc = await nats.connect(
+            servers=nats_servers(self._settings),
+            name=f"linkpulse-dataflow-source-{self._filter}",
+            connect_timeout=3,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            error_cb=on_error,
+        )
+        js = self._nc.jetstream()
+        await js.stream_info(self._settings.stream_name)  # fails fast if it doesn't exist
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, self._read_seq + 1),
+        )
+        self._sub = await js.subscribe(
+            self._filter,
+            stream=self._settings.stream_name,
+            ordered_consumer=True,
+            config=config,
+            cb=self._on_msg,
+            idle_heartbeat=2.0,
+            # The buffer below is the bound; this queue stays short because
+            # the callback never blocks.
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=1 << 30,
+        )
+        self._paused = False
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if self._paused:
+            return  # this consumer is being replaced; its messages are re-read
+        seq, pending = _seq_and_pending(msg.reply)
+        if seq <= self._read_seq:
+            return  # re-delivered after an ordered-consumer reset
+        self._buf.append((msg.data, msg.subject, seq))
+        self._read_seq = seq
+        self._pending = pending
+        if len(self._buf) >= self._max_buffered:
+            self._paused = True
+            asyncio.get_running_loop().create_task(self._drop_consumer())
+
+    async def _drop_consumer(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
+        try:
+            await sub.unsubscribe()
+        except (nats.errors.Error, asyncio.TimeoutError) as e:
+            log.warning("unsubscribe failed", error=repr(e), subject=self._filter)
+
+    async def _restart(self) -> None:
+        if self._restarting:
+            return
+        self._restarting = True
+        try:
+            await self._drop_consumer()
+            await self._subscribe()
+        finally:
+            self._restarting = False
+
+    async def _close(self) -> None:
+        await self._drop_consumer()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+    # -- Bytewax thread ------------------------------------------------------
+
+    def buffered(self) -> int:
+        """Messages read from NATS and not yet emitted (bounded by ``max_buffered``)."""
+        return len(self._buf)
+
+    @property
+    def lag(self) -> int:
+        """Messages in the stream after the last one emitted (consumer lag)."""
+        return self._pending + len(self._buf)
+
+    def next_batch(self) -> list[Item]:
+        if self._done:
+            raise StopIteration
+        n = min(self._batch_size, len(self._buf))
+        popleft = self._buf.popleft
+        items = [popleft() for _ in range(n)]
+        if self._paused and not self._restarting and len(self._buf) <= self._max_buffered // 2:
+            self._restarting = True
+            self._loop.loop.call_soon_threadsafe(self._resume)
+        if self._stop_at_seq is not None:
+            if items and items[-1][2] >= self._stop_at_seq:
+                items = [it for it in items if it[2] <= self._stop_at_seq]
+                self._done = True
+            elif self._next_seq > self._stop_at_seq:
+                raise StopIteration
+        self._last_empty = not items
+        if items:
+            self._next_seq = items[-1][2] + 1
+            metrics.EVENTS_IN.labels(self._filter).inc(len(items))
+            metrics.SOURCE_BATCH.observe(len(items))
+        metrics.CONSUMER_LAG.labels(self._filter).set(self.lag)
+        return items
+
+    def _resume(self) -> None:
+        self._restarting = False
+        asyncio.get_running_loop().create_task(self._restart())
+
+    def next_awake(self) -> datetime | None:
+        # Poll an idle stream every few ms instead of Bytewax's 1 ms spin.
+        if self._last_empty:
+            return datetime.now(UTC) + self._idle_wake
+        return None
+
+    def snapshot(self) -> int:
+        return self._next_seq
+
+    def close(self) -> None:
+        try:
+            self._loop.run(self._close(), timeout=5)
+        except Exception as e:  # closing is best effort; the process is ending
+            log.warning("closing the JetStream source failed", error=repr(e))
+        self._loop.stop()
+
+
+class JetStreamSource(FixedPartitionedSource[Item, int]):
+    """The events stream as a Bytewax source, one partition per filter subject.
+
+    ``filter_subjects`` must not overlap (each message must belong to one
+    partition); the default is the whole events stream in one partition,
+    which reads ~170k msg/s, more than decoding and storing can use on one
+    worker. The resume state is the next stream sequence to read.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        filter_subjects: list[str] | None = None,
+        batch_size: int = 1000,
+        max_buffered: int = 20_000,
+        stop_at_seq: int | None = None,
+        start_seq: int = 1,
+        idle_wake: timedelta = timedelta(milliseconds=5),
+    ) -> None:
+        if batch_size <= 0 or max_buffered < batch_size:
+            msg = f"need 0 < batch_size <= max_buffered, got {batch_size} and {max_buffered}"
+            raise ValueError(msg)
+        if start_seq < 1:
+            msg = f"start_seq is a stream sequence, 1 or more, got {start_seq}"
+            raise ValueError(msg)
+        self._settings = settings
+        self._subjects = filter_subjects or [events_filter(settings.subject_prefix)]
+        self._batch_size = batch_size
+        self._max_buffered = max_buffered
+        self._stop_at_seq = stop_at_seq
+        self._start_seq = start_seq
+        self._idle_wake = idle_wake
+
+    def list_parts(self) -> list[str]:
+        return list(self._subjects)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> JetStreamPartition:
+        return JetStreamPartition(
+            self._settings,
+            for_part,
+            resume_state if resume_state is not None else self._start_seq,
+            batch_size=self._batch_size,
+            max_buffered=self._max_buffered,
+            stop_at_seq=self._stop_at_seq,
+            idle_wake=self._idle_wake,
+        )
