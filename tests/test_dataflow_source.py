@@ -49,7 +49,9 @@ def build(settings: Settings, resume: int | None, **kw: int) -> JetStreamPartiti
     return src.build_part("inp", part_key, resume)
 
 
-async def test_resumes_exactly_at_the_snapshot_sequence(nc: Client, nats_settings: Settings) -> None:
+async def test_resumes_exactly_at_the_snapshot_sequence(
+    nc: Client, nats_settings: Settings
+) -> None:
     await publish_n(nc, nats_settings, 3000)
     part = build(nats_settings, None)
     try:
@@ -68,7 +70,9 @@ async def test_resumes_exactly_at_the_snapshot_sequence(nc: Client, nats_setting
     assert first + rest == list(range(1, 3001))  # no gap, no duplicate
 
 
-async def test_buffering_is_bounded_and_nothing_is_lost(nc: Client, nats_settings: Settings) -> None:
+async def test_buffering_is_bounded_and_nothing_is_lost(
+    nc: Client, nats_settings: Settings
+) -> None:
     await publish_n(nc, nats_settings, 20_000)
     part = build(nats_settings, None, max_buffered=2_000)
     try:

@@ -35,9 +35,7 @@ __all__ = [
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
 
-EVENTS_IN = Counter(
-    "linkpulse_dataflow_events_in", "Messages read from JetStream", ["partition"]
-)
+EVENTS_IN = Counter("linkpulse_dataflow_events_in", "Messages read from JetStream", ["partition"])
 DEAD_LETTERS = Counter(
     "linkpulse_dataflow_dead_letters", "Messages that failed validation", ["field"]
 )

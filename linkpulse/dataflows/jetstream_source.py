@@ -189,7 +189,7 @@ class JetStreamPartition(StatefulSourcePartition[Item, int]):
             return
         try:
             await sub.unsubscribe()
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, nats.errors.Error) as e:
             log.warning("unsubscribe failed", error=repr(e), subject=self._filter)
 
     async def _restart(self) -> None:
