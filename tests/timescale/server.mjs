@@ -68,7 +68,29 @@ function frame(state, chunk) {
     start = pos;
   }
   state.buf = Buffer.from(buf.subarray(start));
-  return batches;
+  return batches.map(refuseCopyFromStdin);
+}
+
+// COPY ... FROM STDIN aborts the WASM backend (and with it the whole server).
+// Turn such a simple Query into one that fails cleanly, the way a server
+// without the feature would, so the client gets an error and can go on.
+const COPY_FROM_STDIN = /^\s*copy\b[\s\S]*\bfrom\s+stdin\b/i;
+const COPY_REFUSAL =
+  "DO $$BEGIN RAISE EXCEPTION 'COPY FROM STDIN is not supported by the pglite TimescaleDB test server' " +
+  "USING ERRCODE = 'feature_not_supported', HINT = 'use multi-row INSERT or executemany'; END$$";
+
+function refuseCopyFromStdin(batch) {
+  if (batch[0] === 0) return batch; // a startup-phase message, not a typed one
+  let pos = 0;
+  let last = 0;
+  while (pos + 5 <= batch.length) {
+    last = pos;
+    pos += batch.readInt32BE(pos + 1) + 1;
+  }
+  if (pos !== batch.length || batch[last] !== QUERY) return batch;
+  const sql = batch.toString("utf8", last + 5, batch.length - 1);
+  if (!COPY_FROM_STDIN.test(sql)) return batch;
+  return Buffer.concat([batch.subarray(0, last), simpleQuery(COPY_REFUSAL)]);
 }
 
 const rawHandleData = PGLiteSocketHandler.prototype.handleData;
