@@ -1,0 +1,314 @@
+"""Root actions and the events each one schedules (a user's session, a signup, ...).
+
+Kept apart from the arrival loop so the behaviour (funnel, prices, delays) can
+be read in one place. Anomalies that act on single events (failure spikes,
+revenue drops, refund bursts) are applied here at the event's own time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from linkpulse.schemas.events import (
+    BaseEvent,
+    ListingCreated,
+    OrderPlaced,
+    PageView,
+    PaymentFailed,
+    PaymentSettled,
+    RefundIssued,
+    ReviewPosted,
+    UserSignup,
+    WalletConnected,
+)
+from linkpulse.simulator import funnel as F
+from linkpulse.simulator.anomalies import Anomaly
+from linkpulse.simulator.model import Marketplace, Tenant
+
+if TYPE_CHECKING:
+    from linkpulse.simulator.generator import TrafficConfig
+
+_BURST_BACKLOG = 5000  # settled orders remembered per refund-burst seller
+
+_fromts = datetime.fromtimestamp
+_push = heapq.heappush
+
+
+class SessionWriter:
+    """Builds the events of root actions and pushes them on the schedule heap."""
+
+    def __init__(
+        self,
+        cfg: TrafficConfig,
+        market: Marketplace,
+        anomalies: Sequence[Anomaly],
+        heap: list[tuple[float, int, BaseEvent]],
+    ) -> None:
+        self.rng = random.Random(cfg.seed)
+        self._heap = heap
+        self._seq = 0
+        self._market = market
+        self._tenants = market.tenants
+        self._users = [t.users for t in market.tenants]
+        self._orders = 0
+        self._listings = 0
+        self._failure_rate = cfg.failure_rate
+        self._refund_rate = cfg.refund_rate
+        slugs = {t.slug: i for i, t in enumerate(market.tenants)}
+        n = len(market.tenants)
+        self._spikes: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
+        self._drops: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
+        self._bursts: dict[str, list[Anomaly]] = {}
+        for a in anomalies:
+            ti = slugs[a.tenant]
+            if a.kind == "failure_spike":
+                self._spikes[ti].append((a.start, a.end, a.magnitude))
+            elif a.kind == "revenue_drop":
+                self._drops[ti].append((a.start, a.end, 1.0 - a.magnitude))
+            elif a.kind == "refund_burst" and a.seller_id is not None:
+                self._bursts.setdefault(a.seller_id, []).append(a)
+        # seller id -> recent settled orders [settle_t, order_id, user, amount, refunded]
+        self._backlog: dict[str, deque[list[object]]] = {
+            s: deque(maxlen=_BURST_BACKLOG) for s in self._bursts
+        }
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _emit(self, t: float, ev: BaseEvent) -> None:
+        self._seq += 1
+        _push(self._heap, (t, self._seq, ev))
+
+    def _id(self) -> str:
+        return f"{self.rng.getrandbits(128):032x}"
+
+    def _user(self, ti: int) -> str:
+        return f"{self._tenants[ti].slug}-u{int(self.rng.random() * self._users[ti]):07d}"
+
+    def _tenant_index(self, u: float) -> int:
+        cum = self._market.tenant_cum
+        x = u * cum[-1]
+        for i, c in enumerate(cum):
+            if x < c:
+                return i
+        return len(cum) - 1
+
+    # -- root actions --------------------------------------------------------------------
+
+    def root(self, t: float, u: float) -> None:
+        """Start the root action that quantile ``u`` in [0, 1) picks, at time t."""
+        ti = self._tenant_index(self.rng.random())
+        if u < F.P_SESSION:
+            self.session(t, ti, buy=True)
+        elif u < F.P_SESSION + F.P_SIGNUP:
+            self._signup(t, ti)
+        elif u < F.P_SESSION + F.P_SIGNUP + F.P_LISTING:
+            self._listing(t, ti)
+        else:
+            self._wallet(t, ti, self._user(ti))
+
+    def session(self, t: float, ti: int, *, buy: bool) -> None:
+        """A browsing session; with ``buy`` False it never orders (surge traffic)."""
+        rng = self.rng
+        random, lognorm = rng.random, rng.lognormvariate
+        tenant = self._tenants[ti]
+        slug = tenant.slug
+        user = self._user(ti)
+        mu, sigma = math.log(F.PAGE_GAP_MEDIAN_S), F.PAGE_GAP_SIGMA
+        u = random()
+        landing = next(page for page, c in F.LANDING_PAGES if u < c)
+        self._emit(t, self._page(t, slug, user, landing, None))
+        if random() < F.P_PRODUCT:
+            seller = tenant.pick_seller(random())
+            sid = seller.seller_id
+            while True:
+                t += lognorm(mu, sigma)
+                self._emit(t, self._page(t, slug, user, "product", sid))
+                if random() >= F.P_MORE_PRODUCTS:
+                    break
+            if random() < F.P_CART:
+                t += lognorm(mu, sigma)
+                self._emit(t, self._page(t, slug, user, "cart", sid))
+                if random() < F.P_CHECKOUT:
+                    t += lognorm(mu, sigma)
+                    self._emit(t, self._page(t, slug, user, "checkout", sid))
+                    if buy and random() < F.P_ORDER:
+                        t += lognorm(mu, sigma)
+                        self._order(t, ti, tenant, user, sid, seller.median_price_usd)
+        if random() < F.P_ACCOUNT:
+            t += lognorm(mu, sigma)
+            self._emit(t, self._page(t, slug, user, "account", None))
+
+    def _page(self, t: float, slug: str, user: str, page: str, sid: str | None) -> PageView:
+        return PageView(
+            event_id=self._id(),
+            event_time=_fromts(t, UTC),
+            tenant=slug,
+            user_id=user,
+            seller_id=sid,
+            properties={"page": page},
+        )
+
+    def _order(self, t: float, ti: int, tenant: Tenant, user: str, sid: str, median: float) -> None:
+        rng = self.rng
+        self._orders += 1
+        order_id = f"{tenant.slug}-o{self._orders:09d}"
+        u = rng.random()
+        items = next(n for n, c in F.ITEMS if u < c)
+        usd = median * rng.lognormvariate(0.0, F.PRICE_SIGMA) * items
+        t_pay = t + rng.uniform(*F.PAYMENT_DELAY_S)
+        for s, e, keep in self._drops[ti]:
+            if s <= t_pay < e:
+                usd *= keep
+        amount = round(max(usd, 0.5) * tenant.fx, tenant.decimals)
+        cur, slug = tenant.currency, tenant.slug
+        props = {"order_id": order_id, "items": items}
+        ev: BaseEvent = OrderPlaced(
+            event_id=self._id(),
+            event_time=_fromts(t, UTC),
+            tenant=slug,
+            user_id=user,
+            seller_id=sid,
+            amount=amount,
+            currency=cur,
+            properties=props,
+        )
+        self._emit(t, ev)
+        fail = self._failure_rate
+        for s, e, rate in self._spikes[ti]:
+            if s <= t_pay < e:
+                fail = rate
+        if rng.random() < fail:
+            reason = F.FAILURE_REASONS[int(rng.random() * len(F.FAILURE_REASONS))]
+            ev = PaymentFailed(
+                event_id=self._id(),
+                event_time=_fromts(t_pay, UTC),
+                tenant=slug,
+                user_id=user,
+                seller_id=sid,
+                amount=amount,
+                currency=cur,
+                properties={"order_id": order_id, "reason": reason},
+            )
+            self._emit(t_pay, ev)
+            return
+        method = F.PAYMENT_METHODS[int(rng.random() * len(F.PAYMENT_METHODS))]
+        ev = PaymentSettled(
+            event_id=self._id(),
+            event_time=_fromts(t_pay, UTC),
+            tenant=slug,
+            user_id=user,
+            seller_id=sid,
+            amount=amount,
+            currency=cur,
+            properties={"order_id": order_id, "method": method},
+        )
+        self._emit(t_pay, ev)
+        record: list[object] | None = None
+        if sid in self._backlog:
+            record = [t_pay, order_id, user, amount, False]
+            self._backlog[sid].append(record)
+            for a in self._bursts[sid]:
+                if a.start <= t_pay < a.end and rng.random() < a.magnitude:
+                    record[4] = True
+                    self._refund(rng.uniform(t_pay, a.end), slug, user, sid, amount, cur, order_id)
+        if (record is None or not record[4]) and rng.random() < self._refund_rate:
+            lo, hi = F.REFUND_DELAY_BOUNDS_S
+            delay = rng.lognormvariate(math.log(F.REFUND_DELAY_MEDIAN_S), F.REFUND_DELAY_SIGMA)
+            if record is not None:
+                record[4] = True
+            self._refund(t_pay + min(max(delay, lo), hi), slug, user, sid, amount, cur, order_id)
+        if rng.random() < F.P_REVIEW:
+            t_rev = t_pay + rng.lognormvariate(math.log(F.REVIEW_DELAY_MEDIAN_S), 1.0)
+            rating = F.RATINGS[int(rng.random() * len(F.RATINGS))]
+            ev = ReviewPosted(
+                event_id=self._id(),
+                event_time=_fromts(t_rev, UTC),
+                tenant=slug,
+                user_id=user,
+                seller_id=sid,
+                properties={"rating": rating, "order_id": order_id},
+            )
+            self._emit(t_rev, ev)
+
+    def _refund(
+        self, t: float, slug: str, user: str, sid: str, amount: float, cur: str, order_id: str
+    ) -> None:
+        reason = F.REFUND_REASONS[int(self.rng.random() * len(F.REFUND_REASONS))]
+        ev = RefundIssued(
+            event_id=self._id(),
+            event_time=_fromts(t, UTC),
+            tenant=slug,
+            user_id=user,
+            seller_id=sid,
+            amount=amount,
+            currency=cur,
+            properties={"order_id": order_id, "reason": reason},
+        )
+        self._emit(t, ev)
+
+    def start_refund_burst(self, a: Anomaly, t: float) -> None:
+        """Refund a share of the seller's recent settled orders within the burst window."""
+        assert a.seller_id is not None
+        rng = self.rng
+        slug, cur = a.tenant, self._tenants[self._tenant_index_of(a.tenant)].currency
+        for record in self._backlog[a.seller_id]:
+            settle_t, order_id, user, amount, refunded = record
+            if refunded or rng.random() >= a.magnitude:
+                continue
+            record[4] = True
+            t_ref = rng.uniform(max(t, float(settle_t)), a.end)  # type: ignore[arg-type]
+            self._refund(t_ref, slug, str(user), a.seller_id, amount, cur, str(order_id))  # type: ignore[arg-type]
+
+    def _tenant_index_of(self, slug: str) -> int:
+        return next(i for i, t in enumerate(self._tenants) if t.slug == slug)
+
+    def _signup(self, t: float, ti: int) -> None:
+        tenant = self._tenants[ti]
+        user = f"{tenant.slug}-u{self._users[ti]:07d}"
+        self._users[ti] += 1
+        channel = F.SIGNUP_CHANNELS[int(self.rng.random() * len(F.SIGNUP_CHANNELS))]
+        ev = UserSignup(
+            event_id=self._id(),
+            event_time=_fromts(t, UTC),
+            tenant=tenant.slug,
+            user_id=user,
+            properties={"channel": channel},
+        )
+        self._emit(t, ev)
+        if self.rng.random() < F.P_SIGNUP_WALLET:
+            self._wallet(t + self.rng.uniform(30.0, 900.0), ti, user)
+
+    def _wallet(self, t: float, ti: int, user: str) -> None:
+        provider = F.WALLET_PROVIDERS[int(self.rng.random() * len(F.WALLET_PROVIDERS))]
+        ev = WalletConnected(
+            event_id=self._id(),
+            event_time=_fromts(t, UTC),
+            tenant=self._tenants[ti].slug,
+            user_id=user,
+            properties={"provider": provider},
+        )
+        self._emit(t, ev)
+
+    def _listing(self, t: float, ti: int) -> None:
+        tenant = self._tenants[ti]
+        # Big sellers list more, in proportion to their sales.
+        seller = tenant.pick_seller(self.rng.random())
+        self._listings += 1
+        category = F.CATEGORIES[int(self.rng.random() * len(F.CATEGORIES))]
+        ev = ListingCreated(
+            event_id=self._id(),
+            event_time=_fromts(t, UTC),
+            tenant=tenant.slug,
+            seller_id=seller.seller_id,
+            properties={
+                "listing_id": f"{seller.seller_id}-l{self._listings:08d}",
+                "category": category,
+            },
+        )
+        self._emit(t, ev)
