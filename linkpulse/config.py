@@ -50,6 +50,21 @@ class Settings(BaseSettings):
     ingest_max_body_bytes: int = Field(5 * 1024 * 1024, gt=0, description="POST body size limit")
     api_host: str = Field("127.0.0.1", description="`linkpulse serve` bind address")
     api_port: int = Field(8000, gt=0, lt=65536, description="`linkpulse serve` port")
+    metrics_port: int = Field(
+        9464, ge=0, lt=65536, description="dataflow Prometheus /metrics port, 0 to disable"
+    )
+
+    # store
+    store_tier: str = Field(
+        "auto", description="auto, or force a lower tier: full_timescale, apache_timescale, plain"
+    )
+    store_raw_retention_days: int = Field(90, gt=0, description="days raw events are kept")
+    store_rollup_retention_days: int = Field(730, gt=0, description="days rollups are kept")
+    store_compress_after_days: int = Field(7, gt=0, description="compress chunks older than this")
+    store_partitions_ahead_days: int = Field(7, ge=1, description="daily partitions made ahead")
+    store_maintain_interval_s: float = Field(60, gt=0, description="`db maintain` loop interval")
+    analyst_role: str = Field("linkpulse_analyst", description="read-only NOLOGIN analyst role")
+    analyst_sql_login: str = Field("linkpulse_sql", description="login role of the SQL endpoint")
 
     # logging
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

@@ -1,0 +1,82 @@
+"""Retention: raw data and rollups each kept for their own horizon.
+
+Raw events, dead letters and anomaly scores follow the raw horizon; metric
+windows, alerts and the rollups the (longer) rollup horizon. Plain PostgreSQL
+drops whole daily partitions (and deletes old rollup rows); TimescaleDB drops
+chunks with ``drop_chunks`` (the full tier also has retention policies, which
+its job scheduler runs; running ``drop_chunks`` here as well is harmless).
+
+>>> sorted(HORIZON_OF)[:2]
+['alerts', 'anomaly_scores']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+from linkpulse.store.capabilities import Tier
+from linkpulse.store.partitions import PARTITIONED, drop_older_than
+
+__all__ = ["HORIZON_OF", "ROLLUPS", "RetentionReport", "apply_retention"]
+
+HORIZON_OF: dict[str, str] = {
+    "events": "raw",
+    "dead_letters": "raw",
+    "anomaly_scores": "raw",
+    "metric_windows": "rollup",
+    "alerts": "rollup",
+}
+ROLLUPS = ("events_1m", "events_1h", "events_1d")
+_WIDTH = {"events_1m": timedelta(minutes=1), "events_1h": timedelta(hours=1),
+          "events_1d": timedelta(days=1)}
+
+
+@dataclass
+class RetentionReport:
+    """What one retention pass removed."""
+
+    dropped: list[str] = field(default_factory=list)
+    rollup_rows_deleted: int = 0
+
+
+def apply_retention(
+    conn: psycopg.Connection,
+    tier: Tier,
+    *,
+    raw_days: int,
+    rollup_days: int,
+    now: datetime | None = None,
+) -> RetentionReport:
+    """Remove what is older than each table's horizon; keep everything newer."""
+    now = now or datetime.now(UTC)
+    horizons = {"raw": now - timedelta(days=raw_days), "rollup": now - timedelta(days=rollup_days)}
+    report = RetentionReport()
+    for table in PARTITIONED:
+        horizon = horizons[HORIZON_OF[table]]
+        if tier.is_timescale:
+            rows = conn.execute(
+                "SELECT drop_chunks(%s::regclass, older_than => %s)", (table, horizon)
+            ).fetchall()
+            report.dropped += [str(r[0]) for r in rows]
+        else:
+            report.dropped += drop_older_than(conn, table, horizon)
+    for rollup in ROLLUPS:
+        if tier is Tier.FULL_TIMESCALE:
+            rows = conn.execute(
+                "SELECT drop_chunks(%s::regclass, older_than => %s)",
+                (rollup, horizons["rollup"]),
+            ).fetchall()
+            report.dropped += [str(r[0]) for r in rows]
+        else:
+            # only buckets that end at or before the horizon: nothing newer goes
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE bucket <= {}").format(
+                    sql.Identifier(rollup), sql.Literal(horizons["rollup"] - _WIDTH[rollup])
+                )
+            )
+            report.rollup_rows_deleted += cur.rowcount
+    return report

@@ -1,0 +1,167 @@
+"""Rollups events_1m / events_1h / events_1d: incremental refresh.
+
+On the plain and Apache-only tiers the rollups are tables. The writer logs
+each (tenant, minute) it inserted events into (``lp_rollup_dirty``) in the
+same transaction as the events; a refresh claims that log (DELETE ...
+RETURNING) and recomputes exactly those buckets of each rollup from the raw
+events, so it costs what changed, late events included, not the whole
+history. ``lp_rollup_state`` keeps each rollup's watermark: the latest
+``marked_at`` (ingest time) it has covered.
+
+Claiming by DELETE is what keeps concurrent writers safe: a writer marking a
+bucket that a refresh is claiming waits for the refresh's row lock and then
+re-inserts the mark, so its events (committed after the refresh's snapshot)
+are rolled up by the next refresh, never lost. An advisory lock keeps two
+refreshes from recomputing the same bucket at once.
+
+On full TimescaleDB the rollups are continuous aggregates and a refresh is
+``refresh_continuous_aggregate`` (TimescaleDB tracks the invalidated ranges).
+
+>>> [r.name for r in ROLLUP_SPECS]
+['events_1m', 'events_1h', 'events_1d']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+from linkpulse.store.capabilities import Tier
+
+__all__ = [
+    "BUCKET_ORIGIN",
+    "ROLLUP_SPECS",
+    "RefreshReport",
+    "RollupSpec",
+    "mark_all_dirty",
+    "refresh",
+]
+
+# date_bin's origin; time_bucket aligns minute/hour/day buckets the same way.
+BUCKET_ORIGIN = "2000-01-01 00:00:00+00"
+_LOCK = 0x6C70_726F_6C6C  # "lproll"
+
+
+@dataclass(frozen=True)
+class RollupSpec:
+    """One rollup: its table name and bucket width."""
+
+    name: str
+    width: timedelta
+
+
+ROLLUP_SPECS = (
+    RollupSpec("events_1m", timedelta(minutes=1)),
+    RollupSpec("events_1h", timedelta(hours=1)),
+    RollupSpec("events_1d", timedelta(days=1)),
+)
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    """What a refresh recomputed: minute buckets claimed and rows per rollup."""
+
+    claimed: int
+    buckets: dict[str, int]
+    watermark: datetime | None
+
+
+_CLAIM = """
+CREATE TEMP TABLE IF NOT EXISTS lp_claimed (
+    tenant text, bucket timestamptz, marked_at timestamptz) ON COMMIT DELETE ROWS;
+"""
+_CLAIM_INSERT = """
+WITH d AS (DELETE FROM lp_rollup_dirty RETURNING tenant, bucket, marked_at)
+INSERT INTO lp_claimed SELECT tenant, bucket, marked_at FROM d
+"""
+_TOUCHED = """
+CREATE TEMP TABLE IF NOT EXISTS lp_touched (
+    tenant text, bucket timestamptz, PRIMARY KEY (tenant, bucket)) ON COMMIT DELETE ROWS;
+"""
+_RECOMPUTE = """
+INSERT INTO {rollup} (bucket, tenant, type, seller_id, events, revenue, distinct_users)
+SELECT date_bin({width}, e.event_time, {origin}) AS bucket, e.tenant, e.type, e.seller_id,
+       count(*), sum(e.amount), count(DISTINCT e.user_id)
+FROM lp_touched t
+JOIN events e ON e.tenant = t.tenant
+             AND e.event_time >= t.bucket AND e.event_time < t.bucket + {width}
+GROUP BY 1, 2, 3, 4
+"""
+
+
+def refresh(conn: psycopg.Connection, tier: Tier) -> RefreshReport:
+    """Bring every rollup up to date; ``conn`` must be in autocommit mode."""
+    if tier is Tier.FULL_TIMESCALE:
+        return _refresh_caggs(conn)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        conn.execute(_CLAIM)
+        conn.execute(_TOUCHED)
+        claimed = conn.execute(_CLAIM_INSERT).rowcount
+        wm_row = conn.execute("SELECT max(marked_at) FROM lp_claimed").fetchone()
+        watermark = wm_row[0] if wm_row else None
+        buckets: dict[str, int] = {}
+        for spec in ROLLUP_SPECS:
+            width, origin = sql.Literal(spec.width), sql.Literal(BUCKET_ORIGIN)
+            conn.execute("TRUNCATE lp_touched")
+            n = conn.execute(
+                sql.SQL(
+                    "INSERT INTO lp_touched SELECT DISTINCT tenant, "
+                    "date_bin({w}, bucket, {o}) FROM lp_claimed"
+                ).format(w=width, o=origin)
+            ).rowcount
+            conn.execute(
+                sql.SQL(
+                    "DELETE FROM {r} x USING lp_touched t "
+                    "WHERE x.tenant = t.tenant AND x.bucket = t.bucket"
+                ).format(r=sql.Identifier(spec.name))
+            )
+            conn.execute(
+                sql.SQL(_RECOMPUTE).format(rollup=sql.Identifier(spec.name), width=width,
+                                           origin=origin)
+            )
+            buckets[spec.name] = n
+            conn.execute(
+                "UPDATE lp_rollup_state SET refreshed_at = now(), last_buckets = %s, "
+                "total_buckets = total_buckets + %s, "
+                "watermark = greatest(watermark, %s) WHERE rollup = %s",
+                (n, n, watermark, spec.name),
+            )
+    return RefreshReport(claimed, buckets, watermark)
+
+
+def _refresh_caggs(conn: psycopg.Connection) -> RefreshReport:
+    # refresh_continuous_aggregate must run outside a transaction block.
+    buckets = {}
+    for spec in ROLLUP_SPECS:
+        conn.execute(
+            sql.SQL("CALL refresh_continuous_aggregate({}, NULL, NULL)").format(
+                sql.Literal(spec.name)
+            )
+        )
+        conn.execute(
+            "UPDATE lp_rollup_state SET refreshed_at = now(), watermark = now() "
+            "WHERE rollup = %s",
+            (spec.name,),
+        )
+        buckets[spec.name] = -1  # TimescaleDB does not say how many it recomputed
+    return RefreshReport(0, buckets, None)
+
+
+def mark_all_dirty(conn: psycopg.Connection, since: datetime | None = None) -> int:
+    """Mark every minute holding events (since ``since``) for recompute.
+
+    For data loaded around the writer (bulk SQL, restores): the next refresh
+    then rebuilds those buckets.
+    """
+    where = sql.SQL("WHERE event_time >= {}").format(sql.Literal(since)) if since else sql.SQL("")
+    return conn.execute(
+        sql.SQL(
+            "INSERT INTO lp_rollup_dirty (tenant, bucket) "
+            "SELECT DISTINCT tenant, date_bin('1 minute', event_time, {o}) FROM events {w} "
+            "ON CONFLICT (tenant, bucket) DO UPDATE SET marked_at = now()"
+        ).format(o=sql.Literal(BUCKET_ORIGIN), w=where)
+    ).rowcount
