@@ -1,0 +1,89 @@
+"""``POST /v1/events``: validate a batch, publish the good events, dead-letter the rest.
+
+Answers 200 when every item was stored (or already stored: ``duplicate``),
+207 Multi-Status when at least one item was rejected (the body has the same
+shape either way: counts plus one result per item). Whole-request problems are
+problem+json: 415 wrong media type, 413 body or batch too large, 400 malformed
+body or empty batch, 503 NATS unavailable (retry: event ids make it safe).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from linkpulse.api.batch import (
+    IngestResponse,
+    build_response,
+    check_items,
+    media_type,
+    read_limited,
+    split_items,
+)
+from linkpulse.api.deps import BrokerDep, MetricsDep, SettingsDep
+from linkpulse.api.openapi import ingest_request_body
+from linkpulse.api.problems import problem_responses
+from linkpulse.schemas.codec import utcnow
+from linkpulse.schemas.outputs import DeadLetter
+
+router = APIRouter(tags=["ingest"])
+
+MULTI_STATUS = 207
+
+
+@router.post(
+    "/v1/events",
+    summary="Ingest a batch of events",
+    response_model=IngestResponse,
+    responses={
+        200: {"description": "every event stored (accepted) or already stored (duplicate)"},
+        MULTI_STATUS: {
+            "model": IngestResponse,
+            "description": "some events rejected (see `results`; they went to the dead letters)",
+        },
+        **problem_responses(400, 413, 415, 503),
+    },
+    openapi_extra=ingest_request_body(),
+)
+async def ingest_events(
+    request: Request, settings: SettingsDep, broker: BrokerDep, metrics: MetricsDep
+) -> Response:
+    """Validate each event on its own, publish the valid ones to JetStream
+    (de-duplicated by ``event_id``), send the invalid ones to the dead letters
+    with the reason, and report per event."""
+    media = media_type(request.headers.get("content-type"))
+    body = await read_limited(
+        request.stream(), settings.ingest_max_body_bytes, request.headers.get("content-length")
+    )
+    items = split_items(body, media, settings.ingest_max_batch)
+    received_at = utcnow()
+    checked = check_items(items, now=received_at)
+
+    publisher = broker.require()  # 503 (via the problem handler) when NATS is down
+    published = await publisher.publish([ev for _, ev in checked.valid])
+    if checked.rejected:
+        await publisher.dead_letter_many(
+            [
+                DeadLetter(
+                    payload=r.raw.decode("utf-8", errors="replace"),
+                    field=r.field,
+                    problem=r.problem,
+                    source="http",
+                    received_at=received_at,
+                )
+                for r in checked.rejected
+            ]
+        )
+
+    metrics.batch_size.observe(len(items))
+    for (_, ev), pub in zip(checked.valid, published, strict=True):
+        metrics.count_event(ev.type, "duplicate" if pub.duplicate else "accepted")
+    for r in checked.rejected:
+        metrics.count_rejected(r.event_type, r.field)
+
+    result = build_response(len(items), checked, published)
+    return Response(
+        result.model_dump_json(),
+        status_code=MULTI_STATUS if result.rejected else 200,
+        media_type="application/json",
+    )
