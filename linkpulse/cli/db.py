@@ -1,9 +1,196 @@
-"""CLI commands: db (being built)."""
+"""CLI commands: ``linkpulse db migrate | status | maintain | backfill | roles``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import psycopg
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from linkpulse.config import get_settings
+from linkpulse.errors import LinkpulseError
+
+db_app = typer.Typer(
+    help="The time-series store: migrations, maintenance, backfill, roles.", no_args_is_help=True
+)
+console = Console()
+
+
+def _fail(e: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {e}")
+    return typer.Exit(1)
+
+
+@db_app.command("migrate")
+def migrate_cmd(
+    directory: Path | None = typer.Option(None, "--dir", help="migrations folder (tests)"),
+    tier: str | None = typer.Option(None, help="force a lower tier (default: setting)"),
+) -> None:
+    """Apply pending migrations (safe to run from several processes at once)."""
+    from linkpulse.store.migrate import migrate
+    from linkpulse.store.tiers import apply_policies
+
+    s = get_settings()
+    try:
+        done = migrate(s.database_url, directory=directory, tier=tier or s.store_tier)
+        with psycopg.connect(s.database_url, autocommit=True) as conn:
+            from linkpulse.store.migrate import stored_tier
+
+            t = stored_tier(conn)
+            if t is not None:
+                apply_policies(
+                    conn,
+                    t,
+                    raw_days=s.store_raw_retention_days,
+                    rollup_days=s.store_rollup_retention_days,
+                    compress_after_days=s.store_compress_after_days,
+                )
+    except (LinkpulseError, psycopg.Error) as e:
+        raise _fail(e) from e
+    for m in done:
+        console.print(f"applied {m.version:04d}_{m.name}")
+    console.print(f"{len(done)} migration(s) applied; tier {t.value if t else '?'}")
+
+
+@db_app.command("status")
+def status_cmd(
+    directory: Path | None = typer.Option(None, "--dir", help="migrations folder (tests)"),
+) -> None:
+    """List migrations (applied or pending, checksum, applied_at) and the tier."""
+    from linkpulse.store.capabilities import server_tier
+    from linkpulse.store.migrate import status, stored_tier
+
+    s = get_settings()
+    try:
+        with psycopg.connect(s.database_url, autocommit=True) as conn:
+            rows = status(conn, directory)
+            stored, best = stored_tier(conn), server_tier(conn)
+    except (LinkpulseError, psycopg.Error) as e:
+        raise _fail(e) from e
+    table = Table("version", "name", "state", "checksum", "applied_at")
+    for r in rows:
+        state = "CHANGED" if r.changed else ("applied" if r.applied_at else "pending")
+        table.add_row(
+            f"{r.version:04d}",
+            r.name,
+            state,
+            r.checksum[:12],
+            r.applied_at.isoformat() if r.applied_at else "",
+        )
+    console.print(table)
+    console.print(
+        f"tier in use: {stored.value if stored else '(not migrated)'}; server offers: {best.value}"
+    )
+
+
+@db_app.command("maintain")
+def maintain_cmd(
+    loop: bool = typer.Option(False, help="keep running every LINKPULSE_STORE_MAINTAIN_INTERVAL_S"),
+) -> None:
+    """Refresh rollups, make partitions ahead and apply retention (once, or in a loop)."""
+    from linkpulse.store.maintain import run_forever, run_once
+
+    s = get_settings()
+    try:
+        if loop:
+            run_forever(s.database_url, s)
+            return
+        r = run_once(s.database_url, s)
+    except (LinkpulseError, psycopg.Error) as e:
+        raise _fail(e) from e
+    refreshed = r.refresh.buckets if r.refresh else {}
+    console.print(
+        f"tier {r.tier}: refreshed {refreshed}, {r.partitions_made} partition(s) made, "
+        f"{r.chunks_compressed} chunk(s) compressed, "
+        f"{len(r.retention.dropped)} partition(s)/chunk(s) dropped, "
+        f"{r.retention.rollup_rows_deleted} rollup row(s) deleted "
+        f"in {r.seconds:.2f}s"
+    )
+
+
+@db_app.command("backfill")
+def backfill_cmd(
+    file: Path = typer.Argument(..., help=".ndjson/.jsonl or .parquet file of events"),
+    batch_size: int = typer.Option(5000, min=1, max=100_000),
+) -> None:
+    """Load events from a file through the writer; invalid lines go to dead_letters."""
+    from linkpulse.store.backfill import Invalid, backfill
+    from linkpulse.store.writer import EventWriter
+
+    s = get_settings()
+    shown = 0
+
+    def show(bad: Invalid) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= 50:
+            progress.console.print(f"[yellow]line {bad.line}[/yellow]: {bad.field}: {bad.problem}")
+
+    try:
+        with (
+            EventWriter(s.database_url, batch_size=batch_size) as writer,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeRemainingColumn(),
+                console=console,
+            ) as progress,
+        ):
+            task = progress.add_task(f"loading {file.name}", total=None)
+            report = backfill(
+                file,
+                writer,
+                batch_size=batch_size,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                on_invalid=show,
+            )
+    except (LinkpulseError, ValueError, psycopg.Error) as e:
+        raise _fail(e) from e
+    if shown > 50:
+        console.print(f"... and {shown - 50} more invalid line(s) (see dead_letters)")
+    console.print(
+        f"read {report.read}, stored {report.inserted} new, "
+        f"{len(report.invalid)} invalid (written to dead_letters)"
+    )
+
+
+@db_app.command("roles")
+def roles_cmd(
+    login: str | None = typer.Option(None, help="also make this analyst psql login"),
+    tenant: str | None = typer.Option(None, help="the login's tenant"),
+    seller: str | None = typer.Option(None, help="the login's seller (seller-scoped)"),
+    password: str | None = typer.Option(None, help="the login's password"),
+) -> None:
+    """Create the analyst role and SQL endpoint login, grant the views (idempotent)."""
+    from linkpulse.store import roles
+
+    s = get_settings()
+    if login and not tenant:
+        raise _fail(ValueError("--tenant is required with --login"))
+    try:
+        with psycopg.connect(s.database_url, autocommit=True) as conn:
+            roles.setup(conn, analyst_role=s.analyst_role, sql_login=s.analyst_sql_login)
+            if login and tenant:
+                roles.create_analyst_login(
+                    conn,
+                    login,
+                    analyst_role=s.analyst_role,
+                    tenant=tenant,
+                    seller_id=seller,
+                    password=password,
+                )
+    except (LinkpulseError, ValueError, psycopg.Error) as e:
+        raise _fail(e) from e
+    console.print(
+        f"role {s.analyst_role} and login {s.analyst_sql_login} ready"
+        + (f"; login {login} scoped to {tenant}/{seller or '*'}" if login else "")
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.add_typer(db_app, name="db")

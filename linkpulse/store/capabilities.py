@@ -15,7 +15,7 @@ True
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import psycopg
 
@@ -27,7 +27,7 @@ _RANK = {"plain": 0, "apache_timescale": 1, "full_timescale": 2}
 _SECTION = {"plain": "plain", "apache_timescale": "apache", "full_timescale": "full"}
 
 
-class Tier(str, Enum):
+class Tier(StrEnum):
     """A capability tier, ordered from least to most capable."""
 
     PLAIN_POSTGRES = "plain"

@@ -197,8 +197,13 @@ def _migrate_locked(
                 conn.execute(
                     "INSERT INTO lp_schema_migrations (version, name, checksum, tier, duration_ms)"
                     " VALUES (%s, %s, %s, %s, %s)",
-                    (m.version, m.name, m.checksum, tier.value,
-                     int((time.perf_counter() - started) * 1000)),
+                    (
+                        m.version,
+                        m.name,
+                        m.checksum,
+                        tier.value,
+                        int((time.perf_counter() - started) * 1000),
+                    ),
                 )
         except psycopg.Error as e:
             msg = f"{m.path.name} failed on tier {tier.value}: {e}"

@@ -31,8 +31,11 @@ HORIZON_OF: dict[str, str] = {
     "alerts": "rollup",
 }
 ROLLUPS = ("events_1m", "events_1h", "events_1d")
-_WIDTH = {"events_1m": timedelta(minutes=1), "events_1h": timedelta(hours=1),
-          "events_1d": timedelta(days=1)}
+_WIDTH = {
+    "events_1m": timedelta(minutes=1),
+    "events_1h": timedelta(hours=1),
+    "events_1d": timedelta(days=1),
+}
 
 
 @dataclass

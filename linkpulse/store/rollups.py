@@ -120,8 +120,9 @@ def refresh(conn: psycopg.Connection, tier: Tier) -> RefreshReport:
                 ).format(r=sql.Identifier(spec.name))
             )
             conn.execute(
-                sql.SQL(_RECOMPUTE).format(rollup=sql.Identifier(spec.name), width=width,
-                                           origin=origin)
+                sql.SQL(_RECOMPUTE).format(
+                    rollup=sql.Identifier(spec.name), width=width, origin=origin
+                )
             )
             buckets[spec.name] = n
             conn.execute(
@@ -143,8 +144,7 @@ def _refresh_caggs(conn: psycopg.Connection) -> RefreshReport:
             )
         )
         conn.execute(
-            "UPDATE lp_rollup_state SET refreshed_at = now(), watermark = now() "
-            "WHERE rollup = %s",
+            "UPDATE lp_rollup_state SET refreshed_at = now(), watermark = now() WHERE rollup = %s",
             (spec.name,),
         )
         buckets[spec.name] = -1  # TimescaleDB does not say how many it recomputed

@@ -79,7 +79,9 @@ class EventWriter:
     def write_events(self, events: Sequence[BaseEvent]) -> int:
         """Store ``events``; return how many were new (replays are skipped)."""
         rows = [_rows.event_row(ev) for ev in events]
-        return sum(self._write("events", self._insert_events, chunk) for chunk in self._chunks(rows))
+        return sum(
+            self._write("events", self._insert_events, chunk) for chunk in self._chunks(rows)
+        )
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters; return how many rows were written."""
@@ -178,9 +180,11 @@ class EventWriter:
             msg = f"could not connect to the store: {e}"
             raise StoreError(msg) from e
         if self._tier is None:
-            row = conn.execute(
-                "SELECT value FROM lp_store_meta WHERE key = 'tier'"
-            ).fetchone() if _has_meta(conn) else None
+            row = (
+                conn.execute("SELECT value FROM lp_store_meta WHERE key = 'tier'").fetchone()
+                if _has_meta(conn)
+                else None
+            )
             if row is None:
                 conn.close()
                 msg = "the store has no schema yet: run `linkpulse db migrate` first"

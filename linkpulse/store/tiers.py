@@ -1,0 +1,110 @@
+"""TimescaleDB policies of the full tier: refresh, compression, retention.
+
+Policies carry settings (horizons, compression age), so they are set here,
+not in migration files; ``apply_policies`` replaces each policy so a changed
+setting takes effect. The Apache-only and plain tiers have no policies:
+``linkpulse db maintain`` does their refresh and retention.
+
+>>> policy_statements(Tier.PLAIN_POSTGRES, raw_days=90, rollup_days=730, compress_after_days=7)
+[]
+>>> len(policy_statements(Tier.FULL_TIMESCALE, raw_days=90, rollup_days=730,
+...                       compress_after_days=7))
+22
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+from psycopg import sql
+
+from linkpulse.store.capabilities import Tier
+from linkpulse.store.partitions import PARTITIONED
+from linkpulse.store.retention import HORIZON_OF
+
+__all__ = ["apply_policies", "policy_statements"]
+
+_REFRESH_EVERY = {"events_1m": "1 minute", "events_1h": "5 minutes", "events_1d": "30 minutes"}
+_END_OFFSET = {"events_1m": "1 minute", "events_1h": "1 hour", "events_1d": "1 day"}
+
+
+def policy_statements(
+    tier: Tier, *, raw_days: int, rollup_days: int, compress_after_days: int
+) -> list[sql.Composable]:
+    """The statements that (re)create the full tier's policies; none on lower tiers."""
+    if tier is not Tier.FULL_TIMESCALE:
+        return []
+    raw, rollup = timedelta(days=raw_days), timedelta(days=rollup_days)
+    out: list[sql.Composable] = []
+    for cagg, every in _REFRESH_EVERY.items():
+        name = sql.Literal(cagg)
+        out.append(
+            sql.SQL("SELECT remove_continuous_aggregate_policy({}, if_exists => true)").format(name)
+        )
+        # start_offset stays inside the raw horizon: refreshing a range whose raw
+        # events were dropped would empty the aggregate there.
+        out.append(
+            sql.SQL(
+                "SELECT add_continuous_aggregate_policy({}, start_offset => {}, "
+                "end_offset => {}::interval, schedule_interval => {}::interval)"
+            ).format(
+                name,
+                sql.Literal(raw - timedelta(days=1)),
+                sql.Literal(_END_OFFSET[cagg]),
+                sql.Literal(every),
+            )
+        )
+        out.append(sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(name))
+        out.append(
+            sql.SQL("SELECT add_retention_policy({}, drop_after => {})").format(
+                name, sql.Literal(rollup)
+            )
+        )
+    out.append(sql.SQL("SELECT remove_compression_policy('events', if_exists => true)"))
+    out.append(
+        sql.SQL("SELECT add_compression_policy('events', compress_after => {})").format(
+            sql.Literal(timedelta(days=compress_after_days))
+        )
+    )
+    for table in PARTITIONED:
+        horizon = raw if HORIZON_OF[table] == "raw" else rollup
+        out.append(
+            sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(
+                sql.Literal(table)
+            )
+        )
+        out.append(
+            sql.SQL("SELECT add_retention_policy({}, drop_after => {})").format(
+                sql.Literal(table), sql.Literal(horizon)
+            )
+        )
+    return out
+
+
+def apply_policies(
+    conn: psycopg.Connection,
+    tier: Tier,
+    *,
+    raw_days: int,
+    rollup_days: int,
+    compress_after_days: int,
+) -> int:
+    """Create or replace the policies of ``tier``; return how many statements ran."""
+    stmts = policy_statements(
+        tier, raw_days=raw_days, rollup_days=rollup_days, compress_after_days=compress_after_days
+    )
+    with conn.transaction():
+        for stmt in stmts:
+            conn.execute(stmt)
+    return len(stmts)
+
+
+def compress_old_chunks(conn: psycopg.Connection, older_than_days: int) -> int:
+    """Compress raw-event chunks older than the age (what the policy does, run by hand)."""
+    rows = conn.execute(
+        "SELECT compress_chunk(c, if_not_compressed => true) "
+        "FROM show_chunks('events', older_than => %s) c",
+        (timedelta(days=older_than_days),),
+    ).fetchall()
+    return len(rows)
