@@ -1,0 +1,179 @@
+"""EventWriter on the real PostgreSQL: exactly-once storage, rollups, incremental refresh."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from linkpulse.errors import StoreError
+from linkpulse.schemas import EVENT_CLASS_BY_TYPE, BaseEvent
+from linkpulse.schemas.outputs import DeadLetter, MetricWindow
+from linkpulse.store import EventWriter, Tier, migrate, refresh
+
+BASE = datetime(2026, 11, 20, tzinfo=UTC)
+TYPES = ("page_view", "order_placed", "payment_settled", "user_signup", "listing_created")
+ROLLUP_SQL = """
+SELECT date_bin(%s::interval, event_time, '2000-01-01 00:00:00+00') AS bucket, tenant, type,
+       seller_id, count(*), sum(amount), count(DISTINCT user_id)
+FROM events GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 NULLS FIRST
+"""
+
+
+def make_events(n: int, *, seed: int = 1, start: datetime = BASE, span_s: int = 3 * 3600,
+                prefix: str = "e", tenants: tuple[str, ...] = ("acme", "globex")
+                ) -> list[BaseEvent]:
+    """``n`` valid events, deterministic for a seed, spread over ``span_s`` seconds."""
+    rnd = random.Random(seed)
+    out: list[BaseEvent] = []
+    for i in range(n):
+        kind = TYPES[rnd.randrange(len(TYPES))]
+        when = start + timedelta(seconds=rnd.randrange(span_s), microseconds=rnd.randrange(10**6))
+        fields: dict[str, object] = {"event_id": f"{prefix}{i}", "tenant": rnd.choice(tenants),
+                                     "event_time": when}
+        if kind == "page_view":
+            fields["properties"] = {"page": "home"}
+            if rnd.random() < 0.5:
+                fields["user_id"] = f"u{rnd.randrange(200)}"
+        elif kind == "user_signup":
+            fields["user_id"] = f"u{rnd.randrange(200)}"
+        elif kind == "listing_created":
+            fields["seller_id"] = f"s{rnd.randrange(5)}"
+            fields["properties"] = {"listing_id": f"l{i}"}
+        else:
+            fields.update(user_id=f"u{rnd.randrange(200)}", seller_id=f"s{rnd.randrange(5)}",
+                          amount=round(rnd.uniform(1, 500), 2), currency="USD",
+                          properties={"order_id": f"o{i}"})
+        out.append(EVENT_CLASS_BY_TYPE[kind](**fields))  # type: ignore[arg-type]
+    return out
+
+
+def rollup_rows(conn: psycopg.Connection, name: str) -> list[tuple[object, ...]]:
+    return conn.execute(
+        f"SELECT bucket, tenant, type, seller_id, events, revenue, distinct_users FROM {name} "
+        "ORDER BY 1, 2, 3, 4 NULLS FIRST"
+    ).fetchall()
+
+
+@pytest.fixture
+def store_dsn(pg_dsn: str) -> str:
+    migrate(pg_dsn)
+    return pg_dsn
+
+
+@pytest.mark.slow
+def test_100k_events_replays_and_late_events_are_stored_once(store_dsn: str) -> None:
+    events = make_events(100_000)
+    late = make_events(2_000, seed=7, start=BASE - timedelta(days=2), prefix="late")
+    with EventWriter(store_dsn) as w:
+        assert w.write_events(events[:60_000]) == 60_000
+        # a replay of a stretch already stored, mixed with new events
+        assert w.write_events(events[50_000:]) == 40_000
+        assert w.write_events(late) == 2_000  # older buckets, a day that had no partition
+        assert w.write_events(events[:1000] + late[:10]) == 0
+    with psycopg.connect(store_dsn, autocommit=True) as conn:
+        total, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT (tenant, event_id)) FROM events"
+        ).fetchone()  # type: ignore[misc]
+        assert (total, distinct) == (102_000, 102_000)
+        report = refresh(conn, Tier.PLAIN_POSTGRES)
+        assert report.claimed > 0
+        for name, width in (("events_1m", "1 minute"), ("events_1h", "1 hour"),
+                            ("events_1d", "1 day")):
+            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall(), name
+
+
+def test_copy_and_insert_paths_store_the_same_rows(pg_dsn: str) -> None:
+    migrate(pg_dsn)
+    events = make_events(3_000, seed=3)
+    with EventWriter(pg_dsn, use_copy=True, batch_size=700) as w:
+        assert w.write_events(events[:2000]) == 2000
+    with EventWriter(pg_dsn, use_copy=False, batch_size=700) as w:
+        assert w.write_events(events) == 1000  # the first 2000 are replays
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT count(*), sum(amount), count(*) FILTER (WHERE properties ? 'page') FROM events"
+        ).fetchone()
+    expected_sum = sum(round(e.amount, 2) for e in events if e.amount is not None)
+    assert rows is not None and rows[0] == 3000
+    assert float(rows[1]) == pytest.approx(expected_sum)
+    assert rows[2] == sum(1 for e in events if e.type == "page_view")
+
+
+def test_incremental_refresh_recomputes_only_touched_buckets(store_dsn: str) -> None:
+    first = make_events(500, seed=4, span_s=600)  # 10 minutes from BASE
+    with EventWriter(store_dsn) as w, psycopg.connect(store_dsn, autocommit=True) as conn:
+        w.write_events(first)
+        r1 = refresh(conn, Tier.PLAIN_POSTGRES)
+        assert r1.buckets["events_1m"] == 20  # 10 minutes x 2 tenants
+        wm1 = conn.execute(
+            "SELECT watermark FROM lp_rollup_state WHERE rollup = 'events_1m'"
+        ).fetchone()[0]  # type: ignore[index]
+        assert wm1 is not None
+        untouched = conn.execute(
+            "SELECT xmin::text, ctid::text FROM events_1m WHERE bucket = %s AND tenant = 'acme'",
+            (BASE,),
+        ).fetchall()
+        assert untouched
+        # a late event lands in minute 5 of acme only
+        late = make_events(1, seed=9, start=BASE + timedelta(minutes=5), span_s=30,
+                           prefix="late", tenants=("acme",))
+        assert w.write_events(late) == 1
+        assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (1,)
+        r2 = refresh(conn, Tier.PLAIN_POSTGRES)
+        assert r2.claimed == 1
+        assert r2.buckets == {"events_1m": 1, "events_1h": 1, "events_1d": 1}
+        wm2 = conn.execute(
+            "SELECT watermark FROM lp_rollup_state WHERE rollup = 'events_1m'"
+        ).fetchone()[0]  # type: ignore[index]
+        assert wm2 > wm1
+        assert conn.execute(
+            "SELECT xmin::text, ctid::text FROM events_1m WHERE bucket = %s AND tenant = 'acme'",
+            (BASE,),
+        ).fetchall() == untouched
+        assert rollup_rows(conn, "events_1m") == conn.execute(ROLLUP_SQL, ("1 minute",)).fetchall()
+        # nothing new: a refresh does nothing
+        assert refresh(conn, Tier.PLAIN_POSTGRES).claimed == 0
+
+
+def window(rev: int, value: float, start: datetime = BASE) -> MetricWindow:
+    return MetricWindow(metric="orders", tenant="acme", dims_key="seller_id=s1",
+                        dimensions={"seller_id": "s1"}, window="1m", window_start=start,
+                        window_end=start + timedelta(minutes=1), value=value, count=int(value),
+                        sum=value, revision=rev)
+
+
+def test_metric_windows_keep_the_newest_revision(store_dsn: str) -> None:
+    with EventWriter(store_dsn) as w, psycopg.connect(store_dsn, autocommit=True) as conn:
+        assert w.upsert_metric_windows([window(0, 3.0), window(1, 4.0)]) == 1
+        assert w.upsert_metric_windows([window(0, 99.0)]) == 0  # older revision ignored
+        assert w.upsert_metric_windows([window(2, 5.0), window(0, 1.0, BASE - timedelta(days=3))]) == 2
+        rows = conn.execute(
+            'SELECT window_start, value, revision, "window" FROM metric_windows ORDER BY 1'
+        ).fetchall()
+        assert [(r[1], r[2], r[3]) for r in rows] == [(1.0, 0, "1m"), (5.0, 2, "1m")]
+
+
+def test_dead_letters_are_stored_with_their_origin(store_dsn: str) -> None:
+    dl = DeadLetter(payload='{"type": "x"\x00}', field="type", problem="unknown type",
+                    source="nats", subject="linkpulse.events.acme", sequence=42,
+                    received_at=BASE)
+    with EventWriter(store_dsn) as w:
+        assert w.write_dead_letters([dl, dl]) == 2  # at least once: both kept
+    with psycopg.connect(store_dsn) as conn:
+        row = conn.execute("SELECT reason, subject, sequence, payload FROM dead_letters").fetchone()
+    assert row == ("type: unknown type", "linkpulse.events.acme", 42, '{"type": "x"\ufffd}')
+
+
+def test_writer_without_schema_says_to_migrate(pg_dsn: str) -> None:
+    with EventWriter(pg_dsn) as w, pytest.raises(StoreError, match="db migrate"):
+        w.write_events(make_events(1))
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        EventWriter("postgresql://x/y", batch_size=200_000)
+    with pytest.raises(ValueError, match="max_retries"):
+        EventWriter("postgresql://x/y", max_retries=-1)
