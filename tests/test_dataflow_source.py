@@ -13,6 +13,7 @@ from nats.aio.client import Client
 
 from linkpulse.bus.stream import ensure_streams
 from linkpulse.config import Settings
+from linkpulse.dataflows.chunks import Chunk, Chunker
 from linkpulse.dataflows.jetstream_source import (
     JetStreamPartition,
     JetStreamSource,
@@ -36,8 +37,9 @@ def drain(part: JetStreamPartition, until_seq: int, timeout: float = 20) -> list
     deadline = time.monotonic() + timeout
     while (not seqs or seqs[-1] < until_seq) and time.monotonic() < deadline:
         batch = part.next_batch()
-        assert len(batch) <= 500
-        seqs.extend(seq for _, _, seq in batch)
+        for chunk in batch:
+            assert len(chunk.messages) <= 500
+            seqs.extend(item[2] for item in chunk.messages)
         if not batch:
             time.sleep(0.002)
     return seqs
@@ -89,13 +91,16 @@ async def test_buffering_is_bounded_and_nothing_is_lost(
 async def test_flow_stops_at_sequence_and_keeps_order(nc: Client, nats_settings: Settings) -> None:
     await publish_n(nc, nats_settings, 2500)
     flow = Dataflow("source_test")
-    out: list[tuple[bytes, str, int]] = []
+    out: list[Chunk] = []
     src = JetStreamSource(nats_settings, stop_at_seq=2000, idle_wake=timedelta(milliseconds=1))
     op.output("out", op.input("inp", flow, src), TestingSink(out))
     run_main(flow)
-    assert [seq for _, _, seq in out] == list(range(1, 2001))
-    assert out[0][0] == b"m1"
-    assert out[1][1] == f"{nats_settings.subject_prefix}.events.t1.page_view"
+    messages = [m for chunk in out for m in chunk.messages]
+    assert [m[2] for m in messages] == list(range(1, 2001))
+    assert all(m[3] > 1_700_000_000 * 10**9 for m in messages)  # stream time, ns
+    assert messages[0][0] == b"m1"
+    assert messages[1][1] == f"{nats_settings.subject_prefix}.events.t1.page_view"
+    assert all(c.now_ns == c.messages[-1][3] for c in out if c.messages)
 
 
 def test_partitioning_is_stable_and_spread() -> None:
@@ -135,3 +140,50 @@ async def test_disjoint_partitions_read_each_message_once(
         assert got == list(range(i + 1, 3001, 3))  # this tenant's messages, in order
         seen.extend(got)
     assert sorted(seen) == list(range(1, 3001))
+
+
+def drain_chunks(part: JetStreamPartition, until_seq: int, timeout: float = 20) -> list[list[int]]:
+    out: list[list[int]] = []
+    deadline = time.monotonic() + timeout
+    while (not out or out[-1][-1] < until_seq) and time.monotonic() < deadline:
+        batch = [c for c in part.next_batch() if c.messages]
+        out.extend([m[2] for m in c.messages] for c in batch)
+        if not batch:
+            time.sleep(0.002)
+    return out
+
+
+async def test_resumed_source_cuts_the_same_chunks(nc: Client, nats_settings: Settings) -> None:
+    await publish_n(nc, nats_settings, 4000)
+    part = build(nats_settings, None)
+    try:
+        clean = drain_chunks(part, 4000)
+    finally:
+        part.close()
+    resume_at = clean[len(clean) // 2][0]  # a chunk boundary, as in every snapshot
+    again = build(nats_settings, resume_at)
+    try:
+        resumed = drain_chunks(again, 4000)
+    finally:
+        again.close()
+    assert resumed == clean[len(clean) // 2 :]
+
+
+def test_chunker_cuts_by_tick_and_size_only() -> None:
+    msgs = [(b"", "s", seq, t) for seq, t in enumerate([1, 2, 3, 4, 5, 120, 121, 250], start=1)]
+
+    def cut(start: int) -> list[list[int]]:
+        c = Chunker("p", max_messages=3, tick_ns=100)
+        out = [x for m in msgs[start:] if (x := c.add(m)) is not None]
+        last = c.close()
+        return [[m[2] for m in ch.messages] for ch in [*out, *([last] if last else [])]]
+
+    assert cut(0) == [[1, 2, 3], [4, 5], [6, 7], [8]]
+    assert cut(3) == [[4, 5], [6, 7], [8]]  # resuming at a boundary re-forms the same chunks
+    idle = Chunker("p", tick_ns=100, idle_close_ns=50, idle_every_ns=1000)
+    idle.add(msgs[0])
+    assert idle.on_idle(120) is None  # its tick (0-100) ended less than 50 ns ago
+    closed = idle.on_idle(150)
+    assert closed is not None and closed.last_seq == 1
+    empty = idle.on_idle(5000)
+    assert empty is not None and empty.messages == [] and empty.now_ns == 4950

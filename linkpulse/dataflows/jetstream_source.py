@@ -15,7 +15,10 @@ unread sequence once Bytewax has drained half of the buffer. A slow sink thus
 slows the reading and nothing is buffered without bound (nats-py's own
 flow-control replies do not bound its client-side queue).
 
-Items are ``(payload, subject, stream_sequence)``.
+Items are ``Chunk``s of messages ``(payload, subject, stream_sequence,
+stream_time_ns)`` cut by a deterministic rule (see ``chunks``), so a replay
+re-forms the chunks of the first run; the stream time (when JetStream stored
+the message) is a deterministic "now" for validation and the watermark.
 
 >>> src = JetStreamSource(Settings(subject_prefix="lp"))
 >>> src.list_parts()
@@ -27,6 +30,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -45,6 +49,7 @@ from linkpulse.bus.subjects import events_filter
 from linkpulse.config import Settings
 from linkpulse.dataflows import instrumentation as metrics
 from linkpulse.dataflows._loop import LoopThread
+from linkpulse.dataflows.chunks import Chunk, Chunker, Message
 from linkpulse.errors import DataflowError
 from linkpulse.logging import get_logger
 
@@ -52,7 +57,7 @@ __all__ = ["Item", "JetStreamPartition", "JetStreamSource", "partition_of"]
 
 log = get_logger(__name__)
 
-Item = tuple[bytes, str, int]  # (payload, subject, stream sequence)
+Item = Message  # (payload, subject, stream sequence, stream time ns)
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -64,24 +69,24 @@ def partition_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-def _seq_and_pending(reply: str) -> tuple[int, int]:
-    """Stream sequence and consumer num_pending from a JetStream ack subject.
+def _seq_time_pending(reply: str) -> tuple[int, int, int]:
+    """Stream sequence, stream time (ns) and consumer num_pending from an ack subject.
 
     v1: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>``;
     v2 adds a domain and an account hash after ``ACK`` (and maybe a token at the end).
 
-    >>> _seq_and_pending("$JS.ACK.S.C.1.42.7.1700000000.3")
-    (42, 3)
-    >>> _seq_and_pending("$JS.ACK.dom.acc.S.C.1.42.7.1700000000.3.xyz")
-    (42, 3)
+    >>> _seq_time_pending("$JS.ACK.S.C.1.42.7.1700000000.3")
+    (42, 1700000000, 3)
+    >>> _seq_time_pending("$JS.ACK.dom.acc.S.C.1.42.7.1700000000.3.xyz")
+    (42, 1700000000, 3)
     """
     tokens = reply.split(".")
     if len(tokens) == 9:
-        return int(tokens[5]), int(tokens[8])
-    return int(tokens[7]), int(tokens[10])
+        return int(tokens[5]), int(tokens[7]), int(tokens[8])
+    return int(tokens[7]), int(tokens[9]), int(tokens[10])
 
 
-class JetStreamPartition(StatefulSourcePartition[Item, int]):
+class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
     """One filter subject of the stream, read from ``next_seq`` on."""
 
     def __init__(
@@ -94,6 +99,7 @@ class JetStreamPartition(StatefulSourcePartition[Item, int]):
         max_buffered: int,
         stop_at_seq: int | None,
         idle_wake: timedelta,
+        tick_ns: int = 100_000_000,
     ) -> None:
         self._settings = settings
         self._filter = filter_subject
@@ -103,6 +109,7 @@ class JetStreamPartition(StatefulSourcePartition[Item, int]):
         self._stop_at_seq = stop_at_seq
         self._idle_wake = idle_wake
         self._buf: deque[Item] = deque()  # appended by the loop thread, popped by Bytewax
+        self._chunker = Chunker(filter_subject, max_messages=batch_size, tick_ns=tick_ns)
         self._last_empty = False
         self._done = False
         # Loop-thread state.
@@ -173,10 +180,10 @@ class JetStreamPartition(StatefulSourcePartition[Item, int]):
     async def _on_msg(self, msg: Msg) -> None:
         if self._paused:
             return  # this consumer is being replaced; its messages are re-read
-        seq, pending = _seq_and_pending(msg.reply)
+        seq, stream_ns, pending = _seq_time_pending(msg.reply)
         if seq <= self._read_seq:
             return  # re-delivered after an ordered-consumer reset
-        self._buf.append((msg.data, msg.subject, seq))
+        self._buf.append((msg.data, msg.subject, seq, stream_ns))
         self._read_seq = seq
         self._pending = pending
         if len(self._buf) >= self._max_buffered:
@@ -216,30 +223,45 @@ class JetStreamPartition(StatefulSourcePartition[Item, int]):
     @property
     def lag(self) -> int:
         """Messages in the stream after the last one emitted (consumer lag)."""
-        return self._pending + len(self._buf)
+        return self._pending + len(self._buf) + self._chunker.open_messages
 
-    def next_batch(self) -> list[Item]:
-        if self._done:
+    def next_batch(self) -> list[Chunk]:
+        if self._done or (self._stop_at_seq is not None and self._next_seq > self._stop_at_seq):
             raise StopIteration
-        n = min(self._batch_size, len(self._buf))
+        n = min(self._batch_size * 4, len(self._buf))
         popleft = self._buf.popleft
-        items = [popleft() for _ in range(n)]
+        chunks: list[Chunk] = []
+        add = self._chunker.add
+        stop = self._stop_at_seq
+        for _ in range(n):
+            item = popleft()
+            closed = add(item)
+            if closed is not None:
+                chunks.append(closed)
+            if stop is not None and item[2] >= stop:
+                last = self._chunker.close()
+                if last is not None:
+                    chunks.append(last)
+                self._done = True
+                break
         if self._paused and not self._restarting and len(self._buf) <= self._max_buffered // 2:
             self._restarting = True
             self._loop.loop.call_soon_threadsafe(self._resume)
-        if self._stop_at_seq is not None:
-            if items and items[-1][2] >= self._stop_at_seq:
-                items = [it for it in items if it[2] <= self._stop_at_seq]
-                self._done = True
-            elif self._next_seq > self._stop_at_seq:
-                raise StopIteration
-        self._last_empty = not items
-        if items:
-            self._next_seq = items[-1][2] + 1
-            metrics.EVENTS_IN.labels(self._filter).inc(len(items))
-            metrics.SOURCE_BATCH.observe(len(items))
+        # Closing a chunk by the clock is only right when the stream has nothing
+        # more for us; while catching up the buffer is often empty for a moment.
+        if not self._buf and not self._done and self._pending == 0:
+            idle = self._chunker.on_idle(time.time_ns())
+            if idle is not None:
+                chunks.append(idle)
+        self._last_empty = n == 0
+        for chunk in chunks:
+            if chunk.messages:
+                self._next_seq = chunk.messages[-1][2] + 1
+                metrics.SOURCE_BATCH.observe(len(chunk.messages))
+        if n:
+            metrics.EVENTS_IN.labels(self._filter).inc(n)
         metrics.CONSUMER_LAG.labels(self._filter).set(self.lag)
-        return items
+        return chunks
 
     def _resume(self) -> None:
         self._restarting = False
@@ -262,7 +284,7 @@ class JetStreamPartition(StatefulSourcePartition[Item, int]):
         self._loop.stop()
 
 
-class JetStreamSource(FixedPartitionedSource[Item, int]):
+class JetStreamSource(FixedPartitionedSource[Chunk, int]):
     """The events stream as a Bytewax source, one partition per filter subject.
 
     ``filter_subjects`` must not overlap (each message must belong to one
