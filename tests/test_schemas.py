@@ -1,0 +1,306 @@
+"""Event schemas: every type accepted, every kind of bad field named, nothing else raised."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from linkpulse.errors import SchemaValidationError
+from linkpulse.schemas import (
+    EVENT_CLASS_BY_TYPE,
+    EVENT_TYPES,
+    decode_event,
+    encode_event,
+    split_batch,
+    validate_event,
+)
+from linkpulse.schemas.events import PROPERTY_RULES
+from tests.event_examples import EVENT_TIME, all_examples, example
+
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def _raw(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _rejected(raw: bytes | dict[str, Any], *, now: datetime | None = None) -> SchemaValidationError:
+    with pytest.raises(SchemaValidationError) as info:
+        if isinstance(raw, dict):
+            validate_event(raw, now=now)
+        else:
+            decode_event(raw, now=now)
+    return info.value
+
+
+# -- valid events -------------------------------------------------------------------------
+
+
+def test_the_examples_cover_every_type() -> None:
+    assert sorted(ev["type"] for ev in all_examples()) == sorted(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_every_type_is_accepted_and_round_trips(event_type: str) -> None:
+    raw = _raw(example(event_type))
+    ev = decode_event(raw, now=NOW)
+    assert type(ev) is EVENT_CLASS_BY_TYPE[event_type]
+    assert ev.type == event_type
+    assert ev.event_time == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    again = decode_event(encode_event(ev))
+    assert again == ev
+    assert encode_event(again) == encode_event(ev)
+    # validate_event (already-parsed JSON) agrees with decode_event (bytes)
+    assert validate_event(json.loads(raw)) == ev
+
+
+def test_offsets_other_than_utc_are_accepted_as_the_same_instant() -> None:
+    ev = decode_event(_raw(example("page_view", event_time="2026-11-24T12:00:00+02:00")))
+    assert ev.event_time == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+def test_event_time_within_the_allowed_skew_is_accepted() -> None:
+    soon = (NOW + timedelta(minutes=4)).isoformat()
+    assert decode_event(_raw(example("page_view", event_time=soon)), now=NOW).tenant == "acme"
+
+
+# -- bad fields: each rejected with the field and the reason -------------------------------
+
+BAD_FIELDS: list[tuple[str, dict[str, Any], str, str]] = [
+    # (case, overrides on an order_placed example, field, substring of the problem)
+    ("wrong type", {"event_id": 5}, "event_id", "Expected `str`"),
+    ("empty event id", {"event_id": ""}, "event_id", "length"),
+    ("bad tenant", {"tenant": "ACME Corp"}, "tenant", "regex"),
+    ("naive datetime", {"event_time": "2026-11-24T10:00:00"}, "event_time", "timezone"),
+    ("not a datetime", {"event_time": "yesterday"}, "event_time", "datetime"),
+    ("negative amount", {"amount": -1}, "amount", ">= 0"),
+    ("amount too large", {"amount": 1e13}, "amount", "<="),
+    ("bad currency", {"currency": "usd"}, "currency", "regex"),
+    ("unknown type", {"type": "order_shipped"}, "type", "expected one of"),
+    ("unknown top-level field", {"colour": "red"}, "colour", "unknown field"),
+    ("schema_version 2", {"schema_version": 2}, "schema_version", "2"),
+    ("properties not an object", {"properties": [1]}, "properties", "Expected `object`"),
+    ("user id with spaces", {"user_id": "u 1"}, "user_id", "regex"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "problem"),
+    [case[1:] for case in BAD_FIELDS],
+    ids=[case[0] for case in BAD_FIELDS],
+)
+def test_bad_field_is_named_with_the_problem(
+    overrides: dict[str, Any], field: str, problem: str
+) -> None:
+    ev = example("order_placed", **overrides)
+    for err in (_rejected(_raw(ev)), _rejected(ev)):
+        assert err.field == field
+        assert problem in err.problem
+        assert str(err) == f"{field}: {err.problem}"
+
+
+@pytest.mark.parametrize("name", ["event_id", "event_time", "tenant", "type"])
+def test_missing_envelope_field(name: str) -> None:
+    ev = example("page_view")
+    del ev[name]
+    err = _rejected(_raw(ev))
+    assert err.field == name
+    assert "missing required field" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("event_type", "name"),
+    [("order_placed", "seller_id"), ("user_signup", "user_id"), ("listing_created", "seller_id")],
+)
+def test_missing_field_required_by_the_type(event_type: str, name: str) -> None:
+    ev = example(event_type)
+    del ev[name]
+    err = _rejected(_raw(ev))
+    assert err.field == name
+    assert "missing required field" in err.problem
+
+
+def test_infinite_amount_is_rejected() -> None:
+    # JSON has no infinity literal; 1e999 overflows to it when decoded.
+    raw = _raw(example("order_placed")).replace(b"25.5", b"1e999")
+    assert _rejected(raw).field == "amount"
+    assert _rejected(example("order_placed", amount=math.inf)).field == "amount"
+    assert _rejected(example("order_placed", amount=math.nan)).field == "amount"
+
+
+def test_amount_without_currency_is_rejected() -> None:
+    err = _rejected(_raw(example("page_view", amount=3.0)))
+    assert err.field == "currency"
+    assert "go together" in err.problem
+    err = _rejected(_raw(example("page_view", currency="EUR")))
+    assert err.field == "amount"
+
+
+@pytest.mark.parametrize(
+    ("event_type", "key"),
+    [(t, rule[0]) for t, rules in PROPERTY_RULES.items() for rule in rules],
+)
+def test_missing_required_property(event_type: str, key: str) -> None:
+    ev = example(event_type)
+    del ev["properties"][key]
+    err = _rejected(_raw(ev))
+    assert err.field == f"properties.{key}"
+    assert f"required for {event_type}" in err.problem
+
+
+INVALID_PROPERTIES = [
+    ("page_view", "page", "nowhere"),
+    ("page_view", "page", 3),
+    ("review_posted", "rating", 6),
+    ("review_posted", "rating", 0),
+    ("review_posted", "rating", True),
+    ("review_posted", "rating", "5"),
+    ("review_posted", "rating", 4.5),
+    ("listing_created", "listing_id", ""),
+    ("order_placed", "order_id", 17),
+    ("wallet_connected", "provider", None),
+]
+
+
+@pytest.mark.parametrize(("event_type", "key", "value"), INVALID_PROPERTIES)
+def test_invalid_required_property(event_type: str, key: str, value: Any) -> None:
+    ev = example(event_type)
+    ev["properties"][key] = value
+    err = _rejected(_raw(ev))
+    assert err.field == f"properties.{key}"
+    assert err.problem.startswith("expected ")
+
+
+def test_future_event_time_is_rejected_only_with_now() -> None:
+    later = (NOW + timedelta(hours=1)).isoformat()
+    raw = _raw(example("page_view", event_time=later))
+    err = _rejected(raw, now=NOW)
+    assert err.field == "event_time"
+    assert "in the future" in err.problem
+    assert decode_event(raw).event_id == "ev-page_view"  # no clock, no skew check
+
+
+@pytest.mark.parametrize("raw", [b"[1]", b"1", b'"event"', b"null", b"true", b"[]"])
+def test_non_object_json_is_rejected_at_the_root(raw: bytes) -> None:
+    err = _rejected(raw)
+    assert err.field == "$"
+    assert "Expected `object`" in err.problem
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b'{"type": "page_view",}', b"\xff\xfe", b"nan"])
+def test_malformed_json_is_rejected_at_the_root(raw: bytes) -> None:
+    err = _rejected(raw)
+    assert err.field == "$"
+    assert err.problem.startswith("malformed JSON")
+
+
+def test_split_batch_keeps_items_raw_and_rejects_non_arrays() -> None:
+    good = _raw(example("page_view"))
+    assert split_batch(b"[" + good + b" , " + good + b"]", "application/json") == [good, good]
+    assert split_batch(good + b"\n\n" + good + b"\r\n", "application/x-ndjson") == [good, good]
+    assert _field(lambda: split_batch(good, "application/json")) == "$"
+    assert _field(lambda: split_batch(b"[", "application/json")) == "$"
+
+
+def _field(call: Any) -> str:
+    with pytest.raises(SchemaValidationError) as info:
+        call()
+    return info.value.field
+
+
+def test_event_time_example_constant_is_what_the_examples_use() -> None:
+    assert (
+        decode_event(_raw(example("page_view"))).event_time.isoformat().startswith(EVENT_TIME[:19])
+    )
+
+
+# -- fuzzing: nothing but SchemaValidationError, whatever the input ------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELD_NAMES = [
+    "type",
+    "event_id",
+    "event_time",
+    "tenant",
+    "schema_version",
+    "user_id",
+    "seller_id",
+    "amount",
+    "currency",
+    "properties",
+]
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _only_schema_errors(call: Any) -> None:
+    try:
+        call()
+    except SchemaValidationError as e:
+        assert isinstance(e.field, str) and e.field
+        assert isinstance(e.problem, str) and e.problem
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_arbitrary_bytes(raw: bytes) -> None:
+    _only_schema_errors(lambda: decode_event(raw, now=NOW))
+
+
+@FUZZ
+@given(json_values)
+def test_fuzz_arbitrary_json_values(value: Any) -> None:
+    _only_schema_errors(lambda: validate_event(value, now=NOW))
+    try:
+        raw = msgspec.json.encode(value)
+    except (OverflowError, ValueError, TypeError):
+        return  # not representable as JSON (huge int, ...): nothing to decode
+    _only_schema_errors(lambda: decode_event(raw, now=NOW))
+
+
+@FUZZ
+@given(
+    st.sampled_from(EVENT_TYPES),
+    st.sampled_from([*FIELD_NAMES, "properties.x", "extra"]),
+    st.one_of(st.just("__delete__"), json_values),
+)
+def test_fuzz_mutated_valid_events(event_type: str, name: str, value: Any) -> None:
+    ev = example(event_type)
+    if name.startswith("properties."):
+        key = (PROPERTY_RULES.get(event_type) or (("x",),))[0][0]
+        if value == "__delete__":
+            ev["properties"].pop(key, None)
+        else:
+            ev["properties"][key] = value
+    elif value == "__delete__":
+        ev.pop(name, None)
+    else:
+        ev[name] = value
+    _only_schema_errors(lambda: validate_event(ev, now=NOW))
+    try:
+        raw = msgspec.json.encode(ev)
+    except (OverflowError, ValueError, TypeError):
+        return
+    _only_schema_errors(lambda: decode_event(raw, now=NOW))
+    # and byte-level damage to a valid event
+    for cut in (len(raw) // 2, len(raw) - 1):
+        _only_schema_errors(lambda cut=cut: decode_event(raw[:cut], now=NOW))
