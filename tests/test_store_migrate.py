@@ -1,0 +1,135 @@
+"""Migrations: from empty, twice, from two processes at once, and a changed file refused."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from linkpulse.errors import MigrationError, StoreError
+from linkpulse.store import Tier, migrate, status, stored_tier
+from linkpulse.store.migrate import LOCK_KEY, MIGRATIONS_DIR, discover, render
+
+EXPECTED_TABLES = {
+    "events", "metric_windows", "anomaly_scores", "alerts", "dead_letters", "events_1m",
+    "events_1h", "events_1d", "lp_rollup_dirty", "lp_rollup_state", "lp_schema_migrations",
+}  # fmt: skip
+
+
+def tables(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_apply_from_empty_then_again_is_a_no_op(pg_dsn: str) -> None:
+    done = migrate(pg_dsn)
+    assert [m.version for m in done] == [m.version for m in discover()]
+    with psycopg.connect(pg_dsn) as conn:
+        assert EXPECTED_TABLES <= tables(conn)
+        assert stored_tier(conn) is Tier.PLAIN_POSTGRES
+        first = conn.execute("SELECT version, applied_at FROM lp_schema_migrations").fetchall()
+        assert conn.execute(
+            "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'events'::regclass"
+        ).fetchone() == ("r",)
+    assert migrate(pg_dsn) == []
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT version, applied_at FROM lp_schema_migrations").fetchall() == first
+        st = status(conn)
+    assert all(s.applied_at is not None and not s.changed for s in st)
+
+
+def test_status_lists_pending_before_migrating(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        st = status(conn)
+    assert st and all(s.applied_at is None for s in st)
+
+
+def test_two_processes_migrate_at_once_and_apply_once(pg_dsn: str) -> None:
+    code = (
+        "import sys; from linkpulse.store import migrate; "
+        "print(len(migrate(sys.argv[1])))"
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        # Hold the migrators' lock so both processes must queue on it.
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, pg_dsn], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            waiting = holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()
+            if waiting == (2,):
+                break
+            time.sleep(0.1)
+        assert waiting == (2,), "both migrators should be waiting on the advisory lock"
+        holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    counts = sorted(int(o[0].strip().splitlines()[-1]) for o in outs)
+    assert counts == [0, len(discover())]
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM lp_schema_migrations").fetchone() == (
+            len(discover()),
+        )
+
+
+def test_a_changed_applied_file_is_refused_by_name(pg_dsn: str, tmp_path: Path) -> None:
+    for f in MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(f, tmp_path / f.name)
+    migrate(pg_dsn, directory=tmp_path)
+    target = tmp_path / "0002_rollups.sql"
+    target.write_text(target.read_text() + "\n-- a harmless-looking edit\n")
+    with pytest.raises(MigrationError, match=r"0002_rollups\.sql was changed after it was applied"):
+        migrate(pg_dsn, directory=tmp_path)
+    with psycopg.connect(pg_dsn) as conn:
+        assert [s.changed for s in status(conn, tmp_path)] == [False, True, False]
+
+
+def test_a_new_file_is_applied_later_and_a_failing_one_names_itself(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    for f in MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(f, tmp_path / f.name)
+    migrate(pg_dsn, directory=tmp_path)
+    (tmp_path / "0099_extra.sql").write_text("CREATE TABLE extra (id int);\n")
+    assert [m.name for m in migrate(pg_dsn, directory=tmp_path)] == ["extra"]
+    (tmp_path / "0100_broken.sql").write_text("CREATE TABLE nope (id int;\n")
+    with pytest.raises(MigrationError, match="0100_broken.sql failed"):
+        migrate(pg_dsn, directory=tmp_path)
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT max(version) FROM lp_schema_migrations").fetchone() == (99,)
+
+
+def test_badly_named_file_and_unknown_tier_are_refused(pg_dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "1_x.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="NNNN_lowercase_name"):
+        discover(tmp_path)
+    with pytest.raises(ValueError, match="unknown store tier"):
+        Tier.parse("gold")
+
+
+def test_forcing_a_tier_the_server_lacks_is_refused(pg_dsn: str) -> None:
+    with pytest.raises(StoreError, match="offers only plain"):
+        migrate(pg_dsn, tier="full_timescale")
+
+
+def test_tier_sections_render_per_tier() -> None:
+    sql = (MIGRATIONS_DIR / "0001_core.sql").read_text()
+    assert "PARTITION BY RANGE (event_time)" in render(sql, Tier.PLAIN_POSTGRES)
+    assert "create_hypertable('events'" not in render(sql, Tier.PLAIN_POSTGRES)
+    assert "create_hypertable('events'" in render(sql, Tier.APACHE_TIMESCALE)
+    rollups = (MIGRATIONS_DIR / "0002_rollups.sql").read_text()
+    assert "timescaledb.continuous" in render(rollups, Tier.FULL_TIMESCALE)
+    assert "timescaledb.continuous" not in render(rollups, Tier.APACHE_TIMESCALE)
