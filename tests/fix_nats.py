@@ -50,8 +50,10 @@ async def nc(nats_settings: Settings) -> AsyncIterator[Client]:
     try:
         yield client
     finally:
-        try:
-            await client.jetstream().delete_stream(nats_settings.stream_name)
-        except NotFoundError:
-            pass
+        # ensure_streams also makes "<stream>_DLQ" (the dead letters): remove both.
+        for name in (nats_settings.stream_name, f"{nats_settings.stream_name}_DLQ"):
+            try:
+                await client.jetstream().delete_stream(name)
+            except NotFoundError:
+                pass
         await client.close()
