@@ -41,7 +41,9 @@ def test_apply_from_empty_then_again_is_a_no_op(pg_dsn: str) -> None:
         ).fetchone() == ("r",)
     assert migrate(pg_dsn) == []
     with psycopg.connect(pg_dsn) as conn:
-        assert conn.execute("SELECT version, applied_at FROM lp_schema_migrations").fetchall() == first
+        assert (
+            conn.execute("SELECT version, applied_at FROM lp_schema_migrations").fetchall() == first
+        )
         st = status(conn)
     assert all(s.applied_at is not None and not s.changed for s in st)
 
@@ -53,16 +55,17 @@ def test_status_lists_pending_before_migrating(pg_dsn: str) -> None:
 
 
 def test_two_processes_migrate_at_once_and_apply_once(pg_dsn: str) -> None:
-    code = (
-        "import sys; from linkpulse.store import migrate; "
-        "print(len(migrate(sys.argv[1])))"
-    )
+    code = "import sys; from linkpulse.store import migrate; print(len(migrate(sys.argv[1])))"
     with psycopg.connect(pg_dsn, autocommit=True) as holder:
         # Hold the migrators' lock so both processes must queue on it.
         holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         procs = [
-            subprocess.Popen([sys.executable, "-c", code, pg_dsn], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, "-c", code, pg_dsn],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for _ in range(2)
         ]
         deadline = time.monotonic() + 30

@@ -19,9 +19,7 @@ WHERE datname = current_database() AND pid <> pg_backend_pid()
 
 
 @pytest.mark.parametrize("use_copy", [True, False], ids=["copy", "insert"])
-def test_connection_killed_mid_batch_loses_and_doubles_nothing(
-    pg_dsn: str, use_copy: bool
-) -> None:
+def test_connection_killed_mid_batch_loses_and_doubles_nothing(pg_dsn: str, use_copy: bool) -> None:
     migrate(pg_dsn)
     events = make_events(60_000, seed=11)
     result: dict[str, object] = {}

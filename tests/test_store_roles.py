@@ -40,18 +40,29 @@ def scoped(pg_dsn: str) -> Iterator[Scoped]:
     s = Scoped(pg_dsn)
     with EventWriter(pg_dsn) as w:
         w.write_events(make_events(2_000, seed=5))
-        w.upsert_metric_windows([
-            MetricWindow(metric="gmv", tenant=t, dims_key=f"seller_id={sel}",
-                         dimensions={"seller_id": sel}, window="1m", window_start=BASE,
-                         window_end=BASE + timedelta(minutes=1), value=1.0)
-            for t in ("acme", "globex") for sel in ("s1", "s2")
-        ])
+        w.upsert_metric_windows(
+            [
+                MetricWindow(
+                    metric="gmv",
+                    tenant=t,
+                    dims_key=f"seller_id={sel}",
+                    dimensions={"seller_id": sel},
+                    window="1m",
+                    window_start=BASE,
+                    window_end=BASE + timedelta(minutes=1),
+                    value=1.0,
+                )
+                for t in ("acme", "globex")
+                for sel in ("s1", "s2")
+            ]
+        )
     with psycopg.connect(pg_dsn, autocommit=True) as owner:
         refresh(owner, Tier.PLAIN_POSTGRES)
         roles.setup(owner, analyst_role=s.analyst, sql_login=s.sql_login)
         roles.create_analyst_login(owner, s.acme, analyst_role=s.analyst, tenant="acme")
-        roles.create_analyst_login(owner, s.acme_s1, analyst_role=s.analyst, tenant="acme",
-                                   seller_id="s1")
+        roles.create_analyst_login(
+            owner, s.acme_s1, analyst_role=s.analyst, tenant="acme", seller_id="s1"
+        )
     try:
         yield s
     finally:
@@ -81,8 +92,9 @@ def test_endpoint_session_scopes_by_signed_setting(scoped: Scoped) -> None:
             "SELECT count(*) FROM events WHERE tenant = 'globex' AND seller_id = 's2'"
         ).fetchone()
     with scoped.login(scoped.sql_login) as conn:
-        with roles.analyst_session(conn, analyst_role=scoped.analyst, secret=secret,
-                                   tenant="globex", seller_id="s2") as c:
+        with roles.analyst_session(
+            conn, analyst_role=scoped.analyst, secret=secret, tenant="globex", seller_id="s2"
+        ) as c:
             assert c.execute("SELECT current_user").fetchone() == (scoped.analyst,)
             assert c.execute("SELECT count(*) FROM analyst.events").fetchone() == expected
             for view in VIEWS:
@@ -103,28 +115,35 @@ def test_analyst_cannot_widen_scope_with_set_config(scoped: Scoped) -> None:
     with psycopg.connect(scoped.dsn, autocommit=True) as owner:
         secret = roles.scope_secret(owner)
     with scoped.login(scoped.sql_login) as conn:
-        with roles.analyst_session(conn, analyst_role=scoped.analyst, secret=secret,
-                                   tenant="acme", seller_id="s1") as c:
+        with roles.analyst_session(
+            conn, analyst_role=scoped.analyst, secret=secret, tenant="acme", seller_id="s1"
+        ) as c:
             c.execute("SELECT set_config('linkpulse.seller', '', true)")  # drop the seller
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("SELECT count(*) FROM analyst.events")
-        with roles.analyst_session(conn, analyst_role=scoped.analyst, secret=secret,
-                                   tenant="acme") as c:
+        with roles.analyst_session(
+            conn, analyst_role=scoped.analyst, secret=secret, tenant="acme"
+        ) as c:
             # escaping to the login role gains nothing: it is NOINHERIT and has no grants
             c.execute("RESET ROLE")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("SELECT count(*) FROM analyst.events")
-        with roles.analyst_session(conn, analyst_role=scoped.analyst, secret=secret,
-                                   tenant="acme") as c:
+        with roles.analyst_session(
+            conn, analyst_role=scoped.analyst, secret=secret, tenant="acme"
+        ) as c:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("SELECT secret FROM lp_private.scope_secret")
         # a token made for another backend is refused
-        forged = roles.sign_scope(secret, "globex", None, pid=conn.info.backend_pid + 1,
-                                  expires=4_000_000_000)
+        forged = roles.sign_scope(
+            secret, "globex", None, pid=conn.info.backend_pid + 1, expires=4_000_000_000
+        )
         conn.execute("BEGIN")
         conn.execute(f'SET LOCAL ROLE "{scoped.analyst}"')
-        conn.execute("SELECT set_config('linkpulse.tenant', 'globex', true), "
-                     "set_config('linkpulse.scope_token', %s, true)", (forged,))
+        conn.execute(
+            "SELECT set_config('linkpulse.tenant', 'globex', true), "
+            "set_config('linkpulse.scope_token', %s, true)",
+            (forged,),
+        )
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not for this session"):
             conn.execute("SELECT count(*) FROM analyst.events")
         conn.execute("ROLLBACK")
@@ -157,9 +176,13 @@ FORBIDDEN_WRITES = [
 
 def test_analyst_cannot_read_internals_or_partitions(scoped: Scoped) -> None:
     with psycopg.connect(scoped.dsn) as owner:
-        partitions = [r[0] for r in owner.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'events'::regclass LIMIT 3").fetchall()]
+        partitions = [
+            r[0]
+            for r in owner.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'events'::regclass LIMIT 3"
+            ).fetchall()
+        ]
     assert partitions
     with scoped.login(scoped.acme) as conn:
         for stmt in FORBIDDEN_READS + [f'SELECT * FROM public."{p}" LIMIT 1' for p in partitions]:
@@ -172,8 +195,11 @@ def test_analyst_cannot_write_create_or_run_writing_functions(scoped: Scoped) ->
         conn.execute("SET default_transaction_read_only = off")  # privileges must hold anyway
         for stmt in FORBIDDEN_WRITES:
             with pytest.raises(
-                (psycopg.errors.InsufficientPrivilege, psycopg.errors.WrongObjectType,
-                 psycopg.errors.ObjectNotInPrerequisiteState),
+                (
+                    psycopg.errors.InsufficientPrivilege,
+                    psycopg.errors.WrongObjectType,
+                    psycopg.errors.ObjectNotInPrerequisiteState,
+                ),
             ):
                 conn.execute(stmt)
         assert scope_of(conn, "events_1d")  # still works after all that
@@ -185,10 +211,14 @@ def test_unmapped_login_sees_nothing(scoped: Scoped) -> None:
         owner.execute(f'CREATE ROLE "{other}" LOGIN IN ROLE "{scoped.analyst}"')
     try:
         params = psycopg.conninfo.conninfo_to_dict(scoped.dsn)
-        with psycopg.connect(dsn_with_dbname(
-            psycopg.conninfo.make_conninfo(**{**params, "user": other}), params["dbname"]
-        ), autocommit=True) as conn, pytest.raises(
-            psycopg.errors.InsufficientPrivilege, match="no analyst scope"
+        with (
+            psycopg.connect(
+                dsn_with_dbname(
+                    psycopg.conninfo.make_conninfo(**{**params, "user": other}), params["dbname"]
+                ),
+                autocommit=True,
+            ) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="no analyst scope"),
         ):
             conn.execute("SELECT count(*) FROM analyst.events")
     finally:

@@ -22,17 +22,26 @@ FROM events GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 NULLS FIRST
 """
 
 
-def make_events(n: int, *, seed: int = 1, start: datetime = BASE, span_s: int = 3 * 3600,
-                prefix: str = "e", tenants: tuple[str, ...] = ("acme", "globex")
-                ) -> list[BaseEvent]:
+def make_events(
+    n: int,
+    *,
+    seed: int = 1,
+    start: datetime = BASE,
+    span_s: int = 3 * 3600,
+    prefix: str = "e",
+    tenants: tuple[str, ...] = ("acme", "globex"),
+) -> list[BaseEvent]:
     """``n`` valid events, deterministic for a seed, spread over ``span_s`` seconds."""
     rnd = random.Random(seed)
     out: list[BaseEvent] = []
     for i in range(n):
         kind = TYPES[rnd.randrange(len(TYPES))]
         when = start + timedelta(seconds=rnd.randrange(span_s), microseconds=rnd.randrange(10**6))
-        fields: dict[str, object] = {"event_id": f"{prefix}{i}", "tenant": rnd.choice(tenants),
-                                     "event_time": when}
+        fields: dict[str, object] = {
+            "event_id": f"{prefix}{i}",
+            "tenant": rnd.choice(tenants),
+            "event_time": when,
+        }
         if kind == "page_view":
             fields["properties"] = {"page": "home"}
             if rnd.random() < 0.5:
@@ -43,9 +52,13 @@ def make_events(n: int, *, seed: int = 1, start: datetime = BASE, span_s: int = 
             fields["seller_id"] = f"s{rnd.randrange(5)}"
             fields["properties"] = {"listing_id": f"l{i}"}
         else:
-            fields.update(user_id=f"u{rnd.randrange(200)}", seller_id=f"s{rnd.randrange(5)}",
-                          amount=round(rnd.uniform(1, 500), 2), currency="USD",
-                          properties={"order_id": f"o{i}"})
+            fields.update(
+                user_id=f"u{rnd.randrange(200)}",
+                seller_id=f"s{rnd.randrange(5)}",
+                amount=round(rnd.uniform(1, 500), 2),
+                currency="USD",
+                properties={"order_id": f"o{i}"},
+            )
         out.append(EVENT_CLASS_BY_TYPE[kind](**fields))  # type: ignore[arg-type]
     return out
 
@@ -80,8 +93,11 @@ def test_100k_events_replays_and_late_events_are_stored_once(store_dsn: str) -> 
         assert (total, distinct) == (102_000, 102_000)
         report = refresh(conn, Tier.PLAIN_POSTGRES)
         assert report.claimed > 0
-        for name, width in (("events_1m", "1 minute"), ("events_1h", "1 hour"),
-                            ("events_1d", "1 day")):
+        for name, width in (
+            ("events_1m", "1 minute"),
+            ("events_1h", "1 hour"),
+            ("events_1d", "1 day"),
+        ):
             assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall(), name
 
 
@@ -118,8 +134,14 @@ def test_incremental_refresh_recomputes_only_touched_buckets(store_dsn: str) -> 
         ).fetchall()
         assert untouched
         # a late event lands in minute 5 of acme only
-        late = make_events(1, seed=9, start=BASE + timedelta(minutes=5), span_s=30,
-                           prefix="late", tenants=("acme",))
+        late = make_events(
+            1,
+            seed=9,
+            start=BASE + timedelta(minutes=5),
+            span_s=30,
+            prefix="late",
+            tenants=("acme",),
+        )
         assert w.write_events(late) == 1
         assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (1,)
         r2 = refresh(conn, Tier.PLAIN_POSTGRES)
@@ -129,27 +151,41 @@ def test_incremental_refresh_recomputes_only_touched_buckets(store_dsn: str) -> 
             "SELECT watermark FROM lp_rollup_state WHERE rollup = 'events_1m'"
         ).fetchone()[0]  # type: ignore[index]
         assert wm2 > wm1
-        assert conn.execute(
-            "SELECT xmin::text, ctid::text FROM events_1m WHERE bucket = %s AND tenant = 'acme'",
-            (BASE,),
-        ).fetchall() == untouched
+        assert (
+            conn.execute(
+                "SELECT xmin::text, ctid::text FROM events_1m WHERE bucket = %s AND tenant = 'acme'",
+                (BASE,),
+            ).fetchall()
+            == untouched
+        )
         assert rollup_rows(conn, "events_1m") == conn.execute(ROLLUP_SQL, ("1 minute",)).fetchall()
         # nothing new: a refresh does nothing
         assert refresh(conn, Tier.PLAIN_POSTGRES).claimed == 0
 
 
 def window(rev: int, value: float, start: datetime = BASE) -> MetricWindow:
-    return MetricWindow(metric="orders", tenant="acme", dims_key="seller_id=s1",
-                        dimensions={"seller_id": "s1"}, window="1m", window_start=start,
-                        window_end=start + timedelta(minutes=1), value=value, count=int(value),
-                        sum=value, revision=rev)
+    return MetricWindow(
+        metric="orders",
+        tenant="acme",
+        dims_key="seller_id=s1",
+        dimensions={"seller_id": "s1"},
+        window="1m",
+        window_start=start,
+        window_end=start + timedelta(minutes=1),
+        value=value,
+        count=int(value),
+        sum=value,
+        revision=rev,
+    )
 
 
 def test_metric_windows_keep_the_newest_revision(store_dsn: str) -> None:
     with EventWriter(store_dsn) as w, psycopg.connect(store_dsn, autocommit=True) as conn:
         assert w.upsert_metric_windows([window(0, 3.0), window(1, 4.0)]) == 1
         assert w.upsert_metric_windows([window(0, 99.0)]) == 0  # older revision ignored
-        assert w.upsert_metric_windows([window(2, 5.0), window(0, 1.0, BASE - timedelta(days=3))]) == 2
+        assert (
+            w.upsert_metric_windows([window(2, 5.0), window(0, 1.0, BASE - timedelta(days=3))]) == 2
+        )
         rows = conn.execute(
             'SELECT window_start, value, revision, "window" FROM metric_windows ORDER BY 1'
         ).fetchall()
@@ -157,9 +193,15 @@ def test_metric_windows_keep_the_newest_revision(store_dsn: str) -> None:
 
 
 def test_dead_letters_are_stored_with_their_origin(store_dsn: str) -> None:
-    dl = DeadLetter(payload='{"type": "x"\x00}', field="type", problem="unknown type",
-                    source="nats", subject="linkpulse.events.acme", sequence=42,
-                    received_at=BASE)
+    dl = DeadLetter(
+        payload='{"type": "x"\x00}',
+        field="type",
+        problem="unknown type",
+        source="nats",
+        subject="linkpulse.events.acme",
+        sequence=42,
+        received_at=BASE,
+    )
     with EventWriter(store_dsn) as w:
         assert w.write_dead_letters([dl, dl]) == 2  # at least once: both kept
     with psycopg.connect(store_dsn) as conn:

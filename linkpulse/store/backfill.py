@@ -57,7 +57,16 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, bytes | dict[str, Any]]]:
     import polars as pl
 
     for no, row in enumerate(pl.read_parquet(path).iter_rows(named=True), start=1):
-        yield no, {k: v for k, v in row.items() if v is not None}
+        out = {k: v for k, v in row.items() if v is not None}
+        props = out.get("properties")
+        if isinstance(props, str | bytes):  # JSON text, the usual way to keep free-form maps
+            try:
+                out["properties"] = orjson.loads(props)
+            except orjson.JSONDecodeError:
+                pass  # validation names the field
+        elif isinstance(props, dict):  # a struct column: keys absent from this row are null
+            out["properties"] = {k: v for k, v in props.items() if v is not None}
+        yield no, out
 
 
 def _parse(raw: bytes | dict[str, Any]) -> BaseEvent:

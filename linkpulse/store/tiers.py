@@ -31,12 +31,12 @@ _END_OFFSET = {"events_1m": "1 minute", "events_1h": "1 hour", "events_1d": "1 d
 
 def policy_statements(
     tier: Tier, *, raw_days: int, rollup_days: int, compress_after_days: int
-) -> list[sql.Composable]:
+) -> list[sql.SQL | sql.Composed]:
     """The statements that (re)create the full tier's policies; none on lower tiers."""
     if tier is not Tier.FULL_TIMESCALE:
         return []
     raw, rollup = timedelta(days=raw_days), timedelta(days=rollup_days)
-    out: list[sql.Composable] = []
+    out: list[sql.SQL | sql.Composed] = []
     for cagg, every in _REFRESH_EVERY.items():
         name = sql.Literal(cagg)
         out.append(
