@@ -9,8 +9,8 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from linkpulse.store import EventWriter, Tier, migrate, refresh, roles
 from linkpulse.schemas.outputs import MetricWindow
+from linkpulse.store import EventWriter, Tier, migrate, refresh, roles
 from tests.fix_db import dsn_with_dbname
 from tests.test_store_writer import BASE, make_events
 

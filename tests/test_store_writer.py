@@ -63,6 +63,9 @@ def make_events(
     return out
 
 
+XMIN_SQL = "SELECT xmin::text, ctid::text FROM events_1m WHERE bucket = %s AND tenant = 'acme'"
+
+
 def rollup_rows(conn: psycopg.Connection, name: str) -> list[tuple[object, ...]]:
     return conn.execute(
         f"SELECT bucket, tenant, type, seller_id, events, revenue, distinct_users FROM {name} "
@@ -129,7 +132,7 @@ def test_incremental_refresh_recomputes_only_touched_buckets(store_dsn: str) -> 
         ).fetchone()[0]  # type: ignore[index]
         assert wm1 is not None
         untouched = conn.execute(
-            "SELECT xmin::text, ctid::text FROM events_1m WHERE bucket = %s AND tenant = 'acme'",
+            XMIN_SQL,
             (BASE,),
         ).fetchall()
         assert untouched
@@ -153,7 +156,7 @@ def test_incremental_refresh_recomputes_only_touched_buckets(store_dsn: str) -> 
         assert wm2 > wm1
         assert (
             conn.execute(
-                "SELECT xmin::text, ctid::text FROM events_1m WHERE bucket = %s AND tenant = 'acme'",
+                XMIN_SQL,
                 (BASE,),
             ).fetchall()
             == untouched
