@@ -1,0 +1,279 @@
+"""POST /v1/events end to end: a real uvicorn server, real NATS, httpx over TCP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from nats.js import JetStreamContext
+
+from linkpulse.config import Settings
+from linkpulse.schemas import decode_event, validate_event
+from linkpulse.schemas.outputs import DeadLetter
+from tests.api_server import ApiServer
+from tests.event_examples import example
+
+pytestmark = pytest.mark.integration
+
+MAX_BATCH = 50
+MAX_BODY = 64 * 1024
+PROBLEM_KEYS = {"type", "title", "status", "detail", "field"}
+
+
+@pytest.fixture
+def api_settings(nats_settings: Settings) -> Settings:
+    return Settings(
+        **{
+            **nats_settings.model_dump(),
+            "ingest_max_batch": MAX_BATCH,
+            "ingest_max_body_bytes": MAX_BODY,
+        }
+    )
+
+
+@pytest.fixture
+def base_url(api_settings: Settings, unused_tcp_port: int, nc: object) -> Iterator[str]:
+    # `nc` first: its teardown (deleting the test's streams) runs after the server stopped.
+    with ApiServer(api_settings, unused_tcp_port) as url:
+        yield url
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=15) as c:
+        yield c
+
+
+@pytest.fixture
+def js(nc: Any) -> JetStreamContext:
+    ctx: JetStreamContext = nc.jetstream()
+    return ctx
+
+
+async def _count(js: JetStreamContext, stream: str) -> int:
+    return int((await js.stream_info(stream)).state.messages)
+
+
+def _assert_problem(resp: httpx.Response, status: int, field: str, *words: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = resp.json()
+    assert PROBLEM_KEYS <= set(body)
+    assert body["status"] == status
+    assert body["type"].startswith("https://linkpulse.dev/problems/")
+    assert body["field"] == field
+    for word in words:
+        assert word in body["detail"], body
+    return body
+
+
+GOOD = [
+    example("page_view", event_id="g1"),
+    example("order_placed", event_id="g2", tenant="globex"),
+    example("review_posted", event_id="g3"),
+]
+BAD = [
+    (example("page_view", event_id="b1", tenant="ACME"), "tenant"),
+    (example("order_placed", event_id="b2", properties={}), "properties.order_id"),
+    (example("page_view", event_id="b3", type="page_scrolled"), "type"),
+    ("not an event", "$"),
+]
+
+
+async def test_mixed_batch_stores_the_good_and_dead_letters_the_bad(
+    client: httpx.AsyncClient, js: JetStreamContext, api_settings: Settings
+) -> None:
+    items = [GOOD[0], BAD[0][0], GOOD[1], BAD[1][0], BAD[2][0], GOOD[2], BAD[3][0]]
+    resp = await client.post("/v1/events", json=items)
+
+    assert resp.status_code == 207, resp.text
+    body = resp.json()
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (3, 0, 4)
+    results = body["results"]
+    assert [r["index"] for r in results] == list(range(7))
+    assert [r["status"] for r in results] == [
+        "accepted",
+        "rejected",
+        "accepted",
+        "rejected",
+        "rejected",
+        "accepted",
+        "rejected",
+    ]
+    assert [r["field"] for r in results if r["status"] == "rejected"] == [f for _, f in BAD]
+    assert [r["event_id"] for r in results] == ["g1", "b1", "g2", "b2", "b3", "g3", None]
+    assert all(r["problem"] for r in results if r["status"] == "rejected")
+
+    # the good events are in JetStream, exactly as sent, on their subjects
+    assert await _count(js, api_settings.stream_name) == 3
+    prefix = api_settings.subject_prefix
+    for sent, result in zip(GOOD, [results[0], results[2], results[5]], strict=True):
+        msg = await js.get_msg(api_settings.stream_name, result["stream_seq"])
+        assert decode_event(msg.data) == validate_event(sent)
+        assert msg.subject == f"{prefix}.events.{sent['tenant']}.{sent['type']}"
+
+    # the bad ones are dead letters, with the original payload and the reason
+    dlq = f"{api_settings.stream_name}_DLQ"
+    assert await _count(js, dlq) == 4
+    letters = [
+        msgspec.json.decode((await js.get_msg(dlq, seq)).data, type=DeadLetter)
+        for seq in range(1, 5)
+    ]
+    assert [dl.field for dl in letters] == [f for _, f in BAD]
+    assert all(dl.source == "http" and dl.problem for dl in letters)
+    assert json.loads(letters[0].payload) == BAD[0][0]
+
+
+async def test_ndjson_is_accepted(
+    client: httpx.AsyncClient, js: JetStreamContext, api_settings: Settings
+) -> None:
+    body = b"\n".join(json.dumps(ev).encode() for ev in GOOD) + b"\n\n"
+    resp = await client.post(
+        "/v1/events", content=body, headers={"content-type": "application/x-ndjson"}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["accepted"] == 3
+    assert await _count(js, api_settings.stream_name) == 3
+
+
+async def test_reposting_a_batch_reports_duplicates_and_stores_nothing_new(
+    client: httpx.AsyncClient, js: JetStreamContext, api_settings: Settings
+) -> None:
+    first = await client.post("/v1/events", json=GOOD)
+    assert first.status_code == 200
+    again = await client.post("/v1/events", json=GOOD)
+    assert again.status_code == 200
+    body = again.json()
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (0, 3, 0)
+    assert {r["status"] for r in body["results"]} == {"duplicate"}
+    assert [r["stream_seq"] for r in body["results"]] == [
+        r["stream_seq"] for r in first.json()["results"]
+    ]
+    assert await _count(js, api_settings.stream_name) == 3
+
+
+async def test_a_body_announced_too_large_is_refused(client: httpx.AsyncClient) -> None:
+    resp = await client.post(
+        "/v1/events",
+        content=b"[" + b" " * MAX_BODY + b"]",
+        headers={"content-type": "application/json"},
+    )
+    _assert_problem(resp, 413, "$", str(MAX_BODY), "LINKPULSE_INGEST_MAX_BODY_BYTES")
+
+
+async def test_a_streamed_body_is_cut_off_at_the_limit(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked encoding
+        yield b"["
+        for _ in range(20):
+            yield b" " * 8192
+        yield b"]"
+
+    resp = await client.post(
+        "/v1/events", content=chunks(), headers={"content-type": "application/json"}
+    )
+    _assert_problem(resp, 413, "$", str(MAX_BODY))
+
+
+async def test_too_many_events_names_the_limit(client: httpx.AsyncClient) -> None:
+    batch = [example("page_view", event_id=f"e{i}") for i in range(MAX_BATCH + 1)]
+    resp = await client.post("/v1/events", json=batch)
+    _assert_problem(resp, 413, "$", f"{MAX_BATCH + 1} events", f"limit is {MAX_BATCH}")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", None])
+async def test_wrong_content_type_is_415(client: httpx.AsyncClient, content_type: str) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    resp = await client.post("/v1/events", content=json.dumps(GOOD).encode(), headers=headers)
+    _assert_problem(resp, 415, "Content-Type", "application/x-ndjson")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "words"),
+    [
+        (b'[{"type": "page_view"', "application/json", ["malformed JSON"]),
+        (b'{"type": "page_view"}', "application/json", ["JSON array"]),
+        (b"[]", "application/json", ["no events"]),
+        (b"\n\n", "application/x-ndjson", ["no events"]),
+    ],
+    ids=["malformed", "not-an-array", "empty-array", "empty-ndjson"],
+)
+async def test_unreadable_or_empty_body_is_400(
+    client: httpx.AsyncClient, body: bytes, content_type: str, words: list[str]
+) -> None:
+    resp = await client.post("/v1/events", content=body, headers={"content-type": content_type})
+    _assert_problem(resp, 400, "$", *words)
+
+
+async def test_health_readiness_and_metrics(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+
+    await client.post("/v1/events", json=[GOOD[0], BAD[0][0]])
+    await client.post("/v1/events", json=[GOOD[0]])
+    text = (await client.get("/metrics")).text
+    assert 'linkpulse_ingest_events_total{event_type="page_view",status="accepted"} 1.0' in text
+    assert 'linkpulse_ingest_events_total{event_type="page_view",status="duplicate"} 1.0' in text
+    assert 'linkpulse_ingest_events_total{event_type="page_view",status="rejected"} 1.0' in text
+    assert (
+        'linkpulse_ingest_rejected_events_total{event_type="page_view",field="tenant"} 1.0' in text
+    )
+    assert (
+        'linkpulse_http_request_duration_seconds_count{method="POST",route="/v1/events",'
+        'status="207"} 1.0' in text
+    )
+
+
+async def test_openapi_documents_the_body_with_the_event_schema(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]
+    array = body["application/json"]["schema"]
+    assert array["items"] == {"$ref": "#/components/schemas/Event"}
+    assert array["maxItems"] == MAX_BATCH
+    assert "application/x-ndjson" in body
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["Event"]["discriminator"]["mapping"]) >= {"page_view", "order_placed"}
+    assert schemas["OrderPlaced"]["properties"]["properties"]["required"] == ["order_id"]
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_unknown_path_is_a_problem_not_a_page(client: httpx.AsyncClient) -> None:
+    resp = await client.get("/v1/nothing-here")
+    assert resp.status_code == 404
+    assert resp.headers["content-type"] == "application/problem+json"
+
+
+async def test_nats_unreachable_is_503_with_a_retry_hint(
+    nats_settings: Settings, unused_tcp_port_factory: Any
+) -> None:
+    closed_port, api_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    settings = Settings(
+        **{**nats_settings.model_dump(), "nats_url": f"nats://127.0.0.1:{closed_port}"}
+    )
+    with ApiServer(settings, api_port) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=15) as c:
+            resp = await c.post("/v1/events", json=GOOD)
+            body = _assert_problem_503(resp)
+            assert f"127.0.0.1:{closed_port}" in body["detail"]
+            assert (await c.get("/healthz")).status_code == 200  # alive, just not ready
+            ready = await c.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.headers["content-type"] == "application/problem+json"
+            # bad requests are still told what is wrong with them, NATS or not
+            bad = await c.post("/v1/events", content=b"[", headers={"content-type": "text/csv"})
+            assert bad.status_code == 415
+
+
+def _assert_problem_503(resp: httpx.Response) -> dict[str, Any]:
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.headers["retry-after"] == "2"
+    body: dict[str, Any] = resp.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert "retry" in body["detail"]
+    return body
