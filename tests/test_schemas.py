@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from linkpulse.cli import app as cli_app
 from linkpulse.errors import SchemaValidationError
 from linkpulse.schemas import (
     EVENT_CLASS_BY_TYPE,
     EVENT_TYPES,
     decode_event,
     encode_event,
+    event_json_schema,
     split_batch,
     validate_event,
 )
@@ -304,3 +308,55 @@ def test_fuzz_mutated_valid_events(event_type: str, name: str, value: Any) -> No
     # and byte-level damage to a valid event
     for cut in (len(raw) // 2, len(raw) - 1):
         _only_schema_errors(lambda cut=cut: decode_event(raw[:cut], now=NOW))
+
+
+# -- the `linkpulse schema` commands ----------------------------------------------------------
+
+
+def test_schema_export_writes_the_event_json_schema(tmp_path: Path) -> None:
+    out = tmp_path / "event.schema.json"
+    result = CliRunner().invoke(cli_app, ["schema", "export", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) == event_json_schema()
+    printed = CliRunner().invoke(cli_app, ["schema", "export"])
+    assert json.loads(printed.stdout) == event_json_schema()
+
+
+def test_schema_validate_reports_each_bad_line(tmp_path: Path) -> None:
+    lines = [
+        json.dumps(example("page_view")),
+        "",
+        json.dumps(example("order_placed", currency="usd")),
+        "{not json",
+        json.dumps(example("review_posted")),
+    ]
+    path = tmp_path / "events.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(cli_app, ["schema", "validate", str(path)])
+    assert result.exit_code == 1
+    bad = result.stdout.strip().splitlines()
+    assert bad[0].startswith(f"{path}:3: currency: ")
+    assert bad[1].startswith(f"{path}:4: $: malformed JSON")
+    assert len(bad) == 2
+    assert "4 event(s) (ndjson): 2 valid, 2 invalid" in result.stderr
+
+
+def test_schema_validate_locates_items_of_a_json_array(tmp_path: Path) -> None:
+    items = [example("page_view"), example("page_view", tenant="Bad Tenant")]
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps(items, indent=2))
+    result = CliRunner().invoke(cli_app, ["schema", "validate", str(path)])
+    assert result.exit_code == 1
+    line = json.dumps(items, indent=2).splitlines().index("  {", 2) + 1
+    assert result.stdout.startswith(f"{path}:{line}: tenant: ")
+
+
+def test_schema_validate_passes_a_good_file_and_refuses_a_missing_one(tmp_path: Path) -> None:
+    path = tmp_path / "ok.ndjson"
+    path.write_text("\n".join(json.dumps(ev) for ev in all_examples()))
+    result = CliRunner().invoke(cli_app, ["schema", "validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(all_examples())} valid" in result.stderr
+    missing = CliRunner().invoke(cli_app, ["schema", "validate", str(tmp_path / "nope")])
+    assert missing.exit_code == 2
+    assert "cannot read" in missing.stderr
