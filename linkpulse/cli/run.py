@@ -1,9 +1,107 @@
-"""CLI commands: run (being built)."""
+"""CLI commands: ``linkpulse run dataflow`` runs the live-metrics Bytewax flow."""
 
 from __future__ import annotations
 
+import sys
+from datetime import timedelta
+from pathlib import Path
+
 import typer
+
+from linkpulse.config import get_settings
+from linkpulse.errors import LinkpulseError
+
+run_app = typer.Typer(help="Run linkpulse's long-running processes.", no_args_is_help=True)
+
+
+@run_app.command("dataflow")
+def dataflow(
+    workers: int = typer.Option(1, "-w", "--workers", min=1, help="Worker threads per process."),
+    processes: int = typer.Option(
+        1, "-p", "--processes", min=1, help="Processes to start on this machine, as one cluster."
+    ),
+    addresses: str | None = typer.Option(
+        None,
+        "-a",
+        "--addresses",
+        help="host:port of every process of a multi-machine cluster, ';'-separated (with -i).",
+    ),
+    process_id: int | None = typer.Option(
+        None, "-i", "--process-id", min=0, help="This process's index in --addresses."
+    ),
+    recovery_dir: Path | None = typer.Option(
+        Path(".linkpulse/recovery"),
+        "--recovery-dir",
+        help="Bytewax recovery store (created on first run); '' disables recovery.",
+    ),
+    snapshot_interval: float = typer.Option(
+        5.0, "-s", "--snapshot-interval", min=0.1, help="Seconds between state snapshots."
+    ),
+    from_start: bool = typer.Option(
+        False, "--from-start", help="Discard the recovery store and re-read the whole stream."
+    ),
+    stop_at_seq: int | None = typer.Option(
+        None, "--stop-at-seq", min=1, help="Exit once this stream sequence is processed."
+    ),
+    raw_events: bool = typer.Option(
+        True, "--raw-events/--no-raw-events", help="Store raw events (off: metrics only)."
+    ),
+    redis_prefix: str = typer.Option("linkpulse:", help="Prefix of the Redis latest-value keys."),
+) -> None:
+    """Run the live-metrics dataflow: JetStream in; store, Redis and NATS out.
+
+    Resumes from the recovery store after a crash or restart (exactly once in
+    effect). Prometheus metrics are served on LINKPULSE_METRICS_PORT.
+    """
+    # Imported here so `linkpulse --help` does not load Bytewax.
+    from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
+    from linkpulse.dataflows.runner import run_flow, spawn_local_cluster
+
+    if processes > 1:
+        if addresses or process_id is not None:
+            typer.secho("use either -p (local processes) or -a/-i (a cluster)", err=True)
+            raise typer.Exit(2)
+        argv = [a for a in sys.argv[1:]]
+        argv = _without(argv, ("-p", "--processes"))
+        raise typer.Exit(spawn_local_cluster(processes, argv))
+    settings = get_settings()
+    rec = recovery_dir if recovery_dir and str(recovery_dir) not in ("", ".") else None
+    opts = FlowOptions(
+        raw_events=raw_events, stop_at_seq=stop_at_seq, redis_key_prefix=redis_prefix
+    )
+    try:
+        run_flow(
+            build_flow(settings, opts),
+            workers=workers,
+            process_id=process_id,
+            addresses=addresses.split(";") if addresses else None,
+            recovery_dir=rec,
+            snapshot_interval=timedelta(seconds=snapshot_interval),
+            from_start=from_start,
+            metrics_port=settings.metrics_port,
+        )
+    except (LinkpulseError, ValueError) as e:
+        typer.secho(f"dataflow failed: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from e
+
+
+def _without(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` minus an option and its value (``-p 2``, ``--processes=2``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in names:
+            skip = True
+            continue
+        if any(arg.startswith(f"{n}=") for n in names):
+            continue
+        out.append(arg)
+    return out
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.add_typer(run_app, name="run")

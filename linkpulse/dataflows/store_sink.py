@@ -58,8 +58,10 @@ class _StorePartition(StatelessSinkPartition[Any]):
     def write_batch(self, items: list[Any]) -> None:
         if not items:
             return
-        with timed_sink(f"store_{self._kind}", len(items)):
-            self._write(items)
+        # Upstream may send one list per chunk (fewer, bigger Bytewax items).
+        rows = [x for it in items for x in it] if isinstance(items[0], list) else items
+        with timed_sink(f"store_{self._kind}", len(rows)):
+            self._write(rows)
 
     def close(self) -> None:
         self._writer.close()
