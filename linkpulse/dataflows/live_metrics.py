@@ -45,7 +45,7 @@ from linkpulse.operators.pipeline import PreAggregator
 from linkpulse.schemas import BaseEvent
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 
-__all__ = ["ROUTES", "FlowOptions", "build_flow", "flow"]
+__all__ = ["ROUTES", "FlowOptions", "build_flow"]  # and ``flow``, built on access
 
 # Series are spread over this many keyed aggregators whatever the worker
 # count; changing it re-routes series, so it is part of the recovery layout.
@@ -130,7 +130,9 @@ class PreAggregateLogic(StatefulBatchLogic[DecodedChunk, tuple[str, RouteBatch],
             if batch.late:
                 metrics.LATE_EVENTS.inc(batch.late)
             # Every route hears every chunk, so every watermark and clock moves together.
-            for key, partials in zip(_ROUTE_KEYS, split_by_route(batch.partials, ROUTES)):
+            for key, partials in zip(
+                _ROUTE_KEYS, split_by_route(batch.partials, ROUTES), strict=True
+            ):
                 out.append((key, RouteBatch(partials, batch.max_event_time, chunk.now_ns)))
         wm = self._pre.watermark
         if math.isfinite(wm):
