@@ -35,6 +35,10 @@ from linkpulse.simulator.model import (
 )
 from linkpulse.simulator.sessions import SessionWriter
 
+# Warm-up before the run's start: two simulated minutes, at most ~200k discarded events.
+WARMUP_S = 120.0
+WARMUP_EVENTS = 200_000.0
+
 
 @dataclass(frozen=True)
 class TrafficConfig:
@@ -132,8 +136,10 @@ class _Generator:
     def run(self) -> Iterator[BaseEvent]:
         cfg, rng, heap, writer = self._cfg, self._writer.rng, self._heap, self._writer
         heappop = heapq.heappop
-        end = cfg.end
-        t = cfg.start
+        end, first = cfg.end, cfg.start
+        # Start sessions a little before `start` and drop what falls before it, so the
+        # stream is in its steady state from the first second (sessions last minutes).
+        t = first - min(WARMUP_S, WARMUP_EVENTS / cfg.rate)
         boundaries = [*self._boundaries, math.inf]
         b = 0
         season, season_until = 1.0, -math.inf
@@ -149,7 +155,7 @@ class _Generator:
             limit = t_next if t_next < end else end
             while heap and heap[0][0] < limit:
                 ts, _, ev = heappop(heap)
-                if silent and _silenced(silent, ev, ts):
+                if ts < first or (silent and _silenced(silent, ev, ts)):
                     continue
                 yield ev
             if t_next >= end:
