@@ -340,6 +340,11 @@ class QuantileSpec:
 class Quantiles:
     """Exact moments plus p50/p95/p99 from a DDSketch (mergeable, deterministic).
 
+    Up to ``SMALL`` values are kept as a plain list (quantiles exact, and no
+    sketch to build for the many tiny per-pane partials); past that they move
+    into the sketch. Both modes answer quantile ``q`` with the value at rank
+    ``floor(q * (n - 1))``, the sketch within its relative accuracy.
+
     >>> q = Quantiles()
     >>> for x in range(1, 101):
     ...     q.add(float(x))
@@ -348,27 +353,55 @@ class Quantiles:
     (100, True, True)
     """
 
-    __slots__ = ("alpha", "bin_limit", "moments", "sketch")
+    __slots__ = ("alpha", "bin_limit", "moments", "sketch", "values")
+    SMALL: Final = 32
 
     def __init__(self, relative_accuracy: float = 0.01, bin_limit: int = 2048) -> None:
         self.alpha = relative_accuracy
         self.bin_limit = bin_limit
         self.moments = Moments()
-        self.sketch = LogCollapsingLowestDenseDDSketch(relative_accuracy, bin_limit=bin_limit)
+        self.values: list[float] = []
+        self.sketch: LogCollapsingLowestDenseDDSketch | None = None
 
     @property
     def state_key(self) -> str:
         return f"ddsketch/v1/alpha={self.alpha}/bins={self.bin_limit}"
 
+    def _spill(self) -> LogCollapsingLowestDenseDDSketch:
+        sketch = LogCollapsingLowestDenseDDSketch(self.alpha, bin_limit=self.bin_limit)
+        for v in self.values:
+            sketch.add(v)
+        self.values = []
+        self.sketch = sketch
+        return sketch
+
     def add(self, x: float | None) -> None:
         if x is None or not _isfinite(x):
             return
         self.moments.add(x)
-        self.sketch.add(x)
+        if self.sketch is None:
+            self.values.append(x)
+            if len(self.values) > self.SMALL:
+                self._spill()
+        else:
+            self.sketch.add(x)
 
     def merge(self, other: Quantiles) -> None:
+        if other.alpha != self.alpha or other.bin_limit != self.bin_limit:
+            msg = f"cannot merge quantile sketches {self.state_key} and {other.state_key}"
+            raise ValueError(msg)
         self.moments.merge(other.moments)
-        self.sketch.merge(other.sketch)
+        if other.sketch is None:
+            if self.sketch is None:
+                self.values.extend(other.values)
+                if len(self.values) > self.SMALL:
+                    self._spill()
+            else:
+                for v in other.values:
+                    self.sketch.add(v)
+        else:
+            sketch = self.sketch if self.sketch is not None else self._spill()
+            sketch.merge(other.sketch)
 
     def copy(self) -> Quantiles:
         q = Quantiles(self.alpha, self.bin_limit)
@@ -376,8 +409,12 @@ class Quantiles:
         return q
 
     def quantile(self, q: float) -> float | None:
-        v = self.sketch.get_quantile_value(q)
-        return None if v is None else float(v)
+        if self.sketch is not None:
+            v = self.sketch.get_quantile_value(q)
+            return None if v is None else float(v)
+        if not self.values:
+            return None
+        return sorted(self.values)[int(q * (len(self.values) - 1))]
 
     def fields(self) -> dict[str, Any]:
         f = self.moments.fields()
@@ -393,11 +430,14 @@ class Quantiles:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The sketch is plain Python; pickle it as a blob so the state key travels with it.
-        return (_quantiles, (self.alpha, self.bin_limit, self.moments, pickle.dumps(self.sketch)))
+        blob = None if self.sketch is None else pickle.dumps(self.sketch)
+        return (_quantiles, (self.alpha, self.bin_limit, self.moments, self.values, blob))
 
 
-def _quantiles(alpha: float, bin_limit: int, moments: Moments, blob: bytes) -> Quantiles:
+def _quantiles(
+    alpha: float, bin_limit: int, moments: Moments, values: list[float], blob: bytes | None
+) -> Quantiles:
     q = Quantiles.__new__(Quantiles)
-    q.alpha, q.bin_limit, q.moments = alpha, bin_limit, moments
-    q.sketch = pickle.loads(blob)  # noqa: S301 - our own snapshot, never user input
+    q.alpha, q.bin_limit, q.moments, q.values = alpha, bin_limit, moments, values
+    q.sketch = None if blob is None else pickle.loads(blob)  # noqa: S301 - our own snapshot
     return q

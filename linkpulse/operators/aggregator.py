@@ -26,6 +26,7 @@ import math
 import pickle
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -45,6 +46,7 @@ class _Series:
     __slots__ = (
         "due",
         "final_rev",
+        "level",
         "live",
         "max_pane",
         "metric",
@@ -57,8 +59,9 @@ class _Series:
         "tum",
     )
 
-    def __init__(self, metric: str, n_sliding: int) -> None:
+    def __init__(self, metric: str, level: int, n_sliding: int) -> None:
         self.metric = metric
+        self.level = level  # 0: tenant-level series, 1: series with dimensions
         self.pending: dict[int, Accumulator] = {}
         self.panes: dict[int, Accumulator] = {}
         self.tum: dict[WKey, Accumulator] = {}
@@ -82,6 +85,16 @@ class _Series:
         return s
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """The windows one level of series (tenant-level or with dimensions) gets."""
+
+    tumbling: tuple[tuple[int, int], ...]  # (window index, size)
+    sliding: tuple[tuple[int, int, WindowSpec], ...]  # (slot in slide_done, window index, spec)
+    max_slide: int
+    interval: float  # live emit interval
+
+
 class WindowAggregator:
     """Merges pane partials for many series and emits window updates.
 
@@ -96,32 +109,47 @@ class WindowAggregator:
         *,
         registry: Registry,
         windows: tuple[WindowSpec, ...],
+        dimension_windows: tuple[WindowSpec, ...],
         pane_s: int,
         factories: Mapping[str, Callable[[], Accumulator]],
         state_keys: Mapping[str, str],
         watermark: Watermark,
         revision_horizon_s: float,
         emit_interval_s: float,
+        dimension_emit_interval_s: float,
         now_getter: Callable[[], datetime],
         resume_state: bytes | None = None,
     ) -> None:
         self._registry = registry
         self._windows = windows
         self._pane_s = pane_s
-        self._tumbling = [(i, w.size_s) for i, w in enumerate(windows) if not w.is_sliding]
-        self._sliding = [(i, w) for i, w in enumerate(windows) if w.is_sliding]
-        self._max_slide = max((w.size_s for _, w in self._sliding), default=0)
+        self._names = [w.name for w in windows]
+        sliding = [(i, w) for i, w in enumerate(windows) if w.is_sliding]
+        self._n_sliding = len(sliding)
+        self._layouts: tuple[_Layout, ...] = tuple(
+            _Layout(
+                tumbling=tuple(
+                    (i, w.size_s) for i, w in enumerate(windows) if not w.is_sliding and w in ws
+                ),
+                sliding=tuple((j, i, w) for j, (i, w) in enumerate(sliding) if w in ws),
+                max_slide=max((w.size_s for _, w in sliding if w in ws), default=0),
+                interval=interval,
+            )
+            for ws, interval in (
+                (windows, emit_interval_s),
+                (dimension_windows, dimension_emit_interval_s),
+            )
+        )
         self._factories = factories
         self._state_keys = dict(state_keys)
         self._wm = watermark
         self._horizon = revision_horizon_s
-        self._emit_interval = emit_interval_s
         self._now_getter = now_getter
         self._series: dict[str, _Series] = {}
         self._meta: dict[str, tuple[Metric, str, str, dict[str, str]]] = {}
-        self._dirty: set[str] = set()
-        self._live_pending: set[str] = set()
-        self._last_live = -math.inf
+        self._dirty: tuple[set[str], set[str]] = (set(), set())  # per level
+        self._live_pending: tuple[set[str], set[str]] = (set(), set())
+        self._last_live = [-math.inf, -math.inf]
         self._next_boundary = -math.inf
         self.dropped_partials = 0  # partials whose every window was beyond the horizon
         if resume_state is not None:
@@ -155,7 +183,7 @@ class WindowAggregator:
                 pend.merge(acc)
             if pane > newest:
                 newest = pane
-            dirty.add(skey)
+            dirty[s.level].add(skey)
         if max_event_time is None:
             max_event_time = newest
         now = self._now()
@@ -171,8 +199,9 @@ class WindowAggregator:
         """When ``tick()`` next has something to do (``None``: only new input will)."""
         now = self._now()
         times: list[float] = []
-        if self._dirty or self._live_pending:
-            times.append(max(now, self._last_live + self._emit_interval))
+        for level, layout in enumerate(self._layouts):
+            if self._dirty[level] or self._live_pending[level]:
+                times.append(max(now, self._last_live[level] + layout.interval))
         if self._series:
             t = self._wm.when_reaches(self._next_boundary, now)
             if t is not None:
@@ -197,7 +226,7 @@ class WindowAggregator:
         """Recovery state: an immutable pickled copy (accumulators pickle via ``__reduce__``)."""
         state = {
             "version": STATE_VERSION,
-            "layout": [w.name for w in self._windows] + [self._pane_s],
+            "layout": self._layout_id(),
             "state_keys": dict(self._state_keys),
             "watermark": self._wm.snapshot(),
             "last_live": self._last_live,
@@ -208,6 +237,12 @@ class WindowAggregator:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _layout_id(self) -> list[Any]:
+        return [
+            self._names,
+            [[lay.tumbling, [x[:2] for x in lay.sliding]] for lay in self._layouts],
+        ]
+
     def _now(self) -> float:
         return to_seconds(self._now_getter())
 
@@ -215,7 +250,8 @@ class WindowAggregator:
         tenant, name, dims = parse_series_key(skey)
         metric = self._registry.get(name)
         self._meta[skey] = (metric, tenant, dims_key(dims), dims)
-        s = self._series[skey] = _Series(name, len(self._sliding))
+        level = 1 if dims else 0
+        s = self._series[skey] = _Series(name, level, self._n_sliding)
         return s
 
     def _restore(self, blob: bytes) -> None:
@@ -225,9 +261,9 @@ class WindowAggregator:
         self._wm.__init__(  # type: ignore[misc]
             self._wm.allowed_lateness_s, self._wm.idle_timeout_s, state["watermark"]
         )
-        self._last_live = state["last_live"]
+        self._last_live = list(state["last_live"])
         self._next_boundary = state["next_boundary"]
-        if state["layout"] != [w.name for w in self._windows] + [self._pane_s]:
+        if state["layout"] != self._layout_id():
             return  # windows or panes changed: old window state would be misread
         old_keys: dict[str, str] = state["state_keys"]
         for skey, d in state["series"].items():
@@ -237,29 +273,40 @@ class WindowAggregator:
                 self._new_series(skey)
                 self._series[skey] = _Series.load(d)
                 if d["pending"]:
-                    self._dirty.add(skey)
+                    self._dirty[d["level"]].add(skey)
                 if d["live"] or d["slide_live"]:
-                    self._live_pending.add(skey)
+                    self._live_pending[d["level"]].add(skey)
 
     def _advance(self, now: float, wm: float, force: bool = False) -> list[MetricWindow]:
         out: list[MetricWindow] = []
-        live_due = force or now - self._last_live >= self._emit_interval
+        live_due = [
+            force or now - self._last_live[level] >= layout.interval
+            for level, layout in enumerate(self._layouts)
+        ]
         boundary = wm >= self._next_boundary
-        if not (live_due or boundary):
+        if not (live_due[0] or live_due[1] or boundary):
             return out
-        for skey in self._dirty:
-            self._commit(skey, wm)
+        # Series with dimensions commit on their own (slower) cadence: pending partials
+        # coalesce meanwhile. Any closing needs everything committed first.
+        committed: list[str] = []
+        commit_wm = self._wm.current(now) if force else wm  # close() commits, then ends all
+        for level, dirty in enumerate(self._dirty):
+            if live_due[level] or boundary:
+                for skey in dirty:
+                    self._commit(skey, commit_wm)
+                committed.extend(dirty)
+                dirty.clear()
         due = [k for k, s in self._series.items() if s.due <= wm] if boundary else []
         for skey in due:
-            self._close(skey, wm, out)
-        for skey in self._dirty:
+            self._close(skey, wm, commit_wm, out)
+        for skey in committed:
             self._emit_revisions(skey, out)
-        self._dirty.clear()
-        if live_due:
-            for skey in self._live_pending:
-                self._emit_live(skey, out)
-            self._live_pending.clear()
-            self._last_live = now
+        for level, due_now in enumerate(live_due):
+            if due_now:
+                for skey in self._live_pending[level]:
+                    self._emit_live(skey, out)
+                self._live_pending[level].clear()
+                self._last_live[level] = now
         for skey in due:
             self._expire(skey, wm)
         if boundary and wm < math.inf:
@@ -270,9 +317,10 @@ class WindowAggregator:
         s = self._series[skey]
         new = self._factories[s.metric]
         horizon = self._horizon
+        layout = self._layouts[s.level]
         for pane, acc in s.pending.items():
             used = False
-            for i, size in self._tumbling:
+            for i, size in layout.tumbling:
                 ws = pane - pane % size
                 end = ws + size
                 if end + horizon <= wm:
@@ -291,21 +339,21 @@ class WindowAggregator:
                     s.live.add(key)
                 else:
                     s.revise.add(key)
-            if self._sliding and pane + self._max_slide + horizon > wm:
+            if layout.sliding and pane + layout.max_slide + horizon > wm:
                 used = True
                 p = s.panes.get(pane)
                 if p is None:
                     s.panes[pane] = acc
                 else:
                     p.merge(acc)
-                for j, (_, spec) in enumerate(self._sliding):
+                for j, i, spec in layout.sliding:
                     done = s.slide_done[j]
                     for ws in spec.starts_containing(pane):
                         end = ws + spec.size_s
                         if end > done:
                             s.slide_live = True
                         elif end + horizon > wm:
-                            s.revise.add((self._sliding[j][0], ws))
+                            s.revise.add((i, ws))
                 if pane > s.max_pane:
                     s.max_pane = pane
                 if pane + self._pane_s < s.due:
@@ -314,9 +362,10 @@ class WindowAggregator:
                 self.dropped_partials += 1
         s.pending.clear()
         if s.live or s.slide_live:
-            self._live_pending.add(skey)
+            self._live_pending[s.level].add(skey)
 
-    def _close(self, skey: str, wm: float, out: list[MetricWindow]) -> None:
+    def _close(self, skey: str, wm: float, state_wm: float, out: list[MetricWindow]) -> None:
+        """Emit finals for windows ending by ``wm``; ``state_wm`` decides what has expired."""
         s = self._series[skey]
         for key in sorted(s.open_tum):
             i, ws = key
@@ -327,7 +376,7 @@ class WindowAggregator:
                 out.append(self._window(skey, i, ws, s.tum[key], 0, True))
         if s.panes:
             keys = sorted(s.panes)
-            for j, (i, spec) in enumerate(self._sliding):
+            for j, i, spec in self._layouts[s.level].sliding:
                 size, step = spec.size_s, spec.step_s
                 end = s.slide_done[j] + step if s.slide_done[j] > -math.inf else -math.inf
                 while end <= wm:
@@ -338,7 +387,7 @@ class WindowAggregator:
                         end = (keys[lo] // step + 1) * step
                         continue
                     ws = int(end - size)
-                    if end + self._horizon > wm:  # else too old to publish: state is gone
+                    if end + self._horizon > state_wm:  # else too old to publish: state is gone
                         s.final_rev[(i, ws)] = 0
                         acc = self._compose(s, keys, ws, end)
                         out.append(self._window(skey, i, ws, acc, 0, True))
@@ -352,13 +401,13 @@ class WindowAggregator:
             del s.final_rev[key]
             s.tum.pop(key, None)
             s.revise.discard(key)
-        cutoff = wm - self._max_slide - horizon
+        cutoff = wm - self._layouts[s.level].max_slide - horizon
         for p in [p for p in s.panes if p <= cutoff]:
             del s.panes[p]
         if not (s.pending or s.panes or s.tum or s.revise):
             del self._series[skey]
             self._meta.pop(skey, None)
-            self._live_pending.discard(skey)
+            self._live_pending[s.level].discard(skey)
             return
         s.due = self._next_due(s)
 
@@ -371,11 +420,12 @@ class WindowAggregator:
         for i, ws in s.final_rev:
             due = min(due, ws + sizes[i].size_s + horizon)
         if s.panes:
+            layout = self._layouts[s.level]
             newest = max(s.panes)
-            for j, (_, spec) in enumerate(self._sliding):
+            for j, _, spec in layout.sliding:
                 if newest + spec.size_s > s.slide_done[j]:
                     due = min(due, s.slide_done[j] + spec.step_s)
-            due = min(due, min(s.panes) + self._max_slide + horizon)
+            due = min(due, min(s.panes) + layout.max_slide + horizon)
         return due
 
     def _compose(self, s: _Series, keys: list[int], start: int, end: float) -> Accumulator:
@@ -408,7 +458,7 @@ class WindowAggregator:
         s.live.clear()
         if s.slide_live:
             keys = sorted(s.panes)
-            for j, (i, spec) in enumerate(self._sliding):
+            for j, i, spec in self._layouts[s.level].sliding:
                 end = (s.max_pane // spec.step_s + 1) * spec.step_s
                 if end > s.slide_done[j]:
                     ws = end - spec.size_s
@@ -433,7 +483,7 @@ class WindowAggregator:
             tenant=tenant,
             dims_key=dk,
             dimensions=dict(dims),
-            window=spec.name,
+            window=self._names[i],
             window_start=to_datetime(ws),
             window_end=to_datetime(ws + spec.size_s),
             value=value,

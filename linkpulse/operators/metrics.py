@@ -46,15 +46,23 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 Predicate = Callable[[Any], bool]
 
 
-def of_type(*types: str) -> Predicate:
-    """Predicate: the event is one of ``types`` (for ratio terms)."""
-    wanted = frozenset(types)
-    return lambda ev: ev.type in wanted
-
-
 def prop_equals(key: str, value: Any) -> Predicate:
     """Predicate: ``ev.properties[key] == value``."""
     return lambda ev: ev.properties.get(key) == value
+
+
+@dataclass(frozen=True)
+class Term:
+    """One side of a ratio: events of these types (optionally filtered) count 1 each."""
+
+    events: tuple[str, ...]
+    where: Predicate | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.events if t not in EVENT_TYPES]
+        if not self.events or unknown:
+            msg = f"a ratio term needs known event types, got {self.events}"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -67,11 +75,15 @@ class Metric:
     measure: Callable[[Any], Any] | None = None
     where: Predicate | None = None
     dimensions: tuple[tuple[str, ...], ...] = ((),)
-    numerator: Predicate | None = None
-    denominator: Predicate | None = None
+    numerator: Term | None = None
+    denominator: Term | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
+        if self.numerator is not None and self.denominator is not None and not self.events:
+            # a ratio is fed by the union of its terms' event types
+            both = (*self.numerator.events, *self.denominator.events)
+            object.__setattr__(self, "events", tuple(dict.fromkeys(both)))
         if not _NAME.match(self.name):
             msg = f"metric name must match {_NAME.pattern}, got {self.name!r}"
             raise ValueError(msg)
@@ -163,10 +175,10 @@ REGISTRY: Final = Registry(
         ),
         Metric(
             "payment_failure_rate",
-            ("payment_settled", "payment_failed"),
+            (),
             value="ratio",
-            numerator=of_type("payment_failed"),
-            denominator=of_type("payment_settled", "payment_failed"),
+            numerator=Term(("payment_failed",)),
+            denominator=Term(("payment_settled", "payment_failed")),
             dimensions=_SELLER,
             description="failed / (settled + failed) payments",
         ),
@@ -183,12 +195,10 @@ REGISTRY: Final = Registry(
         Metric("page_views", ("page_view",), description="pages shown"),
         Metric(
             "conversion_rate",
-            ("order_placed", "page_view"),
+            (),
             value="ratio",
-            numerator=of_type("order_placed"),
-            denominator=lambda ev: (
-                ev.type == "page_view" and ev.properties.get("page") == "product"
-            ),
+            numerator=Term(("order_placed",)),
+            denominator=Term(("page_view",), where=prop_equals("page", "product")),
             description="orders / product page views",
         ),
         Metric(

@@ -62,10 +62,12 @@ class MetricsConfig:
 
     registry: Registry = REGISTRY
     windows: tuple[str, ...] = ("1m", "5m", "15m", "1h", "5m/10s", "15m/10s")
+    dimension_windows: tuple[str, ...] | None = None  # None: the tumbling ones of `windows`
     allowed_lateness_s: float = 10.0
     idle_timeout_s: float | None = 5.0
     revision_horizon_s: float = 3600.0
     emit_interval_s: float = 1.0
+    dimension_emit_interval_s: float = 10.0
     distinct: DistinctSpec = field(default_factory=DistinctSpec)
     quantiles: QuantileSpec = field(default_factory=QuantileSpec)
     now_getter: Callable[[], datetime] = utc_now
@@ -74,6 +76,7 @@ class MetricsConfig:
         if not self.windows:
             msg = "windows must name at least one window, e.g. ('1m',)"
             raise ValueError(msg)
+        _ = self.dimension_window_specs  # validates the subset
         names = [w.name for w in self.window_specs]
         if len(set(names)) != len(names):
             msg = f"windows must be distinct, got {list(self.windows)}"
@@ -82,6 +85,7 @@ class MetricsConfig:
             ("allowed_lateness_s", self.allowed_lateness_s),
             ("revision_horizon_s", self.revision_horizon_s),
             ("emit_interval_s", self.emit_interval_s),
+            ("dimension_emit_interval_s", self.dimension_emit_interval_s),
         ):
             if not (value >= 0 and math.isfinite(value)):
                 msg = f"{name} must be a finite number of seconds >= 0, got {value!r}"
@@ -93,6 +97,17 @@ class MetricsConfig:
     @cached_property
     def window_specs(self) -> tuple[WindowSpec, ...]:
         return tuple(WindowSpec.parse(w) for w in self.windows)
+
+    @cached_property
+    def dimension_window_specs(self) -> tuple[WindowSpec, ...]:
+        if self.dimension_windows is None:
+            return tuple(w for w in self.window_specs if not w.is_sliding)
+        specs = tuple(WindowSpec.parse(w) for w in self.dimension_windows)
+        extra = [w.name for w in specs if w not in self.window_specs]
+        if extra:
+            msg = f"dimension_windows must be a subset of windows, {extra} are not"
+            raise ValueError(msg)
+        return specs
 
     @cached_property
     def pane_s(self) -> int:
@@ -127,12 +142,14 @@ class MetricsConfig:
         return WindowAggregator(
             registry=self.registry,
             windows=self.window_specs,
+            dimension_windows=self.dimension_window_specs,
             pane_s=self.pane_s,
             factories=self.factories,
             state_keys=self.state_keys,
             watermark=self.watermark(),
             revision_horizon_s=self.revision_horizon_s,
             emit_interval_s=self.emit_interval_s,
+            dimension_emit_interval_s=self.dimension_emit_interval_s,
             now_getter=self.now_getter,
             resume_state=resume_state,
         )

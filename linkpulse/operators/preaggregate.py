@@ -111,56 +111,108 @@ def compile_plan(
     for m in registry:
         new = accumulator_factory(m, distinct, quantiles)
         for t in m.events:
-            ops.setdefault(EVENT_CLASS_BY_TYPE[t], []).append(_make_op(m, new))
+            ops.setdefault(EVENT_CLASS_BY_TYPE[t], []).append(_make_op(m, t, new))
     return Plan(registry, {k: tuple(v) for k, v in ops.items()}, distinct, quantiles)
 
 
-def _make_op(m: Metric, new: Callable[[], Accumulator]) -> _Op:
-    """One closure updating every dimension set of metric ``m`` for one event."""
+def _counter() -> Moments:
+    # A counter partial only ever sees 1.0, so min/max are set once here.
+    m = Moments()
+    m.min = m.max = 1.0
+    return m
+
+
+def _make_op(m: Metric, event_type: str, new: Callable[[], Accumulator]) -> _Op:
+    """One closure updating every dimension set of metric ``m`` for one event of a type.
+
+    Specialized per accumulator family and event type, so the per-event path
+    is a few dict operations with no dispatch on strings.
+    """
     name, where, measure = m.name, m.where, m.measure
     dims = tuple(d[0] for d in m.dimensions if d)
-    kind = "counter" if m.aggregation == "moments" and measure is None else m.aggregation
-    num, den = m.numerator, m.denominator
 
-    def op(ev: Any, pane: int, out: dict[Any, Any]) -> None:
+    if m.aggregation == "ratio":
+        assert m.numerator is not None and m.denominator is not None
+        terms = [
+            (t.where, side)
+            for t, side in ((m.numerator, 0), (m.denominator, 1))
+            if event_type in t.events
+        ]
+
+        def ratio_op(ev: Any, pane: int, out: dict[Any, Any]) -> None:
+            num = den = 0
+            for w, side in terms:
+                if w is None or w(ev):
+                    if side:
+                        den = 1
+                    else:
+                        num = 1
+            if not (num or den):
+                return
+            k = (name, ev.tenant, "", "", pane)
+            r = out.get(k)
+            if r is None:
+                r = out[k] = Ratio()
+            r.num += num
+            r.den += den
+            for d in dims:
+                v = getattr(ev, d)
+                if v is not None:
+                    k = (name, ev.tenant, d, v, pane)
+                    r = out.get(k)
+                    if r is None:
+                        r = out[k] = Ratio()
+                    r.num += num
+                    r.den += den
+
+        return ratio_op
+
+    if m.aggregation == "moments" and measure is None:
+
+        def count_op(ev: Any, pane: int, out: dict[Any, Any]) -> None:
+            if where is not None and not where(ev):
+                return
+            k = (name, ev.tenant, "", "", pane)
+            c = out.get(k)
+            if c is None:
+                c = out[k] = _counter()
+            c.count += 1
+            c.sum += 1.0
+            for d in dims:
+                v = getattr(ev, d)
+                if v is not None:
+                    k = (name, ev.tenant, d, v, pane)
+                    c = out.get(k)
+                    if c is None:
+                        c = out[k] = _counter()
+                    c.count += 1
+                    c.sum += 1.0
+
+        return count_op
+
+    assert measure is not None
+
+    def measure_op(ev: Any, pane: int, out: dict[Any, Any]) -> None:
         if where is not None and not where(ev):
             return
-        if kind == "counter":
-            x: Any = None
-        elif kind == "ratio":
-            assert num is not None and den is not None
-            x = (bool(num(ev)), bool(den(ev)))
-            if x == (False, False):
-                return
-        else:
-            assert measure is not None
-            x = measure(ev)
-            if x is None:
-                return
-        tenant = ev.tenant
-        k: _RawKey = (name, tenant, "", "", pane)
-        _update(out, k, x, kind, new)
+        x = measure(ev)
+        if x is None:
+            return
+        k = (name, ev.tenant, "", "", pane)
+        a = out.get(k)
+        if a is None:
+            a = out[k] = new()
+        a.add(x)
         for d in dims:
             v = getattr(ev, d)
             if v is not None:
-                _update(out, (name, tenant, d, v, pane), x, kind, new)
+                k = (name, ev.tenant, d, v, pane)
+                a = out.get(k)
+                if a is None:
+                    a = out[k] = new()
+                a.add(x)
 
-    return op
-
-
-def _update(out: dict[Any, Any], k: _RawKey, x: Any, kind: str, new: Callable[[], Any]) -> None:
-    acc = out.get(k)
-    if acc is None:
-        acc = out[k] = new()
-    if kind == "counter":
-        acc.add_one()
-    elif kind == "ratio":
-        if x[0]:
-            acc.num += 1
-        if x[1]:
-            acc.den += 1
-    else:
-        acc.add(x)
+    return measure_op
 
 
 def preaggregate(
