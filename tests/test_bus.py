@@ -187,7 +187,7 @@ async def test_a_large_batch_is_published_in_chunks_quickly(
     elapsed = time.perf_counter() - start
     assert len(results) == 5000
     assert await _count(js, nats_settings.stream_name) == 5000
-    # pipelined: far from one round trip per message (which is ~2-4k msg/s here)
+    # pipelined: far from one round trip per message (~4k msg/s here)
     assert elapsed < 2.0, f"5000 events took {elapsed:.2f}s"
 
 
