@@ -231,7 +231,9 @@ class DistinctSpec:
 
     def error_bound(self, sigmas: int = 3) -> float:
         """Relative error bound at ``sigmas`` standard deviations (estimation mode)."""
-        return float(datasketches.hll_sketch.get_rel_err(True, True, self.lg_k, sigmas))
+        rel_err = datasketches.hll_sketch.get_rel_err
+        # datasketches returns signed bounds (upper < 0 means the estimate may be high)
+        return max(abs(float(rel_err(up, True, self.lg_k, sigmas))) for up in (True, False))
 
     def initialize(self) -> Distinct:
         return Distinct(self.lg_k)
