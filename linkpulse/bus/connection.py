@@ -40,8 +40,14 @@ async def connect_nats(
     async def on_error(e: Exception) -> None:
         log.warning("nats error", error=repr(e))
 
+    client: list[Client] = []  # set once connected, for the callbacks below
+
     async def on_disconnect() -> None:
-        log.warning("nats disconnected", url=settings.nats_url)
+        # A close we asked for (drain/close) is routine; anything else is news.
+        if client and (client[0].is_closed or client[0].is_draining):
+            log.info("nats connection closed", url=settings.nats_url)
+        else:
+            log.warning("nats disconnected", url=settings.nats_url)
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", url=settings.nats_url)
@@ -67,6 +73,7 @@ async def connect_nats(
             "Start it with 'linkpulse up' or set LINKPULSE_NATS_URL"
         )
         raise IngestError(msg) from e
+    client.append(nc)
     # ... then reconnect forever. nats-py reads these options at reconnect
     # time, and offers no separate setting for the first attempt.
     nc.options["allow_reconnect"] = True
