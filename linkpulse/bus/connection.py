@@ -37,10 +37,14 @@ async def connect_nats(
 ) -> Client:
     """Connect to NATS or raise ``IngestError`` saying where and how to start it."""
 
-    async def on_error(e: Exception) -> None:
-        log.warning("nats error", error=repr(e))
-
     client: list[Client] = []  # set once connected, for the callbacks below
+    first_errors: list[Exception] = []
+
+    async def on_error(e: Exception) -> None:
+        if not client:  # still connecting: the IngestError below reports it
+            first_errors.append(e)
+            return
+        log.warning("nats error", error=repr(e))
 
     async def on_disconnect() -> None:
         # A close we asked for (drain/close) is routine; anything else is news.
@@ -68,8 +72,9 @@ async def connect_nats(
     try:
         nc = await nats.connect(**options)
     except (OSError, nats.errors.Error) as e:  # refused, DNS, timeout, no servers
+        cause = first_errors[-1] if first_errors else e
         msg = (
-            f"cannot reach NATS at {settings.nats_url}: {e!r}; is it running? "
+            f"cannot reach NATS at {settings.nats_url}: {cause}; is it running? "
             "Start it with 'linkpulse up' or set LINKPULSE_NATS_URL"
         )
         raise IngestError(msg) from e
