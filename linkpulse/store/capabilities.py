@@ -69,7 +69,12 @@ def server_tier(conn: psycopg.Connection) -> Tier:
         ).fetchone()
         if row is None:
             return Tier.PLAIN_POSTGRES
-        lic = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+        # Calling one of its C functions loads the library, so its settings
+        # exist (servers without it in shared_preload_libraries load lazily).
+        conn.execute("SELECT time_bucket(INTERVAL '1 minute', now())")
+        lic = conn.execute(
+            "SELECT setting FROM pg_settings WHERE name = 'timescaledb.license'"
+        ).fetchone()
     except psycopg.Error as e:
         msg = f"could not detect the store tier: {e}"
         raise StoreError(msg) from e

@@ -243,11 +243,12 @@ def _has_meta(conn: psycopg.Connection) -> bool:
 
 
 def _copy_works(conn: psycopg.Connection) -> bool:
-    """True when the server accepts COPY (the WASM build does not)."""
+    """True when the server accepts COPY FROM STDIN (the WASM build does not)."""
     try:
-        with conn.cursor().copy("COPY (SELECT 1) TO STDOUT") as cp:
-            for _ in cp:
-                pass
+        with conn.transaction():
+            conn.execute("CREATE TEMP TABLE lp_copy_probe (a int) ON COMMIT DROP")
+            with conn.cursor().copy("COPY lp_copy_probe FROM STDIN") as cp:
+                cp.write_row((1,))
         return True
     except psycopg.Error:
         return False
