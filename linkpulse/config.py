@@ -10,6 +10,7 @@ at loopback so a local stack works with no configuration at all.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -112,6 +113,9 @@ def load_settings(**overrides: object) -> Settings:
     ...
     linkpulse.errors.ConfigError: LINKPULSE_API_PORT: Input should be greater than 0 (got 0)
     """
+    # URLs of servers `linkpulse up` started, from <state_dir>/env; real env vars win over it.
+    state_dir = Path(os.environ.get("LINKPULSE_STATE_DIR", ".linkpulse"))
+    overrides.setdefault("_env_file", state_dir / "env")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:

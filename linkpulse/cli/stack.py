@@ -1,9 +1,170 @@
-"""CLI commands: stack (being built)."""
+"""CLI commands: ``linkpulse up``, ``down`` and ``doctor`` — the local stack.
+
+Rendering only; the decisions live in :mod:`linkpulse.stack.lifecycle`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import NoReturn
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from linkpulse.config import Settings, load_settings
+from linkpulse.errors import ConfigError, StackError
+from linkpulse.stack import DoctorRow, ServiceUse, StopResult, doctor, down, up
+from linkpulse.stack.embedded import DEFAULT_START_TIMEOUT
+from linkpulse.stack.state import ENV_FILE
+from linkpulse.stack.urls import redact
+
+STATE_DIR_HELP = "state folder for embedded servers' data and URLs [env: LINKPULSE_STATE_DIR]"
+LABELS = {"nats": "NATS (JetStream)", "redis": "Redis", "postgres": "PostgreSQL"}
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings(state_dir: Path | None, *, with_env_file: bool) -> Settings:
+    """Settings for a stack command; ``with_env_file`` adds the URLs an earlier `up` wrote."""
+    overrides: dict[str, object] = {} if state_dir is None else {"state_dir": state_dir}
+    try:
+        base = load_settings(**overrides, _env_file=None)
+        if not with_env_file:
+            return base
+        return load_settings(**overrides, _env_file=base.state_dir / ENV_FILE)
+    except ConfigError as e:
+        _fail(f"configuration error: {e}", "fix the environment variable(s) named above")
+
+
+def _fail(message: str, hint: str = "") -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    if hint:
+        err_console.print(hint, highlight=False)
+    raise typer.Exit(1)
+
+
+def up_table(uses: list[ServiceUse]) -> Table:
+    """The table ``linkpulse up`` prints."""
+    table = Table(title="linkpulse local stack")
+    for col in ("service", "source", "URL", "version", "status", "pid"):
+        # fold, never truncate: the URL is meant to be copied
+        table.add_column(col, overflow="fold")
+    for use in uses:
+        pid = "-" if use.pid is None else str(use.pid)
+        table.add_row(
+            LABELS[use.service], use.source, redact(use.url), use.version, use.action, pid
+        )
+    return table
+
+
+def doctor_table(rows: list[DoctorRow]) -> Table:
+    """The table ``linkpulse doctor`` prints."""
+    table = Table(title="linkpulse doctor")
+    for col in ("service", "source", "URL", "status", "version", "details", "what to do"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        p = row.probe
+        style = "red" if not p.ok else ("yellow" if p.degraded else "green")
+        details = "; ".join(f"{k}: {v}" for k, v in p.details.items())
+        table.add_row(
+            LABELS[p.service],
+            row.source,
+            p.url,
+            f"[{style}]{p.summary}[/]",
+            p.version or "-",
+            details or "-",
+            row.hint or "-",
+        )
+    return table
+
+
+def stop_table(results: list[StopResult]) -> Table:
+    """The table ``linkpulse down`` prints."""
+    table = Table(title="linkpulse down")
+    for col in ("service", "pid", "port", "result"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(LABELS[r.service], str(r.pid), str(r.port), r.outcome)
+    return table
+
+
+def up_command(
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    timeout: float = typer.Option(
+        DEFAULT_START_TIMEOUT, "--timeout", min=1, help="seconds to wait for each server"
+    ),
+) -> None:
+    """Make NATS (JetStream), Redis and PostgreSQL available.
+
+    Uses each configured server (LINKPULSE_NATS_URL, LINKPULSE_REDIS_URL,
+    LINKPULSE_DATABASE_URL) that answers; starts the others from the embedded
+    extras on free loopback ports, with data in the state folder. Running it
+    again reuses what is running. Writes <state-dir>/env for other shells.
+    """
+    settings = _settings(state_dir, with_env_file=False)
+    try:
+        with console.status("starting the local stack...") as status:
+            uses = up(
+                settings,
+                settings.state_dir,
+                timeout=timeout,
+                progress=lambda msg: status.update(f"{msg}..."),
+            )
+    except StackError as e:
+        _fail(str(e), "after fixing it, run `linkpulse up` again (`linkpulse down` cleans up)")
+    console.print(up_table(uses))
+    if any(u.source == "embedded" for u in uses):
+        env_file = settings.state_dir / ENV_FILE
+        console.print(
+            f"embedded URLs are in {env_file}; linkpulse commands run from this folder "
+            f"read it, other shells: [bold]source {env_file}[/]",
+            highlight=False,
+        )
+
+
+def down_command(
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    purge: bool = typer.Option(False, "--purge", help="also delete the embedded servers' data"),
+) -> None:
+    """Stop the servers `linkpulse up` started (never configured or system servers)."""
+    settings = _settings(state_dir, with_env_file=False)
+    try:
+        with console.status("stopping embedded servers..."):
+            results = down(settings.state_dir, purge=purge)
+    except StackError as e:
+        _fail(str(e))
+    if not results:
+        console.print(f"nothing to stop: no embedded servers recorded in {settings.state_dir}")
+        return
+    console.print(stop_table(results))
+
+
+def doctor_command(
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+) -> None:
+    """Check each service: reachable, version, JetStream, TimescaleDB tier, what to do.
+
+    Exits 1 when a required service is unreachable or NATS lacks JetStream.
+    """
+    settings = _settings(state_dir, with_env_file=True)
+    try:
+        with console.status("checking services..."):
+            rows = doctor(settings, settings.state_dir)
+    except StackError as e:
+        _fail(str(e))
+    console.print(doctor_table(rows))
+    failed = [LABELS[r.probe.service] for r in rows if r.failed]
+    if failed:
+        _fail(
+            f"not usable: {', '.join(failed)}",
+            "run `linkpulse up` to start what is missing, then `linkpulse doctor` again",
+        )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add ``up``, ``down`` and ``doctor`` to the root app."""
+    app.command("up")(up_command)
+    app.command("down")(down_command)
+    app.command("doctor")(doctor_command)
