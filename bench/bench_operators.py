@@ -144,7 +144,8 @@ def main() -> None:
     print(f"events: {len(events)}, batch {args.batch}, simulated {args.rate:.0f} ev/s")
     print(f"baseline loop (read time+type): {base:12,.0f} ev/s")
     print(
-        f"pre-aggregation only          : {pre_rate:12,.0f} ev/s  ({pre_rate / base:.3f} x baseline)"
+        f"pre-aggregation only          : {pre_rate:12,.0f} ev/s  "
+        f"({pre_rate / base:.3f} x baseline)"
     )
     print(
         f"pre-aggregation + aggregator  : {full:12,.0f} ev/s  ({full / base:.3f} x baseline, "

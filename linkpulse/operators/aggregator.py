@@ -150,7 +150,8 @@ class WindowAggregator:
         self._dirty: tuple[set[str], set[str]] = (set(), set())  # per level
         self._live_pending: tuple[set[str], set[str]] = (set(), set())
         self._last_live = [-math.inf, -math.inf]
-        self._next_boundary = -math.inf
+        self._next_boundary = -math.inf  # crossing a pane boundary commits every series
+        self._min_due = math.inf  # lowest _Series.due: a watermark below it closes nothing
         self.dropped_partials = 0  # partials whose every window was beyond the horizon
         if resume_state is not None:
             self._restore(resume_state)
@@ -202,8 +203,8 @@ class WindowAggregator:
         for level, layout in enumerate(self._layouts):
             if self._dirty[level] or self._live_pending[level]:
                 times.append(max(now, self._last_live[level] + layout.interval))
-        if self._series:
-            t = self._wm.when_reaches(self._next_boundary, now)
+        if self._min_due < math.inf:
+            t = self._wm.when_reaches(self._min_due, now)
             if t is not None:
                 times.append(t)
         return to_datetime(min(times)) if times else None
@@ -276,6 +277,7 @@ class WindowAggregator:
                     self._dirty[d["level"]].add(skey)
                 if d["live"] or d["slide_live"]:
                     self._live_pending[d["level"]].add(skey)
+        self._min_due = min((s.due for s in self._series.values()), default=math.inf)
 
     def _advance(self, now: float, wm: float, force: bool = False) -> list[MetricWindow]:
         out: list[MetricWindow] = []
@@ -296,7 +298,8 @@ class WindowAggregator:
                     self._commit(skey, commit_wm)
                 committed.extend(dirty)
                 dirty.clear()
-        due = [k for k, s in self._series.items() if s.due <= wm] if boundary else []
+        closing = wm >= self._min_due
+        due = [k for k, s in self._series.items() if s.due <= wm] if closing else []
         for skey in due:
             self._close(skey, wm, commit_wm, out)
         for skey in committed:
@@ -309,6 +312,8 @@ class WindowAggregator:
                 self._last_live[level] = now
         for skey in due:
             self._expire(skey, wm)
+        if closing:
+            self._min_due = min((s.due for s in self._series.values()), default=math.inf)
         if boundary and wm < math.inf:
             self._next_boundary = pane_of(wm, self._pane_s) + self._pane_s
         return out
@@ -361,6 +366,8 @@ class WindowAggregator:
             if not used:
                 self.dropped_partials += 1
         s.pending.clear()
+        if s.due < self._min_due:
+            self._min_due = s.due
         if s.live or s.slide_live:
             self._live_pending[s.level].add(skey)
 
