@@ -114,7 +114,9 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
         self._done = False
         # Loop-thread state.
         self._read_seq = next_seq - 1  # last sequence put in the buffer
-        self._pending = 0  # consumer num_pending after the last message read
+        # Consumer num_pending after the last message read; -1 until known, so
+        # a fresh consumer that has not delivered yet never looks idle.
+        self._pending = -1
         self._paused = False  # no consumer: buffer full, or restarting after a drop
         self._restarting = False
         self._sub: Any = None
@@ -139,6 +141,7 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
                     # sequence we buffered.
                     metrics.SOURCE_RESTARTS.labels(self._filter).inc()
                     self._paused = True
+                    self._pending = -1
                     asyncio.get_running_loop().create_task(self._restart())
                     return
             log.warning("nats error", error=repr(e), subject=self._filter)
@@ -176,6 +179,14 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
             pending_bytes_limit=1 << 30,
         )
         self._paused = False
+        if self._pending < 0:
+            # Nothing may ever arrive (we start past the end): ask once.
+            try:
+                info = await self._sub.consumer_info()
+                if self._pending < 0 and info.num_pending == 0 and not self._buf:
+                    self._pending = 0
+            except (nats.errors.Error, TimeoutError) as e:
+                log.warning("consumer info failed", error=repr(e), subject=self._filter)
 
     async def _on_msg(self, msg: Msg) -> None:
         if self._paused:
@@ -188,6 +199,7 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
         self._pending = pending
         if len(self._buf) >= self._max_buffered:
             self._paused = True
+            self._pending = -1  # the messages we now skip are still to come
             asyncio.get_running_loop().create_task(self._drop_consumer())
 
     async def _drop_consumer(self) -> None:
@@ -223,7 +235,7 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
     @property
     def lag(self) -> int:
         """Messages in the stream after the last one emitted (consumer lag)."""
-        return self._pending + len(self._buf) + self._chunker.open_messages
+        return max(self._pending, 0) + len(self._buf) + self._chunker.open_messages
 
     def next_batch(self) -> list[Chunk]:
         if self._done or (self._stop_at_seq is not None and self._next_seq > self._stop_at_seq):

@@ -2,9 +2,9 @@
 
 Delivery into a sink is at least once (a resumed flow replays from its last
 snapshot), so every write here is idempotent: events are keyed by event id,
-windows upserted by window key with a revision guard, dead letters keyed by
-(subject, sequence). Each ``write_batch`` flushes before returning: Bytewax
-only commits a snapshot once every sink has finished the epoch's items, so a
+windows upserted by window key with a revision guard, dead letters skipped
+when their (source, subject, sequence) is already stored. Each
+``write_batch`` flushes before returning: Bytewax only commits a snapshot once every sink has finished the epoch's items, so a
 crash can never skip a write.
 
 A store that is down *pauses* the flow: the writer retries with backoff and
@@ -21,9 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
+import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from linkpulse.dataflows.instrumentation import timed_sink
+from linkpulse.errors import StoreError
+from linkpulse.schemas.outputs import DeadLetter
 
 __all__ = ["StoreKind", "StoreSink", "Writer"]
 
@@ -45,10 +48,48 @@ def _default_writer(dsn: str) -> Writer:
     return EventWriter(dsn)
 
 
+_SEEN_LETTERS = (
+    "SELECT subject, sequence FROM dead_letters WHERE source = ANY(%s) AND sequence = ANY(%s)"
+)
+
+
+class _SeenLetters:
+    """Drops dead letters already stored (same source, subject and stream sequence).
+
+    The dead_letters table has a surrogate key, so a replayed letter would be
+    stored twice; a letter with a stream sequence is identified by it.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def new_only(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        seqs = [dl.sequence for dl in letters if dl.sequence is not None]
+        if not seqs:
+            return letters
+        sources = sorted({dl.source for dl in letters})
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+            seen = set(self._conn.execute(_SEEN_LETTERS, (sources, seqs)).fetchall())
+        except psycopg.Error as e:
+            self.close()
+            msg = f"checking dead_letters for replayed sequences failed: {e}"
+            raise StoreError(msg) from e
+        return [dl for dl in letters if (dl.subject, dl.sequence) not in seen]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class _StorePartition(StatelessSinkPartition[Any]):
-    def __init__(self, writer: Writer, kind: StoreKind) -> None:
+    def __init__(self, writer: Writer, kind: StoreKind, dsn: str) -> None:
         self._writer = writer
         self._kind = kind
+        self._seen = _SeenLetters(dsn) if kind == "dead_letters" else None
         self._write: Callable[[Sequence[Any]], int] = {
             "events": writer.write_events,
             "dead_letters": writer.write_dead_letters,
@@ -61,10 +102,15 @@ class _StorePartition(StatelessSinkPartition[Any]):
         # Upstream may send one list per chunk (fewer, bigger Bytewax items).
         rows = [x for it in items for x in it] if isinstance(items[0], list) else items
         with timed_sink(f"store_{self._kind}", len(rows)):
-            self._write(rows)
+            if self._seen is not None:
+                rows = self._seen.new_only(rows)
+            if rows:
+                self._write(rows)
 
     def close(self) -> None:
         self._writer.close()
+        if self._seen is not None:
+            self._seen.close()
 
 
 class StoreSink(DynamicSink[Any]):
@@ -91,4 +137,4 @@ class StoreSink(DynamicSink[Any]):
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition[Any]:
-        return _StorePartition(self._factory(self._dsn), self.kind)
+        return _StorePartition(self._factory(self._dsn), self.kind, self._dsn)
