@@ -4,8 +4,9 @@ Delivery into a sink is at least once (a resumed flow replays from its last
 snapshot), so every write here is idempotent: events are keyed by event id,
 windows upserted by window key with a revision guard, dead letters skipped
 when their (source, subject, sequence) is already stored. Each
-``write_batch`` flushes before returning: Bytewax only commits a snapshot once every sink has finished the epoch's items, so a
-crash can never skip a write.
+``write_batch`` flushes before returning: Bytewax only commits a snapshot
+once every sink has finished the epoch's items, so a crash can never skip a
+write.
 
 A store that is down *pauses* the flow: the writer retries with backoff and
 raises only when its retries are exhausted, which stops the flow (a restart
