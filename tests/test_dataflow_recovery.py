@@ -75,7 +75,7 @@ def store_state(dsn: str) -> tuple[list[tuple[object, ...]], list[tuple[object, 
         windows = conn.execute(
             'SELECT tenant, metric, dims_key, "window", window_start, value, count, sum, min, max,'
             ' mean, "distinct", p50, p95, p99, revision, final FROM metric_windows'
-            " ORDER BY 1, 2, 3, 4, 5'
+            " ORDER BY 1, 2, 3, 4, 5"
         ).fetchall()
         sums = conn.execute(
             "SELECT count(*), sum(amount) FROM events UNION ALL"
