@@ -15,6 +15,7 @@ import pwd
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -88,15 +89,31 @@ def stop(rec: EmbeddedProcess, timeout: float = 15.0) -> str:
     proc = psutil.Process(rec.pid)
     try:
         proc.send_signal(STOP_SIGNALS.get(rec.service, signal.SIGTERM))
-        try:
-            proc.wait(timeout)
-        except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-            return f"killed (did not stop within {timeout:.0f}s)"
     except psutil.NoSuchProcess:
-        pass
+        return "stopped"
+    if not _wait_gone(proc, timeout):
+        proc.kill()
+        _wait_gone(proc, 5.0)
+        return f"killed (did not stop within {timeout:.0f}s)"
     return "stopped"
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    # Poll rather than proc.wait(): for a process that is not our child psutil
+    # backs off to long sleeps, making `down` seconds slower than the servers.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                # Exited. Reap it if it is our child (in-process callers); otherwise
+                # its parent or init does (some container inits never do: not our job).
+                if proc.ppid() == os.getpid():
+                    proc.wait(1)
+                return True
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired, ChildProcessError):
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def pg_run_as() -> str:
