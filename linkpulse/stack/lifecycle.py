@@ -200,5 +200,5 @@ def _hint(found: Probe, source: str, rec: EmbeddedProcess | None) -> str:
     if tier.startswith("available"):
         return "CREATE EXTENSION timescaledb for hypertables and continuous aggregates"
     if tier and not tier.startswith("installed"):
-        return "store uses native partitions and rollup tables (see ARCHITECTURE.md)"
+        return "none needed: the store uses native partitions and rollup tables instead"
     return ""
