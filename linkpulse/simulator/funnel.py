@@ -24,7 +24,8 @@ P_WALLET: Final = 0.01  # a user linking a wallet from their account page
 P_SIGNUP_WALLET: Final = 0.3
 
 # Session funnel: landing page, then products, cart, checkout, order.
-LANDING_PAGES: Final = (("home", 0.4), ("search", 0.75), ("category", 1.0))  # cumulative
+P_HOME: Final = 0.4  # landing page: home, search or (the rest) category
+P_SEARCH: Final = 0.35
 P_PRODUCT: Final = 0.8  # a session views at least one product
 P_MORE_PRODUCTS: Final = 0.55  # each further product view (geometric)
 P_CART: Final = 0.2

@@ -2,7 +2,7 @@
 
 Root actions arrive as a Poisson process whose rate follows the seasonality
 curve; each schedules its events (page views, the order, its payment, maybe a
-refund hours later) on a heap, and events leave the heap in time order. All
+refund hours later) on a calendar queue, and events leave it in time order. All
 randomness comes from one private ``random.Random(seed)``, so the same
 config gives the same events, ids included.
 
@@ -18,13 +18,12 @@ True
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from linkpulse.schemas.events import BaseEvent
+from linkpulse.schemas.events import EVENT_CLASS_BY_TYPE, BaseEvent
 from linkpulse.simulator import funnel as F
 from linkpulse.simulator.anomalies import Anomaly
 from linkpulse.simulator.model import (
@@ -33,6 +32,7 @@ from linkpulse.simulator.model import (
     build_marketplace,
     seasonal_multiplier,
 )
+from linkpulse.simulator.schedule import Schedule
 from linkpulse.simulator.sessions import SessionWriter
 
 # Warm-up before the run's start: two simulated minutes, at most ~200k discarded events.
@@ -93,19 +93,20 @@ def generate(
 
 
 class _Generator:
-    """Root-arrival loop and the schedule heap; sessions are built by SessionWriter."""
+    """Root-arrival loop and the schedule; sessions are built by SessionWriter."""
 
     def __init__(self, cfg: TrafficConfig, market: Marketplace, anomalies: Sequence[Anomaly]):
         self._cfg = cfg
         self._market = market
-        self._heap: list[tuple[float, int, BaseEvent]] = []
-        self._writer = SessionWriter(cfg, market, anomalies, self._heap)
+        self._schedule: Schedule[BaseEvent] = Schedule()
+        self._writer = SessionWriter(cfg, market, anomalies, self._schedule)
         self._anomalies = sorted(anomalies, key=lambda a: (a.start, a.kind, a.tenant))
         self._boundaries = sorted({a.start for a in anomalies} | {a.end for a in anomalies})
-        self._silent: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        self._silent: dict[tuple[str, type[BaseEvent]], list[tuple[float, float]]] = {}
         for a in anomalies:
             if a.kind == "silent_stream" and a.event_type is not None:
-                self._silent.setdefault((a.tenant, a.event_type), []).append((a.start, a.end))
+                key = (a.tenant, EVENT_CLASS_BY_TYPE[a.event_type])
+                self._silent.setdefault(key, []).append((a.start, a.end))
         self._root_rate = cfg.rate / F.expected_events_per_root(cfg.failure_rate, cfg.refund_rate)
         # Traffic surge: extra browse-only sessions, `surge_frac` of the normal root rate.
         self._surge_frac = 0.0
@@ -134,8 +135,8 @@ class _Generator:
                     self._bursting.discard(i)
 
     def run(self) -> Iterator[BaseEvent]:
-        cfg, rng, heap, writer = self._cfg, self._writer.rng, self._heap, self._writer
-        heappop = heapq.heappop
+        cfg, rng, writer = self._cfg, self._writer.rng, self._writer
+        pop_bucket_before = self._schedule.pop_bucket_before
         end, first = cfg.end, cfg.start
         # Start sessions a little before `start` and drop what falls before it, so the
         # stream is in its steady state from the first second (sessions last minutes).
@@ -152,12 +153,14 @@ class _Generator:
                 season_until = (t // 60.0 + 1.0) * 60.0
             rate = self._root_rate * season * (1.0 + self._surge_frac)
             t_next = t + expovariate(rate)
-            limit = t_next if t_next < end else end
-            while heap and heap[0][0] < limit:
-                ts, _, ev = heappop(heap)
-                if ts < first or (silent and _silenced(silent, ev, ts)):
-                    continue
-                yield ev
+            # Seconds before floor(t_next) are complete: anything scheduled from now on
+            # is at t_next or later.
+            horizon = math.floor(t_next) if t_next < end else end
+            while (items := pop_bucket_before(horizon)) is not None:
+                for ts, _, ev in items:
+                    if ts < first or ts >= end or (silent and _silenced(silent, ev, ts)):
+                        continue
+                    yield ev
             if t_next >= end:
                 return
             t = t_next
@@ -180,9 +183,9 @@ def _first_above(cum: list[float], x: float) -> int:
 
 
 def _silenced(
-    silent: dict[tuple[str, str], list[tuple[float, float]]], ev: BaseEvent, ts: float
+    silent: dict[tuple[str, type[BaseEvent]], list[tuple[float, float]]], ev: BaseEvent, ts: float
 ) -> bool:
-    windows = silent.get((ev.tenant, ev.type))
+    windows = silent.get((ev.tenant, type(ev)))
     return windows is not None and any(s <= ts < e for s, e in windows)
 
 

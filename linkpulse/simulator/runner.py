@@ -114,7 +114,7 @@ async def run(
     events = generate(traffic, build_marketplace(traffic.market), plan.anomalies)
     progress = _progress(console, traffic)
     task = progress.add_task("simulating", total=traffic.duration, events=0, rate=0.0)
-    counts: Counter[str] = summary.counts
+    by_class: Counter[type[BaseEvent]] = Counter()
     batch: list[BaseEvent] = []
     sim_t = traffic.start
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ async def run(
         nonlocal batch
         if batch:
             await sink.send(batch)
-            counts.update(ev.type for ev in batch)
+            by_class.update(map(type, batch))  # type(ev) is ~10x cheaper than ev.type
             summary.events += len(batch)
             batch = []
         elapsed = time.perf_counter() - t0
@@ -161,6 +161,7 @@ async def run(
     finally:
         await sink.close()
     summary.wall_seconds = time.perf_counter() - t0
+    summary.counts.update({str(cls.__struct_config__.tag): n for cls, n in by_class.items()})
     summary.sim_end = sim_t
     if summary.interrupted:
         summary.anomalies = clip_anomalies(plan.anomalies, sim_t)

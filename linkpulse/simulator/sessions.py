@@ -7,7 +7,6 @@ revenue drops, refund bursts) are applied here at the event's own time.
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 from collections import deque
@@ -30,6 +29,7 @@ from linkpulse.schemas.events import (
 from linkpulse.simulator import funnel as F
 from linkpulse.simulator.anomalies import Anomaly
 from linkpulse.simulator.model import Marketplace, Tenant
+from linkpulse.simulator.schedule import Schedule
 
 if TYPE_CHECKING:
     from linkpulse.simulator.generator import TrafficConfig
@@ -37,22 +37,20 @@ if TYPE_CHECKING:
 _BURST_BACKLOG = 5000  # settled orders remembered per refund-burst seller
 
 _fromts = datetime.fromtimestamp
-_push = heapq.heappush
 
 
 class SessionWriter:
-    """Builds the events of root actions and pushes them on the schedule heap."""
+    """Builds the events of root actions and puts them on the schedule."""
 
     def __init__(
         self,
         cfg: TrafficConfig,
         market: Marketplace,
         anomalies: Sequence[Anomaly],
-        heap: list[tuple[float, int, BaseEvent]],
+        schedule: Schedule[BaseEvent],
     ) -> None:
         self.rng = random.Random(cfg.seed)
-        self._heap = heap
-        self._seq = 0
+        self._emit = schedule.push
         self._market = market
         self._tenants = market.tenants
         self._users = [t.users for t in market.tenants]
@@ -79,10 +77,6 @@ class SessionWriter:
         }
 
     # -- helpers -------------------------------------------------------------------------
-
-    def _emit(self, t: float, ev: BaseEvent) -> None:
-        self._seq += 1
-        _push(self._heap, (t, self._seq, ev))
 
     def _id(self) -> str:
         return f"{self.rng.getrandbits(128):032x}"
@@ -121,7 +115,7 @@ class SessionWriter:
         user = self._user(ti)
         mu, sigma = math.log(F.PAGE_GAP_MEDIAN_S), F.PAGE_GAP_SIGMA
         u = random()
-        landing = next(page for page, c in F.LANDING_PAGES if u < c)
+        landing = "home" if u < F.P_HOME else "search" if u < F.P_HOME + F.P_SEARCH else "category"
         self._emit(t, self._page(t, slug, user, landing, None))
         if random() < F.P_PRODUCT:
             seller = tenant.pick_seller(random())
