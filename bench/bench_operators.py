@@ -35,7 +35,8 @@ def make_events(
 ) -> list[object]:
     """A realistic mix: mostly page views, some orders/payments, few refunds and signups."""
     rnd = random.Random(seed)
-    t0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    # 20 s past the hour: the run is steady state, not the hourly burst of closing windows
+    t0 = datetime(2026, 11, 24, 10, 0, 20, tzinfo=UTC)
     out: list[object] = []
     pages = ("home", "search", "category", "product", "product", "cart", "checkout")
     for i in range(n):

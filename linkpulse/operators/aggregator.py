@@ -102,6 +102,21 @@ class WindowAggregator:
     when ``next_awake()`` says so (idle advance), and ``close()`` at end of
     input. ``snapshot()`` is the Bytewax recovery state; pass it back as
     ``resume_state`` to ``MetricsConfig.build_aggregator``.
+
+    >>> from datetime import UTC, datetime
+    >>> from linkpulse.operators import MetricsConfig, Moments
+    >>> now = datetime(2026, 11, 24, 10, 0, 30, tzinfo=UTC)
+    >>> cfg = MetricsConfig(windows=("1m",), emit_interval_s=0, now_getter=lambda: now)
+    >>> agg = cfg.build_aggregator()
+    >>> pane = int(datetime(2026, 11, 24, 10, 0, 20, tzinfo=UTC).timestamp())
+    >>> partial = Moments.of([1.0, 1.0])  # two events, pre-aggregated
+    >>> [(w.series_key, w.value, w.final) for w in agg.add({("acme|orders|", pane): partial},
+    ...                                                    max_event_time=pane + 5)]
+    [('acme|orders||1m', 2.0, False)]
+    >>> [(w.value, w.final) for w in agg.close()]
+    [(2.0, True)]
+    >>> agg.is_empty()
+    True
     """
 
     def __init__(
@@ -152,6 +167,7 @@ class WindowAggregator:
         self._last_live = [-math.inf, -math.inf]
         self._next_boundary = -math.inf  # crossing a pane boundary commits every series
         self._min_due = math.inf  # lowest _Series.due: a watermark below it closes nothing
+        self._datetimes: dict[int, datetime] = {}  # window bounds are few: reuse them
         self.dropped_partials = 0  # partials whose every window was beyond the horizon
         if resume_state is not None:
             self._restore(resume_state)
@@ -472,6 +488,14 @@ class WindowAggregator:
                     out.append(self._window(skey, i, ws, self._compose(s, keys, ws, end), 0, False))
             s.slide_live = False
 
+    def _dt(self, t: int) -> datetime:
+        dt = self._datetimes.get(t)
+        if dt is None:
+            if len(self._datetimes) > 100_000:
+                self._datetimes.clear()
+            dt = self._datetimes[t] = to_datetime(t)
+        return dt
+
     def _window(
         self, skey: str, i: int, ws: int, acc: Accumulator, rev: int, final: bool
     ) -> MetricWindow:
@@ -491,8 +515,8 @@ class WindowAggregator:
             dims_key=dk,
             dimensions=dict(dims),
             window=self._names[i],
-            window_start=to_datetime(ws),
-            window_end=to_datetime(ws + spec.size_s),
+            window_start=self._dt(ws),
+            window_end=self._dt(ws + spec.size_s),
             value=value,
             revision=rev,
             final=final,

@@ -165,6 +165,16 @@ class PreAggregator:
     is counted in ``late_events`` and still aggregated (the aggregator
     revises the windows within the horizon), unless it is too old for any
     window to be revised, then it is only counted (``PaneBatch.dropped``).
+
+    >>> from datetime import UTC, datetime
+    >>> from linkpulse.schemas.events import UserSignup
+    >>> now = datetime(2026, 11, 24, 10, 5, tzinfo=UTC)
+    >>> pre = MetricsConfig(now_getter=lambda: now).build_preaggregator()
+    >>> ev = UserSignup(event_id="e1", event_time=now, tenant="acme", user_id="u1")
+    >>> old = UserSignup(event_id="e2", event_time=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+    ...                  tenant="acme", user_id="u2")
+    >>> pre.process([ev]).late, pre.process([old]).late  # 5 min behind a 10 s watermark
+    (0, 1)
     """
 
     def __init__(self, config: MetricsConfig, resume_state: bytes | None = None) -> None:
