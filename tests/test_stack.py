@@ -44,7 +44,7 @@ from linkpulse.stack.state import (
     parse_env,
     render_env,
 )
-from linkpulse.stack.urls import free_port, port_open
+from linkpulse.stack.urls import PgTarget, free_port, port_open
 
 LINKPULSE = str(Path(sys.executable).with_name("linkpulse"))
 SYSTEM = {
@@ -146,7 +146,8 @@ def test_env_file_round_trip_and_sourceable(tmp_path: Path) -> None:
     urls = {
         "nats": "nats://127.0.0.1:4333",
         "redis": "redis://127.0.0.1:6390/2",
-        "postgres": "postgresql://app:p%40ss w'rd@127.0.0.1:5999/test",
+        # What `up` writes for a DSN whose password needs quoting.
+        "postgres": PgTarget("app", "p@ss w'rd $HOME", "test").url(5999),
     }
     text = render_env(urls)
     assert parse_env(text) == {
@@ -163,6 +164,8 @@ def test_env_file_round_trip_and_sourceable(tmp_path: Path) -> None:
         check=True,
     )
     assert out.stdout == urls["postgres"]
+    # python-dotenv (behind load_settings) reads the same values.
+    assert load_settings(_env_file=env_file).database_url == urls["postgres"]
 
 
 def test_state_file_round_trip(tmp_path: Path) -> None:
@@ -312,15 +315,18 @@ def test_up_starts_embedded_services_reuses_them_and_down_stops_only_them(
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_embedded_postgres_creates_the_dsn_role_and_database(state_dir: Path) -> None:
-    """In-process `up` with a non-default DSN: the role and database it names exist."""
+def test_embedded_postgres_creates_the_dsn_role_and_database(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process `up`, relative state folder, non-default DSN: its role and database exist."""
+    monkeypatch.chdir(state_dir.parent)
     urls = nowhere_urls()
     urls["postgres"] = f"postgresql://lp_app:s3cret@127.0.0.1:{closed_port()}/analytics"
     settings = Settings(
         nats_url=SYSTEM["nats"], redis_url=SYSTEM["redis"], database_url=urls["postgres"]
     )
     messages: list[str] = []
-    uses = lifecycle.up(settings, state_dir, progress=messages.append)
+    uses = lifecycle.up(settings, Path(state_dir.name), progress=messages.append)
     by_service = {u.service: u for u in uses}
     assert by_service["nats"].source == "configured" and by_service["redis"].source == "configured"
     pg = by_service["postgres"]
@@ -332,7 +338,10 @@ def test_embedded_postgres_creates_the_dsn_role_and_database(state_dir: Path) ->
             "lp_app",
         )
     # Only the server it started is recorded, so `down` can touch nothing else.
-    assert list(StateDir(state_dir).load().services) == ["postgres"]
+    recs = StateDir(state_dir).load().services
+    assert list(recs) == ["postgres"]
+    assert Path(recs["postgres"].data_dir) == state_dir / "postgres" / "data"
+    assert (state_dir / "postgres" / "data" / "PG_VERSION").is_file()
     stopped = lifecycle.down(state_dir, purge=True)
     assert [(s.service, s.outcome) for s in stopped] == [("postgres", "stopped")]
     assert not is_alive(pg.pid or 0)

@@ -138,7 +138,9 @@ class StateDir:
     """File access to one state folder."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # Absolute: servers run with their data folder as working directory, so a
+        # relative path in their command line would point somewhere else.
+        self.root = root.absolute()
 
     @property
     def state_file(self) -> Path:
