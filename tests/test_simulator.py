@@ -169,6 +169,12 @@ def test_bad_options_name_the_option() -> None:
         parse_anomaly("traffic_surge@1m+1m:acme=0.5")
     with pytest.raises(ValueError, match=r"unknown tenant 'nope'; this run has acme"):
         resolve(parse_anomaly("failure_spike:nope"), NOON, 60, build_marketplace(MarketConfig()))
+    market = build_marketplace(MarketConfig())
+    with pytest.raises(ValueError, match=r"window .* is outside the run"):
+        resolve(parse_anomaly("failure_spike@10m+5m"), NOON, 300, market)
+    # a window that overlaps the run's end is cut there, so the labels match the traffic
+    cut = resolve(parse_anomaly("failure_spike@4m+5m"), NOON, 300, market)
+    assert (cut.start, cut.end) == (NOON + 240, NOON + 300)
 
 
 # -- anomalies and labels ------------------------------------------------------------------

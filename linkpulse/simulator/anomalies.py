@@ -279,7 +279,22 @@ def resolve(
     if spec.kind == "silent_stream":
         event_type = spec.event_type or "payment_settled"
     magnitude = spec.magnitude if spec.magnitude is not None else DEFAULT_MAGNITUDE[spec.kind]
-    return Anomaly(spec.kind, start, start + duration, slug, magnitude, seller_id, event_type)
+    end = start + duration
+    if run_duration is not None:
+        # A label for traffic that was never generated would count as a missed detection.
+        run_end = run_start + run_duration
+        if start >= run_end or end <= run_start:
+            msg = (
+                f"--anomaly {spec.kind}: window {_iso(start)} -> {_iso(end)} is outside the run "
+                f"{_iso(run_start)} -> {_iso(run_end)}"
+            )
+            raise ValueError(msg)
+        start, end = max(start, run_start), min(end, run_end)
+    return Anomaly(spec.kind, start, end, slug, magnitude, seller_id, event_type)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def write_labels(path: Path, anomalies: list[Anomaly]) -> None:

@@ -33,13 +33,14 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         + (" [yellow](interrupted)[/]" if summary.interrupted else "")
     )
     if summary.anomalies:
-        table = Table(title="anomalies injected", show_edge=False)
-        for col in ("kind", "series", "start", "end", "magnitude"):
-            table.add_column(col)
+        # Plain lines, not a table: series names are long and must never be cut.
+        console.print(f"anomalies injected ({len(summary.anomalies)}):")
         for a in summary.anomalies:
-            label = a.label()
-            table.add_row(a.kind, label["series"], _iso(a.start), _iso(a.end), f"{a.magnitude:g}")
-        console.print(table)
+            console.print(
+                f"  {a.kind:<14} {a.label()['series']:<40} {_iso(a.start)} -> {_iso(a.end)}"
+                f"  magnitude {a.magnitude:g}",
+                soft_wrap=True,
+            )
     else:
         console.print("no anomalies injected")
     if summary.labels_path is not None:
