@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 from linkpulse.cli import app
 from linkpulse.config import Settings, load_settings
 from linkpulse.errors import StackError
-from linkpulse.stack import lifecycle
+from linkpulse.stack import embedded, lifecycle
 from linkpulse.stack.binaries import find_in_distribution, nats_server, postgres, redis_server
 from linkpulse.stack.probes import TIMESCALE_PLAIN, probe_nats, probe_postgres, probe_redis
 from linkpulse.stack.process import is_alive, is_ours, stop
@@ -426,3 +426,20 @@ def test_down_with_unused_state_dir_stops_nothing() -> None:
     assert lifecycle.down(missing) == []
     assert not missing.exists()
     assert json.loads(StackState().to_json())["services"] == {}
+
+
+@pytest.mark.integration
+def test_server_that_exits_during_start_is_reported_with_its_log(state_dir: Path) -> None:
+    # The system Redis holds 6379, so this redis-server fails to bind and exits.
+    rec = embedded.start_redis(StateDir(state_dir), 6379, SYSTEM["redis"])
+    with pytest.raises(StackError, match=r"exited during start: .*(?i:address already in use)"):
+        embedded.wait_healthy(rec, timeout=20)
+    assert probe_redis(SYSTEM["redis"]).ok
+
+
+def test_bad_state_folder_says_what_to_do(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = CliRunner().invoke(app, ["up", "--state-dir", str(not_a_dir / "sub")])
+    assert result.exit_code == 1
+    assert "--state-dir" in result.output and "state folder" in result.output

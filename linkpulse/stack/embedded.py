@@ -14,7 +14,7 @@ from pathlib import Path
 from linkpulse.errors import StackError
 from linkpulse.stack import binaries, embedded_pg
 from linkpulse.stack.probes import Probe, probe
-from linkpulse.stack.process import is_alive, pg_run_as, spawn_detached
+from linkpulse.stack.process import is_alive, listens_on, pg_run_as, spawn_detached
 from linkpulse.stack.state import EmbeddedProcess, StateDir
 from linkpulse.stack.urls import PgTarget, free_port, nats_url, redis_url
 
@@ -105,7 +105,7 @@ def wait_healthy(
     if rec.service == "postgres":
         url = f"postgresql://{embedded_pg.SUPERUSER}@127.0.0.1:{rec.port}/postgres"
     started = time.monotonic()
-    last = Probe(rec.service, url, ok=False, error="not probed yet")
+    last = Probe(rec.service, url, ok=False, error=f"not listening on port {rec.port} yet")
     while True:
         waited = time.monotonic() - started
         if not is_alive(rec.pid):
@@ -114,9 +114,10 @@ def wait_healthy(
                 f"{_log_tail(rec.log_file)}; see {rec.log_file}"
             )
             raise StackError(msg)
-        last = probe(rec.service, url, 1.0)
-        if last.ok and not last.degraded:
-            return last
+        if listens_on(rec.pid, rec.port):
+            last = probe(rec.service, url, 1.0)
+            if last.ok and not last.degraded:
+                return last
         if waited > timeout:
             msg = (
                 f"embedded {rec.service} (pid {rec.pid}) did not become healthy within "

@@ -82,6 +82,19 @@ def is_alive(pid: int) -> bool:
         return False
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself listens on TCP ``port``.
+
+    A probe alone could be answered by another server that took the port
+    first; this makes sure the answer comes from the process we started.
+    """
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
+
+
 def stop(rec: EmbeddedProcess, timeout: float = 15.0) -> str:
     """Stop the recorded process if it is still ours; say what happened."""
     if not is_ours(rec):

@@ -175,8 +175,16 @@ class StateDir:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an exclusive lock on the folder so concurrent `up`/`down` runs queue up."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / LOCK_FILE).open("a") as fh:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = (self.root / LOCK_FILE).open("a")
+        except OSError as e:
+            msg = (
+                f"cannot use {self.root} as the state folder ({e.strerror}); "
+                "pass --state-dir (or set LINKPULSE_STATE_DIR) to a writable folder"
+            )
+            raise StackError(msg) from e
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
