@@ -19,7 +19,9 @@ from linkpulse.stack.embedded import DEFAULT_START_TIMEOUT
 from linkpulse.stack.state import ENV_FILE
 from linkpulse.stack.urls import redact
 
-STATE_DIR_HELP = "state folder for embedded servers' data and URLs [env: LINKPULSE_STATE_DIR]"
+STATE_DIR_HELP = (
+    "state folder for embedded servers' data and URLs (default: LINKPULSE_STATE_DIR or .linkpulse)"
+)
 LABELS = {"nats": "NATS (JetStream)", "redis": "Redis", "postgres": "PostgreSQL"}
 
 console = Console()
