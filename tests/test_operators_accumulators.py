@@ -274,3 +274,27 @@ def _filled_distinct(lg_k: int) -> Distinct:
 def test_bad_parameters_are_named(make, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         make()
+
+
+@given(values_with_junk)
+def test_extend_equals_adding_one_by_one(xs: list[float | None]) -> None:
+    one, many = Moments(), Moments()
+    for x in xs:
+        one.add(x)
+    many.extend(xs)
+    assert (many.count, many.min, many.max) == (one.count, one.min, one.max)
+    assert _sum_ok(many.sum, _clean(xs))
+    q1, q2 = Quantiles(), Quantiles()
+    for x in xs:
+        q1.add(x)
+    q2.extend(xs)
+    assert [q2.quantile(p) for p in (0.5, 0.99)] == [q1.quantile(p) for p in (0.5, 0.99)]
+
+
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["", "a", "b", "c", "d"])), max_size=50))
+def test_distinct_extend_equals_add(ids: list[str | None]) -> None:
+    one, many = Distinct(), Distinct()
+    for u in ids:
+        one.add(u)
+    many.extend(ids)
+    assert many == one

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -40,6 +41,7 @@ class Accumulator(Protocol):
     def state_key(self) -> str: ...
 
     def add(self, x: Any) -> None: ...
+    def extend(self, xs: Sequence[Any]) -> None: ...
     def merge(self, other: Any) -> None: ...
     def copy(self) -> Accumulator: ...
     def fields(self) -> dict[str, Any]: ...
@@ -83,6 +85,19 @@ class Moments:
             self.min = x
         if x > self.max:
             self.max = x
+
+    def extend(self, xs: Sequence[float | None]) -> None:
+        """Add many values at once (C-level min/max/sum over the batch)."""
+        ok = [x for x in xs if x is not None and _isfinite(x)]
+        if not ok:
+            return
+        self.count += len(ok)
+        self.sum += sum(ok)
+        lo, hi = min(ok), max(ok)
+        if lo < self.min:
+            self.min = lo
+        if hi > self.max:
+            self.max = hi
 
     def add_one(self) -> None:
         """Count one occurrence (value 1.0); the fast path for counters."""
@@ -176,6 +191,10 @@ class Ratio:
         if x:
             self.num += 1
 
+    def extend(self, xs: Sequence[Any]) -> None:
+        for x in xs:
+            self.add(x)
+
     def merge(self, other: Ratio) -> None:
         self.num += other.num
         self.den += other.den
@@ -267,6 +286,14 @@ class Distinct:
         if x:
             self.count += 1
             self.sketch.update(x)
+
+    def extend(self, xs: Sequence[str | None]) -> None:
+        """Add many values; repeats within the batch are hashed once."""
+        ok = [x for x in xs if x]
+        self.count += len(ok)
+        update = self.sketch.update
+        for x in set(ok):
+            update(x)
 
     def merge(self, other: Distinct) -> None:
         if other.lg_k != self.lg_k:
@@ -387,6 +414,20 @@ class Quantiles:
                 self._spill()
         else:
             self.sketch.add(x)
+
+    def extend(self, xs: Sequence[float | None]) -> None:
+        ok = [x for x in xs if x is not None and _isfinite(x)]
+        if not ok:
+            return
+        self.moments.extend(ok)
+        if self.sketch is None:
+            self.values.extend(ok)
+            if len(self.values) > self.SMALL:
+                self._spill()
+        else:
+            add = self.sketch.add
+            for x in ok:
+                add(x)
 
     def merge(self, other: Quantiles) -> None:
         if other.alpha != self.alpha or other.bin_limit != self.bin_limit:

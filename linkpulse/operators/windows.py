@@ -84,7 +84,7 @@ class WindowSpec:
 
     def start_of(self, t: float) -> int:
         """Start of the latest window (step grid) that contains ``t``."""
-        return int(math.floor(t / self.step_s)) * self.step_s
+        return int(t // self.step_s) * self.step_s  # `//`, not floor(t / step): exact near 0
 
     def starts_containing(self, t: float) -> range:
         """Starts of every window ``[s, s + size)`` that contains ``t``, oldest first."""
