@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 from typer.testing import CliRunner, Result
 
 from linkpulse.cli import app
@@ -473,9 +474,19 @@ async def _stream_sample(nc: Client, settings: Settings, n: int) -> list[BaseEve
     return [decode_event(m.data) for m in msgs]
 
 
+@pytest.fixture
+async def drop_dlq(nats_settings: Settings, nc: Client) -> AsyncIterator[None]:
+    """The publisher also creates the dead-letter stream, which `nc` does not delete."""
+    yield
+    try:
+        await nc.jetstream().delete_stream(f"{nats_settings.stream_name}_DLQ")
+    except NotFoundError:
+        pass
+
+
 @pytest.mark.integration
 async def test_runner_backfill_publishes_into_jetstream(
-    nats_settings: Settings, nc: Client
+    nats_settings: Settings, nc: Client, drop_dlq: None
 ) -> None:
     traffic = TrafficConfig(rate=100, start=time.time() - 600, duration=60, seed=3)
     expected = list(generate(traffic))
@@ -490,7 +501,7 @@ async def test_runner_backfill_publishes_into_jetstream(
 @pytest.mark.integration
 @pytest.mark.slow
 async def test_cli_live_run_publishes_into_jetstream(
-    nats_settings: Settings, nc: Client, tmp_path: Path
+    nats_settings: Settings, nc: Client, drop_dlq: None, tmp_path: Path
 ) -> None:
     env = {
         **os.environ,

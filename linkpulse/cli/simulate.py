@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from linkpulse.config import Settings, get_settings
 from linkpulse.errors import LinkpulseError
@@ -146,8 +147,11 @@ def register(app: typer.Typer) -> None:
         anomaly: list[str] = typer.Option(
             [],
             "--anomaly",
-            help=f"KIND[@START+DURATION][:TARGET][=MAGNITUDE], repeatable; KIND in "
-            f"{', '.join(KINDS)}; e.g. failure_spike@30m+10m:acme=0.4",
+            # escaped: rich would take [@START+DURATION] for markup and drop it
+            help=escape(
+                f"KIND[@START+DURATION][:TARGET][=MAGNITUDE], repeatable; KIND in "
+                f"{', '.join(KINDS)}; e.g. failure_spike@30m+10m:acme=0.4"
+            ),
         ),
         anomalies: Path | None = typer.Option(
             None, "--anomalies", help="JSON file: a list of anomaly specs"
