@@ -10,6 +10,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from linkpulse.config import Settings, load_settings
@@ -56,7 +57,7 @@ def up_table(uses: list[ServiceUse]) -> Table:
     for use in uses:
         pid = "-" if use.pid is None else str(use.pid)
         table.add_row(
-            LABELS[use.service], use.source, redact(use.url), use.version, use.action, pid
+            LABELS[use.service], use.source, escape(redact(use.url)), use.version, use.action, pid
         )
     return table
 
@@ -73,11 +74,11 @@ def doctor_table(rows: list[DoctorRow]) -> Table:
         table.add_row(
             LABELS[p.service],
             row.source,
-            p.url,
-            f"[{style}]{p.summary}[/]",
+            escape(p.url),
+            f"[{style}]{escape(p.summary)}[/]",
             p.version or "-",
-            details or "-",
-            row.hint or "-",
+            escape(details) or "-",
+            escape(row.hint) or "-",
         )
     return table
 
