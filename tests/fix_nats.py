@@ -27,7 +27,8 @@ START_HINT = (
 
 async def connect_nats() -> Client:
     try:
-        return await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=0)
+        # allow_reconnect=False: with the server down, fail now instead of retrying forever
+        return await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
     except Exception as e:  # nats raises several unrelated types when the server is down
         pytest.fail(START_HINT.format(url=NATS_URL, err=e), pytrace=False)
 
