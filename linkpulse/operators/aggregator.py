@@ -187,22 +187,21 @@ class WindowAggregator:
         ``max_event_time`` is the newest event time behind the partials (from
         ``PaneBatch``); without it the newest pane start is used.
         """
-        newest = -math.inf
         series, dirty = self._series, self._dirty
         for (skey, pane), acc in partials.items():
             s = series.get(skey)
             if s is None:
                 s = self._new_series(skey)
-            pend = s.pending.get(pane)
+            pending = s.pending
+            if not pending:  # pending is empty exactly while the series is clean
+                dirty[s.level].add(skey)
+            pend = pending.get(pane)
             if pend is None:
-                s.pending[pane] = acc
+                pending[pane] = acc
             else:
                 pend.merge(acc)
-            if pane > newest:
-                newest = pane
-            dirty[s.level].add(skey)
         if max_event_time is None:
-            max_event_time = newest
+            max_event_time = max((pane for _, pane in partials), default=-math.inf)
         now = self._now()
         wm = self._wm.observe(max_event_time, now) if max_event_time > -math.inf else None
         return self._advance(now, self._wm.current(now) if wm is None else wm)
