@@ -272,3 +272,23 @@ def test_registry_rejects_bad_metrics() -> None:
         REGISTRY.with_metrics([Metric("orders", ("order_placed",))])
     with pytest.raises(ValueError, match="metric name"):
         Metric("Bad Name", ("order_placed",))
+
+
+def test_state_created_by_late_data_alone_is_discarded_too() -> None:
+    """A series first seen through late partials must still expire after the horizon."""
+    clock = Clock(at(300))
+    cfg = MetricsConfig(
+        windows=("1m",), revision_horizon_s=120, emit_interval_s=0, idle_timeout_s=None,
+        dimension_emit_interval_s=0, now_getter=clock,
+    )  # fmt: skip
+    agg = cfg.build_aggregator()
+    agg.add({}, max_event_time=300.0 + T0.timestamp())  # watermark 290 s
+    late = cfg.build_preaggregator().process([signup(at(200), tenant="other")])
+    out = agg.add(late.partials, late.max_event_time)
+    assert [(w.metric, w.final, w.revision) for w in out if w.metric == "signups"] == [
+        ("signups", True, 0)
+    ]
+    assert "other|signups|" in agg.series_keys()
+    clock.set(1000)
+    agg.add({}, max_event_time=1000.0 + T0.timestamp())
+    assert "other|signups|" not in agg.series_keys()

@@ -228,6 +228,8 @@ class WindowAggregator:
         """End of input: emit every window as final and drop all series state."""
         out = self._advance(self._now(), math.inf, force=True)
         self._series.clear()
+        self._meta.clear()
+        self._min_due = math.inf
         return out
 
     def is_empty(self) -> bool:
@@ -359,6 +361,8 @@ class WindowAggregator:
                     s.live.add(key)
                 else:
                     s.revise.add(key)
+                    if end + horizon < s.due:  # so its state is discarded in time
+                        s.due = end + horizon
             if layout.sliding and pane + layout.max_slide + horizon > wm:
                 used = True
                 p = s.panes.get(pane)
