@@ -321,3 +321,9 @@ def test_a_new_registry_entry_is_a_new_metric_with_no_new_operator() -> None:
             and (not w.dimensions or e.seller_id == w.dimensions["seller_id"])
         ]
         assert w.value == pytest.approx(sum(mine) / len(mine))
+
+
+def test_a_batch_of_non_events_is_a_clear_error() -> None:
+    pre = _config([T0]).build_preaggregator()
+    with pytest.raises(TypeError, match="expected decoded linkpulse events.*got dict"):
+        pre.process([{"type": "order_placed"}])

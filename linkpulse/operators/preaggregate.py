@@ -228,22 +228,28 @@ def preaggregate(
     n = dropped = 0
     # One dict operation per event: group by (class, tenant, pane); metrics fold groups.
     groups: dict[tuple[type, str, int], list[Any]] = {}
-    for ev in events:
-        n += 1
-        t = ev.event_time.timestamp()
-        if t > max_t:
-            max_t = t
-        if t < late_before:
-            late[ev.tenant] = late.get(ev.tenant, 0) + 1
-            if t < drop_before:
-                dropped += 1
-                continue
-        k = (type(ev), ev.tenant, int(t // pane_s) * pane_s)
-        group = groups.get(k)
-        if group is None:
-            groups[k] = [ev]
-        else:
-            group.append(ev)
+    ev: Any = None
+    try:
+        for ev in events:
+            n += 1
+            t = ev.event_time.timestamp()
+            if t > max_t:
+                max_t = t
+            if t < late_before:
+                late[ev.tenant] = late.get(ev.tenant, 0) + 1
+                if t < drop_before:
+                    dropped += 1
+                    continue
+            k = (type(ev), ev.tenant, int(t // pane_s) * pane_s)
+            group = groups.get(k)
+            if group is None:
+                groups[k] = [ev]
+            else:
+                group.append(ev)
+    except AttributeError as e:
+        # the check costs nothing on the happy path: only a bad batch pays for it
+        msg = f"events: expected decoded linkpulse events (BaseEvent), got {type(ev).__name__}"
+        raise TypeError(msg) from e
     raw: dict[Any, Any] = {}
     for (cls, tenant, pane), evs in groups.items():
         for op in ops.get(cls, ()):
