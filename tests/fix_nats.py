@@ -6,6 +6,7 @@ If it can't be reached the fixture fails, saying how to start it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -25,10 +26,23 @@ START_HINT = (
 )
 
 
+async def _quiet(_: Exception) -> None:
+    """The connect error is reported by the fixture; don't also log each attempt."""
+
+
 async def connect_nats() -> Client:
     try:
         # allow_reconnect=False: with the server down, fail now instead of retrying forever
-        return await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
+        return await asyncio.wait_for(
+            nats.connect(
+                NATS_URL,
+                connect_timeout=3,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                error_cb=_quiet,
+            ),
+            timeout=10,
+        )
     except Exception as e:  # nats raises several unrelated types when the server is down
         pytest.fail(START_HINT.format(url=NATS_URL, err=e), pytrace=False)
 
