@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
@@ -327,3 +330,35 @@ def test_a_batch_of_non_events_is_a_clear_error() -> None:
     pre = _config([T0]).build_preaggregator()
     with pytest.raises(TypeError, match="expected decoded linkpulse events.*got dict"):
         pre.process([{"type": "order_placed"}])
+
+
+def test_routing_is_stable_across_processes() -> None:
+    """crc32, never hash(): two interpreters with different hash seeds agree."""
+    code = (
+        "from linkpulse.operators import route; "
+        "print([route(f'acme|orders|seller_id=s{i}', 16) for i in range(20)])"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outs) == 1
+    assert outs.pop().strip() == str(
+        [zlib.crc32(f"acme|orders|seller_id=s{i}".encode()) % 16 for i in range(20)]
+    )
+
+
+def test_operators_import_no_engine_broker_database_or_web_code() -> None:
+    code = (
+        "import sys, linkpulse.operators; "
+        "print(sorted(m for m in ('bytewax', 'nats', 'psycopg', 'redis', 'fastapi') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
