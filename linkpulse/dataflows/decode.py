@@ -37,19 +37,22 @@ def stream_time(stream_ns: int) -> datetime:
     return datetime.fromtimestamp(stream_ns / 1e9, UTC)
 
 
-def decode_message(item: Item) -> BaseEvent | DeadLetter:
-    """The valid event in one message, or a dead letter saying why there is none."""
+def decode_message(item: Item, now: datetime | None = None) -> BaseEvent | DeadLetter:
+    """The valid event in one message, or a dead letter saying why there is none.
+
+    ``now`` (for the future-skew rule) defaults to the message's stream time;
+    a caller decoding a whole chunk passes the chunk's clock once instead.
+    """
     payload, subject, seq, stream_ns = item
-    now = stream_time(stream_ns)
     try:
-        return decode_event(payload, now=now)
+        return decode_event(payload, now=now or stream_time(stream_ns))
     except SchemaValidationError as e:
         return DeadLetter(
             payload=payload.decode("utf-8", errors="replace"),
             field=e.field,
             problem=e.problem,
             source=DEAD_LETTER_SOURCE,
-            received_at=now,
+            received_at=stream_time(stream_ns),
             subject=subject,
             sequence=seq,
         )

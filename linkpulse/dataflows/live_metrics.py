@@ -34,7 +34,7 @@ from bytewax.operators import StatefulBatchLogic
 from linkpulse.config import Settings, get_settings
 from linkpulse.dataflows import instrumentation as metrics
 from linkpulse.dataflows.chunks import Chunk
-from linkpulse.dataflows.decode import decode_message
+from linkpulse.dataflows.decode import decode_message, stream_time
 from linkpulse.dataflows.jetstream_source import JetStreamSource
 from linkpulse.dataflows.nats_sink import DeadLetterNatsSink, MetricUpdatesSink
 from linkpulse.dataflows.redis_sink import RedisLatestSink
@@ -88,8 +88,9 @@ def decode_chunk(chunk: Chunk) -> DecodedChunk:
     """Split a chunk into valid events and dead letters (never raises on bad input)."""
     events: list[BaseEvent] = []
     letters: list[DeadLetter] = []
+    now = stream_time(chunk.now_ns)  # the chunk's clock, for the future-skew rule
     for msg in chunk.messages:
-        out = decode_message(msg)
+        out = decode_message(msg, now)
         if isinstance(out, DeadLetter):
             letters.append(out)
             metrics.DEAD_LETTERS.labels(out.field).inc()
@@ -204,7 +205,10 @@ def build_flow(settings: Settings, options: FlowOptions | None = None) -> Datafl
     # (route, MetricWindow)
     updates = op.key_rm("updates", windows)
     # MetricWindow
-    op.output("windows_store", updates, StoreSink(dsn, "metric_windows"))
+    closed = op.filter("closed_windows", updates, lambda w: w.final)
+    # MetricWindow, final (closed, or revised by late data): the store keeps
+    # closed windows; live values go to Redis and NATS only
+    op.output("windows_store", closed, StoreSink(dsn, "metric_windows"))
     op.output(
         "windows_redis",
         updates,

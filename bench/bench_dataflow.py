@@ -1,0 +1,317 @@
+"""Dataflow benchmark: events/s through the whole flow, and publish-to-update latency.
+
+Run: ``.venv/bin/python -m bench.bench_dataflow [--events 200000] [--latency-s 20]``
+
+Against the local NATS and PostgreSQL, on a fresh stream and database:
+
+1. Ceilings, measured in the same run on the same events: the raw JetStream
+   consume rate (nats-py ordered push consumer alone, callback does nothing);
+   the linkpulse source alone (consumer + bounded buffer + chunking, no
+   Bytewax); the store writer alone (``EventWriter.write_events``).
+2. The whole flow on one worker (decode + validate, every metric and window,
+   raw events to the store, windows to the store, Redis and NATS) over a
+   backlog of ``--events``: events/s; then the same with raw persistence off.
+   Target: >= 50,000 events/s end to end on one worker.
+3. Latency: the flow runs live while a background load is published at a
+   steady rate; a probe event (its own tenant) is published every 100 ms and
+   the time until a 10-second sliding window update (``signups``, ``5m/10s``)
+   that includes it arrives on NATS is measured. Target: p99 <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import statistics
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import nats
+import psycopg
+from bytewax.testing import run_main
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from psycopg import sql
+
+from linkpulse.bus.stream import dead_letter_stream_name, ensure_streams
+from linkpulse.config import Settings
+from linkpulse.dataflows.jetstream_source import JetStreamSource
+from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
+from linkpulse.schemas import decode_event
+from linkpulse.schemas.outputs import MetricWindow
+from linkpulse.store import EventWriter, migrate
+
+ADMIN_DSN = os.environ.get(
+    "LINKPULSE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+TARGET_EPS = 50_000
+TARGET_P99_S = 2.0
+KINDS = ("page_view", "page_view", "page_view", "order_placed", "payment_settled", "user_signup")
+PAGES = ("home", "search", "category", "product", "cart", "checkout")
+
+
+def make_event(i: int, t: datetime, tenant: str, kind: str) -> bytes:
+    ev: dict[str, object] = {
+        "type": kind,
+        "event_id": f"b-{i}",
+        "event_time": t.isoformat().replace("+00:00", "Z"),
+        "tenant": tenant,
+        "user_id": f"u{i % 5000}",
+    }
+    if kind in ("order_placed", "payment_settled"):
+        ev.update(
+            seller_id=f"s{i % 50}",
+            amount=float(i % 200) + 0.5,
+            currency="USD",
+            properties={"order_id": f"o{i}"},
+        )
+    elif kind == "page_view":
+        ev["properties"] = {"page": PAGES[i % len(PAGES)]}
+    return json.dumps(ev).encode()
+
+
+def backlog(n: int, rate: int = TARGET_EPS) -> list[tuple[str, bytes]]:
+    """``n`` events as a producer emitting ``rate`` events/s would: event times span n/rate s.
+
+    That is what "sustained N events/s" means for windows: as many window
+    closings per event as in real time (a replay of old data at 100x real
+    time closes 100x more windows per event). 10 tenants, a realistic type mix.
+    """
+    span = n / rate
+    start = datetime.now(UTC) - timedelta(seconds=span + 120)
+    out = []
+    for i in range(n):
+        tenant = f"t{i % 10}"
+        kind = KINDS[i % len(KINDS)]
+        t = start + timedelta(seconds=span * i / n)
+        out.append((f"{tenant}.{kind}", make_event(i, t, tenant, kind)))
+    return out
+
+
+async def publish(nc: nats.NATS, settings: Settings, msgs: list[tuple[str, bytes]]) -> int:
+    js = nc.jetstream(publish_async_max_pending=4000)
+    for subject, payload in msgs:
+        await js.publish_async(
+            f"{settings.subject_prefix}.events.{subject}", payload, stream=settings.stream_name
+        )
+    await js.publish_async_completed()
+    info = await js.stream_info(settings.stream_name)
+    return int(info.state.last_seq)
+
+
+async def raw_consume_rate(nc: nats.NATS, settings: Settings, n: int) -> float:
+    js = nc.jetstream()
+    done = asyncio.Event()
+    count = 0
+
+    async def cb(msg: object) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    started = time.perf_counter()
+    sub = await js.subscribe(
+        f"{settings.subject_prefix}.events.>",
+        stream=settings.stream_name,
+        ordered_consumer=True,
+        cb=cb,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        pending_msgs_limit=2_000_000,
+        pending_bytes_limit=1 << 31,
+    )
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    return n / elapsed
+
+
+def source_rate(settings: Settings, n: int) -> float:
+    src = JetStreamSource(settings)
+    started = time.perf_counter()
+    part = src.build_part("bench", src.list_parts()[0], None)
+    got = 0
+    while got < n:
+        batch = part.next_batch()
+        got += sum(len(c.messages) for c in batch)
+        if not batch:
+            time.sleep(0.0005)
+    elapsed = time.perf_counter() - started
+    part.close()
+    return n / elapsed
+
+
+def writer_rate(dsn: str, msgs: list[tuple[str, bytes]]) -> float:
+    events = [decode_event(p) for _, p in msgs]
+    started = time.perf_counter()
+    with EventWriter(dsn) as w:
+        for i in range(0, len(events), 5000):
+            w.write_events(events[i : i + 5000])
+    return len(events) / (time.perf_counter() - started)
+
+
+def flow_rate(settings: Settings, last: int, raw: bool, prefix: str) -> float:
+    opts = FlowOptions(raw_events=raw, stop_at_seq=last, redis_key_prefix=prefix)
+    flow = build_flow(settings, opts)
+    started = time.perf_counter()
+    run_main(flow)
+    return last / (time.perf_counter() - started)
+
+
+def new_database() -> str:
+    name = f"lp_bench_df_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    p = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
+    user, host, port = p.get("user", "postgres"), p.get("host", "127.0.0.1"), p.get("port", 5432)
+    return f"postgresql://{user}@{host}:{port}/{name}"
+
+
+def drop_database(dsn: str) -> None:
+    name = dsn.rsplit("/", 1)[1]
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+async def latency(
+    settings: Settings,
+    seconds: float,
+    load_eps: int,
+    prefix: str,
+    emit_interval_s: float | None = None,
+) -> list[float]:
+    """Run the flow live; publish load + probes; latencies of probe -> 5m/10s update."""
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream(publish_async_max_pending=4000)
+    published: list[float] = []  # probe k (1-based) was published at published[k - 1]
+    lat: list[float] = []
+    matched = 0
+
+    async def on_update(msg: object) -> None:
+        nonlocal matched
+        w = msgspec.json.decode(msg.data, type=MetricWindow)  # type: ignore[attr-defined]
+        now = time.time()
+        while matched < min(w.count, len(published)):
+            lat.append(now - published[matched])
+            matched += 1
+
+    await nc.subscribe(f"{settings.subject_prefix}.metrics.signups.probe.5m_10s", cb=on_update)
+    info = await js.stream_info(settings.stream_name)
+    opts = FlowOptions(start_seq=int(info.state.last_seq) + 1, redis_key_prefix=prefix)
+    if emit_interval_s is not None:
+        opts = dataclasses.replace(
+            opts, metrics=dataclasses.replace(opts.metrics, emit_interval_s=emit_interval_s)
+        )
+    flow = build_flow(settings, opts)
+    thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    thread.start()
+    await asyncio.sleep(2.0)  # let the flow start
+    i = 10_000_000
+    end = time.time() + seconds
+    next_probe = time.time()
+    while time.time() < end:
+        tick = time.time()
+        for _ in range(load_eps // 20):
+            i += 1
+            tenant = f"t{i % 10}"
+            kind = KINDS[i % len(KINDS)]
+            await js.publish_async(
+                f"{settings.subject_prefix}.events.{tenant}.{kind}",
+                make_event(i, datetime.now(UTC), tenant, kind),
+                stream=settings.stream_name,
+            )
+        if tick >= next_probe:
+            i += 1
+            await js.publish_async(
+                f"{settings.subject_prefix}.events.probe.user_signup",
+                make_event(i, datetime.now(UTC), "probe", "user_signup"),
+                stream=settings.stream_name,
+            )
+            published.append(time.time())
+            next_probe += 0.1
+        await asyncio.sleep(max(0.0, 0.05 - (time.time() - tick)))
+    await js.publish_async_completed()
+    await asyncio.sleep(3.0)  # the last probes' updates
+    await nc.close()
+    # the flow thread is a daemon: it ends with the process
+    return lat
+
+
+async def main(args: argparse.Namespace) -> None:
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(stream_name=f"BENCH_DF_{tag.upper()}", subject_prefix=f"benchdf{tag}")
+    nc = await nats.connect(settings.nats_url)
+    await ensure_streams(nc.jetstream(), settings)
+    dsns = [new_database() for _ in range(3)]
+    try:
+        for dsn in dsns:
+            migrate(dsn)
+        msgs = backlog(args.events)
+        t = time.perf_counter()
+        last = await publish(nc, settings, msgs)
+        print(f"published {last:,} events at {last / (time.perf_counter() - t):,.0f}/s")
+        raw_rate = await raw_consume_rate(nc, settings, last)
+        src_rate = source_rate(settings, last)
+        w_rate = writer_rate(dsns[0], msgs)
+        print(f"ceiling: ordered push consumer alone   {raw_rate:>10,.0f} events/s")
+        print(f"ceiling: linkpulse source alone        {src_rate:>10,.0f} events/s")
+        print(f"ceiling: store writer alone            {w_rate:>10,.0f} events/s")
+        s1 = settings.model_copy(update={"database_url": dsns[1]})
+        full = flow_rate(s1, last, True, f"benchdf:{tag}:")
+        s2 = settings.model_copy(update={"database_url": dsns[2]})
+        no_raw = flow_rate(s2, last, False, f"benchdf:{tag}:")
+        ok = "OK" if full >= TARGET_EPS else "BELOW TARGET"
+        print(
+            f"flow, 1 worker, raw events stored    {full:>10,.0f} events/s  "
+            f"({full / raw_rate:.2f}x consumer, {full / w_rate:.2f}x writer) "
+            f"target {TARGET_EPS:,}: {ok}"
+        )
+        print(
+            f"flow, 1 worker, raw persistence off  {no_raw:>10,.0f} events/s  "
+            f"({no_raw / raw_rate:.2f}x consumer)"
+        )
+        lat = await latency(
+            s2, args.latency_s, args.load_eps, f"benchdf:{tag}:", args.emit_interval
+        )
+        if lat:
+            q = statistics.quantiles(lat, n=100)
+            p50, p99 = statistics.median(lat), q[98]
+            ok = "OK" if p99 <= TARGET_P99_S else "ABOVE TARGET"
+            print(
+                f"latency publish -> 5m/10s update on NATS, {len(lat)} probes under "
+                f"{args.load_eps:,} events/s: p50 {p50:.3f} s, p99 {p99:.3f} s "
+                f"(target p99 <= {TARGET_P99_S} s: {ok})"
+            )
+        else:
+            print("latency: no probe update arrived")
+    finally:
+        js = nc.jetstream()
+        for name in (settings.stream_name, dead_letter_stream_name(settings)):
+            try:
+                await js.delete_stream(name)
+            except Exception:  # noqa: BLE001 - best-effort cleanup
+                pass
+        await nc.close()
+        for dsn in dsns:
+            drop_database(dsn)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--latency-s", type=float, default=20.0)
+    parser.add_argument("--load-eps", type=int, default=10_000)
+    parser.add_argument(
+        "--emit-interval",
+        type=float,
+        default=None,
+        help="live update interval, s (default: flow's)",
+    )
+    asyncio.run(main(parser.parse_args()))
