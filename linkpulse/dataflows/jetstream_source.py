@@ -117,6 +117,7 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
         # Consumer num_pending after the last message read; -1 until known, so
         # a fresh consumer that has not delivered yet never looks idle.
         self._pending = -1
+        self._stream_last = 0  # the stream's last sequence, as of the last message read
         self._paused = False  # no consumer: buffer full, or restarting after a drop
         self._restarting = False
         self._sub: Any = None
@@ -197,6 +198,7 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
         self._buf.append((msg.data, msg.subject, seq, stream_ns))
         self._read_seq = seq
         self._pending = pending
+        self._stream_last = seq + pending
         if len(self._buf) >= self._max_buffered:
             self._paused = True
             self._pending = -1  # the messages we now skip are still to come
@@ -234,8 +236,8 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
 
     @property
     def lag(self) -> int:
-        """Messages in the stream after the last one emitted (consumer lag)."""
-        return max(self._pending, 0) + len(self._buf) + self._chunker.open_messages
+        """Messages in the stream after the last one emitted: stream last seq - position."""
+        return max(0, self._stream_last - (self._next_seq - 1))
 
     def next_batch(self) -> list[Chunk]:
         if self._done or (self._stop_at_seq is not None and self._next_seq > self._stop_at_seq):
