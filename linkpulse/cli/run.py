@@ -55,17 +55,20 @@ def dataflow(
     """
     # Imported here so `linkpulse --help` does not load Bytewax.
     from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
-    from linkpulse.dataflows.runner import run_flow, spawn_local_cluster
+    from linkpulse.dataflows.runner import prepare_recovery, run_flow, spawn_local_cluster
 
+    rec = recovery_dir if recovery_dir and str(recovery_dir) not in ("", ".") else None
     if processes > 1:
         if addresses or process_id is not None:
             typer.secho("use either -p (local processes) or -a/-i (a cluster)", err=True)
             raise typer.Exit(2)
-        argv = [a for a in sys.argv[1:]]
-        argv = _without(argv, ("-p", "--processes"))
+        if rec is not None:
+            # Made here, once, before any process looks for it.
+            prepare_recovery(rec, workers * processes, from_start=from_start)
+        argv = _without(sys.argv[1:], ("-p", "--processes"))
+        argv = [a for a in argv if a != "--from-start"]
         raise typer.Exit(spawn_local_cluster(processes, argv))
     settings = get_settings()
-    rec = recovery_dir if recovery_dir and str(recovery_dir) not in ("", ".") else None
     opts = FlowOptions(
         raw_events=raw_events, stop_at_seq=stop_at_seq, redis_key_prefix=redis_prefix
     )
@@ -86,7 +89,11 @@ def dataflow(
 
 
 def _without(argv: list[str], names: tuple[str, ...]) -> list[str]:
-    """``argv`` minus an option and its value (``-p 2``, ``--processes=2``)."""
+    """``argv`` minus an option and its value (``-p 2``, ``--processes=2``).
+
+    >>> _without(["run", "dataflow", "-p", "2", "-w", "2"], ("-p", "--processes"))
+    ['run', 'dataflow', '-w', '2']
+    """
     out: list[str] = []
     skip = False
     for arg in argv:
