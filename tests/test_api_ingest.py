@@ -213,6 +213,30 @@ async def test_unreadable_or_empty_body_is_400(
     _assert_problem(resp, 400, "$", *words)
 
 
+DEEP = b"[" * 20_000 + b"]" * 20_000  # deeper than msgspec's recursion limit, far under 64 KiB
+
+
+async def test_deeply_nested_json_is_a_client_error_not_a_crash(
+    client: httpx.AsyncClient, js: JetStreamContext, api_settings: Settings
+) -> None:
+    resp = await client.post(
+        "/v1/events", content=b"[" + DEEP + b"]", headers={"content-type": "application/json"}
+    )
+    _assert_problem(resp, 400, "$", "nested too deeply")
+
+    # in NDJSON only that line is bad: the others are still stored
+    lines = [json.dumps(GOOD[0]).encode(), b'{"properties": ' + DEEP + b"}"]
+    resp = await client.post(
+        "/v1/events", content=b"\n".join(lines), headers={"content-type": "application/x-ndjson"}
+    )
+    assert resp.status_code == 207, resp.text
+    body = resp.json()
+    assert (body["accepted"], body["rejected"]) == (1, 1)
+    assert body["results"][1]["field"] == "$"
+    assert "nested too deeply" in body["results"][1]["problem"]
+    assert await _count(js, f"{api_settings.stream_name}_DLQ") == 1
+
+
 async def test_health_readiness_and_metrics(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")

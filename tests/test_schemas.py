@@ -360,3 +360,17 @@ def test_schema_validate_passes_a_good_file_and_refuses_a_missing_one(tmp_path: 
     missing = CliRunner().invoke(cli_app, ["schema", "validate", str(tmp_path / "nope")])
     assert missing.exit_code == 2
     assert "cannot read" in missing.stderr
+
+
+def test_schema_validate_survives_deeply_nested_json(tmp_path: Path) -> None:
+    path = tmp_path / "deep.ndjson"
+    path.write_bytes(
+        json.dumps(example("page_view")).encode()
+        + b'\n{"properties": '
+        + b"[" * 20_000
+        + b"]" * 20_000
+        + b"}"
+    )
+    result = CliRunner().invoke(cli_app, ["schema", "validate", str(path)])
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"{path}:2: $: JSON nested too deeply")

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 NDJSON = "application/x-ndjson"
+TOO_DEEP = "JSON nested too deeply; an event is a flat object with a shallow `properties`"
 # Accepted request media types, and the name split_batch knows them by.
 MEDIA_TYPES = {
     "application/json": "application/json",
@@ -146,6 +147,10 @@ def split_items(body: bytes, media: str, max_batch: int) -> list[bytes]:
         raise ProblemError(
             400, "malformed-body", "Malformed request body", f"{e.problem}", field=e.field
         ) from e
+    except RecursionError as e:  # msgspec recurses per nesting level; split_batch lets it out
+        raise ProblemError(
+            400, "malformed-body", "Malformed request body", TOO_DEEP, field="$"
+        ) from e
     if not items:
         detail = "the batch holds no events; send at least one"
         raise ProblemError(400, "empty-batch", "Empty batch", detail, field="$")
@@ -162,7 +167,7 @@ def _peek(raw: bytes) -> tuple[str | None, str | None]:
     """Best-effort (event_id, type) of an invalid item, for the report and metrics."""
     try:
         obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None, None
     if not isinstance(obj, dict):
         return None, None
@@ -182,6 +187,8 @@ def check_items(items: Sequence[bytes], now: datetime | None) -> Checked:
         except SchemaValidationError as e:
             event_id, event_type = _peek(raw)
             checked.rejected.append(Rejection(index, raw, e.field, e.problem, event_id, event_type))
+        except RecursionError:  # decode_event lets msgspec's depth limit out
+            checked.rejected.append(Rejection(index, raw, "$", TOO_DEEP, None, None))
     return checked
 
 

@@ -24,6 +24,7 @@ from linkpulse.schemas.codec import decode_event
 __all__ = ["FileReport", "Finding", "check_document"]
 
 _BYTE_OFFSET = re.compile(r"\(byte (\d+)\)")
+TOO_DEEP = "JSON nested too deeply"
 
 
 class Finding(msgspec.Struct, frozen=True):
@@ -58,13 +59,15 @@ def _check(report: FileReport, raw: bytes, line: int, index: int, now: datetime 
         decode_event(raw, now=now)
     except SchemaValidationError as e:
         report.findings.append(Finding(line, index, e.field, e.problem))
+    except RecursionError:  # decode_event lets msgspec's depth limit out
+        report.findings.append(Finding(line, index, "$", TOO_DEEP))
 
 
 def _check_array(data: bytes, now: datetime | None) -> FileReport:
     report = FileReport(format="json-array")
     try:
         items = msgspec.json.decode(data, type=list[msgspec.Raw])
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
         # The whole document is unreadable: one finding where the parser stopped.
         m = _BYTE_OFFSET.search(str(e))
         line = _line_of(data, int(m[1])) if m else 1
@@ -103,7 +106,7 @@ def check_document(data: bytes, *, now: datetime | None = None) -> FileReport:
         # One pretty-printed event spans lines; NDJSON would see broken lines.
         try:
             msgspec.json.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             pass
         else:
             report = FileReport(format="json-object")
