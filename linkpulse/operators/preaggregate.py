@@ -1,10 +1,12 @@
 """Per-batch pre-aggregation: decoded events -> partial accumulators per (series, pane).
 
 Per-event Python work is the bottleneck of the whole dataflow, so the registry
-is compiled once into one small closure per (event class, metric); a batch is a
-single loop that updates accumulators in a dict keyed by plain tuples, and the
-series-key strings are built once per distinct key at the end of the batch.
-Events go into 10 s panes (see ``windows``), never into each window.
+is compiled once into one small closure per (event class, metric); a batch is
+one loop that groups events by (class, tenant, pane) with a single dict
+operation each, then each metric folds whole groups (list comprehensions,
+``Counter``) into accumulators keyed by plain tuples, and the series-key
+strings are built once per distinct key at the end of the batch. Events go
+into 10 s panes (see ``windows``), never into each window.
 
 ``PreAggregator`` adds the partition's watermark: events older than it at the
 start of the batch are counted in ``late_events`` (in the pane of the newest
