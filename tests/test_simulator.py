@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -529,3 +530,28 @@ async def test_cli_live_run_publishes_into_jetstream(
         assert started - timedelta(seconds=1) < ev.event_time < datetime.now(UTC)
     (label,) = json.loads((tmp_path / "labels.json").read_text())
     assert label["series"] == "acme|page_view_count|"
+
+
+@pytest.mark.slow
+async def test_ctrl_c_stops_a_live_run_cleanly(tmp_path: Path) -> None:
+    out, labels = tmp_path / "live.ndjson", tmp_path / "labels.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from linkpulse.cli import main; main()",
+        "simulate", "--rate", "300", "--no-seasonality", "-q", "--output", str(out),
+        "--labels", str(labels), "--anomaly", "failure_spike@1s+1h:acme",
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(4.0)  # interpreter start-up, then a couple of seconds of traffic
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 0, stderr.decode()
+    text = stdout.decode()
+    assert "(interrupted)" in text
+    m = re.search(r"([\d,]+) events to", text)
+    assert m, text
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == int(m[1].replace(",", "")) > 100  # everything generated was written
+    (label,) = json.loads(labels.read_text())
+    end = datetime.fromisoformat(label["end"])
+    assert end < datetime.now(UTC)  # cut where the run stopped, not an hour later
+    assert decode_event(lines[-1]).event_time <= end + timedelta(seconds=1)

@@ -11,6 +11,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,17 @@ if TYPE_CHECKING:
 _BURST_BACKLOG = 5000  # settled orders remembered per refund-burst seller
 
 _fromts = datetime.fromtimestamp
+
+
+@dataclass(slots=True)
+class _Settled:
+    """A settled order remembered for a refund burst."""
+
+    settle_t: float
+    order_id: str
+    user: str
+    amount: float
+    refunded: bool = False
 
 
 class SessionWriter:
@@ -71,8 +83,8 @@ class SessionWriter:
                 self._drops[ti].append((a.start, a.end, 1.0 - a.magnitude))
             elif a.kind == "refund_burst" and a.seller_id is not None:
                 self._bursts.setdefault(a.seller_id, []).append(a)
-        # seller id -> recent settled orders [settle_t, order_id, user, amount, refunded]
-        self._backlog: dict[str, deque[list[object]]] = {
+        # seller id -> its recent settled orders (only for refund-burst sellers)
+        self._backlog: dict[str, deque[_Settled]] = {
             s: deque(maxlen=_BURST_BACKLOG) for s in self._bursts
         }
 
@@ -204,19 +216,19 @@ class SessionWriter:
             properties={"order_id": order_id, "method": method},
         )
         self._emit(t_pay, ev)
-        record: list[object] | None = None
+        record: _Settled | None = None
         if sid in self._backlog:
-            record = [t_pay, order_id, user, amount, False]
+            record = _Settled(t_pay, order_id, user, amount)
             self._backlog[sid].append(record)
             for a in self._bursts[sid]:
                 if a.start <= t_pay < a.end and rng.random() < a.magnitude:
-                    record[4] = True
+                    record.refunded = True
                     self._refund(rng.uniform(t_pay, a.end), slug, user, sid, amount, cur, order_id)
-        if (record is None or not record[4]) and rng.random() < self._refund_rate:
+        if (record is None or not record.refunded) and rng.random() < self._refund_rate:
             lo, hi = F.REFUND_DELAY_BOUNDS_S
             delay = rng.lognormvariate(math.log(F.REFUND_DELAY_MEDIAN_S), F.REFUND_DELAY_SIGMA)
             if record is not None:
-                record[4] = True
+                record.refunded = True
             self._refund(t_pay + min(max(delay, lo), hi), slug, user, sid, amount, cur, order_id)
         if rng.random() < F.P_REVIEW:
             t_rev = t_pay + rng.lognormvariate(math.log(F.REVIEW_DELAY_MEDIAN_S), 1.0)
@@ -252,13 +264,13 @@ class SessionWriter:
         assert a.seller_id is not None
         rng = self.rng
         slug, cur = a.tenant, self._tenants[self._tenant_index_of(a.tenant)].currency
-        for record in self._backlog[a.seller_id]:
-            settle_t, order_id, user, amount, refunded = record
-            if refunded or rng.random() >= a.magnitude:
+        for r in self._backlog[a.seller_id]:
+            # (settled at or after the window's end: nothing to refund inside it)
+            if r.refunded or r.settle_t >= a.end or rng.random() >= a.magnitude:
                 continue
-            record[4] = True
-            t_ref = rng.uniform(max(t, float(settle_t)), a.end)  # type: ignore[arg-type]
-            self._refund(t_ref, slug, str(user), a.seller_id, amount, cur, str(order_id))  # type: ignore[arg-type]
+            r.refunded = True
+            t_ref = rng.uniform(max(t, r.settle_t), a.end)
+            self._refund(t_ref, slug, r.user, a.seller_id, r.amount, cur, r.order_id)
 
     def _tenant_index_of(self, slug: str) -> int:
         return next(i for i, t in enumerate(self._tenants) if t.slug == slug)
