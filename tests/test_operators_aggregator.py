@@ -342,3 +342,46 @@ def test_out_of_order_arrival_converges_to_brute_force_through_revisions(seed: i
                 and s <= e.event_time.timestamp() < s + 300
             ]
             assert w.count == len(inside) and w.value == pytest.approx(sum(inside))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32))
+def test_publication_invariants_under_random_delays_and_clock(seed: int) -> None:
+    """Revisions count up by one from the final; no live value after the final; every
+    window shown live is finalized; no state is left after close()."""
+    events = random_events(seed, 300, span_s=900)
+    rnd = random.Random(seed)
+    arrival = sorted(events, key=lambda e: e.event_time.timestamp() + rnd.expovariate(1 / 20))
+    clock = Clock(T0)
+    p = pipeline(
+        clock,
+        windows=("1m", "5m", "5m/10s"),
+        dimension_windows=("1m", "5m/10s"),
+        allowed_lateness_s=3.0,
+        revision_horizon_s=60.0,
+        idle_timeout_s=2.0,
+        emit_interval_s=1.0,
+        dimension_emit_interval_s=3.0,
+    )
+    out: list[MetricWindow] = []
+    for i in range(0, len(arrival), 7):
+        chunk = arrival[i : i + 7]
+        newest = max(e.event_time for e in chunk)
+        clock.now = max(clock.now, newest) + timedelta(seconds=rnd.uniform(0, 2))
+        out += p.process(chunk)
+        if rnd.random() < 0.2:
+            clock.now += timedelta(seconds=rnd.uniform(0, 30))
+            out += p.tick()
+    out += p.close()
+    state: dict[tuple[str, datetime], int | str] = {}
+    for w in out:
+        key = (w.series_key, w.window_start)
+        prev = state.get(key)
+        if w.final:
+            assert w.revision == (0 if prev in (None, "live") else int(prev) + 1), key  # type: ignore[arg-type]
+            state[key] = w.revision
+        else:
+            assert prev in (None, "live") and w.revision == 0, key
+            state[key] = "live"
+    assert "live" not in state.values()
+    assert p.agg.is_empty()
