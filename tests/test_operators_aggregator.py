@@ -378,7 +378,7 @@ def test_publication_invariants_under_random_delays_and_clock(seed: int) -> None
         key = (w.series_key, w.window_start)
         prev = state.get(key)
         if w.final:
-            assert w.revision == (0 if prev in (None, "live") else int(prev) + 1), key  # type: ignore[arg-type]
+            assert w.revision == (0 if prev in (None, "live") else int(prev) + 1), key
             state[key] = w.revision
         else:
             assert prev in (None, "live") and w.revision == 0, key
