@@ -332,6 +332,22 @@ async def test_live_mode_paces_to_the_wall_clock_and_stamps_now() -> None:
         assert sent_at - _ts(ev) < 0.5
 
 
+async def test_live_mode_reads_time_from_the_injected_clock() -> None:
+    # a clock a year ahead: events carry its time, pacing follows its passing
+    shift = timedelta(days=365)
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + shift
+
+    start = clock()
+    plan = RunPlan(TrafficConfig(rate=200, start=start.timestamp(), duration=0.6), live=True)
+    sink = _RecordingSink()
+    await run(plan, sink, now_getter=clock)
+    assert len(sink.sent) > 30
+    for sent_at, ev in sink.sent:
+        assert start <= ev.event_time <= datetime.fromtimestamp(sent_at, UTC) + shift
+
+
 async def test_stop_ends_a_live_run_and_cuts_the_labels(tmp_path: Path) -> None:
     start = time.time()
     traffic = TrafficConfig(rate=200, start=start, duration=None)
