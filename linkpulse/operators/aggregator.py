@@ -109,6 +109,9 @@ class WindowAggregator(SeriesWindows):
         self._live_pending: tuple[set[str], set[str]] = (set(), set())
         self._last_live = [-math.inf, -math.inf]
         self._next_boundary = -math.inf  # crossing a pane boundary commits every series
+        # The watermark of the previous call: a window that ends within the horizon of it
+        # still has all its panes (expiry lags by the horizon), so it can be published.
+        self._last_wm = -math.inf
         self._min_due = math.inf  # lowest Series.due: a watermark below it closes nothing
         self._datetimes: dict[int, datetime] = {}  # window bounds are few: reuse them
         self.dropped_partials = 0  # partials whose every window was beyond the horizon
@@ -192,6 +195,7 @@ class WindowAggregator(SeriesWindows):
             "watermark": self._wm.snapshot(),
             "last_live": self._last_live,
             "next_boundary": self._next_boundary,
+            "last_wm": self._last_wm,
             "series": {k: s.dump() for k, s in self._series.items()},
         }
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
@@ -224,6 +228,7 @@ class WindowAggregator(SeriesWindows):
         )
         self._last_live = list(state["last_live"])
         self._next_boundary = state["next_boundary"]
+        self._last_wm = state["last_wm"]
         if state["layout"] != self._layout_id():
             return  # windows or panes changed: old window state would be misread
         old_keys: dict[str, str] = state["state_keys"]
@@ -261,7 +266,7 @@ class WindowAggregator(SeriesWindows):
         closing = wm >= self._min_due
         due = [k for k, s in self._series.items() if s.due <= wm] if closing else []
         for skey in due:
-            self._close(skey, wm, commit_wm, out)
+            self._close(skey, wm, self._last_wm, out)
         for skey in committed:
             self._emit_revisions(skey, out)
         for level, due_now in enumerate(live_due):
@@ -276,4 +281,6 @@ class WindowAggregator(SeriesWindows):
             self._min_due = min((s.due for s in self._series.values()), default=math.inf)
         if boundary and wm < math.inf:
             self._next_boundary = pane_of(wm, self._pane_s) + self._pane_s
+        if wm < math.inf:
+            self._last_wm = max(self._last_wm, wm)
         return out

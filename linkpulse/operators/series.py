@@ -151,8 +151,14 @@ class SeriesWindows:
         if s.live or s.slide_live:
             self._live_pending[s.level].add(skey)
 
-    def _close(self, skey: str, wm: float, state_wm: float, out: list[MetricWindow]) -> None:
-        """Emit finals for windows ending by ``wm``; ``state_wm`` decides what has expired."""
+    def _close(self, skey: str, wm: float, last_wm: float, out: list[MetricWindow]) -> None:
+        """Emit finals for windows ending by ``wm``.
+
+        A sliding window is published only if it ends within the horizon of
+        ``last_wm`` (the previous call's watermark): then none of its panes can
+        have expired yet. Older ones can only be reached by data that arrived
+        after the horizon, which is counted late and not published.
+        """
         s = self._series[skey]
         for key in sorted(s.open_tum):
             i, ws = key
@@ -174,7 +180,7 @@ class SeriesWindows:
                         end = (keys[lo] // step + 1) * step
                         continue
                     ws = int(end - size)
-                    if end + self._horizon > state_wm:  # else too old to publish: state is gone
+                    if end + self._horizon > last_wm:
                         s.final_rev[(i, ws)] = 0
                         acc = self._compose(s, keys, ws, end)
                         out.append(self._window(skey, i, ws, acc, 0, True))
