@@ -40,6 +40,7 @@ from psycopg import sql
 
 from linkpulse.bus.stream import dead_letter_stream_name, ensure_streams
 from linkpulse.config import Settings
+from linkpulse.dataflows.instrumentation import SINK_LATENCY
 from linkpulse.dataflows.jetstream_source import JetStreamSource
 from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
 from linkpulse.schemas import decode_event
@@ -155,12 +156,31 @@ def writer_rate(dsn: str, msgs: list[tuple[str, bytes]]) -> float:
     return len(events) / (time.perf_counter() - started)
 
 
-def flow_rate(settings: Settings, last: int, raw: bool, prefix: str) -> float:
+def sink_seconds() -> dict[str, float]:
+    """Seconds spent in each sink so far (from the flow's Prometheus histograms)."""
+    out: dict[str, float] = {}
+    for family in SINK_LATENCY.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                out[sample.labels["sink"]] = sample.value
+    return out
+
+
+def flow_rate(settings: Settings, last: int, raw: bool, prefix: str) -> tuple[float, float]:
+    """(events/s by the wall clock, events per CPU-second of this process)."""
     opts = FlowOptions(raw_events=raw, stop_at_seq=last, redis_key_prefix=prefix)
     flow = build_flow(settings, opts)
-    started = time.perf_counter()
+    before = sink_seconds()
+    started, cpu = time.perf_counter(), time.process_time()
     run_main(flow)
-    return last / (time.perf_counter() - started)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    spent = {k: v - before.get(k, 0.0) for k, v in sink_seconds().items()}
+    print(
+        "  time in sinks: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(spent.items()) if v > 0.005)
+        + f" (of {wall:.2f} s)"
+    )
+    return last / wall, last / cpu
 
 
 def new_database() -> str:
@@ -264,19 +284,20 @@ async def main(args: argparse.Namespace) -> None:
         print(f"ceiling: linkpulse source alone        {src_rate:>10,.0f} events/s")
         print(f"ceiling: store writer alone            {w_rate:>10,.0f} events/s")
         s1 = settings.model_copy(update={"database_url": dsns[1]})
-        full = flow_rate(s1, last, True, f"benchdf:{tag}:")
+        full, full_cpu = flow_rate(s1, last, True, f"benchdf:{tag}:")
         s2 = settings.model_copy(update={"database_url": dsns[2]})
-        no_raw = flow_rate(s2, last, False, f"benchdf:{tag}:")
+        no_raw, no_raw_cpu = flow_rate(s2, last, False, f"benchdf:{tag}:")
         ok = "OK" if full >= TARGET_EPS else "BELOW TARGET"
         print(
             f"flow, 1 worker, raw events stored    {full:>10,.0f} events/s  "
-            f"({full / raw_rate:.2f}x consumer, {full / w_rate:.2f}x writer) "
-            f"target {TARGET_EPS:,}: {ok}"
+            f"({full / raw_rate:.2f}x consumer, {full / w_rate:.2f}x writer; "
+            f"{full_cpu:,.0f} per CPU-second) target {TARGET_EPS:,}: {ok}"
         )
         print(
             f"flow, 1 worker, raw persistence off  {no_raw:>10,.0f} events/s  "
-            f"({no_raw / raw_rate:.2f}x consumer)"
+            f"({no_raw / raw_rate:.2f}x consumer; {no_raw_cpu:,.0f} per CPU-second)"
         )
+        print(f"machine load average (1 min): {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
         lat = await latency(
             s2, args.latency_s, args.load_eps, f"benchdf:{tag}:", args.emit_interval
         )

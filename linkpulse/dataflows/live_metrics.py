@@ -38,7 +38,7 @@ from linkpulse.dataflows.decode import decode_message, stream_time
 from linkpulse.dataflows.jetstream_source import JetStreamSource
 from linkpulse.dataflows.nats_sink import DeadLetterNatsSink, MetricUpdatesSink
 from linkpulse.dataflows.redis_sink import RedisLatestSink
-from linkpulse.dataflows.store_sink import StoreSink
+from linkpulse.dataflows.store_sink import PipelinedEventsSink, StoreSink
 from linkpulse.operators import MetricsConfig, split_by_route
 from linkpulse.operators.aggregator import WindowAggregator
 from linkpulse.operators.pipeline import PreAggregator
@@ -192,9 +192,11 @@ def build_flow(settings: Settings, options: FlowOptions | None = None) -> Datafl
         "dead_letters_nats", op.flat_map("dl_each", letters, _same), DeadLetterNatsSink(settings)
     )
     if opts.raw_events:
-        events = op.filter_map("events", decoded, lambda d: d.events or None)
-        # list[BaseEvent], one per chunk
-        op.output("events_store", events, StoreSink(dsn, "events"))
+        events = op.filter_map(
+            "events", decoded, lambda d: (d.part, d.events) if d.events else None
+        )
+        # (partition, list[BaseEvent]), one per chunk
+        op.output("events_store", events, PipelinedEventsSink(dsn, source.list_parts()))
     by_part = op.key_on("by_partition", decoded, lambda d: d.part)
     # (partition, DecodedChunk)
     routed = op.stateful_batch("preaggregate", by_part, lambda s: PreAggregateLogic(cfg, s))

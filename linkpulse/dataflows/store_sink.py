@@ -19,17 +19,24 @@ resumes from the last snapshot and loses nothing).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import psycopg
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from linkpulse.dataflows.instrumentation import timed_sink
 from linkpulse.errors import StoreError
 from linkpulse.schemas.outputs import DeadLetter
 
-__all__ = ["StoreKind", "StoreSink", "Writer"]
+__all__ = ["PipelinedEventsSink", "StoreKind", "StoreSink", "Writer"]
 
 StoreKind = Literal["events", "dead_letters", "metric_windows"]
 
@@ -139,3 +146,99 @@ class StoreSink(DynamicSink[Any]):
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition[Any]:
         return _StorePartition(self._factory(self._dsn), self.kind, self._dsn)
+
+
+class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
+    """Writes in a background thread so PostgreSQL works while the flow computes.
+
+    ``write_batch`` queues the rows (blocking once ``max_in_flight`` batches
+    wait: backpressure), ``snapshot()`` waits until everything queued is
+    written. Bytewax takes that snapshot before it commits the epoch, so a
+    committed epoch never has unwritten rows; a write error surfaces at the
+    next call and stops the flow, which then resumes from the last commit.
+    """
+
+    def __init__(self, factory: Callable[[], Writer], kind: StoreKind, max_in_flight: int) -> None:
+        self._kind = kind
+        self._queue: queue.Queue[list[Any] | None] = queue.Queue(maxsize=max_in_flight)
+        self._error: BaseException | None = None
+        self._factory = factory
+        self._thread = threading.Thread(target=self._run, name=f"lp-store-{kind}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        writer: Writer | None = None
+        while True:
+            rows = self._queue.get()
+            try:
+                if rows is None:
+                    return
+                if self._error is None:
+                    if writer is None:
+                        writer = self._factory()
+                    with timed_sink(f"store_{self._kind}", len(rows)):
+                        writer.write_events(rows)
+            except BaseException as e:  # re-raised on the Bytewax thread
+                self._error = e
+            finally:
+                self._queue.task_done()
+                if rows is None and writer is not None:
+                    writer.close()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            msg = f"writing {self._kind} to the store failed: {self._error}"
+            raise StoreError(msg) from self._error
+
+    def write_batch(self, values: list[list[Any]]) -> None:
+        self._check()
+        rows = [x for batch in values for x in batch]
+        if rows:
+            self._queue.put(rows)
+
+    def snapshot(self) -> None:
+        self._queue.join()
+        self._check()
+
+    def close(self) -> None:
+        self._queue.join()
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self._check()
+
+
+class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
+    """Raw events into the store, written while the flow goes on computing.
+
+    Items are ``(source partition, [events])``; there is one sink partition
+    per source partition (so the writes stay on the worker that decoded
+    them), each with one connection and at most ``max_in_flight`` batches
+    queued.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        parts: list[str],
+        *,
+        max_in_flight: int = 2,
+        writer_factory: Callable[[str], Writer] = _default_writer,
+    ) -> None:
+        if not parts or max_in_flight < 1:
+            msg = f"need partitions and max_in_flight >= 1, got {parts!r}, {max_in_flight}"
+            raise ValueError(msg)
+        self._dsn = dsn
+        self._parts = list(parts)
+        self._max_in_flight = max_in_flight
+        self._factory = writer_factory
+
+    def list_parts(self) -> list[str]:
+        return list(self._parts)
+
+    def part_fn(self, item_key: str) -> int:
+        # Keys are the partition names themselves: send each to its own part.
+        return self._parts.index(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PipelinedPartition:
+        dsn, factory = self._dsn, self._factory
+        return _PipelinedPartition(lambda: factory(dsn), "events", self._max_in_flight)
