@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import statistics
-import threading
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -200,13 +200,7 @@ def drop_database(dsn: str) -> None:
         )
 
 
-async def latency(
-    settings: Settings,
-    seconds: float,
-    load_eps: int,
-    prefix: str,
-    emit_interval_s: float | None = None,
-) -> list[float]:
+async def latency(settings: Settings, seconds: float, load_eps: int, prefix: str) -> list[float]:
     """Run the flow live; publish load + probes; latencies of probe -> 5m/10s update."""
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream(publish_async_max_pending=4000)
@@ -224,15 +218,22 @@ async def latency(
 
     await nc.subscribe(f"{settings.subject_prefix}.metrics.signups.probe.5m_10s", cb=on_update)
     info = await js.stream_info(settings.stream_name)
-    opts = FlowOptions(start_seq=int(info.state.last_seq) + 1, redis_key_prefix=prefix)
-    if emit_interval_s is not None:
-        opts = dataclasses.replace(
-            opts, metrics=dataclasses.replace(opts.metrics, emit_interval_s=emit_interval_s)
-        )
-    flow = build_flow(settings, opts)
-    thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
-    thread.start()
-    await asyncio.sleep(2.0)  # let the flow start
+    # The flow runs in its own process (as in production), not sharing this
+    # process's GIL with the load generator.
+    cmd = [
+        sys.executable, "-m", "linkpulse", "run", "dataflow", "--recovery-dir", "",
+        "--start-seq", str(int(info.state.last_seq) + 1), "--redis-prefix", prefix,
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "LINKPULSE_DATABASE_URL": settings.database_url,
+        "LINKPULSE_STREAM_NAME": settings.stream_name,
+        "LINKPULSE_SUBJECT_PREFIX": settings.subject_prefix,
+        "LINKPULSE_METRICS_PORT": "0",
+        "LINKPULSE_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    await asyncio.sleep(3.0)  # let the flow start
     i = 10_000_000
     end = time.time() + seconds
     next_probe = time.time()
@@ -260,7 +261,8 @@ async def latency(
     await js.publish_async_completed()
     await asyncio.sleep(3.0)  # the last probes' updates
     await nc.close()
-    # the flow thread is a daemon: it ends with the process
+    proc.terminate()
+    proc.wait(timeout=30)
     return lat
 
 
@@ -298,9 +300,7 @@ async def main(args: argparse.Namespace) -> None:
             f"({no_raw / raw_rate:.2f}x consumer; {no_raw_cpu:,.0f} per CPU-second)"
         )
         print(f"machine load average (1 min): {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-        lat = await latency(
-            s2, args.latency_s, args.load_eps, f"benchdf:{tag}:", args.emit_interval
-        )
+        lat = await latency(s2, args.latency_s, args.load_eps, f"benchdf:{tag}:")
         if lat:
             q = statistics.quantiles(lat, n=100)
             p50, p99 = statistics.median(lat), q[98]

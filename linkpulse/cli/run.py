@@ -43,6 +43,9 @@ def dataflow(
     stop_at_seq: int | None = typer.Option(
         None, "--stop-at-seq", min=1, help="Exit once this stream sequence is processed."
     ),
+    start_seq: int = typer.Option(
+        1, "--start-seq", min=1, help="Without recovery state, start at this stream sequence."
+    ),
     raw_events: bool = typer.Option(
         True, "--raw-events/--no-raw-events", help="Store raw events (off: metrics only)."
     ),
@@ -70,7 +73,10 @@ def dataflow(
         raise typer.Exit(spawn_local_cluster(processes, argv))
     settings = get_settings()
     opts = FlowOptions(
-        raw_events=raw_events, stop_at_seq=stop_at_seq, redis_key_prefix=redis_prefix
+        raw_events=raw_events,
+        start_seq=start_seq,
+        stop_at_seq=stop_at_seq,
+        redis_key_prefix=redis_prefix,
     )
     try:
         run_flow(
