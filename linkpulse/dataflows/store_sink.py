@@ -148,6 +148,9 @@ class StoreSink(DynamicSink[Any]):
         return _StorePartition(self._factory(self._dsn), self.kind, self._dsn)
 
 
+_ROWS = 5000  # rows per transaction the pipelined writer aims for
+
+
 class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
     """Writes in a background thread so PostgreSQL works while the flow computes.
 
@@ -166,14 +169,35 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
         self._thread = threading.Thread(target=self._run, name=f"lp-store-{kind}", daemon=True)
         self._thread.start()
 
+    def _take(self) -> tuple[list[Any], int, bool]:
+        """Block for one batch, then coalesce what else is queued (up to ``_ROWS``).
+
+        Returns (rows, batches taken, end of input). One transaction per ~5,000
+        rows instead of per Bytewax batch: the per-transaction cost dominates
+        small batches.
+        """
+        first = self._queue.get()
+        if first is None:
+            return [], 1, True
+        rows, taken = list(first), 1
+        while len(rows) < _ROWS:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            taken += 1
+            if more is None:
+                return rows, taken, True
+            rows.extend(more)
+        return rows, taken, False
+
     def _run(self) -> None:
         writer: Writer | None = None
-        while True:
-            rows = self._queue.get()
+        done = False
+        while not done:
+            rows, taken, done = self._take()
             try:
-                if rows is None:
-                    return
-                if self._error is None:
+                if rows and self._error is None:
                     if writer is None:
                         writer = self._factory()
                     with timed_sink(f"store_{self._kind}", len(rows)):
@@ -181,9 +205,10 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
             except BaseException as e:  # re-raised on the Bytewax thread
                 self._error = e
             finally:
-                self._queue.task_done()
-                if rows is None and writer is not None:
-                    writer.close()
+                for _ in range(taken):
+                    self._queue.task_done()
+        if writer is not None:
+            writer.close()
 
     def _check(self) -> None:
         if self._error is not None:
@@ -221,7 +246,7 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         dsn: str,
         parts: list[str],
         *,
-        max_in_flight: int = 2,
+        max_in_flight: int = 8,
         writer_factory: Callable[[str], Writer] = _default_writer,
     ) -> None:
         if not parts or max_in_flight < 1:
