@@ -12,6 +12,7 @@ from linkpulse.errors import StoreError
 from linkpulse.schemas import EVENT_CLASS_BY_TYPE, BaseEvent
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 from linkpulse.store import EventWriter, Tier, migrate, refresh
+from linkpulse.store.rollups import rebuild
 
 BASE = datetime(2026, 11, 20, tzinfo=UTC)
 TYPES = ("page_view", "order_placed", "payment_settled", "user_signup", "listing_created")
@@ -222,3 +223,14 @@ def test_bad_arguments_are_refused() -> None:
         EventWriter("postgresql://x/y", batch_size=200_000)
     with pytest.raises(ValueError, match="max_retries"):
         EventWriter("postgresql://x/y", max_retries=-1)
+
+
+def test_rebuild_equals_group_by_and_clears_the_log(store_dsn: str) -> None:
+    with EventWriter(store_dsn) as w:
+        w.write_events(make_events(3000, seed=12, span_s=2 * 86400))
+    with psycopg.connect(store_dsn, autocommit=True) as conn:
+        report = rebuild(conn, Tier.PLAIN_POSTGRES)
+        assert report.claimed > 0 and report.buckets["events_1d"] > 0
+        assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (0,)
+        for name, width in (("events_1m", "1 minute"), ("events_1d", "1 day")):
+            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()

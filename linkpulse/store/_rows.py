@@ -13,7 +13,7 @@ Pure conversion, no database: the writer sends these by COPY or as arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
@@ -79,6 +79,12 @@ def event_row(ev: BaseEvent) -> tuple[Any, ...]:
 def event_days(rows: Sequence[tuple[Any, ...]], index: int) -> set[date]:
     """The UTC days of column ``index`` in ``rows`` (partitions a batch needs)."""
     return {r[index].astimezone(UTC).date() for r in rows}
+
+
+def minute_buckets(rows: Sequence[tuple[Any, ...]]) -> tuple[list[str], list[datetime]]:
+    """The distinct (tenant, minute) of event rows, as two arrays (for the dirty log)."""
+    seen = {(r[0], r[2].replace(second=0, microsecond=0)) for r in rows}
+    return [t for t, _ in seen], [m for _, m in seen]
 
 
 def dead_letter_row(dl: DeadLetter) -> tuple[Any, ...]:

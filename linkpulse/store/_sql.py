@@ -10,9 +10,10 @@ __all__ = [
     "DEAD_LETTERS_UNNEST",
     "EVENTS_FROM_STAGE",
     "EVENTS_UNNEST",
+    "MARK_BUCKETS",
+    "MARK_FROM_STAGE",
     "STAGE_TABLE",
     "WINDOWS_UPSERT",
-    "with_dirty_marks",
 ]
 
 STAGE_TABLE = """
@@ -35,7 +36,6 @@ EVENTS_FROM_STAGE = f"""
 INSERT INTO events ({_EVENT_COLS})
 SELECT {_EVENT_SELECT} FROM lp_stage_events
 ON CONFLICT DO NOTHING
-RETURNING tenant, event_time
 """
 
 EVENTS_UNNEST = f"""
@@ -46,28 +46,26 @@ FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %
      AS s(tenant, event_id, event_time, type, user_id, seller_id, amount, currency,
           properties, schema_version)
 ON CONFLICT DO NOTHING
-RETURNING tenant, event_time
 """
 
-# The inserted rows' (tenant, minute) go to the rollups' dirty log in the same
-# statement. DO UPDATE (not DO NOTHING) so a mark a refresh is claiming right
-# now waits for it and is re-made afterwards: see linkpulse.store.rollups.
-_MARK = """
-WITH ins AS ({insert}),
-marks AS (
-    INSERT INTO lp_rollup_dirty (tenant, bucket)
-    SELECT DISTINCT tenant, date_bin('1 minute', event_time, '2000-01-01 00:00:00+00')
-    FROM ins
-    ON CONFLICT (tenant, bucket) DO UPDATE SET marked_at = excluded.marked_at
-)
-SELECT count(*) FROM ins
+# The (tenant, minute) buckets a batch touches go to the rollups' dirty log in
+# the batch's transaction. Replays mark their buckets too: a recompute of an
+# unchanged bucket is harmless, and marking from the batch rather than from
+# RETURNING keeps the insert itself lean. DO UPDATE (not DO NOTHING) so a mark a
+# refresh is claiming right now waits for it and is re-made afterwards: see
+# linkpulse.store.rollups.
+_ON_MARK_CONFLICT = "ON CONFLICT (tenant, bucket) DO UPDATE SET marked_at = excluded.marked_at"
+MARK_FROM_STAGE = f"""
+INSERT INTO lp_rollup_dirty (tenant, bucket)
+SELECT DISTINCT tenant, date_bin('1 minute', event_time, '2000-01-01 00:00:00+00')
+FROM lp_stage_events
+{_ON_MARK_CONFLICT}
 """
-_COUNT = "WITH ins AS ({insert}) SELECT count(*) FROM ins"
-
-
-def with_dirty_marks(insert: str, mark: bool) -> str:
-    """``insert`` (which RETURNs tenant, event_time) wrapped to count rows and mark buckets."""
-    return (_MARK if mark else _COUNT).format(insert=insert.strip())
+MARK_BUCKETS = f"""
+INSERT INTO lp_rollup_dirty (tenant, bucket)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[])
+{_ON_MARK_CONFLICT}
+"""
 
 
 DEAD_LETTERS_UNNEST = """

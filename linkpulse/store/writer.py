@@ -35,9 +35,10 @@ from linkpulse.store._sql import (
     DEAD_LETTERS_UNNEST,
     EVENTS_FROM_STAGE,
     EVENTS_UNNEST,
+    MARK_BUCKETS,
+    MARK_FROM_STAGE,
     STAGE_TABLE,
     WINDOWS_UPSERT,
-    with_dirty_marks,
 )
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.partitions import PARTITIONED, ensure_partitions
@@ -220,13 +221,16 @@ class EventWriter:
                 cp.set_types(list(_rows.EVENT_STAGE_TYPES))
                 for r in rows:
                     cp.write_row(r)
-            query = with_dirty_marks(EVENTS_FROM_STAGE, self._track_dirty())
-            row = cur.execute(query).fetchone()
+            inserted = cur.execute(EVENTS_FROM_STAGE).rowcount
+            if self._track_dirty():
+                cur.execute(MARK_FROM_STAGE)
         else:
-            cols = list(zip(*rows, strict=True))
-            query = with_dirty_marks(EVENTS_UNNEST, self._track_dirty())
-            row = conn.execute(query, [list(c) for c in cols]).fetchone()
-        return int(row[0]) if row else 0
+            cols = [list(c) for c in zip(*rows, strict=True)]
+            inserted = conn.execute(EVENTS_UNNEST, cols).rowcount
+            if self._track_dirty():
+                tenants, minutes = _rows.minute_buckets(rows)
+                conn.execute(MARK_BUCKETS, (tenants, minutes))
+        return inserted
 
     def _insert_dead_letters(self, conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> int:
         cols = [list(c) for c in zip(*rows, strict=True)]
