@@ -234,3 +234,13 @@ def test_rebuild_equals_group_by_and_clears_the_log(store_dsn: str) -> None:
         assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (0,)
         for name, width in (("events_1m", "1 minute"), ("events_1d", "1 day")):
             assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
+
+
+def test_overlapped_batches_make_missing_partitions_and_count_exactly(store_dsn: str) -> None:
+    # several batches (the overlapped COPY path), all in days with no partition yet
+    late = make_events(2_500, seed=13, start=BASE - timedelta(days=40), span_s=3 * 86400)
+    with EventWriter(store_dsn, batch_size=400) as w:
+        assert w.write_events(late) == 2_500
+        assert w.write_events(late[::-1]) == 0
+    with psycopg.connect(store_dsn) as conn:
+        assert conn.execute("SELECT count(DISTINCT event_id) FROM events").fetchone() == (2_500,)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self
 
 import psycopg
@@ -47,6 +48,9 @@ __all__ = ["EventWriter"]
 
 log = get_logger(__name__)
 _NO_PARTITION = "no partition of relation"
+_COPY_STAGE = sql.SQL("COPY lp_stage_events ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(map(sql.Identifier, _rows.EVENT_COLUMNS))
+)
 
 
 class EventWriter:
@@ -70,7 +74,7 @@ class EventWriter:
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.use_copy = use_copy
-        self._conn: psycopg.Connection | None = None
+        self._conns: list[psycopg.Connection | None] = [None, None]
         self._tier: Tier | None = None
         self._copy: bool = False
         self.retries = 0  # connection losses recovered from, for metrics and tests
@@ -80,9 +84,10 @@ class EventWriter:
     def write_events(self, events: Sequence[BaseEvent]) -> int:
         """Store ``events``; return how many were new (replays are skipped)."""
         rows = [_rows.event_row(ev) for ev in events]
-        return sum(
-            self._write("events", self._insert_events, chunk) for chunk in self._chunks(rows)
-        )
+        chunks = self._chunks(rows)
+        if len(chunks) > 1 and self._uses_copy():
+            return self._write_overlapped(chunks)
+        return sum(self._write("events", self._insert_events, chunk) for chunk in chunks)
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters; return how many rows were written."""
@@ -109,9 +114,8 @@ class EventWriter:
 
     def close(self) -> None:
         """Close the connection; the writer reconnects if used again."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for side in range(len(self._conns)):
+            self._drop_connection(side)
 
     def __enter__(self) -> Self:
         return self
@@ -129,18 +133,19 @@ class EventWriter:
         table: str,
         fn: Callable[[psycopg.Connection, list[tuple[Any, ...]]], int],
         rows: list[tuple[Any, ...]],
+        side: int = 0,
     ) -> int:
         attempt, made_partitions = 0, False
         while True:
             try:
-                conn = self._connection()
+                conn = self._connection(side)
                 with conn.transaction():
                     return fn(conn, rows)
             except psycopg.OperationalError as e:
                 # Lost connection (or the server is restarting): the batch's
                 # transaction did not commit, or did and ON CONFLICT makes the
                 # retry a no-op. Reconnect and send the whole batch again.
-                self._drop_connection()
+                self._drop_connection(side)
                 attempt += 1
                 if attempt > self.max_retries:
                     msg = f"writing {len(rows)} rows to {table} failed after {attempt} tries: {e}"
@@ -152,13 +157,14 @@ class EventWriter:
                 if _NO_PARTITION not in str(e) or made_partitions:
                     msg = f"writing {len(rows)} rows to {table} failed: {e}"
                     raise StoreError(msg) from e
-                self._make_partitions(table, rows)
+                self._drop_connection(side)  # its transaction failed
+                self._make_partitions(table, rows, side)
                 made_partitions = True
             except psycopg.Error as e:
                 msg = f"writing {len(rows)} rows to {table} failed: {e}"
                 raise StoreError(msg) from e
 
-    def _make_partitions(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+    def _make_partitions(self, table: str, rows: list[tuple[Any, ...]], side: int) -> None:
         # A late or backfilled row fell outside the partitions made ahead.
         columns = {
             "events": _rows.EVENT_COLUMNS,
@@ -166,13 +172,14 @@ class EventWriter:
             "metric_windows": _rows.WINDOW_COLUMNS,
         }[table]
         days = _rows.event_days(rows, columns.index(PARTITIONED[table]))
-        conn = self._connection()
+        conn = self._connection(side)
         with conn.transaction():
             ensure_partitions(conn, table, days)
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
+    def _connection(self, side: int = 0) -> psycopg.Connection:
+        conn = self._conns[side]
+        if conn is not None and not conn.closed:
+            return conn
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError:
@@ -194,15 +201,76 @@ class EventWriter:
             self._copy = self.use_copy if self.use_copy is not None else _copy_works(conn)
         if self._copy:
             conn.execute(STAGE_TABLE)
-        self._conn = conn
+        self._conns[side] = conn
         return conn
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+    def _drop_connection(self, side: int = 0) -> None:
+        conn, self._conns[side] = self._conns[side], None
+        if conn is not None:
+            conn.close()
+
+    def _uses_copy(self) -> bool:
+        self._connection()
+        return self._copy
+
+    # -- overlapped COPY path ----------------------------------------------------------------
+
+    def _write_overlapped(self, chunks: list[list[tuple[Any, ...]]]) -> int:
+        """COPY batch n+1 on one connection while batch n's INSERT runs on the other.
+
+        The client's work (row conversion, COPY) then hides behind the
+        server's INSERT. Each batch is still one transaction; batch n commits
+        before batch n+1's INSERT starts, so the two never wait on each other's
+        locks. A batch whose COPY or INSERT fails goes through the ordinary
+        retrying path on its own connection, which ON CONFLICT makes exact.
+        """
+        total = 0
+        pending: tuple[Future[int], list[tuple[Any, ...]], int] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lp-writer") as pool:
+            for i, chunk in enumerate(chunks):
+                side = i % 2
+                staged = self._try_stage(side, chunk)
+                if pending is not None:
+                    total += self._collect(*pending)
+                    pending = None
+                if staged:
+                    pending = (pool.submit(self._finish, self._connection(side)), chunk, side)
+                else:
+                    total += self._write("events", self._insert_events, chunk, side)
+            if pending is not None:
+                total += self._collect(*pending)
+        return total
+
+    def _try_stage(self, side: int, rows: list[tuple[Any, ...]]) -> bool:
+        try:
+            conn = self._connection(side)
+            conn.execute("BEGIN")
+            self._stage(conn.cursor(), rows)
+            return True
+        except psycopg.Error as e:
+            self._lost(side, e)
+            return False
+
+    def _finish(self, conn: psycopg.Connection) -> int:
+        cur = conn.cursor()
+        inserted = cur.execute(EVENTS_FROM_STAGE).rowcount
+        if self._track_dirty():
+            cur.execute(MARK_FROM_STAGE)
+        cur.execute("COMMIT")
+        return inserted
+
+    def _collect(self, fut: Future[int], rows: list[tuple[Any, ...]], side: int) -> int:
+        try:
+            return fut.result()
+        except psycopg.Error as e:
+            self._lost(side, e)
+            return self._write("events", self._insert_events, rows, side)
+
+    def _lost(self, side: int, e: psycopg.Error) -> None:
+        if isinstance(e, psycopg.OperationalError):
+            self.retries += 1
+            log.warning("store_write_retry", table="events", error=str(e))
+        self._drop_connection(side)
 
     # -- the statements ----------------------------------------------------------------------
 
@@ -213,14 +281,7 @@ class EventWriter:
     def _insert_events(self, conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> int:
         if self._copy:
             cur = conn.cursor()
-            with cur.copy(
-                sql.SQL("COPY lp_stage_events ({}) FROM STDIN (FORMAT BINARY)").format(
-                    sql.SQL(", ").join(map(sql.Identifier, _rows.EVENT_COLUMNS))
-                )
-            ) as cp:
-                cp.set_types(list(_rows.EVENT_STAGE_TYPES))
-                for r in rows:
-                    cp.write_row(r)
+            self._stage(cur, rows)
             inserted = cur.execute(EVENTS_FROM_STAGE).rowcount
             if self._track_dirty():
                 cur.execute(MARK_FROM_STAGE)
@@ -231,6 +292,13 @@ class EventWriter:
                 tenants, minutes = _rows.minute_buckets(rows)
                 conn.execute(MARK_BUCKETS, (tenants, minutes))
         return inserted
+
+    @staticmethod
+    def _stage(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
+        with cur.copy(_COPY_STAGE) as cp:
+            cp.set_types(list(_rows.EVENT_STAGE_TYPES))
+            for r in rows:
+                cp.write_row(r)
 
     def _insert_dead_letters(self, conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> int:
         cols = [list(c) for c in zip(*rows, strict=True)]
