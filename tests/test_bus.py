@@ -170,12 +170,13 @@ async def test_events_go_to_their_tenant_and_type_subject(
         f"{prefix}.events.globex.order_placed": 3,
         f"{prefix}.events.acme.review_posted": 1,
     }
-    # what is stored is the event itself, with its id as the message id
+    # what is stored is the event itself, with its tenant and id as the message id
     for ev, res in zip(batch, results, strict=True):
         msg = await js.get_msg(nats_settings.stream_name, res.stream_seq)
         assert msg.subject == event_subject(prefix, ev.tenant, ev.type)
         assert decode_event(msg.data) == ev
-        assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == ev.event_id
+        assert msg.headers is not None
+        assert msg.headers["Nats-Msg-Id"] == f"{ev.tenant}/{ev.event_id}"
 
 
 async def test_a_large_batch_is_published_in_chunks_quickly(
@@ -254,3 +255,14 @@ async def test_publishing_on_a_closed_connection_names_the_subject(
 
 async def test_publishing_nothing_is_a_no_op(publisher: EventPublisher) -> None:
     assert await publisher.publish([]) == []
+
+
+async def test_the_same_event_id_from_two_tenants_is_two_messages(
+    publisher: EventPublisher, js: JetStreamContext, nats_settings: Settings
+) -> None:
+    # The store keys events by tenant and id, so JetStream's de-duplication must too.
+    acme = validate_event(example("page_view", event_id="shared-id", tenant="acme"))
+    globex = validate_event(example("page_view", event_id="shared-id", tenant="globex"))
+    results = await publisher.publish([acme, globex])
+    assert [r.duplicate for r in results] == [False, False]
+    assert await _count(js, nats_settings.stream_name) == 2

@@ -374,3 +374,20 @@ def test_schema_validate_survives_deeply_nested_json(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["schema", "validate", str(path)])
     assert result.exit_code == 1
     assert result.stdout.startswith(f"{path}:2: $: JSON nested too deeply")
+
+
+@pytest.mark.parametrize("depth", [5_000, 50_000])
+def test_deeply_nested_json_is_a_validation_error_not_a_crash(depth: int) -> None:
+    body = b'{"properties": ' + b"[" * depth + b"]" * depth + b"}"
+    for call in (
+        lambda: decode_event(body),
+        lambda: split_batch(b"[" + body + b"]", "application/json"),
+    ):
+        with pytest.raises(SchemaValidationError):
+            call()
+
+
+def test_a_non_string_property_key_is_named() -> None:
+    with pytest.raises(SchemaValidationError) as info:
+        validate_event({**example("page_view"), "properties": {1: "x", "page": "home"}})
+    assert info.value.field == "properties"

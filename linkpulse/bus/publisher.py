@@ -1,7 +1,8 @@
 """Publishing events and dead letters to JetStream, exactly once per event id.
 
 Each event goes to ``event_subject(prefix, tenant, type)`` with the
-``Nats-Msg-Id`` header set to its ``event_id``: JetStream drops a message whose
+``Nats-Msg-Id`` header set to ``message_id(event)`` (tenant and event id, so two
+tenants' ids never collide): JetStream drops a message whose
 id it saw within the duplicate window and answers ``duplicate=True``, so a
 producer (or the HTTP API) can retry a whole batch after a failure without
 storing anything twice.
@@ -54,6 +55,18 @@ class PublishError(IngestError):
     def __init__(self, message: str, subject: str) -> None:
         super().__init__(message)
         self.subject = subject
+
+
+def message_id(ev: BaseEvent) -> str:
+    """The JetStream de-duplication id of an event: unique per tenant, like the store's key.
+
+    >>> from datetime import UTC, datetime
+    >>> from linkpulse.schemas import UserSignup
+    >>> message_id(UserSignup(event_id="e1", tenant="acme", user_id="u1",
+    ...                       event_time=datetime(2026, 1, 1, tzinfo=UTC)))
+    'acme/e1'
+    """
+    return f"{ev.tenant}/{ev.event_id}"
 
 
 class PublishResult(msgspec.Struct, frozen=True):
@@ -119,7 +132,7 @@ class EventPublisher:
         prefix, stream = self._settings.subject_prefix, self._settings.stream_name
         subjects = [event_subject(prefix, ev.tenant, ev.type) for ev in events]
         payloads = [
-            (subject, encode_event(ev), {"Nats-Msg-Id": ev.event_id})
+            (subject, encode_event(ev), {"Nats-Msg-Id": message_id(ev)})
             for subject, ev in zip(subjects, events, strict=True)
         ]
         acks = await self._send_all(payloads, stream)

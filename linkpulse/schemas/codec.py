@@ -44,7 +44,7 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 _decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
-_LOCATION = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_LOCATION = re.compile(r"^(?P<problem>.*?)(?: - at `(?:key` in `)?\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
 
@@ -98,6 +98,8 @@ def decode_event(raw: bytes | str, *, now: datetime | None = None) -> BaseEvent:
         raise _field_from(e) from e
     except msgspec.DecodeError as e:
         raise SchemaValidationError("$", f"malformed JSON: {e}") from e
+    except RecursionError as e:
+        raise SchemaValidationError("$", "JSON nested too deeply") from e
     _check_rules(ev, now)
     return ev
 
@@ -108,6 +110,8 @@ def validate_event(obj: Any, *, now: datetime | None = None) -> BaseEvent:
         ev: BaseEvent = msgspec.convert(obj, Event, strict=True)
     except msgspec.ValidationError as e:
         raise _field_from(e) from e
+    except RecursionError as e:
+        raise SchemaValidationError("$", "JSON nested too deeply") from e
     _check_rules(ev, now)
     return ev
 
@@ -137,6 +141,8 @@ def split_batch(body: bytes, content_type: str) -> list[bytes]:
         raise SchemaValidationError("$", "expected a JSON array of events") from e
     except msgspec.DecodeError as e:
         raise SchemaValidationError("$", f"malformed JSON: {e}") from e
+    except RecursionError as e:
+        raise SchemaValidationError("$", "JSON nested too deeply") from e
     return [bytes(item) for item in items]
 
 
