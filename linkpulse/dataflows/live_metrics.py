@@ -64,7 +64,11 @@ class FlowOptions:
     batch_size: int = 1000
     redis_key_prefix: str = "linkpulse:"
     redis_ttl_s: int = 2 * 3600
-    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    # Live updates twice a second: publish-to-tile p99 stays under 2 s on a
+    # loaded 2-core machine (at 1 s it does not); finals are unaffected.
+    metrics: MetricsConfig = dataclasses.field(
+        default_factory=lambda: MetricsConfig(emit_interval_s=0.5)
+    )
 
 
 class DecodedChunk(NamedTuple):
