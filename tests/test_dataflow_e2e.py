@@ -10,7 +10,7 @@ import msgspec
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from bytewax.testing import run_main
+from bytewax.testing import cluster_main, run_main
 from nats.aio.client import Client
 
 from linkpulse.config import Settings
@@ -28,7 +28,9 @@ from tests.test_dataflow_helpers import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_end_to_end_exact_store_windows_dead_letters_and_live_outputs(
+    workers: int,
     nc: Client,
     nats_settings: Settings,
     pg_dsn: str,
@@ -47,7 +49,11 @@ async def test_end_to_end_exact_store_windows_dead_letters_and_live_outputs(
 
     await nc.subscribe(f"{settings.subject_prefix}.metrics.>", cb=on_update)
     opts = FlowOptions(metrics=TEST_METRICS, stop_at_seq=last_seq, redis_key_prefix=redis_prefix)
-    await asyncio.to_thread(run_main, build_flow(settings, opts))
+    flow = build_flow(settings, opts)
+    if workers == 1:
+        await asyncio.to_thread(run_main, flow)
+    else:
+        await asyncio.to_thread(cluster_main, flow, [], 0, worker_count_per_proc=workers)
     await nc.flush()
     await asyncio.sleep(0.3)
 

@@ -30,9 +30,10 @@ def dataflow(
         None, "-i", "--process-id", min=0, help="This process's index in --addresses."
     ),
     recovery_dir: Path | None = typer.Option(
-        Path(".linkpulse/recovery"),
+        None,
         "--recovery-dir",
-        help="Bytewax recovery store (created on first run); '' disables recovery.",
+        help="Bytewax recovery store, created on first run (default: <state_dir>/recovery); "
+        "'' disables recovery.",
     ),
     snapshot_interval: float = typer.Option(
         5.0, "-s", "--snapshot-interval", min=0.1, help="Seconds between state snapshots."
@@ -60,7 +61,9 @@ def dataflow(
     from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
     from linkpulse.dataflows.runner import prepare_recovery, run_flow, spawn_local_cluster
 
-    rec = recovery_dir if recovery_dir and str(recovery_dir) not in ("", ".") else None
+    if recovery_dir is None:
+        recovery_dir = get_settings().state_dir / "recovery"
+    rec = recovery_dir if str(recovery_dir) not in ("", ".") else None
     if processes > 1:
         if addresses or process_id is not None:
             typer.secho("use either -p (local processes) or -a/-i (a cluster)", err=True)
