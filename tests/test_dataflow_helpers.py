@@ -56,9 +56,14 @@ def build_event_set(prefix: str, n: int = 3000, seed: int = 7, late: int = 5) ->
         t = base + timedelta(seconds=240 * i / n + rng.uniform(-3, 3))  # out of order by up to 6 s
         kind = "payment_settled" if i % 4 == 0 else "order_placed"
         evs.append(event(i, t, f"t{i % 3}", kind, f"s{i % 2}", round(rng.uniform(1, 100), 2)))
-    for j in range(late):  # late: ~3 minutes behind the newest events, inside the horizon
-        t = base + timedelta(seconds=20 + j)
-        evs.append(event(n + j, t, "t0", "order_placed", "s0", 10.0))
+    # Late: ~3 minutes behind the newest events (inside the revision horizon),
+    # followed by more on-time events, so the watermark keeps moving after them.
+    late_evs = [
+        event(n + j, base + timedelta(seconds=20 + j), "t0", "order_placed", "s0", 10.0)
+        for j in range(late)
+    ]
+    cut = max(0, len(evs) - n // 10)
+    evs[cut:cut] = late_evs
     for ev in evs:
         subject = f"{prefix}.events.{ev['tenant']}.{ev['type']}"
         payload = json.dumps(ev).encode()
