@@ -137,11 +137,6 @@ def test_compression_keeps_rows_readable(timescale_conn: psycopg.Connection[Any]
 def test_retention_policy_and_drop_chunks(timescale_conn: psycopg.Connection[Any]) -> None:
     conn = timescale_conn
     make_metrics(conn)
-    conn.execute("SELECT add_retention_policy('metrics', drop_after => INTERVAL '30 days')")
-    policy = conn.execute(
-        "SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'"
-    ).fetchone()
-    assert policy == (1,)
     dropped = conn.execute(
         "SELECT count(*) FROM drop_chunks('metrics', older_than => %s::timestamptz)",
         [T0 + timedelta(days=2)],
@@ -149,6 +144,19 @@ def test_retention_policy_and_drop_chunks(timescale_conn: psycopg.Connection[Any
     assert dropped == (2,)
     left = conn.execute("SELECT min(ts), count(*) FROM metrics").fetchone()
     assert left == (T0 + timedelta(days=2), 24 * 4 * len(TENANTS))
+
+    # No background worker runs the policy, but CALL run_job does, by hand.
+    job = conn.execute(
+        "SELECT add_retention_policy('metrics', drop_after => INTERVAL '10 days')"
+    ).fetchone()
+    assert job is not None
+    listed = conn.execute(
+        "SELECT proc_name FROM timescaledb_information.jobs WHERE job_id = %s", [job[0]]
+    ).fetchone()
+    assert listed == ("policy_retention",)
+    assert datetime.now(UTC) > T0 + timedelta(days=13)  # so the last chunk is old enough
+    conn.execute("CALL run_job(%s)", [job[0]])
+    assert conn.execute("SELECT count(*) FROM show_chunks('metrics')").fetchone() == (0,)
 
 
 def test_roles_grants_and_security_barrier_view(timescale_conn: psycopg.Connection[Any]) -> None:
@@ -277,6 +285,20 @@ def test_each_connection_starts_with_a_clean_session(timescale_dsn: str) -> None
         assert [conn.execute("SELECT %s::int", [i]).fetchone() for i in range(6)] == [
             (i,) for i in range(6)
         ]
+        # search_path survives the reset: TimescaleDB's functions still resolve.
+        conn.execute("CREATE TABLE h (ts timestamptz NOT NULL)")
+        assert conn.execute("SELECT count(*) FROM create_hypertable('h', 'ts')").fetchone() == (1,)
+
+
+def test_client_that_gave_up_while_queued_does_not_block_the_next(timescale_dsn: str) -> None:
+    with timescale_connect(timescale_dsn) as first:
+        # One connection at a time: a second one waits in the queue, and times out.
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(timescale_dsn, connect_timeout=1)
+        assert first.execute("SELECT 1").fetchone() == (1,)
+    # The abandoned client is first in the queue; the server drops it (~2 s).
+    with timescale_connect(timescale_dsn, connect_timeout=15) as conn:
+        assert conn.execute("SELECT 2").fetchone() == (2,)
 
 
 def test_copy_from_stdin_fails_cleanly(timescale_dsn: str) -> None:

@@ -31,6 +31,8 @@ const SSL_REQUEST = 80877103;
 const GSSENC_REQUEST = 80877104;
 const SYNC = 0x53; // 'S'
 const QUERY = 0x51; // 'Q'
+const PASSWORD = 0x70; // 'p'
+const AUTH_TIMEOUT_MS = 2000;
 
 // pglite-socket hands every TCP chunk to PGlite as it arrives, but PGlite
 // - crashes ("unreachable") when a chunk ends in the middle of a message
@@ -121,7 +123,23 @@ const rawHandleData = PGLiteSocketHandler.prototype.handleData;
 PGLiteSocketHandler.prototype.handleData = function handleFramed(chunk) {
   if (!this.__frame) this.__frame = { buf: Buffer.alloc(0), started: false, queue: Promise.resolve(0) };
   const state = this.__frame;
+  if (!state.authTimer) {
+    // A client that timed out while queued may still hold its socket open
+    // (psycopg keeps it until garbage-collected); it sent its startup message
+    // but will never answer the password request, and would block everyone
+    // after it. Drop any client not past authentication within a few seconds.
+    state.authTimer = setTimeout(() => {
+      if (state.authenticated || !this.socket) return;
+      log("dropping a client that did not authenticate in time");
+      this.detach(true);
+      this.dispatchEvent(new CustomEvent("close"));
+    }, AUTH_TIMEOUT_MS);
+  }
   const batches = frame(state, chunk);
+  if (!state.authenticated && batches.some((b) => b[0] === PASSWORD)) {
+    state.authenticated = true;
+    clearTimeout(state.authTimer);
+  }
   if (TRACE) {
     for (const b of batches) log("batch", b.length, "bytes:", messageTypes(b));
   }
@@ -164,6 +182,9 @@ const RESET = [
   simpleQuery("ROLLBACK"),
   simpleQuery("DISCARD ALL"),
 ];
+// PGlite starts postgres with search_path=pg_catalog and sets it for its own
+// session afterwards, so RESET (in DISCARD ALL) would hide public's functions
+// (create_hypertable...). main() appends a SET back to the first session's value.
 const rawDetach = PGLiteSocketHandler.prototype.detach;
 PGLiteSocketHandler.prototype.detach = function detachAndReset(close) {
   if (this.socket && this.__frame?.started) {
@@ -208,10 +229,24 @@ async function openDatabase(dataDir, snapshot) {
   return db;
 }
 
+// When a client's socket fails (e.g. a client that gave up while queued behind
+// another connection), pglite-socket detaches it but never tells the server,
+// which then queues every later client forever; and it releases PGlite's lock
+// by rejecting a promise nobody awaits, which would kill this process.
+const rawHandleError = PGLiteSocketHandler.prototype.handleError;
+PGLiteSocketHandler.prototype.handleError = function handleErrorAndClose(err) {
+  log("client connection failed:", err?.message ?? err);
+  this.rejectLock = this.resolveLock;
+  rawHandleError.call(this, err);
+  this.dispatchEvent(new CustomEvent("close"));
+};
+
 async function main() {
   const started = Date.now();
   const dataDir = args["data-dir"] ? `file://${args["data-dir"]}` : undefined;
   const db = await openDatabase(dataDir, args.snapshot);
+  const searchPath = (await db.query("SELECT current_setting('search_path') AS v")).rows[0].v;
+  RESET.push(simpleQuery(`SET search_path TO ${searchPath}`));
   const server = new PGLiteSocketServer({
     db,
     host: args.host,
