@@ -13,9 +13,10 @@ import redis.asyncio as aioredis
 from bytewax.testing import cluster_main, run_main
 from nats.aio.client import Client
 
+from linkpulse.bus.stream import dead_letter_stream_name
 from linkpulse.config import Settings
 from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
-from linkpulse.schemas.outputs import MetricWindow
+from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 from linkpulse.store.migrate import migrate
 from tests.test_dataflow_helpers import (
     TEST_METRICS,
@@ -67,6 +68,14 @@ async def test_end_to_end_exact_store_windows_dead_letters_and_live_outputs(
     # every bad message is a dead letter with its reason, subject and sequence
     assert sorted(r[0] for r in letters) == sorted(b.decode() for b in events.bad)
     assert all(r[3] and r[4].endswith(".t9.order_placed") and r[5] > 0 for r in letters)
+
+    # ... and on the durable dead-letter stream, one message per bad input
+    dlq = dead_letter_stream_name(settings)
+    info = await nc.jetstream().stream_info(dlq)
+    assert info.state.messages == len(events.bad)
+    first = await nc.jetstream().get_msg(dlq, info.state.first_seq)
+    letter = msgspec.json.decode(first.data, type=DeadLetter)
+    assert letter.problem and letter.sequence and letter.subject
 
     # every final 1-minute window equals a GROUP BY over the raw events
     table = windows_table(pg_dsn)

@@ -7,9 +7,10 @@ publish is counted and skipped rather than stopping the flow (the store and
 Redis hold the durable state, and the next update supersedes the missed one).
 
 ``DeadLetterNatsSink`` stores each dead letter on the durable dead-letter
-stream through ``EventPublisher`` (de-duplicated by content, so a replay does
-not store it twice); a failure there stops the flow after the publisher's own
-retries, because dead letters must not be lost.
+stream (``{prefix}.deadletters.nats``), with ``Nats-Msg-Id`` naming its
+events-stream sequence, so a replay inside the duplicate window is dropped by
+JetStream; a failure there stops the flow (a restart resumes from the last
+snapshot), because dead letters must not be lost.
 
 >>> MetricUpdatesSink(Settings(subject_prefix="lp")).subject_for("gmv", "acme", "5m/10s")
 'lp.metrics.gmv.acme.5m_10s'
@@ -17,17 +18,21 @@ retries, because dead letters must not be lost.
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import nats.errors
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from nats.aio.client import Client
 
 from linkpulse.bus.connection import connect_nats
-from linkpulse.bus.publisher import EventPublisher
-from linkpulse.bus.subjects import metric_subject
+from linkpulse.bus.stream import dead_letter_stream_name, ensure_streams
+from linkpulse.bus.subjects import dead_letter_subject, metric_subject
 from linkpulse.config import Settings
 from linkpulse.dataflows._loop import LoopThread
+from linkpulse.dataflows.decode import DEAD_LETTER_SOURCE
 from linkpulse.dataflows.instrumentation import SINK_FAILURES, WINDOW_UPDATES, timed_sink
+from linkpulse.errors import DataflowError
 from linkpulse.logging import get_logger
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 
@@ -99,21 +104,49 @@ class MetricUpdatesSink(DynamicSink[MetricWindow]):
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, settings: Settings, worker_index: int) -> None:
+        self._stream = dead_letter_stream_name(settings)
+        self._subject = dead_letter_subject(settings.subject_prefix, DEAD_LETTER_SOURCE)
+        self._events_stream = settings.stream_name
         self._loop = LoopThread(f"deadletters-out-{worker_index}")
-        self._publisher: EventPublisher = self._loop.run(
-            EventPublisher.connect(settings, name=f"linkpulse-dataflow-dlq-{worker_index}"),
-            _TIMEOUT_S,
-        )
+        self._nc: Client = self._loop.run(self._connect(settings, worker_index), _TIMEOUT_S)
+
+    @staticmethod
+    async def _connect(settings: Settings, worker_index: int) -> Client:
+        nc = await connect_nats(settings, name=f"linkpulse-dataflow-dlq-{worker_index}")
+        await ensure_streams(nc.jetstream(), settings)
+        return nc
+
+    def _msg_id(self, letter: DeadLetter) -> str:
+        # The message's place in the events stream names it: a replay is
+        # dropped by JetStream, two bad messages with the same bytes are not.
+        return f"dl-{self._events_stream}-{letter.sequence}"
+
+    async def _publish(self, letters: list[DeadLetter]) -> None:
+        js = self._nc.jetstream()
+        acks = [
+            await js.publish_async(
+                self._subject,
+                _encoder.encode(letter),
+                headers={"Nats-Msg-Id": self._msg_id(letter)},
+                stream=self._stream,
+            )
+            for letter in letters
+        ]
+        await asyncio.wait_for(asyncio.gather(*acks), _TIMEOUT_S)
 
     def write_batch(self, items: list[DeadLetter]) -> None:
         if not items:
             return
         with timed_sink("nats_dead_letters", len(items)):
-            self._loop.run(self._publisher.dead_letter_many(items), _TIMEOUT_S * 2)
+            try:
+                self._loop.run(self._publish(items), _TIMEOUT_S * 2)
+            except (nats.errors.Error, OSError, TimeoutError) as e:
+                msg = f"dead letters not stored on {self._subject}: {e!r}"
+                raise DataflowError(msg) from e
 
     def close(self) -> None:
         try:
-            self._loop.run(self._publisher.close(), _TIMEOUT_S)
+            self._loop.run(self._nc.drain(), _TIMEOUT_S)
         except (nats.errors.Error, OSError, TimeoutError) as e:
             log.warning("closing the dead-letter publisher failed", error=repr(e))
         self._loop.stop()
