@@ -122,7 +122,9 @@ class PreAggregateLogic(StatefulBatchLogic[DecodedChunk, tuple[str, RouteBatch],
     def __init__(self, config: MetricsConfig, resume_state: bytes | None) -> None:
         self._clock = _Clock()
         self._pre = PreAggregator(dataclasses.replace(config, now_getter=self._clock), resume_state)
-        self._seen_events = resume_state is not None
+        # Until an event is seen the watermark is -inf, and a clock tick must not
+        # reach the aggregators (they cannot place a pane at -inf).
+        self._seen_events = math.isfinite(self._pre.watermark)
 
     def on_batch(self, values: list[DecodedChunk]) -> tuple[Iterable[tuple[str, RouteBatch]], bool]:
         out: list[tuple[str, RouteBatch]] = []
