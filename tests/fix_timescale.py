@@ -108,9 +108,19 @@ class TimescaleServer:
             mode="w+", prefix="timescale-server-", suffix=".log", dir=log_dir, delete=not log_dir
         )
         self.proc = subprocess.Popen(
-            ["node", "server.mjs", "--port", "0", "--snapshot", str(snapshot_path())],
+            [
+                "node",
+                "server.mjs",
+                "--port",
+                "0",
+                "--snapshot",
+                str(snapshot_path()),
+                "--exit-with-stdin",
+            ],
             cwd=SERVER_DIR,
-            stdin=subprocess.DEVNULL,
+            # Our end of the pipe closes when this process dies, however it
+            # dies, and the server then exits: no orphans after a killed run.
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
@@ -163,8 +173,9 @@ class TimescaleServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
         self._log.close()
 
 

