@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -25,10 +26,9 @@ START_HINT = (
 
 
 def dsn_with_dbname(dsn: str, dbname: str) -> str:
-    """The same server and user, another database."""
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    params["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**params)
+    """The same server and user, another database, as a URL (what LINKPULSE_DATABASE_URL takes)."""
+    url = urlsplit(dsn)
+    return urlunsplit(url._replace(path=f"/{dbname}"))
 
 
 def admin_connect() -> psycopg.Connection:

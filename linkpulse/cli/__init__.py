@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Modules under linkpulse.cli that each add their commands to `app`.
-COMMAND_MODULES = ("config", "stack", "schema", "serve", "simulate", "db", "run")
+COMMAND_MODULES = ("config", "stack", "schema", "serve", "simulate", "db", "run", "demo")
 
 
 @app.callback()
