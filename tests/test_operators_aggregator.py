@@ -385,3 +385,15 @@ def test_publication_invariants_under_random_delays_and_clock(seed: int) -> None
             state[key] = "live"
     assert "live" not in state.values()
     assert p.agg.is_empty()
+
+
+def test_an_empty_batch_or_tick_before_any_event_is_harmless() -> None:
+    # The dataflow ticks (and may pass empty batches) before the first event
+    # arrives, while the watermark is still -inf.
+    clock = Clock(at(5))
+    agg = MetricsConfig(now_getter=clock).build_aggregator()
+    assert agg.add({}) == []
+    assert agg.tick() == []
+    clock.set(65)
+    assert agg.tick() == []
+    assert agg.is_empty()

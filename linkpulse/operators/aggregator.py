@@ -279,7 +279,7 @@ class WindowAggregator(SeriesWindows):
             self._expire(skey, wm)
         if closing:
             self._min_due = min((s.due for s in self._series.values()), default=math.inf)
-        if boundary and wm < math.inf:
+        if boundary and math.isfinite(wm):  # -inf before any event, +inf at close()
             self._next_boundary = pane_of(wm, self._pane_s) + self._pane_s
         if wm < math.inf:
             self._last_wm = max(self._last_wm, wm)
