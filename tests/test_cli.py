@@ -63,3 +63,14 @@ def test_valid_configuration_is_reported_valid() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
+
+
+def test_the_configuration_doc_lists_every_setting_with_its_default() -> None:
+    from pathlib import Path
+
+    from linkpulse.cli.config import settings_rows
+    from linkpulse.config import Settings
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    for var, _, default, _ in settings_rows(Settings(_env_file=None)):  # type: ignore[call-arg]
+        assert f"| `{var}` | `{default}` |" in doc, f"{var} missing or stale in the doc"
