@@ -80,7 +80,8 @@ FROM (
 
 SERIES = {
     "rollup": (
-        "SELECT bucket, sum(events)::bigint FROM events_1m WHERE tenant = 'acme' AND type = 'page_view'"
+        "SELECT bucket, sum(events)::bigint FROM events_1m"
+        " WHERE tenant = 'acme' AND type = 'page_view'"
         " AND bucket >= %(start)s AND bucket < %(end)s GROUP BY bucket ORDER BY bucket"
     ),
     "raw": (

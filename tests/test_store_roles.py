@@ -11,7 +11,6 @@ import pytest
 
 from linkpulse.schemas.outputs import MetricWindow
 from linkpulse.store import EventWriter, Tier, migrate, refresh, roles
-from tests.fix_db import dsn_with_dbname
 from tests.test_store_writer import BASE, make_events
 
 VIEWS = ("events", "events_1m", "events_1h", "events_1d", "metric_windows")
@@ -210,14 +209,8 @@ def test_unmapped_login_sees_nothing(scoped: Scoped) -> None:
     with psycopg.connect(scoped.dsn, autocommit=True) as owner:
         owner.execute(f'CREATE ROLE "{other}" LOGIN IN ROLE "{scoped.analyst}"')
     try:
-        params = psycopg.conninfo.conninfo_to_dict(scoped.dsn)
         with (
-            psycopg.connect(
-                dsn_with_dbname(
-                    psycopg.conninfo.make_conninfo(**{**params, "user": other}), params["dbname"]
-                ),
-                autocommit=True,
-            ) as conn,
+            scoped.login(other) as conn,
             pytest.raises(psycopg.errors.InsufficientPrivilege, match="no analyst scope"),
         ):
             conn.execute("SELECT count(*) FROM analyst.events")
