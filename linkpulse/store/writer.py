@@ -108,7 +108,7 @@ class EventWriter:
     @property
     def tier(self) -> Tier:
         """The tier the database was migrated with (connects if needed)."""
-        self._connection()
+        self._uses_copy()
         assert self._tier is not None
         return self._tier
 
@@ -210,8 +210,19 @@ class EventWriter:
             conn.close()
 
     def _uses_copy(self) -> bool:
-        self._connection()
-        return self._copy
+        # Connecting may itself meet a lost connection: retry it like a batch.
+        attempt = 0
+        while True:
+            try:
+                self._connection()
+                return self._copy
+            except psycopg.OperationalError as e:
+                self._lost(0, e)
+                attempt += 1
+                if attempt > self.max_retries:
+                    msg = f"could not connect to the store after {attempt} tries: {e}"
+                    raise StoreError(msg) from e
+                time.sleep(min(0.05 * 2**attempt, 2.0))
 
     # -- overlapped COPY path ----------------------------------------------------------------
 
