@@ -214,3 +214,35 @@ def test_analyst_views_and_grants_on_timescaledb(ts_dsn: str) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("SELECT count(*) FROM analyst.events_1h")
         roles.drop_roles(conn, login, analyst)
+
+
+def test_forced_apache_tier_uses_hypertables_and_rollup_tables(ts_dsn: str) -> None:
+    events = make_events(1_500, seed=34, span_s=2 * 86400)
+    migrate(ts_dsn, tier="apache_timescale")
+    with EventWriter(ts_dsn, batch_size=500) as w:
+        assert w.tier is Tier.APACHE_TIMESCALE
+        assert w.write_events(events + events[:100]) == 1_500
+    with psycopg.connect(ts_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM timescaledb_information.continuous_aggregates"
+        ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM timescaledb_information.hypertables"
+            " WHERE hypertable_name = 'events'"
+        ).fetchone() == (1,)
+        report = refresh(conn, Tier.APACHE_TIMESCALE)
+        assert report.claimed > 0
+        got = rollups(conn)
+        want = conn.execute(
+            "SELECT time_bucket(INTERVAL '1 hour', event_time), tenant, type, seller_id, count(*),"
+            " sum(amount), count(DISTINCT user_id) FROM events GROUP BY 1, 2, 3, 4"
+            " ORDER BY 1, 2, 3, 4 NULLS FIRST"
+        ).fetchall()
+        assert got["events_1h"] == want
+    report = run_once(ts_dsn, load_settings(store_raw_retention_days=1))
+    assert report.tier == "apache_timescale"
+    assert report.retention.dropped  # drop_chunks removed the old raw chunks
+    with psycopg.connect(ts_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM events WHERE event_time < now() - interval '2 days'"
+        ).fetchone() == (0,)
