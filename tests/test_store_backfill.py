@@ -90,12 +90,12 @@ def run_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_migrate_status_backfill_maintain(pg_dsn: str, tmp_path: Path) -> None:
     st = run_cli(pg_dsn, "status")
     assert st.returncode == 0, st.stderr
-    assert "pending" in st.stdout and "not migrated" in st.stdout
+    assert "│ pending │" in st.stdout and "not migrated" in st.stdout
     out = run_cli(pg_dsn, "migrate")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "applied 0001_core" in out.stdout and "tier plain" in out.stdout
     st = run_cli(pg_dsn, "status")
-    assert "applied" in st.stdout and "pending" not in st.stdout
+    assert "│ applied │" in st.stdout and "│ pending │" not in st.stdout
     assert "tier in use: plain" in st.stdout
     path = tmp_path / "e.ndjson"
     write_ndjson(path, 50)

@@ -244,3 +244,24 @@ def test_overlapped_batches_make_missing_partitions_and_count_exactly(store_dsn:
         assert w.write_events(late[::-1]) == 0
     with psycopg.connect(store_dsn) as conn:
         assert conn.execute("SELECT count(DISTINCT event_id) FROM events").fetchone() == (2_500,)
+
+
+def test_coarse_rollups_wait_for_their_interval_without_losing_buckets(store_dsn: str) -> None:
+    intervals = {"events_1m": 0.0, "events_1h": 3600.0, "events_1d": 3600.0}
+    with EventWriter(store_dsn) as w, psycopg.connect(store_dsn, autocommit=True) as conn:
+        w.write_events(make_events(300, seed=14, span_s=600))
+        first = refresh(conn, Tier.PLAIN_POSTGRES, min_interval_s=intervals)
+        assert first.buckets["events_1d"] > 0  # never refreshed before: due
+        w.write_events(make_events(50, seed=15, span_s=600, prefix="n"))
+        second = refresh(conn, Tier.PLAIN_POSTGRES, min_interval_s=intervals)
+        assert second.buckets["events_1m"] > 0
+        assert second.buckets["events_1h"] == second.buckets["events_1d"] == 0
+        assert conn.execute(
+            "SELECT count(*) FROM lp_rollup_pending WHERE rollup = 'events_1d'"
+        ).fetchone() == (2,)  # two tenants, one day
+        assert rollup_rows(conn, "events_1m") == conn.execute(ROLLUP_SQL, ("1 minute",)).fetchall()
+        assert rollup_rows(conn, "events_1d") != conn.execute(ROLLUP_SQL, ("1 day",)).fetchall()
+        third = refresh(conn, Tier.PLAIN_POSTGRES)  # no interval: everything due
+        assert third.claimed == 0 and third.buckets["events_1d"] == 2
+        for name, width in (("events_1h", "1 hour"), ("events_1d", "1 day")):
+            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()

@@ -19,7 +19,7 @@ from linkpulse.logging import get_logger
 from linkpulse.store.migrate import stored_tier
 from linkpulse.store.partitions import create_ahead
 from linkpulse.store.retention import RetentionReport, apply_retention
-from linkpulse.store.rollups import RefreshReport, refresh
+from linkpulse.store.rollups import DEFAULT_MIN_INTERVAL_S, RefreshReport, refresh
 from linkpulse.store.tiers import compress_old_chunks
 
 __all__ = ["MaintainReport", "run_forever", "run_once"]
@@ -63,7 +63,7 @@ def run_once(
                 report.partitions_made = create_ahead(
                     conn, days_ahead=settings.store_partitions_ahead_days, now=now
                 )
-        report.refresh = refresh(conn, tier)
+        report.refresh = refresh(conn, tier, min_interval_s=DEFAULT_MIN_INTERVAL_S)
         if tier.value == "full_timescale":
             report.chunks_compressed = compress_old_chunks(conn, settings.store_compress_after_days)
         with conn.transaction():

@@ -5,8 +5,10 @@ each (tenant, minute) it inserted events into (``lp_rollup_dirty``) in the
 same transaction as the events; a refresh claims that log (DELETE ...
 RETURNING) and recomputes exactly those buckets of each rollup from the raw
 events, so it costs what changed, late events included, not the whole
-history. ``lp_rollup_state`` keeps each rollup's watermark: the latest
-``marked_at`` (ingest time) it has covered.
+history. Claimed minutes become pending buckets of each rollup
+(``lp_rollup_pending``), so a coarse rollup can be refreshed less often
+(``min_interval_s``) without losing a touched bucket. ``lp_rollup_state`` keeps
+each rollup's watermark: the latest ``marked_at`` (ingest time) it has covered.
 
 Claiming by DELETE is what keeps concurrent writers safe: a writer marking a
 bucket that a refresh is claiming waits for the refresh's row lock and then
@@ -23,6 +25,7 @@ On full TimescaleDB the rollups are continuous aggregates and a refresh is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -33,6 +36,7 @@ from linkpulse.store.capabilities import Tier
 
 __all__ = [
     "BUCKET_ORIGIN",
+    "DEFAULT_MIN_INTERVAL_S",
     "ROLLUP_SPECS",
     "RefreshReport",
     "RollupSpec",
@@ -40,6 +44,14 @@ __all__ = [
     "rebuild",
     "refresh",
 ]
+
+# Like the full tier's refresh policies: minutes every pass, hours every 5
+# minutes, days every 30 minutes (a touched day is recomputed whole).
+DEFAULT_MIN_INTERVAL_S: dict[str, float] = {
+    "events_1m": 0.0,
+    "events_1h": 300.0,
+    "events_1d": 1800.0,
+}
 
 # date_bin's origin; time_bucket aligns minute/hour/day buckets the same way.
 BUCKET_ORIGIN = "2000-01-01 00:00:00+00"
@@ -79,8 +91,20 @@ WITH d AS (DELETE FROM lp_rollup_dirty RETURNING tenant, bucket, marked_at)
 INSERT INTO lp_claimed SELECT tenant, bucket, marked_at FROM d
 """
 _TOUCHED = """
-CREATE TEMP TABLE IF NOT EXISTS lp_touched (
-    tenant text, bucket timestamptz, PRIMARY KEY (tenant, bucket)) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS lp_touched_buckets (
+    tenant text, bucket timestamptz, marked_at timestamptz, PRIMARY KEY (tenant, bucket)
+) ON COMMIT DELETE ROWS;
+"""
+# Each claimed minute becomes one pending bucket per rollup.
+_PEND = """
+INSERT INTO lp_rollup_pending (rollup, tenant, bucket, marked_at)
+SELECT %s, tenant, date_bin({w}, bucket, {o}), max(marked_at) FROM lp_claimed GROUP BY 2, 3
+ON CONFLICT (rollup, tenant, bucket)
+DO UPDATE SET marked_at = greatest(lp_rollup_pending.marked_at, excluded.marked_at)
+"""
+_TAKE_PENDING = """
+WITH p AS (DELETE FROM lp_rollup_pending WHERE rollup = %s RETURNING tenant, bucket, marked_at)
+INSERT INTO lp_touched_buckets SELECT tenant, bucket, marked_at FROM p
 """
 # LATERAL: one index range scan of events per touched bucket (with run-time
 # partition pruning), whatever the planner thinks of the temp table's size, so
@@ -88,7 +112,7 @@ CREATE TEMP TABLE IF NOT EXISTS lp_touched (
 _RECOMPUTE = """
 INSERT INTO {rollup} (bucket, tenant, type, seller_id, events, revenue, distinct_users)
 SELECT t.bucket, t.tenant, a.type, a.seller_id, a.events, a.revenue, a.distinct_users
-FROM lp_touched t
+FROM lp_touched_buckets t
 CROSS JOIN LATERAL (
     SELECT e.type, e.seller_id, count(*) AS events, sum(e.amount) AS revenue,
            count(DISTINCT e.user_id) AS distinct_users
@@ -99,8 +123,19 @@ CROSS JOIN LATERAL (
 """
 
 
-def refresh(conn: psycopg.Connection, tier: Tier) -> RefreshReport:
-    """Bring every rollup up to date; ``conn`` must be in autocommit mode."""
+def refresh(
+    conn: psycopg.Connection,
+    tier: Tier,
+    *,
+    min_interval_s: Mapping[str, float] | None = None,
+) -> RefreshReport:
+    """Bring the rollups up to date; ``conn`` must be in autocommit mode.
+
+    ``min_interval_s`` (rollup name -> seconds) skips a rollup refreshed less
+    than that long ago; its touched buckets stay pending for a later pass
+    (``maintain`` uses ``DEFAULT_MIN_INTERVAL_S``). By default every rollup is
+    refreshed.
+    """
     if tier is Tier.FULL_TIMESCALE:
         return _refresh_caggs(conn)
     with conn.transaction():
@@ -110,29 +145,39 @@ def refresh(conn: psycopg.Connection, tier: Tier) -> RefreshReport:
         claimed = conn.execute(_CLAIM_INSERT).rowcount
         wm_row = conn.execute("SELECT max(marked_at) FROM lp_claimed").fetchone()
         watermark = wm_row[0] if wm_row else None
+        origin = sql.Literal(BUCKET_ORIGIN)
+        for spec in ROLLUP_SPECS:
+            conn.execute(sql.SQL(_PEND).format(w=sql.Literal(spec.width), o=origin), (spec.name,))
         buckets: dict[str, int] = {}
         for spec in ROLLUP_SPECS:
-            width, origin = sql.Literal(spec.width), sql.Literal(BUCKET_ORIGIN)
-            conn.execute("TRUNCATE lp_touched")
-            n = conn.execute(
-                sql.SQL(
-                    "INSERT INTO lp_touched SELECT DISTINCT tenant, "
-                    "date_bin({w}, bucket, {o}) FROM lp_claimed"
-                ).format(w=width, o=origin)
-            ).rowcount
+            wait = (min_interval_s or {}).get(spec.name, 0.0)
+            due = conn.execute(
+                "SELECT refreshed_at IS NULL OR refreshed_at <= now() - make_interval(secs => %s)"
+                " FROM lp_rollup_state WHERE rollup = %s",
+                (wait, spec.name),
+            ).fetchone()
+            if wait > 0 and due is not None and not due[0]:
+                buckets[spec.name] = 0
+                continue
+            conn.execute("TRUNCATE lp_touched_buckets")
+            n = conn.execute(_TAKE_PENDING, (spec.name,)).rowcount
             conn.execute(
                 sql.SQL(
-                    "DELETE FROM {r} x USING lp_touched t "
+                    "DELETE FROM {r} x USING lp_touched_buckets t "
                     "WHERE x.tenant = t.tenant AND x.bucket = t.bucket"
                 ).format(r=sql.Identifier(spec.name))
             )
-            conn.execute(sql.SQL(_RECOMPUTE).format(rollup=sql.Identifier(spec.name), width=width))
+            conn.execute(
+                sql.SQL(_RECOMPUTE).format(
+                    rollup=sql.Identifier(spec.name), width=sql.Literal(spec.width)
+                )
+            )
             buckets[spec.name] = n
             conn.execute(
                 "UPDATE lp_rollup_state SET refreshed_at = now(), last_buckets = %s, "
-                "total_buckets = total_buckets + %s, "
-                "watermark = greatest(watermark, %s) WHERE rollup = %s",
-                (n, n, watermark, spec.name),
+                "total_buckets = total_buckets + %s, watermark = greatest(watermark, "
+                "(SELECT max(marked_at) FROM lp_touched_buckets)) WHERE rollup = %s",
+                (n, n, spec.name),
             )
     return RefreshReport(claimed, buckets, watermark)
 
@@ -173,6 +218,7 @@ def rebuild(conn: psycopg.Connection, tier: Tier) -> RefreshReport:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         claimed = conn.execute("DELETE FROM lp_rollup_dirty").rowcount
+        conn.execute("DELETE FROM lp_rollup_pending")
         buckets = {}
         for spec in ROLLUP_SPECS:
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(spec.name)))
