@@ -75,6 +75,8 @@ def setup(conn: psycopg.Connection, *, analyst_role: str, sql_login: str | None 
             conn.execute(sql.SQL("GRANT {} TO {}").format(role, _role(sql_login)))
         # Nothing by default: no objects, no temp tables, no schema to write to.
         conn.execute(sql.SQL("REVOKE CREATE, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
+        # the writer's staging table is a temp table: keep TEMP for the store's own role
+        conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO CURRENT_USER").format(db))
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(role))
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, role))
