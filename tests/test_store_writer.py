@@ -265,3 +265,36 @@ def test_coarse_rollups_wait_for_their_interval_without_losing_buckets(store_dsn
         assert third.claimed == 0 and third.buckets["events_1d"] == 2
         for name, width in (("events_1h", "1 hour"), ("events_1d", "1 day")):
             assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
+
+
+def test_refreshes_racing_with_writers_lose_no_bucket(store_dsn: str) -> None:
+    import threading
+
+    batches = [make_events(1_000, seed=100 + i, span_s=300, prefix=f"r{i}-") for i in range(20)]
+    done = threading.Event()
+
+    errors: list[Exception] = []
+
+    def write() -> None:
+        try:
+            with EventWriter(store_dsn, batch_size=250) as w:
+                for batch in batches:
+                    w.write_events(batch)
+        except Exception as e:  # reported by the assertion below
+            errors.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=write)
+    passes = 0
+    with psycopg.connect(store_dsn, autocommit=True) as conn:
+        t.start()
+        while not done.is_set():  # refresh again and again while the writer runs
+            refresh(conn, Tier.PLAIN_POSTGRES)
+            passes += 1
+        t.join()
+        assert errors == []
+        refresh(conn, Tier.PLAIN_POSTGRES)
+        assert passes >= 2
+        for name, width in (("events_1m", "1 minute"), ("events_1h", "1 hour")):
+            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
