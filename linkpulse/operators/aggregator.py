@@ -259,19 +259,22 @@ class WindowAggregator(SeriesWindows):
         commit_wm = self._wm.current(now) if force else wm  # close() commits, then ends all
         for level, dirty in enumerate(self._dirty):
             if live_due[level] or boundary:
-                for skey in dirty:
+                # sorted: set order depends on insertion history, which a restore
+                # does not replay; emission order must not (replays are compared)
+                ordered = sorted(dirty)
+                for skey in ordered:
                     self._commit(skey, commit_wm)
-                committed.extend(dirty)
+                committed.extend(ordered)
                 dirty.clear()
         closing = wm >= self._min_due
-        due = [k for k, s in self._series.items() if s.due <= wm] if closing else []
+        due = sorted(k for k, s in self._series.items() if s.due <= wm) if closing else []
         for skey in due:
             self._close(skey, wm, self._last_wm, out)
         for skey in committed:
             self._emit_revisions(skey, out)
         for level, due_now in enumerate(live_due):
             if due_now:
-                for skey in self._live_pending[level]:
+                for skey in sorted(self._live_pending[level]):
                     self._emit_live(skey, out)
                 self._live_pending[level].clear()
                 self._last_live[level] = now
