@@ -47,27 +47,25 @@ def stream_configs(settings: Settings) -> tuple[StreamConfig, StreamConfig]:
     prefix = settings.subject_prefix
     # The duplicate window may not exceed max_age (the server refuses it).
     dup_window = min(settings.stream_duplicate_window_s, settings.stream_max_age_s)
-    events = StreamConfig(
-        name=settings.stream_name,
-        description="linkpulse raw events",
-        subjects=[events_filter(prefix)],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        max_age=settings.stream_max_age_s,
-        max_bytes=settings.stream_max_bytes,
-        duplicate_window=dup_window,
-        discard=DiscardPolicy.OLD,
-    )
-    dlq = StreamConfig(
-        name=dead_letter_stream_name(settings),
-        description="linkpulse dead letters: inputs that could not be used, with the reason",
-        subjects=[dead_letters_filter(prefix)],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        max_age=settings.stream_max_age_s,
-        max_bytes=settings.stream_max_bytes,
-        duplicate_window=dup_window,
-        discard=DiscardPolicy.OLD,
+
+    def limited(name: str, description: str, subject: str) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            description=description,
+            subjects=[subject],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.stream_max_age_s,
+            max_bytes=settings.stream_max_bytes,
+            duplicate_window=dup_window,
+            discard=DiscardPolicy.OLD,
+        )
+
+    events = limited(settings.stream_name, "linkpulse raw events", events_filter(prefix))
+    dlq = limited(
+        dead_letter_stream_name(settings),
+        "linkpulse dead letters: inputs that could not be used, with the reason",
+        dead_letters_filter(prefix),
     )
     return events, dlq
 

@@ -190,22 +190,14 @@ class SessionWriter:
         for s, e, rate in self._spikes[ti]:
             if s <= t_pay < e:
                 fail = rate
-        if rng.random() < fail:
-            reason = F.FAILURE_REASONS[int(rng.random() * len(F.FAILURE_REASONS))]
-            ev = PaymentFailed(
-                event_id=self._id(),
-                event_time=_fromts(t_pay, UTC),
-                tenant=slug,
-                user_id=user,
-                seller_id=sid,
-                amount=amount,
-                currency=cur,
-                properties={"order_id": order_id, "reason": reason},
-            )
-            self._emit(t_pay, ev)
-            return
-        method = F.PAYMENT_METHODS[int(rng.random() * len(F.PAYMENT_METHODS))]
-        ev = PaymentSettled(
+        failed = rng.random() < fail
+        if failed:
+            kind: type[PaymentFailed | PaymentSettled] = PaymentFailed
+            detail = ("reason", F.FAILURE_REASONS[int(rng.random() * len(F.FAILURE_REASONS))])
+        else:
+            kind = PaymentSettled
+            detail = ("method", F.PAYMENT_METHODS[int(rng.random() * len(F.PAYMENT_METHODS))])
+        ev = kind(
             event_id=self._id(),
             event_time=_fromts(t_pay, UTC),
             tenant=slug,
@@ -213,9 +205,11 @@ class SessionWriter:
             seller_id=sid,
             amount=amount,
             currency=cur,
-            properties={"order_id": order_id, "method": method},
+            properties={"order_id": order_id, detail[0]: detail[1]},
         )
         self._emit(t_pay, ev)
+        if failed:
+            return
         record: _Settled | None = None
         if sid in self._backlog:
             record = _Settled(t_pay, order_id, user, amount)
