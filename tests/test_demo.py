@@ -98,3 +98,16 @@ def test_tiles_pick_the_newest_tenant_wide_value() -> None:
         window="5m/10s",
     )
     assert rows == [("acme", {"orders": "5", "payment_failure_rate": "50.0%"})]
+
+
+def test_tiles_ignore_windows_left_by_an_earlier_run() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from linkpulse.schemas.outputs import MetricWindow
+
+    t = datetime(2026, 11, 24, 10, tzinfo=UTC)
+    old = MetricWindow(metric="orders", tenant="old", dims_key="", dimensions={},
+                       window="5m/10s", window_start=t, window_end=t + timedelta(minutes=5),
+                       value=7.0)  # fmt: skip
+    assert tile_rows([old], window="5m/10s", not_before=t + timedelta(minutes=6)) == []
+    assert tile_rows([old], window="5m/10s", not_before=t + timedelta(minutes=4)) != []

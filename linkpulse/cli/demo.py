@@ -144,7 +144,7 @@ async def _read(
     return counts
 
 
-def _panel(c: Counts, base: Counts, started: float, api_url: str) -> Group:
+def _panel(c: Counts, base: Counts, started: float, since: datetime, api_url: str) -> Group:
     flow = Table(title=f"pipeline ({time.monotonic() - started:,.0f} s)   API: {api_url}/docs")
     for col in ("in JetStream", "stored", "dead letters", "metric windows", "final 1m windows"):
         flow.add_column(col, justify="right")
@@ -159,7 +159,7 @@ def _panel(c: Counts, base: Counts, started: float, api_url: str) -> Group:
     tiles.add_column("tenant")
     for name, _ in TILES:
         tiles.add_column(name.replace("_", " "), justify="right")
-    for tenant, values in tile_rows(c.latest, window="5m/10s"):
+    for tenant, values in tile_rows(c.latest, window="5m/10s", not_before=since):
         tiles.add_row(tenant, *(values.get(name, "-") for name, _ in TILES))
     return Group(flow, tiles)
 
@@ -201,7 +201,7 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
                         msg = f"{name} exited ({proc.returncode}); see {logs}/{name}.log"
                         raise DemoError(msg)
                 counts = await _read(settings, js, pg, rd)
-                live.update(_panel(counts, base, started, api_url))
+                live.update(_panel(counts, base, started, since, api_url))
                 return counts
 
             # 1. traffic flows

@@ -14,6 +14,7 @@ into rows, so the rendering is tested without any service.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Final
 
 from linkpulse.schemas.outputs import MetricWindow
@@ -31,12 +32,19 @@ TILES: Final[tuple[tuple[str, str], ...]] = (
 )
 
 
-def tile_rows(windows: Iterable[MetricWindow], *, window: str) -> list[tuple[str, dict[str, str]]]:
-    """Per tenant, the newest tenant-wide value of each tile metric for ``window``."""
+def tile_rows(
+    windows: Iterable[MetricWindow], *, window: str, not_before: datetime | None = None
+) -> list[tuple[str, dict[str, str]]]:
+    """Per tenant, the newest tenant-wide value of each tile metric for ``window``.
+
+    Windows that ended before ``not_before`` (left by an earlier run) are ignored.
+    """
     newest: dict[tuple[str, str], MetricWindow] = {}
     wanted = {name for name, _ in TILES}
     for w in windows:
         if w.window != window or w.dims_key or w.metric not in wanted:
+            continue
+        if not_before is not None and w.window_end < not_before:
             continue
         key = (w.tenant, w.metric)
         old = newest.get(key)
