@@ -74,3 +74,26 @@ def test_the_configuration_doc_lists_every_setting_with_its_default() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     for var, _, default, _ in settings_rows(Settings(_env_file=None)):  # type: ignore[call-arg]
         assert f"| `{var}` | `{default}` |" in doc, f"{var} missing or stale in the doc"
+
+
+@pytest.mark.integration
+def test_the_dataflow_refuses_to_start_saying_what_is_missing(pg_dsn: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = {**__import__("os").environ, "LINKPULSE_METRICS_PORT": "0"}
+    cmd = [sys.executable, "-m", "linkpulse", "run", "dataflow", "--recovery-dir", str(tmp_path)]
+    no_nats = subprocess.run(
+        cmd,
+        env={**base, "LINKPULSE_NATS_URL": "nats://127.0.0.1:1", "LINKPULSE_DATABASE_URL": pg_dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert no_nats.returncode == 1
+    assert "NATS at nats://127.0.0.1:1" in no_nats.stderr
+    assert "LINKPULSE_NATS_URL" in no_nats.stderr
+    # an empty database: the store was never migrated
+    unmigrated = subprocess.run(
+        cmd, env={**base, "LINKPULSE_DATABASE_URL": pg_dsn}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert unmigrated.returncode == 1
+    assert "run `linkpulse db migrate`" in unmigrated.stderr

@@ -6,10 +6,14 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import typer
 
-from linkpulse.config import get_settings
+from linkpulse.config import Settings, get_settings
 from linkpulse.errors import LinkpulseError
+from linkpulse.logging import get_logger
+
+log = get_logger(__name__)
 
 run_app = typer.Typer(help="Run linkpulse's long-running processes.", no_args_is_help=True)
 
@@ -75,6 +79,11 @@ def dataflow(
         argv = [a for a in argv if a != "--from-start"]
         raise typer.Exit(spawn_local_cluster(processes, argv))
     settings = get_settings()
+    problems = preflight(settings)
+    if problems:
+        for problem in problems:
+            typer.secho(f"cannot start the dataflow: {problem}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     opts = FlowOptions(
         raw_events=raw_events,
         start_seq=start_seq,
@@ -95,6 +104,45 @@ def dataflow(
     except (LinkpulseError, ValueError) as e:
         typer.secho(f"dataflow failed: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from e
+
+
+def preflight(settings: Settings) -> list[str]:
+    """What stops the flow from starting, each with what to do (empty: go).
+
+    Checked before Bytewax starts, because a connector failing inside it surfaces
+    as a Rust panic wrapped around the real reason. Redis is optional (the flow
+    runs without it and catches up), NATS and the store are not.
+    """
+    from linkpulse.stack.probes import probe_nats, probe_postgres, probe_redis
+
+    problems = []
+    nats = probe_nats(settings.nats_url)
+    if not nats.ok or nats.degraded:
+        problems.append(
+            f"NATS at {nats.url}: {nats.error or 'JetStream is not enabled'}; "
+            "start it (with -js) or run `linkpulse up`, or set LINKPULSE_NATS_URL"
+        )
+    pg = probe_postgres(settings.database_url)
+    if not pg.ok:
+        problems.append(
+            f"PostgreSQL at {pg.url}: {pg.error}; run `linkpulse up` or set LINKPULSE_DATABASE_URL"
+        )
+    elif not _migrated(settings.database_url):
+        problems.append(f"the store at {pg.url} has no `events` table; run `linkpulse db migrate`")
+    redis = probe_redis(settings.redis_url)
+    if not redis.ok:
+        log.warning(
+            "redis unreachable: live values will be skipped until it answers",
+            url=redis.url,
+            error=redis.error,
+        )
+    return problems
+
+
+def _migrated(dsn: str) -> bool:
+    with psycopg.connect(dsn, connect_timeout=3) as conn:
+        row = conn.execute("select to_regclass('events') is not null").fetchone()
+    return bool(row and row[0])
 
 
 def _without(argv: list[str], names: tuple[str, ...]) -> list[str]:
