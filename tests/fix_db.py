@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -38,10 +39,10 @@ def admin_connect() -> psycopg.Connection:
         pytest.fail(START_HINT.format(dsn=ADMIN_DSN, err=e), pytrace=False)
 
 
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    """DSN of a fresh, empty database on the real PostgreSQL server."""
-    name = f"lp_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def fresh_database(tag: str = "") -> Iterator[str]:
+    """Create an empty database on the real server; drop it (forcibly) afterwards."""
+    name = f"lp_test_{tag}{uuid.uuid4().hex[:12]}"
     with admin_connect() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
@@ -51,6 +52,13 @@ def pg_dsn() -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """DSN of a fresh, empty database on the real PostgreSQL server."""
+    with fresh_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture

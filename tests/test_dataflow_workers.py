@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from bytewax.testing import cluster_main, run_main
 from nats.aio.client import Client
-from psycopg import sql
 
 from linkpulse.config import Settings
 from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
 from linkpulse.store.migrate import migrate
-from tests.fix_db import ADMIN_DSN, admin_connect, dsn_with_dbname
+from tests.fix_db import fresh_database
 from tests.test_dataflow_helpers import TEST_METRICS, build_event_set, publish_set, windows_table
 
 pytestmark = pytest.mark.integration
@@ -23,16 +20,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def other_dsn() -> Iterator[str]:
-    name = f"lp_test_w2_{uuid.uuid4().hex[:12]}"
-    with admin_connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield dsn_with_dbname(os.environ.get("LINKPULSE_TEST_DATABASE_URL", ADMIN_DSN), name)
-    finally:
-        with admin_connect() as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with fresh_database("w2_") as dsn:
+        yield dsn
 
 
 async def test_two_workers_give_the_same_windows_as_one(
