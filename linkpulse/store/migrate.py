@@ -40,6 +40,7 @@ __all__ = [
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 LOCK_KEY = 0x6C70_6D69_6772  # "lpmigr": one lock for every linkpulse migrator
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_PARTITION = re.compile(r"\s*@PARTITION_BY_RANGE\((\w+)\)")
 _SECTION = re.compile(r"^--\s*@tier:\s*(?P<tiers>[a-z, ]+)\s*$")
 _TABLE = """
 CREATE TABLE IF NOT EXISTS lp_schema_migrations (
@@ -96,7 +97,15 @@ def discover(directory: Path | None = None) -> list[Migration]:
 
 
 def render(sql: str, tier: Tier) -> str:
-    """The statements of ``sql`` that apply to ``tier``."""
+    """The statements of ``sql`` that apply to ``tier``.
+
+    >>> render("CREATE TABLE t (at timestamptz) @PARTITION_BY_RANGE(at);", Tier.PLAIN_POSTGRES)
+    'CREATE TABLE t (at timestamptz) PARTITION BY RANGE (at);\\n'
+    >>> render("CREATE TABLE t (at timestamptz) @PARTITION_BY_RANGE(at);", Tier.FULL_TIMESCALE)
+    'CREATE TABLE t (at timestamptz);\\n'
+    """
+    partition = r" PARTITION BY RANGE (\1)" if tier is Tier.PLAIN_POSTGRES else ""
+    sql = _PARTITION.sub(lambda m: m.expand(partition), sql)
     keep, out = True, []
     for line in sql.splitlines():
         m = _SECTION.match(line.strip())

@@ -6,6 +6,8 @@
 -- Lines "-- @tier: a,b" start a section applied only on those tiers
 -- (full = TimescaleDB with its community licence, apache = Apache-only
 -- TimescaleDB, plain = PostgreSQL without TimescaleDB); "-- @tier: all" ends it.
+-- "@PARTITION_BY_RANGE(col)" becomes "PARTITION BY RANGE (col)" on plain
+-- PostgreSQL and nothing on TimescaleDB, where create_hypertable follows.
 
 CREATE TABLE lp_store_meta (
     key   text PRIMARY KEY,
@@ -17,7 +19,6 @@ CREATE TABLE lp_store_meta (
 -- producer sets both the id and the time, so a replay carries the same pair and
 -- is stored once (INSERT ... ON CONFLICT DO NOTHING). Leading with
 -- (tenant, event_time) lets the key also serve "time range for a tenant".
--- @tier: plain
 CREATE TABLE events (
     tenant         text        NOT NULL,
     event_id       text        NOT NULL,
@@ -31,22 +32,8 @@ CREATE TABLE events (
     schema_version smallint    NOT NULL DEFAULT 1,
     ingested_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant, event_time, event_id)
-) PARTITION BY RANGE (event_time);
+) @PARTITION_BY_RANGE(event_time);
 -- @tier: full,apache
-CREATE TABLE events (
-    tenant         text        NOT NULL,
-    event_id       text        NOT NULL,
-    event_time     timestamptz NOT NULL,
-    type           text        NOT NULL,
-    user_id        text,
-    seller_id      text,
-    amount         numeric,
-    currency       text,
-    properties     jsonb       NOT NULL DEFAULT '{}',
-    schema_version smallint    NOT NULL DEFAULT 1,
-    ingested_at    timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant, event_time, event_id)
-);
 SELECT create_hypertable('events', by_range('event_time', INTERVAL '1 day'));
 -- @tier: all
 CREATE INDEX events_tenant_type_time ON events (tenant, type, event_time DESC);
@@ -55,7 +42,6 @@ CREATE INDEX events_tenant_seller_time ON events (tenant, seller_id, event_time 
 
 -- One row per metric, dimension set, window and window start; a republished
 -- window (late data) replaces the row only if its revision is not older.
--- @tier: plain
 CREATE TABLE metric_windows (
     metric       text        NOT NULL,
     tenant       text        NOT NULL,
@@ -78,38 +64,14 @@ CREATE TABLE metric_windows (
     final        boolean     NOT NULL DEFAULT false,
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant, metric, dims_key, "window", window_start)
-) PARTITION BY RANGE (window_start);
+) @PARTITION_BY_RANGE(window_start);
 -- @tier: full,apache
-CREATE TABLE metric_windows (
-    metric       text        NOT NULL,
-    tenant       text        NOT NULL,
-    dims_key     text        NOT NULL,
-    dimensions   jsonb       NOT NULL DEFAULT '{}',
-    "window"     text        NOT NULL,
-    window_start timestamptz NOT NULL,
-    window_end   timestamptz NOT NULL,
-    value        double precision,
-    count        bigint      NOT NULL DEFAULT 0,
-    sum          double precision NOT NULL DEFAULT 0,
-    min          double precision,
-    max          double precision,
-    mean         double precision,
-    "distinct"   double precision,
-    p50          double precision,
-    p95          double precision,
-    p99          double precision,
-    revision     integer     NOT NULL DEFAULT 0,
-    final        boolean     NOT NULL DEFAULT false,
-    updated_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant, metric, dims_key, "window", window_start)
-);
 SELECT create_hypertable('metric_windows', by_range('window_start', INTERVAL '1 day'));
 -- @tier: all
 -- "latest windows of a tenant" (dashboards' first paint); latest per series uses the key.
 CREATE INDEX metric_windows_tenant_start ON metric_windows (tenant, window_start DESC);
 
 -- Anomaly scores, one per series, model and time.
--- @tier: plain
 CREATE TABLE anomaly_scores (
     series  text             NOT NULL,
     time    timestamptz      NOT NULL,
@@ -118,23 +80,13 @@ CREATE TABLE anomaly_scores (
     tenant  text             NOT NULL DEFAULT '',
     details jsonb            NOT NULL DEFAULT '{}',
     PRIMARY KEY (series, model, time)
-) PARTITION BY RANGE (time);
+) @PARTITION_BY_RANGE(time);
 -- @tier: full,apache
-CREATE TABLE anomaly_scores (
-    series  text             NOT NULL,
-    time    timestamptz      NOT NULL,
-    score   double precision NOT NULL,
-    model   text             NOT NULL,
-    tenant  text             NOT NULL DEFAULT '',
-    details jsonb            NOT NULL DEFAULT '{}',
-    PRIMARY KEY (series, model, time)
-);
 SELECT create_hypertable('anomaly_scores', by_range('time', INTERVAL '1 day'));
 -- @tier: all
 CREATE INDEX anomaly_scores_tenant_time ON anomaly_scores (tenant, time DESC);
 
 -- Alerts: every state change of every alert (pending, firing, acknowledged, resolved).
--- @tier: plain
 CREATE TABLE alerts (
     alert_id text        NOT NULL,
     rule     text        NOT NULL,
@@ -144,25 +96,14 @@ CREATE TABLE alerts (
     tenant   text        NOT NULL DEFAULT '',
     details  jsonb       NOT NULL DEFAULT '{}',
     PRIMARY KEY (alert_id, at, state)
-) PARTITION BY RANGE (at);
+) @PARTITION_BY_RANGE(at);
 -- @tier: full,apache
-CREATE TABLE alerts (
-    alert_id text        NOT NULL,
-    rule     text        NOT NULL,
-    series   text        NOT NULL,
-    state    text        NOT NULL,
-    at       timestamptz NOT NULL,
-    tenant   text        NOT NULL DEFAULT '',
-    details  jsonb       NOT NULL DEFAULT '{}',
-    PRIMARY KEY (alert_id, at, state)
-);
 SELECT create_hypertable('alerts', by_range('at', INTERVAL '7 days'));
 -- @tier: all
 CREATE INDEX alerts_series_at ON alerts (series, at DESC);
 CREATE INDEX alerts_tenant_at ON alerts (tenant, at DESC);
 
 -- Dead letters: inputs that could not be used, with the reason and the origin.
--- @tier: plain
 CREATE TABLE dead_letters (
     id          bigserial   NOT NULL,
     payload     text        NOT NULL,
@@ -174,20 +115,8 @@ CREATE TABLE dead_letters (
     sequence    bigint,
     received_at timestamptz NOT NULL,
     PRIMARY KEY (id, received_at)
-) PARTITION BY RANGE (received_at);
+) @PARTITION_BY_RANGE(received_at);
 -- @tier: full,apache
-CREATE TABLE dead_letters (
-    id          bigserial   NOT NULL,
-    payload     text        NOT NULL,
-    field       text        NOT NULL,
-    problem     text        NOT NULL,
-    reason      text        NOT NULL,
-    source      text        NOT NULL,
-    subject     text,
-    sequence    bigint,
-    received_at timestamptz NOT NULL,
-    PRIMARY KEY (id, received_at)
-);
 SELECT create_hypertable('dead_letters', by_range('received_at', INTERVAL '1 day'));
 -- @tier: all
 CREATE INDEX dead_letters_received ON dead_letters (received_at DESC);
