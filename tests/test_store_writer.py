@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import psycopg
 import pytest
 
 from linkpulse.errors import StoreError
-from linkpulse.schemas import EVENT_CLASS_BY_TYPE, BaseEvent
+from linkpulse.schemas import EVENT_CLASS_BY_TYPE, BaseEvent, encode_event
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 from linkpulse.store import EventWriter, Tier, migrate, refresh
 from linkpulse.store.rollups import rebuild
@@ -298,3 +298,116 @@ def test_refreshes_racing_with_writers_lose_no_bucket(store_dsn: str) -> None:
         assert passes >= 2
         for name, width in (("events_1m", "1 minute"), ("events_1h", "1 hour")):
             assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
+
+
+# -- the JSON path (write_event_json) ------------------------------------------------------------
+
+ROW_SQL = "SELECT (to_jsonb(e) - 'ingested_at')::text FROM events e ORDER BY tenant, event_id"
+
+
+def tricky_events() -> list[BaseEvent]:
+    """Events whose columns could come out differently by the two paths."""
+    plus2 = timezone(timedelta(hours=2))
+    props: list[dict[str, object]] = [
+        {"page": "home"},
+        {"page": "search", "q": 'back\\slash "quoted" \\n not a newline', "tab": "a\tb\nc\r"},
+        {"page": "product", "ü": "naïve café ✓ 𝄞", "nested": {"a": [1, 2.5, None, True]}},
+        {"page": "cart", "f": 0.1 + 0.2, "big": 1e20, "tiny": 1.5e-7, "neg": -0.0, "int": 2**53},
+        {"page": "account", "ctrl": "\x01\x1f\x7f", "slashes": "\\\\", "u": "\u2028\u2029"},
+    ]
+    out: list[BaseEvent] = [
+        EVENT_CLASS_BY_TYPE["page_view"](
+            event_id=f"pv{i}",
+            tenant="acme",
+            event_time=BASE + timedelta(seconds=i, microseconds=123_457 * i % 10**6),
+            properties=p,
+        )
+        for i, p in enumerate(props)
+    ]
+    amounts = [0.1 + 0.2, 123.456789012345678, 1e-7, 999_999_999_999.99, 12.5, 0.0, 7.0]
+    for i, amount in enumerate(amounts):
+        out.append(
+            EVENT_CLASS_BY_TYPE["order_placed"](
+                event_id=f"o{i}",
+                tenant="globex",
+                event_time=(BASE + timedelta(minutes=i, microseconds=999_999)).astimezone(plus2),
+                user_id=f"u{i}",
+                seller_id="s\\1",
+                amount=amount,
+                currency="EUR",
+                properties={"order_id": f"o{i}"},
+            )
+        )
+    # only what the type requires: user_id and the defaults are absent from the JSON
+    out.append(
+        EVENT_CLASS_BY_TYPE["user_signup"](
+            event_id="bare", tenant="acme", event_time=BASE, user_id="u-\\u00e9"
+        )
+    )
+    out.append(
+        EVENT_CLASS_BY_TYPE["user_signup"](
+            event_id="w1", tenant="acme", event_time=BASE, user_id="ü\\"
+        )
+    )
+    return out
+
+
+def stored(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(ROW_SQL).fetchall()]
+
+
+@pytest.mark.parametrize("use_copy", [True, False])
+def test_json_path_stores_every_column_as_write_events_does(store_dsn: str, use_copy: bool) -> None:
+    events = tricky_events() + make_events(300, seed=21)
+    with psycopg.connect(store_dsn, autocommit=True) as conn:
+        with EventWriter(store_dsn, use_copy=use_copy, batch_size=128) as w:
+            assert w.write_events(events) == len(events)
+        by_rows = stored(conn)
+        conn.execute("TRUNCATE events, lp_rollup_dirty")
+        with EventWriter(store_dsn, use_copy=use_copy, batch_size=128) as w:
+            assert w.write_event_json([encode_event(e) for e in events]) == len(events)
+        assert stored(conn) == by_rows
+    assert len(by_rows) == len(events)
+    assert any('"schema_version": 1' in r and '"properties": {}' in r for r in by_rows)
+    assert any('"amount": 0.3' in r for r in by_rows)  # float8 -> numeric, as the row path
+
+
+def test_json_path_replays_and_mixed_paths_store_each_event_once(store_dsn: str) -> None:
+    events = make_events(2_500, seed=22)
+    payloads = [encode_event(e) for e in events]
+    with EventWriter(store_dsn, batch_size=400) as w:
+        assert w.write_event_json(payloads[:1000]) == 1000
+        # replays spread over several overlapped batches, mixed with new events
+        assert w.write_event_json(payloads[500:1500]) == 500
+        assert w.write_events(events[1200:2000]) == 500
+        assert w.write_event_json(payloads + payloads[:50]) == 500  # duplicates in the batch
+        assert w.write_events(events) == 0
+        assert w.write_event_json(payloads[::-1]) == 0
+        assert w.retries == 0  # a replayed key is not a lost connection
+    with psycopg.connect(store_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone() == (
+            2_500,
+            2_500,
+        )
+        refresh(conn, Tier.PLAIN_POSTGRES)
+        for name, width in (("events_1m", "1 minute"), ("events_1h", "1 hour")):
+            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
+
+
+def test_json_path_marks_buckets_and_makes_missing_partitions(store_dsn: str) -> None:
+    late = make_events(900, seed=23, start=BASE - timedelta(days=40), span_s=2 * 86400)
+    with EventWriter(store_dsn, batch_size=300) as w:
+        assert w.write_event_json([encode_event(e) for e in late]) == 900
+    with psycopg.connect(store_dsn, autocommit=True) as conn:
+        marked = conn.execute("SELECT tenant, bucket FROM lp_rollup_dirty ORDER BY 1, 2").fetchall()
+        expected = sorted({(e.tenant, e.event_time.replace(second=0, microsecond=0)) for e in late})
+        assert marked == expected
+
+
+def test_json_copy_text_refuses_documents_with_raw_line_breaks() -> None:
+    from linkpulse.store._rows import json_copy_text
+
+    with pytest.raises(ValueError, match="compact"):
+        json_copy_text([b'{"a":\n1}'])
+    with pytest.raises(ValueError, match="compact"):
+        json_copy_text([b'{"a":\t1}'])

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from linkpulse.schemas.codec import decode_event
 from linkpulse.schemas.events import BaseEvent
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 
@@ -28,6 +29,8 @@ __all__ = [
     "dead_letter_row",
     "dedupe_windows",
     "event_row",
+    "json_copy_text",
+    "json_event_days",
     "window_row",
 ]
 
@@ -79,6 +82,28 @@ def event_row(ev: BaseEvent) -> tuple[Any, ...]:
 def event_days(rows: Sequence[tuple[Any, ...]], index: int) -> set[date]:
     """The UTC days of column ``index`` in ``rows`` (partitions a batch needs)."""
     return {r[index].astimezone(UTC).date() for r in rows}
+
+
+def json_copy_text(payloads: Sequence[bytes]) -> bytes:
+    r"""Canonical event JSON documents as COPY text input: one line each, backslashes doubled.
+
+    Compact JSON escapes every control character inside strings and has no
+    whitespace between tokens, so a document holds no raw tab, newline or
+    carriage return (COPY's separators); the check guards that.
+
+    >>> json_copy_text([b'{"a":"x\\y"}', b'{"b":1}'])
+    b'{"a":"x\\\\y"}\n{"b":1}\n'
+    """
+    buf = b"\n".join(payloads) + b"\n"
+    if buf.count(b"\n") != len(payloads) or b"\t" in buf or b"\r" in buf:
+        msg = "event JSON for COPY must be compact (no raw tab, newline or carriage return)"
+        raise ValueError(msg)
+    return buf.replace(b"\\", b"\\\\")
+
+
+def json_event_days(payloads: Sequence[bytes]) -> set[date]:
+    """The UTC days of canonical event JSON documents (partitions a batch needs)."""
+    return {ev.event_time.astimezone(UTC).date() for ev in map(decode_event, payloads)}
 
 
 def minute_buckets(rows: Sequence[tuple[Any, ...]]) -> tuple[list[str], list[datetime]]:

@@ -7,9 +7,15 @@ id is stored once, on every tier, since the key is (tenant, event_time,
 event_id) and a replay carries the producer's id and time).
 
 The fast path COPYs a batch into a temporary staging table, then inserts it
-with ``ON CONFLICT DO NOTHING``; servers without COPY (the WASM TimescaleDB
-used for conformance) get one multi-row ``INSERT ... SELECT FROM unnest(...)``
-per batch instead (no pipelining needed).
+with a plain ``INSERT``; a batch that meets a stored key (a replay) fails
+whole and is redone with ``ON CONFLICT DO NOTHING``, which the writer keeps
+using until a batch is all new again. ``write_events`` stages column tuples
+(binary COPY); ``write_event_json`` stages the events' canonical JSON (text
+COPY of one joined buffer) and lets the server take the columns apart, for
+callers whose Python time is scarce (the dataflow); both store identical
+rows. Servers without COPY (the WASM TimescaleDB used for conformance) get
+one multi-row ``INSERT ... SELECT FROM unnest(...)`` per batch instead (no
+pipelining needed).
 
 >>> EventWriter("postgresql://nowhere/x", batch_size=0)
 Traceback (most recent call last):
@@ -19,9 +25,12 @@ ValueError: batch_size must be between 1 and 100000, got 0
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import date
+from functools import partial
 from typing import Any, Self
 
 import psycopg
@@ -29,17 +38,21 @@ from psycopg import sql
 
 from linkpulse.errors import StoreError
 from linkpulse.logging import get_logger
+from linkpulse.schemas.codec import decode_event
 from linkpulse.schemas.events import BaseEvent
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 from linkpulse.store import _rows
 from linkpulse.store._sql import (
     DEAD_LETTERS_UNNEST,
-    EVENTS_FROM_STAGE,
     EVENTS_UNNEST,
     MARK_BUCKETS,
-    MARK_FROM_STAGE,
+    STAGE_JSON_TABLE,
     STAGE_TABLE,
+    STAGED_JSON,
+    STAGED_ROWS,
     WINDOWS_UPSERT,
+    insert_events,
+    mark_buckets,
 )
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.partitions import PARTITIONED, ensure_partitions
@@ -50,6 +63,48 @@ log = get_logger(__name__)
 _NO_PARTITION = "no partition of relation"
 _COPY_STAGE = sql.SQL("COPY lp_stage_events ({}) FROM STDIN (FORMAT BINARY)").format(
     sql.SQL(", ").join(map(sql.Identifier, _rows.EVENT_COLUMNS))
+)
+_EVENT_TIME = _rows.EVENT_COLUMNS.index("event_time")
+
+
+def _copy_rows(cp: psycopg.Copy, rows: list[Any]) -> None:
+    cp.set_types(list(_rows.EVENT_STAGE_TYPES))
+    for r in rows:
+        cp.write_row(r)
+
+
+def _copy_json(cp: psycopg.Copy, payloads: list[Any]) -> None:
+    cp.write(_rows.json_copy_text(payloads))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Form:
+    """One way of staging an event batch: its COPY, its statements, its days."""
+
+    copy: sql.Composed | str
+    write: Callable[[psycopg.Copy, list[Any]], None]
+    days: Callable[[list[Any]], set[date]]
+    insert: str  # ON CONFLICT DO NOTHING: exact whatever the batch holds
+    insert_new: str  # plain: cheaper, fails on a stored key
+    mark: str
+
+    @classmethod
+    def of(
+        cls,
+        copy: sql.Composed | str,
+        write: Callable[[psycopg.Copy, list[Any]], None],
+        days: Callable[[list[Any]], set[date]],
+        source: str,
+    ) -> _Form:
+        new = insert_events(source, on_conflict=False)
+        return cls(copy, write, days, insert_events(source), new, mark_buckets(source))
+
+
+_ROW_FORM = _Form.of(
+    _COPY_STAGE, _copy_rows, partial(_rows.event_days, index=_EVENT_TIME), STAGED_ROWS
+)
+_JSON_FORM = _Form.of(
+    "COPY lp_stage_json (j) FROM STDIN", _copy_json, _rows.json_event_days, STAGED_JSON
 )
 
 
@@ -77,17 +132,28 @@ class EventWriter:
         self._conns: list[psycopg.Connection | None] = [None, None]
         self._tier: Tier | None = None
         self._copy: bool = False
+        # Plain INSERT until a batch meets a stored key, then ON CONFLICT until
+        # a batch is all new again (replays come in runs, after a restart).
+        self._all_new = True
         self.retries = 0  # connection losses recovered from, for metrics and tests
 
     # -- public API --------------------------------------------------------------------------
 
     def write_events(self, events: Sequence[BaseEvent]) -> int:
         """Store ``events``; return how many were new (replays are skipped)."""
-        rows = [_rows.event_row(ev) for ev in events]
-        chunks = self._chunks(rows)
-        if len(chunks) > 1 and self._uses_copy():
-            return self._write_overlapped(chunks)
-        return sum(self._write("events", self._insert_events, chunk) for chunk in chunks)
+        return self._write_batches(_ROW_FORM, [_rows.event_row(ev) for ev in events])
+
+    def write_event_json(self, payloads: Sequence[bytes]) -> int:
+        """Store events given as their canonical JSON; return how many were new.
+
+        Each payload must be ``encode_event(ev)`` of a validated event (compact,
+        defaults omitted): the rows stored are then exactly those
+        ``write_events`` stores for the same events. Without COPY on the server
+        the payloads are decoded and go through ``write_events``.
+        """
+        if not self._uses_copy():
+            return self.write_events([decode_event(p) for p in payloads])
+        return self._write_batches(_JSON_FORM, list(payloads))
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters; return how many rows were written."""
@@ -125,15 +191,26 @@ class EventWriter:
 
     # -- batches and retries -----------------------------------------------------------------
 
-    def _chunks(self, rows: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+    def _chunks(self, rows: list[Any]) -> list[list[Any]]:
         return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+
+    def _write_batches(self, form: _Form, items: list[Any]) -> int:
+        chunks = self._chunks(items)
+        if len(chunks) > 1 and self._uses_copy():
+            return self._write_overlapped(form, chunks)
+        return sum(self._write_events(form, chunk) for chunk in chunks)
+
+    def _write_events(self, form: _Form, items: list[Any], side: int = 0) -> int:
+        fn = partial(self._insert_events, form)
+        return self._write("events", fn, items, side, days=form.days)
 
     def _write(
         self,
         table: str,
-        fn: Callable[[psycopg.Connection, list[tuple[Any, ...]]], int],
-        rows: list[tuple[Any, ...]],
+        fn: Callable[[psycopg.Connection, list[Any]], int],
+        rows: list[Any],
         side: int = 0,
+        days: Callable[[list[Any]], set[date]] | None = None,
     ) -> int:
         attempt, made_partitions = 0, False
         while True:
@@ -141,6 +218,11 @@ class EventWriter:
                 conn = self._connection(side)
                 with conn.transaction():
                     return fn(conn, rows)
+            except psycopg.errors.UniqueViolation as e:
+                if table != "events" or not self._all_new:
+                    msg = f"writing {len(rows)} rows to {table} failed: {e}"
+                    raise StoreError(msg) from e
+                self._all_new = False  # a replayed key: redo the batch with ON CONFLICT
             except psycopg.OperationalError as e:
                 # Lost connection (or the server is restarting): the batch's
                 # transaction did not commit, or did and ON CONFLICT makes the
@@ -158,23 +240,30 @@ class EventWriter:
                     msg = f"writing {len(rows)} rows to {table} failed: {e}"
                     raise StoreError(msg) from e
                 self._drop_connection(side)  # its transaction failed
-                self._make_partitions(table, rows, side)
+                self._make_partitions(table, rows, side, days)
                 made_partitions = True
             except psycopg.Error as e:
                 msg = f"writing {len(rows)} rows to {table} failed: {e}"
                 raise StoreError(msg) from e
 
-    def _make_partitions(self, table: str, rows: list[tuple[Any, ...]], side: int) -> None:
+    def _make_partitions(
+        self,
+        table: str,
+        rows: list[Any],
+        side: int,
+        days: Callable[[list[Any]], set[date]] | None,
+    ) -> None:
         # A late or backfilled row fell outside the partitions made ahead.
-        columns = {
-            "events": _rows.EVENT_COLUMNS,
-            "dead_letters": _rows.DEAD_LETTER_COLUMNS,
-            "metric_windows": _rows.WINDOW_COLUMNS,
-        }[table]
-        days = _rows.event_days(rows, columns.index(PARTITIONED[table]))
+        if days is None:
+            columns = {
+                "dead_letters": _rows.DEAD_LETTER_COLUMNS,
+                "metric_windows": _rows.WINDOW_COLUMNS,
+            }[table]
+            days = partial(_rows.event_days, index=columns.index(PARTITIONED[table]))
+        wanted = days(rows)
         conn = self._connection(side)
         with conn.transaction():
-            ensure_partitions(conn, table, days)
+            ensure_partitions(conn, table, wanted)
 
     def _connection(self, side: int = 0) -> psycopg.Connection:
         conn = self._conns[side]
@@ -201,6 +290,7 @@ class EventWriter:
             self._copy = self.use_copy if self.use_copy is not None else _copy_works(conn)
         if self._copy:
             conn.execute(STAGE_TABLE)
+            conn.execute(STAGE_JSON_TABLE)
         self._conns[side] = conn
         return conn
 
@@ -226,7 +316,7 @@ class EventWriter:
 
     # -- overlapped COPY path ----------------------------------------------------------------
 
-    def _write_overlapped(self, chunks: list[list[tuple[Any, ...]]]) -> int:
+    def _write_overlapped(self, form: _Form, chunks: list[list[Any]]) -> int:
         """COPY batch n+1 on one connection while batch n's INSERT runs on the other.
 
         The client's work (row conversion, COPY) then hides behind the
@@ -236,46 +326,45 @@ class EventWriter:
         retrying path on its own connection, which ON CONFLICT makes exact.
         """
         total = 0
-        pending: tuple[Future[int], list[tuple[Any, ...]], int] | None = None
+        pending: tuple[Future[int], list[Any], int] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lp-writer") as pool:
             for i, chunk in enumerate(chunks):
                 side = i % 2
-                staged = self._try_stage(side, chunk)
+                staged = self._try_stage(form, side, chunk)
                 if pending is not None:
-                    total += self._collect(*pending)
+                    total += self._collect(form, *pending)
                     pending = None
                 if staged:
-                    pending = (pool.submit(self._finish, self._connection(side)), chunk, side)
+                    conn = self._connection(side)
+                    pending = (pool.submit(self._finish, form, conn, len(chunk)), chunk, side)
                 else:
-                    total += self._write("events", self._insert_events, chunk, side)
+                    total += self._write_events(form, chunk, side)
             if pending is not None:
-                total += self._collect(*pending)
+                total += self._collect(form, *pending)
         return total
 
-    def _try_stage(self, side: int, rows: list[tuple[Any, ...]]) -> bool:
+    def _try_stage(self, form: _Form, side: int, items: list[Any]) -> bool:
         try:
             conn = self._connection(side)
             conn.execute("BEGIN")
-            self._stage(conn.cursor(), rows)
+            with conn.cursor().copy(form.copy) as cp:
+                form.write(cp, items)
             return True
         except psycopg.Error as e:
             self._lost(side, e)
             return False
 
-    def _finish(self, conn: psycopg.Connection) -> int:
-        cur = conn.cursor()
-        inserted = cur.execute(EVENTS_FROM_STAGE).rowcount
-        if self._track_dirty():
-            cur.execute(MARK_FROM_STAGE)
-        cur.execute("COMMIT")
-        return inserted
+    def _finish(self, form: _Form, conn: psycopg.Connection, n: int) -> int:
+        return self._insert_staged(form, conn.cursor(), n, commit=True)
 
-    def _collect(self, fut: Future[int], rows: list[tuple[Any, ...]], side: int) -> int:
+    def _collect(self, form: _Form, fut: Future[int], items: list[Any], side: int) -> int:
         try:
             return fut.result()
         except psycopg.Error as e:
+            if isinstance(e, psycopg.errors.UniqueViolation):
+                self._all_new = False  # redone below with ON CONFLICT
             self._lost(side, e)
-            return self._write("events", self._insert_events, rows, side)
+            return self._write_events(form, items, side)
 
     def _lost(self, side: int, e: psycopg.Error) -> None:
         if isinstance(e, psycopg.OperationalError):
@@ -289,27 +378,38 @@ class EventWriter:
         # Continuous aggregates track their own invalidations.
         return self._tier is not Tier.FULL_TIMESCALE
 
-    def _insert_events(self, conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> int:
+    def _insert_events(self, form: _Form, conn: psycopg.Connection, items: list[Any]) -> int:
         if self._copy:
             cur = conn.cursor()
-            self._stage(cur, rows)
-            inserted = cur.execute(EVENTS_FROM_STAGE).rowcount
-            if self._track_dirty():
-                cur.execute(MARK_FROM_STAGE)
-        else:
-            cols = [list(c) for c in zip(*rows, strict=True)]
-            inserted = conn.execute(EVENTS_UNNEST, cols).rowcount
-            if self._track_dirty():
-                tenants, minutes = _rows.minute_buckets(rows)
-                conn.execute(MARK_BUCKETS, (tenants, minutes))
+            with cur.copy(form.copy) as cp:
+                form.write(cp, items)
+            return self._insert_staged(form, cur, len(items))
+        # No COPY: only rows come here (write_event_json decodes its payloads).
+        cols = [list(c) for c in zip(*items, strict=True)]
+        inserted = conn.execute(EVENTS_UNNEST, cols).rowcount
+        if self._track_dirty():
+            tenants, minutes = _rows.minute_buckets(items)
+            conn.execute(MARK_BUCKETS, (tenants, minutes))
         return inserted
 
-    @staticmethod
-    def _stage(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
-        with cur.copy(_COPY_STAGE) as cp:
-            cp.set_types(list(_rows.EVENT_STAGE_TYPES))
-            for r in rows:
-                cp.write_row(r)
+    def _insert_staged(
+        self, form: _Form, cur: psycopg.Cursor[Any], n: int, *, commit: bool = False
+    ) -> int:
+        """Insert the staged batch of ``n`` events and mark its buckets (in its transaction).
+
+        The statements go in one round trip: each one is a wait for the
+        server and then for the GIL, which the dataflow's threads contend for.
+        """
+        all_new = self._all_new
+        statements = [form.insert_new if all_new else form.insert]
+        if self._track_dirty():
+            statements.append(form.mark)
+        if commit:
+            statements.append("COMMIT")
+        inserted = cur.execute(";\n".join(statements)).rowcount  # the first statement's
+        if not all_new and inserted == n:
+            self._all_new = True  # a batch of only new events: back to the plain insert
+        return inserted
 
     def _insert_dead_letters(self, conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> int:
         cols = [list(c) for c in zip(*rows, strict=True)]
