@@ -18,6 +18,7 @@ from linkpulse.errors import StoreError
 from linkpulse.schemas import decode_event
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 from linkpulse.store.migrate import migrate
+from linkpulse.store.writer import EventWriter
 from tests.fix_redis import REDIS_URL
 from tests.test_dataflow_helpers import event
 
@@ -131,3 +132,38 @@ def test_prometheus_endpoint_serves_the_dataflow_metrics() -> None:
         "linkpulse_dataflow_source_batch_size",
     ):
         assert name in body
+
+
+def test_pipelined_sink_stores_the_rows_write_events_stores(pg_dsn: str) -> None:
+    # The sink sends canonical JSON (EventWriter.write_event_json): the stored
+    # rows must be those of the row path, column for column.
+    migrate(pg_dsn)
+    evs = [
+        decode_event(json.dumps(event(i, T0, "acme", "order_placed", "s\\1", 0.1 * i)).encode())
+        for i in range(50)
+    ]
+    evs.append(
+        decode_event(
+            json.dumps(
+                {
+                    "type": "page_view",
+                    "event_id": "pv-1",
+                    "event_time": "2026-11-24T11:00:00.123456+02:00",
+                    "tenant": "acme",
+                    "properties": {"page": "home", "q": 'tab\t "ü" \\ 𝄞'},
+                }
+            ).encode()
+        )
+    )
+    rows_sql = "SELECT (to_jsonb(e) - 'ingested_at')::text FROM events e ORDER BY event_id"
+    part = PipelinedEventsSink(pg_dsn, ["p"]).build_part("events", "p", None)
+    part.write_batch([evs])
+    part.snapshot()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        by_sink = conn.execute(rows_sql).fetchall()
+        conn.execute("TRUNCATE events")
+        with EventWriter(pg_dsn) as w:
+            assert w.write_events(evs) == len(evs)
+        assert conn.execute(rows_sql).fetchall() == by_sink
+    part.close()
+    assert len(by_sink) == len(evs)
