@@ -7,7 +7,8 @@ Against the local NATS and PostgreSQL, on a fresh stream and database:
 1. Ceilings, measured in the same run on the same events: the raw JetStream
    consume rate (nats-py ordered push consumer alone, callback does nothing);
    the linkpulse source alone (consumer + bounded buffer + chunking, no
-   Bytewax); the store writer alone (``EventWriter.write_events``).
+   Bytewax); the store writer alone, by rows (``EventWriter.write_events``)
+   and by canonical JSON (``write_event_json``, the path the flow uses).
 2. The whole flow on one worker (decode + validate, every metric and window,
    raw events to the store, windows to the store, Redis and NATS) over a
    backlog of ``--events``: events/s; then the same with raw persistence off.
@@ -43,7 +44,7 @@ from linkpulse.config import Settings
 from linkpulse.dataflows.instrumentation import SINK_LATENCY
 from linkpulse.dataflows.jetstream_source import JetStreamSource
 from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
-from linkpulse.schemas import decode_event
+from linkpulse.schemas import decode_event, encode_event
 from linkpulse.schemas.outputs import MetricWindow
 from linkpulse.store import EventWriter, migrate
 
@@ -147,12 +148,17 @@ def source_rate(settings: Settings, n: int) -> float:
     return n / elapsed
 
 
-def writer_rate(dsn: str, msgs: list[tuple[str, bytes]]) -> float:
+def writer_rate(dsn: str, msgs: list[tuple[str, bytes]], *, json_path: bool) -> float:
+    """Events/s of the writer alone, 5,000 per call; the JSON path's encoding is timed too."""
     events = [decode_event(p) for _, p in msgs]
     started = time.perf_counter()
     with EventWriter(dsn) as w:
         for i in range(0, len(events), 5000):
-            w.write_events(events[i : i + 5000])
+            batch = events[i : i + 5000]
+            if json_path:
+                w.write_event_json([encode_event(e) for e in batch])
+            else:
+                w.write_events(batch)
     return len(events) / (time.perf_counter() - started)
 
 
@@ -271,7 +277,7 @@ async def main(args: argparse.Namespace) -> None:
     settings = Settings(stream_name=f"BENCH_DF_{tag.upper()}", subject_prefix=f"benchdf{tag}")
     nc = await nats.connect(settings.nats_url)
     await ensure_streams(nc.jetstream(), settings)
-    dsns = [new_database() for _ in range(3)]
+    dsns = [new_database() for _ in range(4)]
     try:
         for dsn in dsns:
             migrate(dsn)
@@ -281,10 +287,12 @@ async def main(args: argparse.Namespace) -> None:
         print(f"published {last:,} events at {last / (time.perf_counter() - t):,.0f}/s")
         raw_rate = await raw_consume_rate(nc, settings, last)
         src_rate = source_rate(settings, last)
-        w_rate = writer_rate(dsns[0], msgs)
+        rows_rate = writer_rate(dsns[0], msgs, json_path=False)
+        w_rate = writer_rate(dsns[3], msgs, json_path=True)
         print(f"ceiling: ordered push consumer alone   {raw_rate:>10,.0f} events/s")
         print(f"ceiling: linkpulse source alone        {src_rate:>10,.0f} events/s")
-        print(f"ceiling: store writer alone            {w_rate:>10,.0f} events/s")
+        print(f"ceiling: store writer alone, rows      {rows_rate:>10,.0f} events/s")
+        print(f"ceiling: store writer alone, JSON      {w_rate:>10,.0f} events/s")
         s1 = settings.model_copy(update={"database_url": dsns[1]})
         full, full_cpu = flow_rate(s1, last, True, f"benchdf:{tag}:")
         s2 = settings.model_copy(update={"database_url": dsns[2]})
