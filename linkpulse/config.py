@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     ingest_max_body_bytes: int = Field(5 * 1024 * 1024, gt=0, description="POST body size limit")
     api_host: str = Field("127.0.0.1", description="`linkpulse serve` bind address")
     api_port: int = Field(8000, gt=0, lt=65536, description="`linkpulse serve` port")
+    store_outage_s: float = Field(
+        300,
+        ge=0,
+        description="how long the dataflow stays paused waiting for an unreachable store "
+        "before it stops (a restart resumes from the last snapshot)",
+    )
     metrics_port: int = Field(
         9464, ge=0, lt=65536, description="dataflow Prometheus /metrics port, 0 to disable"
     )

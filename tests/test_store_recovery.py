@@ -55,3 +55,43 @@ def test_connection_killed_mid_batch_loses_and_doubles_nothing(pg_dsn: str, use_
             "SELECT count(DISTINCT (tenant, date_trunc('minute', event_time))) FROM events"
         ).fetchone()
         assert dirty_minutes == expected  # the rollups' log survived the retry too
+
+
+def test_a_store_outage_pauses_the_writer_which_then_resumes_exactly(pg_dsn: str) -> None:
+    # A real outage: the database refuses every connection for ~3 s and its
+    # sessions are terminated; a writer with an outage budget rides it out.
+    from linkpulse.store.writer import retries_for
+
+    migrate(pg_dsn)
+    events = make_events(30_000, seed=12)
+    writer = EventWriter(pg_dsn, batch_size=5_000, max_retries=retries_for(20))
+    writer.write_events(events[:5_000])  # connected before the outage
+    dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["inserted"] = writer.write_events(events)
+        except Exception as e:  # surfaced by the assertion below
+            result["error"] = e
+
+    from tests.fix_db import admin_connect
+
+    with admin_connect() as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (dbname,),
+        )
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(3)
+        assert thread.is_alive(), "the writer gave up (or finished) during the outage"
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        thread.join(60)
+    writer.close()
+    assert "error" not in result, result
+    assert result["inserted"] == 25_000  # the first 5,000 were already stored
+    assert writer.retries > 0
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (30_000,)

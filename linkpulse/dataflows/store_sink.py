@@ -53,9 +53,13 @@ class Writer(Protocol):
 
 
 def _default_writer(dsn: str) -> Writer:
-    from linkpulse.store.writer import EventWriter  # the store is optional at import time
+    from linkpulse.config import get_settings
+    from linkpulse.store.writer import EventWriter, retries_for  # optional at import time
 
-    return EventWriter(dsn)
+    # While the store is unreachable the writer keeps retrying, so the flow
+    # pauses (its bounded source stops reading) instead of stopping; past
+    # LINKPULSE_STORE_OUTAGE_S it gives up and a restart resumes from the snapshot.
+    return EventWriter(dsn, max_retries=retries_for(get_settings().store_outage_s))
 
 
 _SEEN_LETTERS = (

@@ -108,6 +108,31 @@ _JSON_FORM = _Form.of(
 )
 
 
+BACKOFF_CAP_S = 2.0
+
+
+def backoff_s(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (1, 2, ...): doubling, capped.
+
+    >>> [backoff_s(n) for n in (1, 2, 3, 7)]
+    [0.1, 0.2, 0.4, 2.0]
+    """
+    return min(0.05 * 2.0**attempt, BACKOFF_CAP_S)
+
+
+def retries_for(outage_s: float) -> int:
+    """How many retries ride out a store outage of ``outage_s`` seconds.
+
+    >>> retries_for(0), retries_for(3), retries_for(300)
+    (1, 5, 154)
+    """
+    attempt, waited = 0, 0.0
+    while waited < outage_s or attempt == 0:
+        attempt += 1
+        waited += backoff_s(attempt)
+    return attempt
+
+
 class EventWriter:
     """Writes events, dead letters and metric windows; see the module doc for guarantees."""
 
@@ -234,7 +259,7 @@ class EventWriter:
                     raise StoreError(msg) from e
                 self.retries += 1
                 log.warning("store_write_retry", table=table, attempt=attempt, error=str(e))
-                time.sleep(min(0.05 * 2**attempt, 2.0))
+                time.sleep(backoff_s(attempt))
             except psycopg.errors.CheckViolation as e:
                 if _NO_PARTITION not in str(e) or made_partitions:
                     msg = f"writing {len(rows)} rows to {table} failed: {e}"
@@ -312,7 +337,7 @@ class EventWriter:
                 if attempt > self.max_retries:
                     msg = f"could not connect to the store after {attempt} tries: {e}"
                     raise StoreError(msg) from e
-                time.sleep(min(0.05 * 2**attempt, 2.0))
+                time.sleep(backoff_s(attempt))
 
     # -- overlapped COPY path ----------------------------------------------------------------
 
