@@ -34,14 +34,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from linkpulse.schemas.events import (
-    BaseEvent,
-    ListingCreated,
-    OrderPlaced,
-    PageView,
-    PaymentSettled,
-    UserSignup,
-)
+from linkpulse.schemas.events import EVENT_CLASS_BY_TYPE, BaseEvent
 from linkpulse.store import EventWriter, Tier, _rows, migrate, refresh
 from linkpulse.store.partitions import create_ahead
 from linkpulse.store.rollups import rebuild
@@ -103,6 +96,15 @@ SERIES_ALL_TYPES = {
 }
 
 
+# The type mix: (cumulative share, type); 70% page views like a real storefront.
+_MIX = ((0.7, "page_view"), (0.8, "order_placed"), (0.9, "payment_settled"),
+        (0.95, "listing_created"), (1.0, "user_signup"))  # fmt: skip
+
+
+def _pick_kind(k: float) -> str:
+    return next(kind for share, kind in _MIX if k < share)
+
+
 def make_events(n: int, seed: int = 7, *, live: bool = True) -> list[BaseEvent]:
     """``n`` events, a realistic mix, deterministic.
 
@@ -119,62 +121,18 @@ def make_events(n: int, seed: int = 7, *, live: bool = True) -> list[BaseEvent]:
         else:
             t = START + timedelta(seconds=rnd.randrange(span))
         tenant = ("acme", "globex", "initech")[rnd.randrange(3)]
-        k = rnd.random()
-        if k < 0.7:
-            out.append(
-                PageView(
-                    event_id=f"w{i}",
-                    tenant=tenant,
-                    event_time=t,
-                    user_id=f"u{rnd.randrange(100_000)}",
-                    properties={"page": "home"},
-                )
-            )
-        elif k < 0.8:
-            out.append(
-                OrderPlaced(
-                    event_id=f"w{i}",
-                    tenant=tenant,
-                    event_time=t,
-                    user_id=f"u{rnd.randrange(100_000)}",
-                    seller_id=f"s{rnd.randrange(200)}",
-                    amount=12.5,
-                    currency="USD",
-                    properties={"order_id": f"o{i}"},
-                )
-            )
-        elif k < 0.9:
-            out.append(
-                PaymentSettled(
-                    event_id=f"w{i}",
-                    tenant=tenant,
-                    event_time=t,
-                    user_id=f"u{rnd.randrange(100_000)}",
-                    seller_id=f"s{rnd.randrange(200)}",
-                    amount=12.5,
-                    currency="USD",
-                    properties={"order_id": f"o{i}"},
-                )
-            )
-        elif k < 0.95:
-            out.append(
-                ListingCreated(
-                    event_id=f"w{i}",
-                    tenant=tenant,
-                    event_time=t,
-                    seller_id=f"s{rnd.randrange(200)}",
-                    properties={"listing_id": f"l{i}"},
-                )
-            )
-        else:
-            out.append(
-                UserSignup(
-                    event_id=f"w{i}",
-                    tenant=tenant,
-                    event_time=t,
-                    user_id=f"u{rnd.randrange(100_000)}",
-                )
-            )
+        kind = _pick_kind(rnd.random())
+        user, seller = f"u{rnd.randrange(100_000)}", f"s{rnd.randrange(200)}"
+        money = {"user_id": user, "seller_id": seller, "amount": 12.5, "currency": "USD"}
+        fields: dict[str, object] = {
+            "page_view": {"user_id": user, "properties": {"page": "home"}},
+            "order_placed": {**money, "properties": {"order_id": f"o{i}"}},
+            "payment_settled": {**money, "properties": {"order_id": f"o{i}"}},
+            "listing_created": {"seller_id": seller, "properties": {"listing_id": f"l{i}"}},
+            "user_signup": {"user_id": user},
+        }[kind]
+        cls = EVENT_CLASS_BY_TYPE[kind]
+        out.append(cls(event_id=f"w{i}", tenant=tenant, event_time=t, **fields))
     return out
 
 
