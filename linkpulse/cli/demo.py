@@ -287,7 +287,9 @@ def demo(
     if seed is None:
         seed = time.time_ns() % 2**31
     console.print(f"simulator seed {seed}")
+    # No seasonality: --rate is what flows whatever the hour the demo runs at.
     sim_args = ["--rate", str(rate), "--duration", f"{seconds:g}s", "--seed", str(seed)]
+    sim_args.append("--no-seasonality")
     for spec in anomaly or [f"failure_spike@{seconds * 0.4:.0f}s+{max(seconds * 0.25, 1):.0f}s"]:
         sim_args += ["--anomaly", spec]
     sim_args += ["--labels", str(settings.state_dir / "labels.json")]
