@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -37,7 +37,7 @@ from linkpulse.simulator.anomalies import parse_duration
 
 console = Console()
 CATCH_UP_S = 120.0  # how long the flow may take to store what was published
-ALLOWED_LATENESS_S = 15  # the flow's default lateness, plus a little
+CLOSE_TIMEOUT_S = 150.0  # how long to wait for the last minute's windows to close
 
 
 class DemoError(LinkpulseError):
@@ -56,6 +56,7 @@ class Counts:
     dead_letters: int = 0
     windows: int = 0
     final_1m: int = 0
+    last_final_1m_end: datetime | None = None
     latest: list[MetricWindow] = field(default_factory=list)
 
 
@@ -129,11 +130,13 @@ async def _read(
     cur = await pg.execute(
         "select (select count(*) from events), (select count(*) from dead_letters),"
         " (select count(*) from metric_windows),"
-        " (select count(*) from metric_windows where \"window\" = '1m' and final)"
+        " (select count(*) from metric_windows where \"window\" = '1m' and final),"
+        " (select max(window_end) from metric_windows where \"window\" = '1m' and final)"
     )
     row = await cur.fetchone()
     if row:
-        counts.stored, counts.dead_letters, counts.windows, counts.final_1m = map(int, row)
+        counts.stored, counts.dead_letters, counts.windows, counts.final_1m = map(int, row[:4])
+        counts.last_final_1m_end = row[4]
     pattern = f"{redis_prefix(settings)}latest:*||5m/10s"
     keys = [k async for k in rd.scan_iter(match=pattern, count=1000)]
     if keys:
@@ -220,11 +223,18 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
                     break
                 await asyncio.sleep(1)
                 current = await refresh()
-            # 3. traffic has stopped: the idle watermark closes the last windows,
-            # at least the current minute's, so the summary can check closed windows
-            to_next_minute = 60 - datetime.now(UTC).second + ALLOWED_LATENESS_S
-            deadline = time.monotonic() + max(drain_s, to_next_minute)
-            while time.monotonic() < deadline:
+            # 3. traffic has stopped: the idle watermark closes the last windows.
+            # Wait (bounded) until the minute the traffic ended in is closed, so
+            # the summary checks every closed window, then at least --drain.
+            last_minute_end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(
+                minutes=1
+            )
+            drain_until = time.monotonic() + drain_s
+            give_up = time.monotonic() + CLOSE_TIMEOUT_S
+            while time.monotonic() < give_up:
+                closed = (current.last_final_1m_end or since) >= last_minute_end
+                if closed and time.monotonic() >= drain_until:
+                    break
                 await asyncio.sleep(1)
                 current = await refresh()
         published = current.stream - base.stream
