@@ -391,3 +391,13 @@ def test_a_non_string_property_key_is_named() -> None:
     with pytest.raises(SchemaValidationError) as info:
         validate_event({**example("page_view"), "properties": {1: "x", "page": "home"}})
     assert info.value.field == "properties"
+
+
+def test_a_nul_character_is_rejected_but_an_escaped_backslash_u0000_is_not() -> None:
+    # PostgreSQL can't store NUL in text or jsonb: refuse it at the door.
+    nul = {**example("page_view"), "properties": {"page": "home", "note": "a\x00b"}}
+    with pytest.raises(SchemaValidationError, match="NUL") as info:
+        decode_event(json.dumps(nul).encode())
+    assert info.value.field == "$"
+    text = {**example("page_view"), "properties": {"page": "home", "note": "\\u0000"}}
+    assert decode_event(json.dumps(text).encode()).properties["note"] == "\\u0000"

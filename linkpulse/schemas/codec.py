@@ -90,8 +90,33 @@ def _check_rules(ev: BaseEvent, now: datetime | None) -> None:
         )
 
 
+def _has_nul(raw: bytes | str) -> bool:
+    """Whether any string (key or value) in the JSON holds NUL (an escaped backslash
+    followed by ``u0000`` is not one); malformed JSON is left to the decoder."""
+    try:
+        stack: list[Any] = [msgspec.json.decode(raw)]
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def decode_event(raw: bytes | str, *, now: datetime | None = None) -> BaseEvent:
     """Decode one JSON event and validate it; ``now`` enables the future-skew check."""
+    # PostgreSQL text and jsonb cannot hold NUL; refusing it here keeps one bad
+    # event from failing a whole batch at the store. A substring search is ~free.
+    escaped_nul = b"\\u0000" in raw if isinstance(raw, bytes) else "\\u0000" in raw
+    if escaped_nul and _has_nul(raw):
+        raise SchemaValidationError("$", "contains a NUL character (\\u0000), not storable")
     try:
         ev: BaseEvent = _decoder.decode(raw)
     except msgspec.ValidationError as e:
