@@ -142,7 +142,11 @@ def test_free_port_is_bindable_and_avoids() -> None:
     assert free_port(avoid=frozenset({port})) != port
 
 
-def test_env_file_round_trip_and_sourceable(tmp_path: Path) -> None:
+def test_env_file_round_trip_and_sourceable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("LINKPULSE_NATS_URL", "LINKPULSE_REDIS_URL", "LINKPULSE_DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)  # set variables win over the file
     urls = {
         "nats": "nats://127.0.0.1:4333",
         "redis": "redis://127.0.0.1:6390/2",
