@@ -18,16 +18,12 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from linkpulse.operators import MetricsConfig
-from linkpulse.schemas.events import (
-    OrderPlaced,
-    PageView,
-    PaymentFailed,
-    PaymentSettled,
-    RefundIssued,
-    UserSignup,
-)
+from linkpulse.schemas.events import EVENT_CLASS_BY_TYPE
 
 TARGET = 150_000
+# The type mix: (cumulative share, type).
+_MIX = ((0.70, "page_view"), (0.80, "order_placed"), (0.90, "payment_settled"),
+        (0.93, "payment_failed"), (0.95, "refund_issued"), (1.01, "user_signup"))  # fmt: skip
 
 
 def make_events(
@@ -47,54 +43,18 @@ def make_events(
         r = rnd.random()
         common = {"event_id": f"e{i}", "event_time": t, "tenant": tenant}
         amount = round(rnd.lognormvariate(3, 1), 2)
-        if r < 0.70:
-            out.append(PageView(**common, user_id=u, properties={"page": rnd.choice(pages)}))
-        elif r < 0.80:
-            out.append(
-                OrderPlaced(
-                    **common,
-                    user_id=u,
-                    seller_id=s,
-                    amount=amount,
-                    currency="USD",
-                    properties={"order_id": f"o{i}"},
-                )
-            )
-        elif r < 0.90:
-            out.append(
-                PaymentSettled(
-                    **common,
-                    user_id=u,
-                    seller_id=s,
-                    amount=amount,
-                    currency="USD",
-                    properties={"order_id": f"o{i}"},
-                )
-            )
-        elif r < 0.93:
-            out.append(
-                PaymentFailed(
-                    **common,
-                    user_id=u,
-                    seller_id=s,
-                    amount=amount,
-                    currency="USD",
-                    properties={"order_id": f"o{i}"},
-                )
-            )
-        elif r < 0.95:
-            out.append(
-                RefundIssued(
-                    **common,
-                    user_id=u,
-                    seller_id=s,
-                    amount=amount,
-                    currency="USD",
-                    properties={"order_id": f"o{i}"},
-                )
-            )
-        else:
-            out.append(UserSignup(**common, user_id=u))
+        money = {"user_id": u, "seller_id": s, "amount": amount, "currency": "USD"}
+        order = {**money, "properties": {"order_id": f"o{i}"}}
+        kind = next(k for share, k in _MIX if r < share)
+        fields: dict[str, object] = {
+            "page_view": {"user_id": u, "properties": {"page": rnd.choice(pages)}},
+            "order_placed": order,
+            "payment_settled": order,
+            "payment_failed": order,
+            "refund_issued": order,
+            "user_signup": {"user_id": u},
+        }[kind]
+        out.append(EVENT_CLASS_BY_TYPE[kind](**common, **fields))
     return out
 
 
