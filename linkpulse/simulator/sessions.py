@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from linkpulse.schemas.events import (
     BaseEvent,
@@ -175,17 +175,7 @@ class SessionWriter:
         amount = round(max(usd, 0.5) * tenant.fx, tenant.decimals)
         cur, slug = tenant.currency, tenant.slug
         props = {"order_id": order_id, "items": items}
-        ev: BaseEvent = OrderPlaced(
-            event_id=self._id(),
-            event_time=_fromts(t, UTC),
-            tenant=slug,
-            user_id=user,
-            seller_id=sid,
-            amount=amount,
-            currency=cur,
-            properties=props,
-        )
-        self._emit(t, ev)
+        self._emit_money(OrderPlaced, t, slug, user, sid, amount, cur, props)
         fail = self._failure_rate
         for s, e, rate in self._spikes[ti]:
             if s <= t_pay < e:
@@ -197,17 +187,8 @@ class SessionWriter:
         else:
             kind = PaymentSettled
             detail = ("method", F.PAYMENT_METHODS[int(rng.random() * len(F.PAYMENT_METHODS))])
-        ev = kind(
-            event_id=self._id(),
-            event_time=_fromts(t_pay, UTC),
-            tenant=slug,
-            user_id=user,
-            seller_id=sid,
-            amount=amount,
-            currency=cur,
-            properties={"order_id": order_id, detail[0]: detail[1]},
-        )
-        self._emit(t_pay, ev)
+        props = {"order_id": order_id, detail[0]: detail[1]}
+        self._emit_money(kind, t_pay, slug, user, sid, amount, cur, props)
         if failed:
             return
         record: _Settled | None = None
@@ -237,11 +218,19 @@ class SessionWriter:
             )
             self._emit(t_rev, ev)
 
-    def _refund(
-        self, t: float, slug: str, user: str, sid: str, amount: float, cur: str, order_id: str
+    def _emit_money(
+        self,
+        kind: type[OrderPlaced | PaymentSettled | PaymentFailed | RefundIssued],
+        t: float,
+        slug: str,
+        user: str,
+        sid: str,
+        amount: float,
+        cur: str,
+        props: dict[str, Any],
     ) -> None:
-        reason = F.REFUND_REASONS[int(self.rng.random() * len(F.REFUND_REASONS))]
-        ev = RefundIssued(
+        """Emit an event that moves money (order, payment, refund) at time ``t``."""
+        ev = kind(
             event_id=self._id(),
             event_time=_fromts(t, UTC),
             tenant=slug,
@@ -249,9 +238,16 @@ class SessionWriter:
             seller_id=sid,
             amount=amount,
             currency=cur,
-            properties={"order_id": order_id, "reason": reason},
+            properties=props,
         )
         self._emit(t, ev)
+
+    def _refund(
+        self, t: float, slug: str, user: str, sid: str, amount: float, cur: str, order_id: str
+    ) -> None:
+        reason = F.REFUND_REASONS[int(self.rng.random() * len(F.REFUND_REASONS))]
+        props = {"order_id": order_id, "reason": reason}
+        self._emit_money(RefundIssued, t, slug, user, sid, amount, cur, props)
 
     def start_refund_burst(self, a: Anomaly, t: float) -> None:
         """Refund a share of the seller's recent settled orders within the burst window."""
