@@ -179,17 +179,16 @@ async def test_events_go_to_their_tenant_and_type_subject(
         assert msg.headers["Nats-Msg-Id"] == f"{ev.tenant}/{ev.event_id}"
 
 
-async def test_a_large_batch_is_published_in_chunks_quickly(
+async def test_a_large_batch_is_published_in_chunks_in_order(
     js: JetStreamContext, publisher: EventPublisher, nats_settings: Settings
 ) -> None:
+    # Several pipelined chunks: every event stored once, in the batch's order.
+    # (How fast is a benchmark's question: bench/bench_ingest.py.)
     batch = _events(5000)
-    start = time.perf_counter()
     results = await publisher.publish(batch)
-    elapsed = time.perf_counter() - start
-    assert len(results) == 5000
+    assert [r.event_id for r in results] == [ev.event_id for ev in batch]
+    assert [r.stream_seq for r in results] == list(range(1, 5001))
     assert await _count(js, nats_settings.stream_name) == 5000
-    # pipelined: far from one round trip per message (~4k msg/s here)
-    assert elapsed < 2.0, f"5000 events took {elapsed:.2f}s"
 
 
 async def test_dead_letters_land_in_the_dlq_stream_with_the_reason(
