@@ -21,7 +21,7 @@ linkpulse.errors.SchemaValidationError: user_id: Object missing required field `
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 
@@ -86,10 +86,11 @@ class BaseEvent(
     currency: Currency | None = None
     properties: Properties = {}
 
-    @property
-    def type(self) -> str:
-        """The event's type name, e.g. ``"order_placed"``."""
-        return self.__struct_config__.tag  # type: ignore[return-value]
+    # The event's type name, e.g. ``"order_placed"``: the class's tag, set on
+    # each class below. A class attribute, not a property over
+    # ``__struct_config__`` (which builds a new object per access): the
+    # dataflow reads it several times per event.
+    type: ClassVar[str]
 
 
 class UserSignup(BaseEvent, frozen=True, tag="user_signup"):
@@ -180,10 +181,10 @@ EVENT_CLASSES: Final[tuple[type[BaseEvent], ...]] = (
     ReviewPosted,
     WalletConnected,
 )
-EVENT_TYPES: Final[tuple[str, ...]] = tuple(str(cls.__struct_config__.tag) for cls in EVENT_CLASSES)
-EVENT_CLASS_BY_TYPE: Final[dict[str, type[BaseEvent]]] = {
-    str(cls.__struct_config__.tag): cls for cls in EVENT_CLASSES
-}
+for _cls in EVENT_CLASSES:
+    _cls.type = str(_cls.__struct_config__.tag)
+EVENT_TYPES: Final[tuple[str, ...]] = tuple(cls.type for cls in EVENT_CLASSES)
+EVENT_CLASS_BY_TYPE: Final[dict[str, type[BaseEvent]]] = {cls.type: cls for cls in EVENT_CLASSES}
 
 PAGE_KINDS: Final = ("home", "search", "category", "product", "cart", "checkout", "account")
 
