@@ -130,7 +130,8 @@ class DataConnection(asyncio.Protocol):
     """One receive-mostly NATS connection: subscribe, get messages, answer PINGs.
 
     Open it with ``await DataConnection.open(url, on_msg, on_lost)``;
-    ``on_lost`` runs once when the connection drops (the caller reconnects).
+    ``on_lost`` runs once when an open connection drops (the caller reconnects);
+    a failed ``open`` raises instead.
     """
 
     def __init__(self, on_msg: OnMsg, on_lost: Callable[[], None]) -> None:
@@ -141,6 +142,7 @@ class DataConnection(asyncio.Protocol):
         self._pongs: list[asyncio.Future[None]] = []
         self._next_sid = 0
         self.closed = False
+        self._opened = False  # open() succeeded: a drop from now on is on_lost's
 
     # -- asyncio protocol ----------------------------------------------------
 
@@ -151,8 +153,11 @@ class DataConnection(asyncio.Protocol):
         self._parser.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was_open = not self.closed
+        was_open = self._opened and not self.closed
         self.closed = True
+        if self._info is not None and not self._info.done():
+            # Hung up before its INFO (a proxy, a full server): fail open() now.
+            self._info.set_exception(NatsWireError(f"connection lost before INFO: {exc!r}"))
         for fut in self._pongs:
             if not fut.done():
                 fut.set_exception(NatsWireError(f"connection lost: {exc!r}"))
@@ -229,6 +234,7 @@ class DataConnection(asyncio.Protocol):
         except BaseException:
             conn.close()
             raise
+        conn._opened = True
         return conn
 
     def _write(self, data: bytes) -> None:
@@ -237,6 +243,9 @@ class DataConnection(asyncio.Protocol):
 
     async def ping(self, timeout_s: float = 5.0) -> None:
         """Round trip to the server: everything written before is processed."""
+        if self.closed:  # nothing would answer: fail now, not after timeout_s
+            msg = "connection closed"
+            raise NatsWireError(msg)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pongs.append(fut)
         self._write(b"PING\r\n")
