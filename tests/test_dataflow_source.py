@@ -72,22 +72,53 @@ async def test_resumes_exactly_at_the_snapshot_sequence(
     assert first + rest == list(range(1, 3001))  # no gap, no duplicate
 
 
+def wait_stable(part: JetStreamPartition, at_least: int, timeout: float = 15) -> int:
+    """Wait for the buffer to reach ``at_least`` and stop growing; returns its size."""
+    deadline = time.monotonic() + timeout
+    while part.buffered() < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = part.buffered()
+    time.sleep(1.0)
+    after = part.buffered()
+    assert after == before  # nobody takes, so nothing more is read
+    return after
+
+
+async def test_buffering_is_held_by_flow_control_and_nothing_is_lost(
+    nc: Client, nats_settings: Settings
+) -> None:
+    # 8 KB events: JetStream's flow-control window (~1.5 MB) is ~200 of them,
+    # so holding the flow-control answer stops the server well before the
+    # reader's hard bound of 2 x max_buffered.
+    js = nc.jetstream()
+    await ensure_streams(js, nats_settings)
+    body = b"x" * 8192
+    for i in range(6000):
+        subject = f"{nats_settings.subject_prefix}.events.t{i % 3}.page_view"
+        await js.publish_async(subject, body, stream=nats_settings.stream_name)
+    await js.publish_async_completed()
+    part = build(nats_settings, None, max_buffered=2_000)
+    try:
+        held = wait_stable(part, 2_000)  # a stalled downstream: nobody calls next_batch
+        assert 2_000 <= held < 4_000
+        seqs = drain(part, 6_000)
+    finally:
+        part.close()
+    assert seqs == list(range(1, 6_001))
+
+
 async def test_buffering_is_bounded_and_nothing_is_lost(
     nc: Client, nats_settings: Settings
 ) -> None:
+    # Tiny events: a flow-control window holds thousands, so the server
+    # pushes past max_buffered; at twice it the reader drops its consumer.
     await publish_n(nc, nats_settings, 20_000)
     part = build(nats_settings, None, max_buffered=2_000)
     try:
-        # A stalled downstream: nobody calls next_batch. The buffer fills up to
-        # its bound, then stays there however long we wait.
-        deadline = time.monotonic() + 15
-        while part.buffered() < 2_000 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
-        assert part.buffered() == 2_000
+        assert wait_stable(part, 4_000) == 4_000
         assert part.lag == 20_000  # nothing emitted yet
         seqs = drain(part, 20_000)
-        assert part.buffered() <= 2_000
+        assert part.buffered() <= 4_000
     finally:
         part.close()
     assert seqs == list(range(1, 20_001))

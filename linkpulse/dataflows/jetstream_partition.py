@@ -163,7 +163,7 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
         return first
 
     def buffered(self) -> int:
-        """Messages read from NATS and not yet emitted (bounded by ``max_buffered``)."""
+        """Messages read from NATS and not yet emitted (at most ``2 * max_buffered``)."""
         self._pump()
         return self._read - self._taken
 

@@ -17,9 +17,13 @@ still does everything else: stream info, creating and deleting consumers.
 
 What the reader guarantees:
 
-* **Bounded.** Messages read but not yet taken by the flow (credits) are at
-  most ``max_buffered``; at the bound the reader drops its consumer and
-  re-creates it at the next unread sequence once the flow has taken half.
+* **Bounded.** Once the messages read but not yet taken by the flow
+  (credits) reach ``max_buffered``, the reader holds back its answers to
+  JetStream's flow-control requests, and the server stops pushing after a
+  window (~1.5 MB on NATS 2.9); the answers go out when the flow has caught
+  up. Should a server push on to twice ``max_buffered`` anyway, the reader
+  drops its consumer and re-creates it at the next unread sequence once the
+  flow has taken half.
 * **Exact resume.** The reader starts at ``start_seq``, a chunk boundary (the
   flow's snapshot), so it re-forms the very chunks of the first run.
 * **Ordered, no gaps.** Every delivery must carry the next consumer
@@ -178,6 +182,7 @@ class Reader:
         self._consumer: str | None = None
         self._deliveries = 0  # deliveries and heartbeats seen, for the watchdog
         self._subjects: dict[bytes, str] = {}
+        self._held: list[bytes] = []  # flow-control answers held back while the flow is behind
         self._nc: Client | None = None
         self._data: DataConnection | None = None
         self._out: asyncio.WriteTransport | None = None
@@ -272,6 +277,7 @@ class Reader:
         self._sid = self._data.subscribe(inbox)
         await self._data.ping()  # the SUB is in place before the consumer pushes
         self._dseq = 1
+        self._held = []  # the old consumer's
         self._paused = False
         from_seq = self._read_seq
         info = await self._nc.jetstream().add_consumer(
@@ -333,7 +339,9 @@ class Reader:
             return
         if closed is not None:
             self._send([closed])
-        if self._read - self._taken >= self.args.max_buffered:
+        if self._read - self._taken >= 2 * self.args.max_buffered:
+            # The server sent on past held flow control (a bigger window
+            # than ours): drop the consumer, re-read from here later.
             self._paused = True
             self._pending = -1  # the messages we now skip are still to come
             self._send([])  # let the flow see how much is buffered
@@ -345,11 +353,11 @@ class Reader:
         if status is None:
             return  # not JetStream's: ignore
         if status.code == 100 and reply is not None:
-            self._data.publish_empty(reply)  # flow control: we keep up, go on
+            self._flow_control(reply)
         elif status.code == 100:  # idle heartbeat
             stalled = status.fields.get("Nats-Consumer-Stalled")
             if stalled:
-                self._data.publish_empty(stalled)
+                self._flow_control(stalled.encode())
             last = status.fields.get("Nats-Last-Consumer")
             if last is not None and last.isdigit() and int(last) != self._dseq - 1:
                 self._reset()  # deliveries we never got
@@ -362,6 +370,26 @@ class Reader:
             )
             self._reset()
 
+    def _flow_control(self, reply: bytes) -> None:
+        """Answer a flow-control request now, or once the flow has caught up.
+
+        Holding the answer is JetStream's own backpressure: the server stops
+        pushing once about a window (~1.5 MB on NATS 2.9) goes unanswered,
+        and nothing it sent is wasted.
+        """
+        assert self._data is not None
+        if self._read - self._taken >= self.args.max_buffered:
+            self._held.append(reply)
+        else:
+            self._data.publish_empty(reply)
+
+    def _release_flow_control(self) -> None:
+        if self._held and self._data is not None and not self._data.closed:
+            if self._read - self._taken < self.args.max_buffered:
+                held, self._held = self._held, []
+                for reply in held:
+                    self._data.publish_empty(reply)
+
     def _reset(self) -> None:
         """Drop the consumer and re-create it after the last sequence read."""
         if self._restarting or self._done:
@@ -373,6 +401,7 @@ class Reader:
 
     def on_credit(self, taken: int) -> None:
         self._taken = taken
+        self._release_flow_control()
         self._maybe_resume()
 
     def _maybe_resume(self) -> None:
