@@ -58,7 +58,7 @@ SOURCE_BATCH = Histogram(
 )
 SOURCE_RESTARTS = Counter(
     "linkpulse_dataflow_source_restarts",
-    "Consumers re-created after the client dropped a message",
+    "Consumers re-created after a gap, missed heartbeats, an error status or a lost connection",
     ["partition"],
 )
 SINK_BATCH = Histogram(
