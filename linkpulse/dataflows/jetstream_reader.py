@@ -176,6 +176,7 @@ class Reader:
         self._restarts = 0
         self._paused = True  # no live consumer: starting, buffer full, restarting, or done
         self._restarting = False
+        self._again = False  # a fault came while re-creating: re-create once more
         self._done = False
         self._sid = 0  # the live consumer's subscription on the data connection
         self._dseq = 1  # the consumer sequence the next delivery must carry
@@ -392,11 +393,17 @@ class Reader:
 
     def _reset(self) -> None:
         """Drop the consumer and re-create it after the last sequence read."""
-        if self._restarting or self._done:
+        if self._done:
             return
         self._restarts += 1
         self._paused = True
         self._pending = -1
+        if self._restarting:
+            # A re-creation is under way (a resume, or an earlier fault) and
+            # may already be past the point this fault breaks (a consumer
+            # pushing to a dead connection): it must go round once more.
+            self._again = True
+            return
         asyncio.get_running_loop().create_task(self._restart())
 
     def on_credit(self, taken: int) -> None:
@@ -457,11 +464,13 @@ class Reader:
             attempt = 0
             while not self._stopped.is_set() and not self._done:
                 try:
+                    self._again = False
                     await self._drop_consumer()
                     if self._data is None or self._data.closed:
                         await self._open_data()
                     await self._subscribe()
-                    return
+                    if not self._again:
+                        return
                 except (OSError, TimeoutError, NatsWireError, nats.errors.Error) as e:
                     attempt += 1
                     self._paused = True
