@@ -92,6 +92,9 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("schema_version 2", {"schema_version": 2}, "schema_version", "2"),
     ("properties not an object", {"properties": [1]}, "properties", "Expected `object`"),
     ("user id with spaces", {"user_id": "u 1"}, "user_id", "regex"),
+    ("seller id with spaces", {"seller_id": "s 1"}, "seller_id", "regex"),
+    ("event id with a slash", {"event_id": "e/1"}, "event_id", "regex"),
+    ("tenant with a trailing space", {"tenant": "acme "}, "tenant", "regex"),
 ]
 
 
@@ -401,3 +404,25 @@ def test_a_nul_character_is_rejected_but_an_escaped_backslash_u0000_is_not() -> 
     assert info.value.field == "$"
     text = {**example("page_view"), "properties": {"page": "home", "note": "\\u0000"}}
     assert decode_event(json.dumps(text).encode()).properties["note"] == "\\u0000"
+
+
+def test_string_formats_are_published_in_the_json_schema() -> None:
+    # Checked after decoding (not by msgspec), but still part of the contract.
+    text = json.dumps(event_json_schema())
+    for pattern in ("^[a-z0-9][a-z0-9_-]{0,62}$", "^[A-Z]{3}$", "^[^\\s]+$"):
+        assert json.dumps(pattern) in text
+
+
+def test_remembered_valid_values_never_let_an_invalid_one_through() -> None:
+    good = example("order_placed")
+    for i in range(50):  # fill the memory of valid tenants, users and sellers
+        decode_event(_raw({**good, "tenant": f"t{i}", "user_id": f"u{i}", "seller_id": f"s{i}"}))
+    for overrides, field in (
+        ({"tenant": "T1"}, "tenant"),
+        ({"user_id": "u 1"}, "user_id"),
+        ({"seller_id": "s\t1"}, "seller_id"),
+        ({"currency": "usd"}, "currency"),
+    ):
+        with pytest.raises(SchemaValidationError) as err:
+            decode_event(_raw({**good, **overrides}))
+        assert err.value.field == field

@@ -27,19 +27,29 @@ import msgspec
 
 SCHEMA_VERSION: Final = 1
 
+# String formats. msgspec would check a ``pattern`` with a Python regex per
+# field and per event (~1.9 us of the ~2.7 us an event took to decode); the
+# patterns are instead published in the JSON Schema (``extra_json_schema``)
+# and checked by ``codec`` after decoding, where values already seen valid
+# (tenants, users, sellers, currencies repeat) skip the regex.
+EVENT_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+TENANT_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ENTITY_ID_PATTERN: Final = r"^[^\s]+$"
+CURRENCY_PATTERN: Final = r"^[A-Z]{3}$"
+
 EventId = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        extra_json_schema={"pattern": EVENT_ID_PATTERN},
         description="unique id of the event, also the JetStream message id (de-duplication)",
     ),
 ]
 Tenant = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        extra_json_schema={"pattern": TENANT_PATTERN},
         description="tenant slug: lowercase letters, digits, '-' or '_', at most 63 characters",
     ),
 ]
@@ -48,7 +58,7 @@ EntityId = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=128,
-        pattern=r"^[^\s]+$",
+        extra_json_schema={"pattern": ENTITY_ID_PATTERN},
         description="id of a user or seller, no whitespace",
     ),
 ]
@@ -56,7 +66,10 @@ Amount = Annotated[
     float, msgspec.Meta(ge=0, le=1e12, description="money amount in major units, e.g. 12.50")
 ]
 Currency = Annotated[
-    str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD")
+    str,
+    msgspec.Meta(
+        extra_json_schema={"pattern": CURRENCY_PATTERN}, description="ISO 4217 code, e.g. USD"
+    ),
 ]
 EventTime = Annotated[
     datetime, msgspec.Meta(tz=True, description="when it happened, RFC 3339 with a UTC offset")
