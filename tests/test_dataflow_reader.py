@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import nats
@@ -27,6 +28,7 @@ from prometheus_client import REGISTRY
 from linkpulse.bus.subjects import events_filter
 from linkpulse.config import Settings
 from linkpulse.dataflows.chunks import Chunk
+from linkpulse.dataflows.jetstream_partition import JetStreamPartition
 from linkpulse.errors import DataflowError
 from linkpulse.stack.binaries import nats_server
 from linkpulse.stack.probes import probe_nats
@@ -173,6 +175,72 @@ def test_a_missing_stream_fails_the_start_clearly_and_leaves_no_reader(
     assert events_filter(nats_settings.subject_prefix) in message
     assert "stream not found" in message  # the server's reason, passed on
     assert reader_children() == before
+
+
+def test_unreachable_nats_fails_the_start_clearly_and_leaves_no_reader() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    settings = Settings(nats_url=url, stream_name="LPTEST_NOWHERE", subject_prefix="lptnowhere")
+    before = reader_children()
+    start = time.monotonic()
+    with pytest.raises(DataflowError) as err:
+        JetStreamPartition(
+            settings,
+            events_filter(settings.subject_prefix),
+            1,
+            batch_size=500,
+            max_buffered=1000,
+            stop_at_seq=None,
+            idle_wake=timedelta(milliseconds=5),
+            start_timeout_s=7.5,
+        )
+    # The reader gives up and says why before the partition stops waiting (and
+    # then exits by itself: close() kills a reader only after waiting 5 s).
+    assert time.monotonic() - start < 7.5 + 3
+    message = str(err.value)
+    assert "not reachable" in message and url in message, message
+    assert "LPTEST_NOWHERE" in message
+    assert reader_children() == before
+
+
+STARTING_SCRIPT = """
+import sys, time
+from datetime import timedelta
+from linkpulse.config import Settings
+from linkpulse.dataflows.jetstream_partition import JetStreamPartition
+
+settings = Settings(nats_url=sys.argv[1], stream_name="LPTEST_NOWHERE", subject_prefix="lptx")
+JetStreamPartition(settings, "lptx.events.>", 1, batch_size=500, max_buffered=1000,
+                   stop_at_seq=None, idle_wake=timedelta(milliseconds=5), start_timeout_s=300)
+"""
+
+
+def test_a_reader_still_connecting_when_its_flow_is_sigkilled_exits() -> None:
+    # NATS is unreachable and the start timeout long: the reader is still in
+    # its first connect when the flow dies, and must notice its stdin closing.
+    url = f"nats://127.0.0.1:{free_port()}"
+    flow = subprocess.Popen([sys.executable, "-c", STARTING_SCRIPT, url], cwd=REPO)
+    readers: list[psutil.Process] = []
+    try:
+
+        def reader_started() -> bool:
+            readers[:] = [
+                p for p in psutil.Process(flow.pid).children() if READER_MODULE in p.cmdline()
+            ]
+            return bool(readers)
+
+        assert wait_until(reader_started, timeout=30), "the flow started no reader"
+        time.sleep(1)  # past reading its arguments, into connecting
+        assert alive(readers[0])
+        flow.send_signal(signal.SIGKILL)
+        flow.wait(timeout=10)
+        assert wait_until(lambda: not alive(readers[0]), timeout=20), "orphaned reader"
+    finally:
+        if flow.poll() is None:
+            flow.kill()
+            flow.wait()
+        for reader in readers:
+            if alive(reader):
+                reader.kill()
 
 
 async def test_an_idle_partition_ticks_with_empty_chunks_then_reads_new_messages(

@@ -84,6 +84,7 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
             max_buffered=max_buffered,
             tick_ns=tick_ns,
             idle_wake_s=idle_wake.total_seconds(),
+            connect_timeout_s=start_timeout_s * 2 / 3,  # its error, not our timeout
             log_level=settings.log_level,
             log_json=settings.log_json,
         )

@@ -89,6 +89,7 @@ class ReaderArgs(msgspec.Struct, frozen=True):
     max_buffered: int
     tick_ns: int
     idle_wake_s: float = 0.005
+    connect_timeout_s: float = 10.0  # the first connection to NATS; then it reconnects forever
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -209,10 +210,19 @@ class Reader:
         )
         self._out = out
         await loop.connect_read_pipe(lambda: _Credits(self), os.fdopen(credits_fd, "rb"))
-        try:
-            await self._start()
-        except Exception as e:  # noqa: BLE001 - reported to the flow, which raises it
-            self._send([], error=f"{type(e).__name__}: {e}")
+        # The flow may go away while we start (stdin closes): stop starting then.
+        start = loop.create_task(self._start())
+        stopped = loop.create_task(self._stopped.wait())
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not start.done():
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            await self._close()
+            return
+        if (problem := start.exception()) is not None:
+            # reported to the flow, which raises it
+            self._send([], error=f"{type(problem).__name__}: {problem}")
             await self._close()
             return
         self._send([])  # ready
@@ -222,18 +232,34 @@ class Reader:
         await self._close()
 
     async def _start(self) -> None:
+        errors: list[Exception] = []
+
         async def on_error(e: Exception) -> None:
+            errors.append(e)
             log.warning("nats error", error=repr(e), subject=self.args.filter_subject)
 
-        self._nc = await nats.connect(
-            servers=self.args.servers,
-            name=f"linkpulse-dataflow-source-{self.args.filter_subject}",
-            connect_timeout=3,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            error_cb=on_error,
-        )
+        # Reconnecting forever is right once connected, but the first connect
+        # would then retry forever too: give it a deadline, and say why.
+        try:
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=self.args.servers,
+                    name=f"linkpulse-dataflow-source-{self.args.filter_subject}",
+                    connect_timeout=3,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=on_error,
+                ),
+                self.args.connect_timeout_s,
+            )
+        except TimeoutError:
+            last = repr(errors[-1]) if errors else "no answer"
+            msg = (
+                f"NATS at {', '.join(self.args.servers)} not reachable within "
+                f"{self.args.connect_timeout_s:g} s: {last}"
+            )
+            raise ConnectionError(msg) from None
         await self._nc.jetstream().stream_info(self.args.stream)  # fails fast if missing
         await self._open_data()
         await self._subscribe()
