@@ -210,7 +210,16 @@ class DataConnection(asyncio.Protocol):
             info = await asyncio.wait_for(conn._info, timeout_s)
             if parts.scheme == "tls" or info.get("tls_required"):
                 context = ssl.create_default_context()
-                tls = await loop.start_tls(transport, conn, context, server_hostname=host)
+                # The server sent its INFO in the clear and now waits for our
+                # ClientHello; bound the handshake like every other step
+                # (asyncio's own default would hang here for 60 s).
+                tls = await loop.start_tls(
+                    transport,
+                    conn,
+                    context,
+                    server_hostname=host,
+                    ssl_handshake_timeout=timeout_s,
+                )
                 if tls is None:
                     msg = "TLS handshake failed"
                     raise NatsWireError(msg)
