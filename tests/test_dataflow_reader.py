@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def restarts(settings: Settings) -> float:
 def alive(proc: psutil.Process) -> bool:
     """Running, and not a zombie waiting for a parent (or init) to reap it."""
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -82,9 +82,9 @@ def wait_until(check: Callable[[], bool], timeout: float = 20) -> bool:
     return True
 
 
-async def wait_until_async(check: Callable[[], object], timeout: float = 20) -> bool:
+async def wait_until_async(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[misc]
+    while not await check():
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.1)
