@@ -354,3 +354,50 @@ async def test_a_server_that_hangs_up_before_info_fails_at_once() -> None:
             )
         assert time.monotonic() - start < 5
     assert got.lost == 0  # a failed open raises; on_lost is for a connection that was up
+
+
+async def test_the_pong_of_a_failed_ping_does_not_answer_the_next_one() -> None:
+    # A scripted server: it says -ERR for one PING, then answers PINGs late.
+    pings: asyncio.Queue[None] = asyncio.Queue()
+    pongs: asyncio.Queue[None] = asyncio.Queue()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        writer.write(b'INFO {"server_id":"scripted","headers":true}\r\n')
+        while received := await reader.readline():
+            if received.startswith(b"PING"):
+                pings.put_nowait(None)
+            elif received.startswith(b"PONG"):
+                pongs.put_nowait(None)
+        writer.close()
+
+    async def round_trip(w: asyncio.StreamWriter) -> None:
+        """Everything sent before has been processed by the client."""
+        w.write(b"PING\r\n")
+        await asyncio.wait_for(pongs.get(), 10)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"nats://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with asyncio.timeout(20):
+            opening = asyncio.create_task(DataConnection.open(url, Received().on_msg, lambda: None))
+            await pings.get()
+            (w,) = writers
+            w.write(b"PONG\r\n")
+            conn = await opening
+            first = asyncio.create_task(conn.ping())
+            await pings.get()
+            w.write(b"-ERR 'Invalid Subject'\r\n")  # the PONG for that PING comes later
+            with pytest.raises(NatsWireError, match="Invalid Subject"):
+                await first
+            second = asyncio.create_task(conn.ping())
+            await pings.get()
+            w.write(b"PONG\r\n")  # the first PING's answer
+            await round_trip(w)
+            assert not second.done(), "the server has not answered the second PING yet"
+            w.write(b"PONG\r\n")
+            await second
+            conn.close()
+    finally:
+        server.close()

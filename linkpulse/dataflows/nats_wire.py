@@ -181,7 +181,10 @@ class DataConnection(asyncio.Protocol):
             if self._info is not None and not self._info.done():
                 self._info.set_exception(error)
             elif self._pongs:
-                fut = self._pongs.pop(0)
+                # Fail the oldest PING waiting, but leave it in line: its PONG
+                # still comes (unless the server hangs up), and must not be
+                # taken as the answer to the next PING.
+                fut = self._pongs[0]
                 if not fut.done():
                     fut.set_exception(error)
 
