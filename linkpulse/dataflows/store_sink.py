@@ -19,11 +19,10 @@ resumes from the last snapshot and loses nothing).
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
+import msgspec
 import psycopg
 from bytewax.outputs import (
     DynamicSink,
@@ -32,7 +31,9 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 
-from linkpulse.dataflows.instrumentation import timed_sink
+from linkpulse.dataflows._child import Child
+from linkpulse.dataflows.events_writer import ACK_DECODER, WriterArgs
+from linkpulse.dataflows.instrumentation import SINK_BATCH, SINK_LATENCY, timed_sink
 from linkpulse.errors import StoreError
 from linkpulse.schemas.codec import encode_event
 from linkpulse.schemas.outputs import DeadLetter
@@ -154,93 +155,72 @@ class StoreSink(DynamicSink[Any]):
         return _StorePartition(self._factory(self._dsn), self.kind, self._dsn)
 
 
-# Rows per write_event_json call the pipelined writer aims for: the writer
-# splits them into transactions of its batch size and overlaps their COPY and
-# INSERT; fewer, bigger calls mean fewer thread handoffs per event.
-_ROWS = 20_000
-
-
 class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
-    """Writes in a background thread so PostgreSQL works while the flow computes.
+    """Hands raw events to a writer process so PostgreSQL works while the flow computes.
 
-    ``write_batch`` queues the rows (blocking once ``max_in_flight`` batches
-    wait: backpressure), ``snapshot()`` waits until everything queued is
-    written. Bytewax takes that snapshot before it commits the epoch, so a
+    ``write_batch`` encodes the events (canonical JSON) and sends them to the
+    writer (``events_writer``), blocking once ``max_in_flight`` batches are
+    unacknowledged: backpressure. ``snapshot()`` waits until every batch sent
+    is stored. Bytewax takes that snapshot before it commits the epoch, so a
     committed epoch never has unwritten rows; a write error surfaces at the
     next call and stops the flow, which then resumes from the last commit.
     """
 
-    def __init__(self, factory: Callable[[], Writer], kind: StoreKind, max_in_flight: int) -> None:
-        self._kind = kind
-        self._queue: queue.Queue[list[Any] | None] = queue.Queue(maxsize=max_in_flight)
-        self._error: BaseException | None = None
-        self._factory = factory
-        self._thread = threading.Thread(target=self._run, name=f"lp-store-{kind}", daemon=True)
-        self._thread.start()
+    def __init__(self, args: WriterArgs, max_in_flight: int, *, what: str) -> None:
+        self._max_in_flight = max_in_flight
+        self._sent = 0  # frames sent
+        self._stored = 0  # frames the writer acknowledged
+        self._error: str | None = None
+        self._child = Child(
+            "linkpulse.dataflows.events_writer", msgspec.json.encode(args), what=what
+        )
 
-    def _take(self) -> tuple[list[Any], int, bool]:
-        """Block for one batch, then coalesce what else is queued (up to ``_ROWS``).
-
-        Returns (rows, batches taken, end of input). Transactions of the
-        writer's batch size instead of one per Bytewax batch: the
-        per-transaction cost dominates small batches.
-        """
-        first = self._queue.get()
-        if first is None:
-            return [], 1, True
-        rows, taken = list(first), 1
-        while len(rows) < _ROWS:
-            try:
-                more = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            taken += 1
-            if more is None:
-                return rows, taken, True
-            rows.extend(more)
-        return rows, taken, False
-
-    def _run(self) -> None:
-        writer: Writer | None = None
-        done = False
-        while not done:
-            rows, taken, done = self._take()
-            try:
-                if rows and self._error is None:
-                    if writer is None:
-                        writer = self._factory()
-                    with timed_sink(f"store_{self._kind}", len(rows)):
-                        # Canonical JSON, taken apart by the server: the least
-                        # Python time per event, which the flow's threads share.
-                        writer.write_event_json([encode_event(ev) for ev in rows])
-            except BaseException as e:  # re-raised on the Bytewax thread
-                self._error = e
-            finally:
-                for _ in range(taken):
-                    self._queue.task_done()
-        if writer is not None:
-            writer.close()
+    def _collect(self, timeout_s: float = 0.0) -> None:
+        for body in self._child.receive(timeout_s):
+            ack = ACK_DECODER.decode(body)
+            if ack.error is not None:
+                self._error = ack.error
+                continue
+            self._stored += ack.batches
+            SINK_BATCH.labels("store_events").observe(ack.rows)
+            SINK_LATENCY.labels("store_events").observe(ack.seconds)
 
     def _check(self) -> None:
         if self._error is not None:
-            msg = f"writing {self._kind} to the store failed: {self._error}"
-            raise StoreError(msg) from self._error
+            msg = f"writing events to the store failed: {self._error}"
+            raise StoreError(msg)
+        if self._child.eof and self._stored < self._sent:
+            raise self._child.exit_error()
+
+    def _wait(self, in_flight: int) -> None:
+        """Until at most ``in_flight`` batches are unacknowledged (or it failed)."""
+        self._collect()
+        while self._sent - self._stored > in_flight:
+            self._check()
+            self._collect(timeout_s=1.0)
+        self._check()
 
     def write_batch(self, values: list[list[Any]]) -> None:
+        self._collect()
         self._check()
-        rows = [x for batch in values for x in batch]
-        if rows:
-            self._queue.put(rows)
+        lines = [encode_event(ev) for batch in values for ev in batch]
+        if not lines:
+            return
+        self._wait(self._max_in_flight - 1)
+        if not self._child.send(b"\n".join(lines)):
+            self._collect(timeout_s=1.0)  # it said why before it went, most likely
+            self._check()
+            raise self._child.exit_error()
+        self._sent += 1
 
     def snapshot(self) -> None:
-        self._queue.join()
-        self._check()
+        self._wait(0)
 
     def close(self) -> None:
-        self._queue.join()
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-        self._check()
+        try:
+            self._wait(0)
+        finally:
+            self._child.close(timeout_s=30)
 
 
 class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
@@ -248,8 +228,10 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
 
     Items are ``(source partition, [events])``; there is one sink partition
     per source partition (so the writes stay on the worker that decoded
-    them), each with one connection and at most ``max_in_flight`` batches
-    queued.
+    them), each with its own writer process (``events_writer``) and at most
+    ``max_in_flight`` batches unacknowledged. ``outage_s`` (default
+    ``LINKPULSE_STORE_OUTAGE_S``) is how long the writer rides out a store
+    that does not answer before the flow stops.
     """
 
     def __init__(
@@ -258,7 +240,7 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         parts: list[str],
         *,
         max_in_flight: int = 8,
-        writer_factory: Callable[[str], Writer] = _default_writer,
+        outage_s: float | None = None,
     ) -> None:
         if not parts or max_in_flight < 1:
             msg = f"need partitions and max_in_flight >= 1, got {parts!r}, {max_in_flight}"
@@ -266,7 +248,7 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         self._dsn = dsn
         self._parts = list(parts)
         self._max_in_flight = max_in_flight
-        self._factory = writer_factory
+        self._outage_s = outage_s
 
     def list_parts(self) -> list[str]:
         return list(self._parts)
@@ -276,5 +258,18 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         return self._parts.index(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PipelinedPartition:
-        dsn, factory = self._dsn, self._factory
-        return _PipelinedPartition(lambda: factory(dsn), "events", self._max_in_flight)
+        from linkpulse.config import get_settings
+        from linkpulse.store.writer import retries_for
+
+        settings = get_settings()
+        # While the store is unreachable the writer keeps retrying, so the flow
+        # pauses instead of stopping; past the outage budget it gives up.
+        outage_s = settings.store_outage_s if self._outage_s is None else self._outage_s
+        args = WriterArgs(
+            dsn=self._dsn,
+            max_retries=retries_for(outage_s),
+            log_level=settings.log_level,
+            log_json=settings.log_json,
+        )
+        what = f"the raw-events writer of {for_part}"
+        return _PipelinedPartition(args, self._max_in_flight, what=what)
