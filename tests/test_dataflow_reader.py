@@ -122,7 +122,7 @@ from linkpulse.dataflows.jetstream_source import JetStreamSource
 url, stream, prefix = sys.argv[1:]
 src = JetStreamSource(Settings(nats_url=url, stream_name=stream, subject_prefix=prefix))
 part = src.build_part("inp", src.list_parts()[0], None)
-print(part._proc.pid, flush=True)
+print(part.reader_pid, flush=True)
 time.sleep(300)
 """
 

@@ -10,11 +10,6 @@ contract and ``docs/dataflow.md`` for the design. Build partitions with
 
 from __future__ import annotations
 
-import fcntl
-import os
-import select
-import subprocess
-import sys
 import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -25,22 +20,15 @@ from bytewax.inputs import StatefulSourcePartition
 from linkpulse.bus.connection import nats_servers
 from linkpulse.config import Settings
 from linkpulse.dataflows import instrumentation as metrics
+from linkpulse.dataflows._child import Child
 from linkpulse.dataflows.chunks import Chunk
-from linkpulse.dataflows.jetstream_reader import (
-    CREDIT,
-    FRAME_DECODER,
-    HEADER,
-    Frame,
-    ReaderArgs,
-)
+from linkpulse.dataflows.jetstream_reader import CREDIT, FRAME_DECODER, Frame, ReaderArgs
 from linkpulse.errors import DataflowError
 from linkpulse.logging import get_logger
 
 __all__ = ["JetStreamPartition"]
 
 log = get_logger(__name__)
-
-_PIPE_BYTES = 1 << 20  # a chunk of 1,000 events is ~300 KB; the default pipe holds 64 KB
 
 
 class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
@@ -65,13 +53,11 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
         self._stop_at_seq = stop_at_seq
         self._idle_wake = idle_wake
         self._ready: deque[Chunk] = deque()  # decoded frames' chunks, not yet emitted
-        self._rbuf = bytearray()
         self._read = 0  # messages the reader has read (its latest report)
         self._taken = 0  # messages emitted: the credit paid back
         self._stream_last = 0
         self._restarts = 0
         self._reader_done = False
-        self._eof = False
         self._done = False
         self._last_empty = False
         args = ReaderArgs(
@@ -88,36 +74,30 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
             log_level=settings.log_level,
             log_json=settings.log_json,
         )
-        self._proc = subprocess.Popen(  # noqa: S603 - our own module, no shell
-            [sys.executable, "-m", "linkpulse.dataflows.jetstream_reader"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+        self._reader = Child(
+            "linkpulse.dataflows.jetstream_reader",
+            msgspec.json.encode(args),
+            what=f"the JetStream reader of {filter_subject}",
         )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._credits_fd = self._proc.stdin.fileno()
-        self._frames_fd = self._proc.stdout.fileno()
-        try:
-            fcntl.fcntl(self._frames_fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        except OSError:  # above /proc/sys/fs/pipe-max-size: smaller reads, same result
-            pass
-        os.set_blocking(self._frames_fd, False)
-        body = msgspec.json.encode(args)
-        os.write(self._credits_fd, HEADER.pack(len(body)) + body)
         self._wait_ready(start_timeout_s, settings.stream_name)
+
+    @property
+    def reader_pid(self) -> int:
+        """The reader process's pid (for operators and tests)."""
+        return self._reader.pid
 
     def _wait_ready(self, timeout_s: float, stream: str) -> None:
         deadline = time.monotonic() + timeout_s
         problem = f"no answer within {timeout_s:g} s"
-        while time.monotonic() < deadline:
-            select.select([self._frames_fd], [], [], max(0.0, deadline - time.monotonic()))
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                first = self._pump()
+                first = self._pump(timeout_s=left)
             except DataflowError as e:
                 problem = str(e)
                 break
             if first is None:
-                if self._eof:
-                    problem = f"the reader process exited with code {self._proc.wait()}"
+                if self._reader.eof:
+                    problem = str(self._reader.exit_error())
                     break
                 continue
             if first.error is None:
@@ -128,30 +108,15 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
         msg = f"cannot consume {self._filter} from stream {stream}: {problem}"
         raise DataflowError(msg)
 
-    def _pump(self) -> Frame | None:
-        """Read what the reader wrote, without blocking; returns the first new frame."""
-        while True:
-            try:
-                data = os.read(self._frames_fd, _PIPE_BYTES)
-            except BlockingIOError:
-                break
-            if not data:
-                self._eof = True
-                break
-            self._rbuf += data
+    def _pump(self, timeout_s: float = 0.0) -> Frame | None:
+        """Take in what the reader wrote (waiting up to ``timeout_s``); the first new frame."""
         first: Frame | None = None
-        buf, pos = self._rbuf, 0
-        while len(buf) - pos >= HEADER.size:
-            (length,) = HEADER.unpack_from(buf, pos)
-            end = pos + HEADER.size + length
-            if len(buf) < end:
-                break
+        for body in self._reader.receive(timeout_s):
             try:
-                frame = FRAME_DECODER.decode(buf[pos + HEADER.size : end])
+                frame = FRAME_DECODER.decode(body)
             except msgspec.DecodeError as e:  # a bug, not bad input: stop loudly
                 msg = f"unreadable frame from the JetStream reader of {self._filter}: {e}"
                 raise DataflowError(msg) from e
-            pos = end
             self._ready.extend(frame.chunks)
             self._read, self._stream_last = frame.read, frame.stream_last
             if frame.restarts > self._restarts:
@@ -160,7 +125,6 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
             self._reader_done = self._reader_done or frame.done
             if first is None:
                 first = frame
-        del buf[:pos]
         return first
 
     def buffered(self) -> int:
@@ -188,26 +152,15 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
                 metrics.SOURCE_BATCH.observe(len(chunk.messages))
         if n:
             self._taken += n
-            self._pay_credit()
+            self._reader.send(CREDIT.pack(self._taken))  # a gone reader shows as eof below
             metrics.EVENTS_IN.labels(self._filter).inc(n)
         if self._reader_done and not self._ready:
             self._done = True  # the chunk ending at stop_at_seq is in this batch
-        elif self._eof and not self._ready:
-            code = self._proc.wait()
-            msg = (
-                f"the JetStream reader of {self._filter} exited with code {code}; "
-                "restart the flow: it resumes from its last snapshot"
-            )
-            raise DataflowError(msg)
+        elif self._reader.eof and not self._ready:
+            raise self._reader.exit_error()
         self._last_empty = not chunks
         metrics.CONSUMER_LAG.labels(self._filter).set(self.lag)
         return chunks
-
-    def _pay_credit(self) -> None:
-        try:
-            os.write(self._credits_fd, CREDIT.pack(self._taken))
-        except BrokenPipeError:
-            self._eof = True  # reported by next_batch once the frames are used up
 
     def next_awake(self) -> datetime | None:
         # Poll an idle stream every few ms instead of Bytewax's 1 ms spin.
@@ -219,13 +172,5 @@ class JetStreamPartition(StatefulSourcePartition[Chunk, int]):
         return self._next_seq
 
     def close(self) -> None:
-        # Closing stdin is the reader's signal to close its consumer and exit.
-        for pipe in (self._proc.stdin, self._proc.stdout):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log.warning("the JetStream reader did not exit; killing it", subject=self._filter)
-            self._proc.kill()
-            self._proc.wait()
+        # Closing its stdin is the reader's signal to delete its consumer and exit.
+        self._reader.close()

@@ -36,8 +36,8 @@ What the reader guarantees:
   when the flow's process dies, even by SIGKILL. It ignores SIGINT: a Ctrl-C
   in the terminal is the flow's to handle.
 
->>> frame = Frame([Chunk("p", 7, [(b"{}", "lp.events.a.x", 3, 7)])], read=3, stream_last=9)
->>> FRAME_DECODER.decode(FRAME_ENCODER.encode(frame)) == frame
+>>> f = Frame([Chunk("p", 7, [(b"{}", "lp.events.a.x", 3, 7)])], read=3, stream_last=9)
+>>> FRAME_DECODER.decode(FRAME_ENCODER.encode(f)) == f
 True
 """
 
@@ -45,10 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
-import signal
 import struct
-import sys
 import time
 
 import msgspec
@@ -57,6 +54,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from linkpulse.dataflows._child import FrameBuffer, child_stdio, frame, read_frame
 from linkpulse.dataflows.chunks import Chunk, Chunker
 from linkpulse.dataflows.nats_wire import DataConnection, NatsWireError, parse_status
 from linkpulse.logging import configure_logging, get_logger
@@ -65,14 +63,12 @@ __all__ = [
     "CREDIT",
     "FRAME_DECODER",
     "FRAME_ENCODER",
-    "HEADER",
     "Frame",
     "ReaderArgs",
 ]
 
 log = get_logger(__name__)
 
-HEADER = struct.Struct("<I")  # length of the msgpack body that follows
 CREDIT = struct.Struct("<Q")  # flow -> reader: messages taken so far, a running total
 HEARTBEAT_S = 2.0  # the consumer's idle heartbeat; 3 missed ones re-create it
 INACTIVE_S = 30.0  # the server deletes a consumer left without its reader this long
@@ -124,15 +120,13 @@ class _Credits(asyncio.Protocol):
 
     def __init__(self, reader: Reader) -> None:
         self._reader = reader
-        self._pending = b""
+        self._frames = FrameBuffer()
 
     def data_received(self, data: bytes) -> None:
-        buf = self._pending + data
-        whole = len(buf) - len(buf) % CREDIT.size
-        if whole:
-            (taken,) = CREDIT.unpack_from(buf, whole - CREDIT.size)  # only the latest matters
+        credits = self._frames.feed(data)
+        if credits:
+            (taken,) = CREDIT.unpack(credits[-1])  # running totals: the latest is enough
             self._reader.on_credit(taken)
-        self._pending = buf[whole:]
 
     def eof_received(self) -> bool:
         self._reader.stop()
@@ -199,8 +193,7 @@ class Reader:
         body = FRAME_ENCODER.encode(
             Frame(chunks, self._read, self._stream_last, self._restarts, self._done, error)
         )
-        self._out.write(HEADER.pack(len(body)))
-        self._out.write(body)
+        self._out.write(frame(body))
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -512,34 +505,13 @@ class Reader:
             self._restarting = False
 
 
-def _read_args(fd: int, timeout_s: float = 30.0) -> ReaderArgs:
-    """The first message on stdin: a length-prefixed JSON ``ReaderArgs``."""
-    data = b""
-    deadline = time.monotonic() + timeout_s
-    need = HEADER.size
-    while len(data) < need:
-        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            msg = "no reader arguments on stdin"
-            raise TimeoutError(msg)
-        part = os.read(fd, need - len(data))
-        if not part:
-            msg = "stdin closed before the reader arguments arrived"
-            raise EOFError(msg)
-        data += part
-        if need == HEADER.size and len(data) == need:
-            (length,) = HEADER.unpack(data)
-            need += length
-    return ARGS_DECODER.decode(data[HEADER.size :])
-
-
 def main() -> None:
     """Entry point of ``python -m linkpulse.dataflows.jetstream_reader``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Frames own the real stdout; anything printed goes to stderr instead.
-    frames_fd = os.dup(sys.stdout.fileno())
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    credits_fd = sys.stdin.fileno()
-    args = _read_args(credits_fd)
+    credits_fd, frames_fd = child_stdio()
+    body = read_frame(credits_fd, timeout_s=30)
+    if body is None:
+        return  # the flow went away before it told us anything
+    args = ARGS_DECODER.decode(body)
     configure_logging(args.log_level, args.log_json)
     asyncio.run(Reader(args).run(frames_fd, credits_fd))
 
