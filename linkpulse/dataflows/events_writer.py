@@ -104,6 +104,7 @@ def main() -> None:
     inbox: queue.Queue[bytes | None] = queue.Queue()
     threading.Thread(target=_read_input, args=(in_fd, inbox), daemon=True).start()
     writer = EventWriter(args.dsn, max_retries=args.max_retries)
+    flow_alive = True
     try:
         done = False
         while not done:
@@ -115,12 +116,26 @@ def main() -> None:
                 writer.write_event_json(lines)
             except Exception as e:  # noqa: BLE001 - the flow raises it, with its message
                 ack = Ack(taken, len(lines), time.perf_counter() - started, f"{e}")
-                write_frame(out_fd, ACK_ENCODER.encode(ack))
+                _acknowledge(out_fd, ack)
                 sys.exit(1)
             ack = Ack(taken, len(lines), time.perf_counter() - started)
-            write_frame(out_fd, ACK_ENCODER.encode(ack))
+            flow_alive = flow_alive and _acknowledge(out_fd, ack)
     finally:
         writer.close()
+
+
+def _acknowledge(out_fd: int, ack: Ack) -> bool:
+    """Send ``ack``; False if the flow is gone (killed: its end of our stdout closed).
+
+    The writer then goes on storing what it has already read, unacknowledged
+    (the restarted flow replays it; writes are idempotent), and exits when
+    its stdin ends, as it does when the flow stops it.
+    """
+    try:
+        write_frame(out_fd, ACK_ENCODER.encode(ack))
+    except BrokenPipeError:
+        return False
+    return True
 
 
 if __name__ == "__main__":
