@@ -93,9 +93,9 @@ def _take(inbox: queue.Queue[bytes | None], coalesce_rows: int) -> tuple[list[by
 
 def main() -> None:
     """Entry point of ``python -m linkpulse.dataflows.events_writer``."""
+    in_fd, out_fd = child_stdio()  # first: it ignores SIGINT, and importing takes a while
     from linkpulse.store.writer import EventWriter  # psycopg: only in this process's path
 
-    in_fd, out_fd = child_stdio()
     body = read_frame(in_fd, timeout_s=30)
     if body is None:
         return
