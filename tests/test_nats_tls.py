@@ -40,6 +40,7 @@ from linkpulse.bus.stream import ensure_streams
 from linkpulse.config import Settings
 from linkpulse.dataflows.jetstream_source import JetStreamPartition, JetStreamSource
 from linkpulse.dataflows.nats_wire import DataConnection, NatsWireError
+from linkpulse.nats_auth import nats_py_auth
 from linkpulse.stack.binaries import nats_server
 from linkpulse.stack.urls import free_port
 
@@ -360,20 +361,31 @@ def drain(part: JetStreamPartition, n: int, timeout: float = 20) -> list[tuple[b
     return got
 
 
+@pytest.mark.parametrize(
+    ("user", "password"), [(USER, PASSWORD), (ODD_USER, ODD_PASSWORD)], ids=["plain", "encoded"]
+)
 async def test_partition_reads_every_event_once_in_order_over_tls(
-    required: Server, tls: Tls, monkeypatch: pytest.MonkeyPatch
+    required: Server, tls: Tls, monkeypatch: pytest.MonkeyPatch, user: str, password: str
 ) -> None:
+    # "encoded": a user and password that must be percent-encoded in the URL;
+    # nats-py sends URL credentials as written, so linkpulse decodes them first
+    # (linkpulse.nats_auth) for its nats-py connections too.
     # In os.environ: the reader is a subprocess and inherits it.
     monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     tag = uuid.uuid4().hex[:10]
     settings = Settings(
-        nats_url=required.url("tls", f"{USER}:{PASSWORD}"),
+        nats_url=required.url("tls", f"{quote(user, safe='')}:{quote(password, safe='')}"),
         stream_name=f"LPTLS_{tag.upper()}",
         subject_prefix=f"lptls{tag}",
     )
     n = 3000
-    nc = await nats.connect(settings.nats_url, connect_timeout=10, allow_reconnect=False)
+    nc = await nats.connect(
+        settings.nats_url,
+        connect_timeout=10,
+        allow_reconnect=False,
+        **nats_py_auth([settings.nats_url]),
+    )
     try:
         js = nc.jetstream()
         await ensure_streams(js, settings)
@@ -391,13 +403,18 @@ async def test_partition_reads_every_event_once_in_order_over_tls(
         got = drain(part, n)
         time.sleep(0.3)
         got += drain(part, 1, timeout=0.3)  # nothing more may come: exactly once
-        # The reader's lean data connection is there, over TLS, as our user.
-        data = [
-            c
+        # The reader's connections (nats-py's and the lean data one) are there,
+        # over TLS, as our user.
+        ours = sorted(
+            (
+                c["name"].startswith("linkpulse-dataflow-source-data-"),
+                c["tls_version"][:2],
+                c["authorized_user"],
+            )
             for c in required.connz()
-            if c.get("name", "").startswith("linkpulse-dataflow-source-data-")
-        ]
-        assert [(c["tls_version"][:2], c["authorized_user"]) for c in data] == [("1.", USER)]
+            if c.get("name", "").startswith("linkpulse-dataflow-source-")
+        )
+        assert ours == [(False, "1.", user), (True, "1.", user)]
     finally:
         part.close()
     assert [seq for _, seq in got] == list(range(1, n + 1))

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from linkpulse.config import Settings
 from linkpulse.errors import IngestError
 from linkpulse.logging import get_logger
+from linkpulse.nats_auth import nats_py_auth
 
 __all__ = ["connect_nats", "nats_servers"]
 
@@ -68,6 +69,8 @@ async def connect_nats(
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
+        # Credentials decoded from the URL (nats-py would send them encoded).
+        **nats_py_auth(nats_servers(settings)),
     }
     try:
         nc = await nats.connect(**options)

@@ -58,6 +58,7 @@ from linkpulse.dataflows._child import FrameBuffer, child_stdio, frame, read_fra
 from linkpulse.dataflows.chunks import Chunk, Chunker
 from linkpulse.dataflows.nats_wire import DataConnection, NatsWireError, parse_status
 from linkpulse.logging import configure_logging, get_logger
+from linkpulse.nats_auth import nats_py_auth
 
 __all__ = [
     "CREDIT",
@@ -244,6 +245,7 @@ class Reader:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
                     error_cb=on_error,
+                    **nats_py_auth(self.args.servers),  # decoded (nats-py sends them encoded)
                 ),
                 self.args.connect_timeout_s,
             )

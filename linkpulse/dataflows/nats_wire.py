@@ -30,7 +30,9 @@ import json
 import ssl
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
+
+from linkpulse.nats_auth import connect_auth
 
 __all__ = ["DataConnection", "NatsWireError", "StatusHeader", "WireParser", "parse_status"]
 
@@ -236,11 +238,7 @@ class DataConnection(asyncio.Protocol):
                 "version": "1",
                 "name": name,
             }
-            if parts.username and parts.password is not None:
-                options["user"] = unquote(parts.username)
-                options["pass"] = unquote(parts.password)
-            elif parts.username:
-                options["auth_token"] = unquote(parts.username)
+            options.update(connect_auth(url))
             conn._write(b"CONNECT " + json.dumps(options).encode() + b"\r\n")
             await conn.ping(timeout_s)
         except BaseException:

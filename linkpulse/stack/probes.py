@@ -20,6 +20,7 @@ import nats
 import psycopg
 import redis
 
+from linkpulse.nats_auth import nats_py_auth
 from linkpulse.stack.urls import redact
 
 TIMESCALE_PLAIN = "not available: plain PostgreSQL tier"
@@ -57,8 +58,10 @@ async def _nats_probe(url: str, timeout: float) -> Probe:
 
     try:
         # max_reconnect_attempts=0 would retry forever on a refused connection.
+        servers = [u.strip() for u in url.split(",")]
         nc = await nats.connect(
-            [u.strip() for u in url.split(",")],
+            servers,
+            **nats_py_auth(servers),
             connect_timeout=timeout,
             allow_reconnect=False,
             max_reconnect_attempts=1,
