@@ -131,8 +131,16 @@ def build(pg_dsn: str) -> Iterator[Callable[..., _PipelinedPartition]]:
     """Builds partitions of a PipelinedEventsSink on the test's database; stops their writers."""
     made: list[_PipelinedPartition] = []
 
-    def _build(max_in_flight: int = 8, outage_s: float = 0.0) -> _PipelinedPartition:
-        sink = PipelinedEventsSink(pg_dsn, ["p"], max_in_flight=max_in_flight, outage_s=outage_s)
+    def _build(
+        max_in_flight: int = 8, outage_s: float = 0.0, stall_margin_s: float = 60.0
+    ) -> _PipelinedPartition:
+        sink = PipelinedEventsSink(
+            pg_dsn,
+            ["p"],
+            max_in_flight=max_in_flight,
+            outage_s=outage_s,
+            stall_margin_s=stall_margin_s,
+        )
         part = sink.build_part("events", "p", None)
         made.append(part)
         return part
@@ -422,3 +430,20 @@ def test_the_writer_ignores_sigint(pg_dsn: str, build: Callable[..., _PipelinedP
     assert stored(pg_dsn) == expected(evs)
     part.close()
     assert not alive(pid)
+
+
+def test_a_writer_that_answers_nothing_stops_the_flow_instead_of_hanging(
+    pg_dsn: str, build: Callable[..., _PipelinedPartition]
+) -> None:
+    migrate(pg_dsn)
+    evs = make_events(0, 200)
+    part = build(outage_s=0.5, stall_margin_s=1.0)  # stuck = no ack for 1.5 s
+    part.write_batch([evs[:100]])
+    part.snapshot()
+    os.kill(part._child.pid, signal.SIGSTOP)  # alive, holds its pipes, answers nothing
+    part.write_batch([evs[100:]])
+    started = time.monotonic()
+    with pytest.raises(DataflowError, match="acknowledged no write for 1.5 s"):
+        part.snapshot()
+    assert time.monotonic() - started < 15
+    assert stored(pg_dsn) == expected(evs[:100])

@@ -19,6 +19,7 @@ resumes from the last snapshot and loses nothing).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -34,7 +35,7 @@ from bytewax.outputs import (
 from linkpulse.dataflows._child import Child
 from linkpulse.dataflows.events_writer import ACK_DECODER, WriterArgs
 from linkpulse.dataflows.instrumentation import SINK_BATCH, SINK_LATENCY, timed_sink
-from linkpulse.errors import StoreError
+from linkpulse.errors import DataflowError, StoreError
 from linkpulse.schemas.codec import encode_event
 from linkpulse.schemas.outputs import DeadLetter
 
@@ -166,8 +167,9 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
     next call and stops the flow, which then resumes from the last commit.
     """
 
-    def __init__(self, args: WriterArgs, max_in_flight: int, *, what: str) -> None:
+    def __init__(self, args: WriterArgs, max_in_flight: int, *, what: str, stall_s: float) -> None:
         self._max_in_flight = max_in_flight
+        self._stall_s = stall_s
         self._sent = 0  # frames sent
         self._stored = 0  # frames the writer acknowledged
         self._error: str | None = None
@@ -193,11 +195,26 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
             raise self._child.exit_error()
 
     def _wait(self, in_flight: int) -> None:
-        """Until at most ``in_flight`` batches are unacknowledged (or it failed)."""
+        """Until at most ``in_flight`` batches are unacknowledged (or it failed).
+
+        A writer that acknowledges nothing for ``stall_s`` (its whole outage
+        budget and a margin) is stuck, not retrying: the flow stops rather
+        than hang without a word.
+        """
         self._collect()
+        stored, since = self._stored, time.monotonic()
         while self._sent - self._stored > in_flight:
             self._check()
             self._collect(timeout_s=1.0)
+            if self._stored != stored:
+                stored, since = self._stored, time.monotonic()
+            elif time.monotonic() - since > self._stall_s:
+                msg = (
+                    f"{self._child.what} acknowledged no write for {self._stall_s:g} s; "
+                    "check the store (a lock? a hung connection?) and restart the flow: "
+                    "it resumes from its last snapshot"
+                )
+                raise DataflowError(msg)
         self._check()
 
     def write_batch(self, values: list[list[Any]]) -> None:
@@ -231,7 +248,8 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
     them), each with its own writer process (``events_writer``) and at most
     ``max_in_flight`` batches unacknowledged. ``outage_s`` (default
     ``LINKPULSE_STORE_OUTAGE_S``) is how long the writer rides out a store
-    that does not answer before the flow stops.
+    that does not answer before the flow stops; a writer that acknowledges
+    nothing for that long plus ``stall_margin_s`` stops the flow too.
     """
 
     def __init__(
@@ -241,6 +259,7 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         *,
         max_in_flight: int = 8,
         outage_s: float | None = None,
+        stall_margin_s: float = 60.0,
     ) -> None:
         if not parts or max_in_flight < 1:
             msg = f"need partitions and max_in_flight >= 1, got {parts!r}, {max_in_flight}"
@@ -249,6 +268,7 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         self._parts = list(parts)
         self._max_in_flight = max_in_flight
         self._outage_s = outage_s
+        self._stall_margin_s = stall_margin_s
 
     def list_parts(self) -> list[str]:
         return list(self._parts)
@@ -272,4 +292,5 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
             log_json=settings.log_json,
         )
         what = f"the raw-events writer of {for_part}"
-        return _PipelinedPartition(args, self._max_in_flight, what=what)
+        stall_s = outage_s + self._stall_margin_s
+        return _PipelinedPartition(args, self._max_in_flight, what=what, stall_s=stall_s)
