@@ -2,18 +2,15 @@
 
 Each partition is one filter subject (by default the whole events stream, one
 partition). It reads through an *ordered push consumer* (flow-controlled, no
-acks: ~170k msg/s here, ~4.5x nats-py's pull ``fetch``) started at a given
-stream sequence. The position lives in Bytewax's recovery state, not in
-JetStream: ``snapshot()`` is the sequence *after* the last message emitted, so
-a resumed flow re-reads exactly from there, and idempotent sinks turn that
-at-least-once delivery into exactly-once in effect.
+acks) started at a given stream sequence. The position lives in Bytewax's
+recovery state, not in JetStream: ``snapshot()`` is the sequence *after* the
+last message emitted, so a resumed flow re-reads exactly from there, and
+idempotent sinks turn that at-least-once delivery into exactly-once in effect.
 
-The NATS client runs in a background event-loop thread per partition; it hands
-messages to Bytewax through a bounded buffer. When the buffer is full the
-partition *pauses*: it drops its consumer and re-creates it at the next
-unread sequence once Bytewax has drained half of the buffer. A slow sink thus
-slows the reading and nothing is buffered without bound (nats-py's own
-flow-control replies do not bound its client-side queue).
+Each partition starts a reader process (``jetstream_reader``) that keeps the
+consumer and ships whole chunks over a pipe; the flow pays them back with
+credits, so a slow sink slows the reading and nothing is buffered without
+bound (``jetstream_partition``; ``docs/dataflow.md`` has the design).
 
 Items are ``Chunk``s of messages ``(payload, subject, stream_sequence,
 stream_time_ns)`` cut by a deterministic rule (see ``chunks``), so a replay
@@ -58,8 +55,8 @@ class JetStreamSource(FixedPartitionedSource[Chunk, int]):
 
     ``filter_subjects`` must not overlap (each message must belong to one
     partition); the default is the whole events stream in one partition,
-    which reads ~170k msg/s, more than decoding and storing can use on one
-    worker. The resume state is the next stream sequence to read.
+    which reads ~150k msg/s here, more than decoding and storing can use on
+    one worker. The resume state is the next stream sequence to read.
     """
 
     def __init__(
