@@ -14,13 +14,15 @@ loopback ports, like ``python -m bytewax.testing -p``.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -103,7 +105,8 @@ def run_flow(
         processes=processes,
         recovery=str(recovery_dir) if recovery_dir else None,
     )
-    cli_main(  # type: ignore[no-untyped-call]
+    run = functools.partial(
+        cli_main,
         flow,
         workers_per_process=workers,
         process_id=process_id,
@@ -111,6 +114,48 @@ def run_flow(
         epoch_interval=snapshot_interval,
         recovery_config=recovery,
     )
+    if threading.current_thread() is threading.main_thread():
+        _run_stoppable(run)
+    else:  # signals are the main thread's; whoever runs us there handles them
+        run()
+
+
+def _run_stoppable(run: Callable[[], object]) -> None:
+    """Run the flow in a thread so Ctrl-C and SIGTERM (``docker stop``) stop it.
+
+    Bytewax's ``cli_main`` waits for its workers inside Rust, where Python
+    never gets to run a signal handler: Ctrl-C did nothing. Here the main
+    thread stays in Python and, on a signal, exits at once, as Bytewax's own
+    stop is abrupt too: the flow resumes from its last snapshot, which is
+    exactly what a crash gives (the recovery tests kill it with SIGKILL), and
+    the helper processes see their stdin close and exit.
+    """
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            failure.append(e)
+
+    def stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        log.warning("dataflow stopping", signal=name, resume="from the last snapshot")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    worker = threading.Thread(target=target, name="lp-dataflow", daemon=True)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failure:
+        raise failure[0]
 
 
 def _free_ports(n: int) -> list[int]:
