@@ -447,3 +447,12 @@ def test_a_writer_that_answers_nothing_stops_the_flow_instead_of_hanging(
         part.snapshot()
     assert time.monotonic() - started < 15
     assert stored(pg_dsn) == expected(evs[:100])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"outage_s": -1.0}, "outage_s"), ({"stall_margin_s": 0.0}, "stall_margin_s")],
+)
+def test_bad_sink_settings_are_refused_by_name(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        PipelinedEventsSink("postgresql://nowhere/x", ["p"], **kwargs)  # type: ignore[arg-type]

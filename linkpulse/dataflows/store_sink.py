@@ -264,6 +264,12 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         if not parts or max_in_flight < 1:
             msg = f"need partitions and max_in_flight >= 1, got {parts!r}, {max_in_flight}"
             raise ValueError(msg)
+        if (outage_s is not None and outage_s < 0) or stall_margin_s <= 0:
+            msg = (
+                f"outage_s must be 0 or more and stall_margin_s more than 0, "
+                f"got {outage_s} and {stall_margin_s}"
+            )
+            raise ValueError(msg)
         self._dsn = dsn
         self._parts = list(parts)
         self._max_in_flight = max_in_flight
