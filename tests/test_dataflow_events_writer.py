@@ -32,6 +32,7 @@ from linkpulse.errors import DataflowError, StoreError
 from linkpulse.schemas import BaseEvent, decode_event
 from linkpulse.store.migrate import migrate
 from linkpulse.store.writer import EventWriter
+from tests.proc_helpers import alive, wait_until
 from tests.test_dataflow_helpers import event
 
 pytestmark = pytest.mark.integration
@@ -72,26 +73,6 @@ def stored(dsn: str) -> Checksum:
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), Decimal(row[2]), str(row[3])
-
-
-def alive(pid_or_proc: int | psutil.Process) -> bool:
-    """Running, and not a zombie waiting for its parent (or init) to reap it."""
-    try:
-        proc = (
-            pid_or_proc if isinstance(pid_or_proc, psutil.Process) else psutil.Process(pid_or_proc)
-        )
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[BaseException | None]]:

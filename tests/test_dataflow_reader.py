@@ -34,6 +34,7 @@ from linkpulse.stack.binaries import nats_server
 from linkpulse.stack.probes import probe_nats
 from linkpulse.stack.urls import free_port
 from tests.fix_nats import NATS_URL
+from tests.proc_helpers import alive, wait_until
 from tests.test_dataflow_source import build, drain, publish_n
 
 pytestmark = pytest.mark.integration
@@ -51,14 +52,6 @@ def restarts(settings: Settings) -> float:
     return value or 0.0
 
 
-def alive(proc: psutil.Process) -> bool:
-    """Running, and not a zombie waiting for a parent (or init) to reap it."""
-    try:
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
 def reader_children() -> set[int]:
     """Reader processes (even zombies) among this process's descendants."""
     pids = set()
@@ -71,15 +64,6 @@ def reader_children() -> set[int]:
         except psutil.NoSuchProcess:
             pass
     return pids
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 async def wait_until_async(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> bool:
