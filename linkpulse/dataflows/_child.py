@@ -131,6 +131,7 @@ class Child:
         os.set_blocking(self._out, False)
         self._frames = FrameBuffer()
         self.eof = False  # the child closed its stdout: it exited or is exiting
+        self._closed = False  # close() ran: the fd numbers may belong to other files now
         self.send(args)
 
     @property
@@ -139,15 +140,19 @@ class Child:
 
     def send(self, body: bytes) -> bool:
         """Write one frame (blocks while the pipe is full); False if the child is gone."""
+        if self._closed:
+            return False
         try:
             write_frame(self._in, body)
-        except (BrokenPipeError, ValueError):
+        except BrokenPipeError:
             self.eof = True
             return False
         return True
 
     def receive(self, timeout_s: float = 0.0) -> list[bytes]:
         """Whole frames the child wrote; waits up to ``timeout_s`` for the first byte."""
+        if self._closed:
+            return []
         if timeout_s > 0 and not self.eof:
             select.select([self._out], [], [], timeout_s)
         out: list[bytes] = []
@@ -155,9 +160,6 @@ class Child:
             try:
                 data = os.read(self._out, _PIPE_BYTES)
             except BlockingIOError:
-                break
-            except ValueError:  # closed by close()
-                self.eof = True
                 break
             if not data:
                 self.eof = True
@@ -178,6 +180,9 @@ class Child:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close its stdin (its signal to finish and exit), then wait for it."""
+        if self._closed:
+            return
+        self._closed = self.eof = True
         stdin = self._proc.stdin
         if stdin is not None and not stdin.closed:
             try:
