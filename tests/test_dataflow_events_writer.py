@@ -30,9 +30,10 @@ from prometheus_client import REGISTRY
 from linkpulse.dataflows.store_sink import PipelinedEventsSink, _PipelinedPartition
 from linkpulse.errors import DataflowError, StoreError
 from linkpulse.schemas import BaseEvent, decode_event
+from linkpulse.stack.process import is_alive as alive
 from linkpulse.store.migrate import migrate
 from linkpulse.store.writer import EventWriter
-from tests.proc_helpers import alive, wait_until
+from tests.proc_helpers import wait_until
 from tests.test_dataflow_helpers import event
 
 pytestmark = pytest.mark.integration

@@ -32,9 +32,10 @@ from linkpulse.dataflows.jetstream_partition import JetStreamPartition
 from linkpulse.errors import DataflowError
 from linkpulse.stack.binaries import nats_server
 from linkpulse.stack.probes import probe_nats
+from linkpulse.stack.process import is_alive as alive
 from linkpulse.stack.urls import free_port
 from tests.fix_nats import NATS_URL
-from tests.proc_helpers import alive, wait_until
+from tests.proc_helpers import wait_until
 from tests.test_dataflow_source import build, drain, publish_n
 
 pytestmark = pytest.mark.integration

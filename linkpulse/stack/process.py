@@ -74,10 +74,14 @@ def is_ours(rec: EmbeddedProcess) -> bool:
     return str(rec.port) in " ".join(cmdline)
 
 
-def is_alive(pid: int) -> bool:
-    """Whether ``pid`` runs and is not a zombie."""
+def is_alive(pid: int | psutil.Process) -> bool:
+    """Whether ``pid`` runs and is not a zombie.
+
+    Given a ``psutil.Process``, also that its pid was not reused since.
+    """
     try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        proc = pid if isinstance(pid, psutil.Process) else psutil.Process(pid)
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
