@@ -54,14 +54,25 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
-def _default_writer(dsn: str) -> Writer:
-    from linkpulse.config import get_settings
-    from linkpulse.store.writer import EventWriter, retries_for  # optional at import time
+def _outage_budget(outage_s: float | None = None) -> tuple[float, int]:
+    """(seconds, retries) a writer rides out an unreachable store for.
 
-    # While the store is unreachable the writer keeps retrying, so the flow
-    # pauses (its bounded source stops reading) instead of stopping; past
-    # LINKPULSE_STORE_OUTAGE_S it gives up and a restart resumes from the snapshot.
-    return EventWriter(dsn, max_retries=retries_for(get_settings().store_outage_s))
+    While the store is unreachable the writer keeps retrying, so the flow
+    pauses (its bounded source stops reading) instead of stopping; past the
+    budget (``LINKPULSE_STORE_OUTAGE_S`` unless given) it gives up and a
+    restart resumes from the snapshot.
+    """
+    from linkpulse.config import get_settings
+    from linkpulse.store.writer import retries_for  # optional at import time
+
+    budget = get_settings().store_outage_s if outage_s is None else outage_s
+    return budget, retries_for(budget)
+
+
+def _default_writer(dsn: str) -> Writer:
+    from linkpulse.store.writer import EventWriter
+
+    return EventWriter(dsn, max_retries=_outage_budget()[1])
 
 
 _SEEN_LETTERS = (
@@ -285,15 +296,12 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PipelinedPartition:
         from linkpulse.config import get_settings
-        from linkpulse.store.writer import retries_for
 
         settings = get_settings()
-        # While the store is unreachable the writer keeps retrying, so the flow
-        # pauses instead of stopping; past the outage budget it gives up.
-        outage_s = settings.store_outage_s if self._outage_s is None else self._outage_s
+        outage_s, retries = _outage_budget(self._outage_s)
         args = WriterArgs(
             dsn=self._dsn,
-            max_retries=retries_for(outage_s),
+            max_retries=retries,
             log_level=settings.log_level,
             log_json=settings.log_json,
         )
