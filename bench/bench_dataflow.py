@@ -34,8 +34,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import nats
@@ -167,24 +168,20 @@ def writer_rate(dsn: str, msgs: list[tuple[str, bytes]], *, json_path: bool) -> 
     return len(events) / (time.perf_counter() - started)
 
 
+def samples(metric: Any, suffix: str) -> Iterator[Any]:
+    """The Prometheus samples of ``metric`` whose name ends in ``suffix`` (``_sum``, ``_total``)."""
+    for family in metric.collect():
+        yield from (sample for sample in family.samples if sample.name.endswith(suffix))
+
+
 def sink_seconds() -> dict[str, float]:
     """Seconds spent in each sink so far (from the flow's Prometheus histograms)."""
-    out: dict[str, float] = {}
-    for family in SINK_LATENCY.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_sum"):
-                out[sample.labels["sink"]] = sample.value
-    return out
+    return {sample.labels["sink"]: sample.value for sample in samples(SINK_LATENCY, "_sum")}
 
 
 def events_in() -> float:
     """Messages the flow's source has emitted so far (its Prometheus counter)."""
-    return sum(
-        sample.value
-        for family in EVENTS_IN.collect()
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    )
+    return sum(sample.value for sample in samples(EVENTS_IN, "_total"))
 
 
 class FlowRun(NamedTuple):
