@@ -16,9 +16,18 @@ those are what ``nats_py_auth`` returns.
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
-__all__ = ["connect_auth", "nats_py_auth"]
+__all__ = ["connect_auth", "nats_py_auth", "split_nats_url"]
+
+
+def split_nats_url(url: str) -> SplitResult:
+    """A NATS server URL's parts; a bare ``host:port`` counts as ``nats://``.
+
+    >>> split_nats_url("127.0.0.1:4222").scheme
+    'nats'
+    """
+    return urlsplit(url if "://" in url else f"nats://{url}")
 
 
 def connect_auth(url: str) -> dict[str, str]:
@@ -27,7 +36,7 @@ def connect_auth(url: str) -> dict[str, str]:
     >>> connect_auth("nats://a%20b:c@h")
     {'user': 'a b', 'pass': 'c'}
     """
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    parts = split_nats_url(url)
     if parts.username and parts.password is not None:
         return {"user": unquote(parts.username), "pass": unquote(parts.password)}
     if parts.username:

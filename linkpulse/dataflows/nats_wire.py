@@ -30,9 +30,8 @@ import json
 import ssl
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
-from linkpulse.nats_auth import connect_auth
+from linkpulse.nats_auth import connect_auth, split_nats_url
 
 __all__ = ["DataConnection", "NatsWireError", "StatusHeader", "WireParser", "parse_status"]
 
@@ -203,7 +202,7 @@ class DataConnection(asyncio.Protocol):
         timeout_s: float = 5.0,
     ) -> DataConnection:
         """Connect, authenticate with the URL's credentials (TLS if asked), and PING."""
-        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        parts = split_nats_url(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 4222
         loop = asyncio.get_running_loop()
         conn = cls(on_msg, on_lost)

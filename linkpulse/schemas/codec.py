@@ -97,9 +97,9 @@ class _Format:
             return
         if self._search(value) is None:
             raise SchemaValidationError(field, self._problem)
-        if len(self.seen) >= self._limit:
-            self.seen.clear()
         if self._limit:
+            if len(self.seen) >= self._limit:
+                self.seen.clear()
             self.seen.add(value)
 
 
