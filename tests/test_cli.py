@@ -97,3 +97,13 @@ def test_the_dataflow_refuses_to_start_saying_what_is_missing(pg_dsn: str, tmp_p
     )  # fmt: skip
     assert unmigrated.returncode == 1
     assert "run `linkpulse db migrate`" in unmigrated.stderr
+
+
+def test_version_prints_the_package_version() -> None:
+    from linkpulse import __version__
+
+    result = subprocess.run(
+        [sys.executable, "-m", "linkpulse", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"linkpulse {__version__}"

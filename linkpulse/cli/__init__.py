@@ -10,6 +10,7 @@ import importlib
 
 import typer
 
+from linkpulse import __version__
 from linkpulse.config import get_settings
 from linkpulse.errors import ConfigError
 from linkpulse.logging import configure_logging
@@ -25,8 +26,22 @@ app = typer.Typer(
 COMMAND_MODULES = ("config", "stack", "schema", "serve", "simulate", "db", "run", "demo")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"linkpulse {__version__}")
+        raise typer.Exit
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
     """Validate the configuration once and set up logging before any command."""
     try:
         settings = get_settings()
