@@ -22,10 +22,12 @@ from linkpulse.schemas import (
     decode_event,
     encode_event,
     event_json_schema,
+    jsonarray,
     split_batch,
     validate_event,
 )
 from linkpulse.schemas.events import PROPERTY_RULES
+from linkpulse.schemas.jsonarray import split_array
 from tests.event_examples import EVENT_TIME, all_examples, example
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -379,15 +381,33 @@ def test_schema_validate_survives_deeply_nested_json(tmp_path: Path) -> None:
     assert result.stdout.startswith(f"{path}:2: $: JSON nested too deeply")
 
 
-@pytest.mark.parametrize("depth", [5_000, 50_000])
+def test_schema_validate_judges_each_item_of_an_array_with_a_deep_or_malformed_one(
+    tmp_path: Path,
+) -> None:
+    good = json.dumps(example("page_view")).encode()
+    deep = b'{"properties": ' + b"[" * 60_000 + b"]" * 60_000 + b"}"
+    path = tmp_path / "mixed.json"
+    path.write_bytes(b"[" + good + b",\n" + deep + b",\n{nope},\n" + good + b"]")
+    result = CliRunner().invoke(cli_app, ["schema", "validate", str(path)])
+    assert result.exit_code == 1
+    bad = result.stdout.strip().splitlines()
+    assert bad[0].startswith(f"{path}:2: $: JSON nested too deeply"), bad
+    assert bad[1].startswith(f"{path}:3: $: malformed JSON"), bad
+    assert "4 event(s) (json-array): 2 valid, 2 invalid" in result.stderr
+    path.write_bytes(b"[" + good + b",\n" + good + b",\n]")
+    broken = CliRunner().invoke(cli_app, ["schema", "validate", str(path)])
+    assert broken.stdout.startswith(f"{path}:3: $: JSON array: malformed JSON: an empty item")
+
+
+@pytest.mark.parametrize("depth", [5_000, 60_000])
 def test_deeply_nested_json_is_a_validation_error_not_a_crash(depth: int) -> None:
     body = b'{"properties": ' + b"[" * depth + b"]" * depth + b"}"
-    for call in (
-        lambda: decode_event(body),
-        lambda: split_batch(b"[" + body + b"]", "application/json"),
-    ):
-        with pytest.raises(SchemaValidationError):
-            call()
+    assert "nested too deeply" in _rejected(body).problem
+    # in a JSON array the deep item is one item like any other (as an NDJSON line is):
+    # the others are still split out, and only it is rejected when decoded
+    good = _raw(example("page_view"))
+    items = split_batch(b"[" + good + b", " + body + b",\n" + good + b"]", "application/json")
+    assert items == [good, body, good]
 
 
 def test_a_non_string_property_key_is_named() -> None:
@@ -396,12 +416,25 @@ def test_a_non_string_property_key_is_named() -> None:
     assert info.value.field == "properties"
 
 
-def test_a_nul_character_is_rejected_but_an_escaped_backslash_u0000_is_not() -> None:
-    # PostgreSQL can't store NUL in text or jsonb: refuse it at the door.
-    nul = {**example("page_view"), "properties": {"page": "home", "note": "a\x00b"}}
-    with pytest.raises(SchemaValidationError, match="NUL") as info:
-        decode_event(json.dumps(nul).encode())
-    assert info.value.field == "$"
+@pytest.mark.parametrize(
+    ("properties", "field", "words"),
+    [
+        ({"page": "home", "note": "a\x00b"}, "properties.note", "contains a NUL"),
+        ({"page": "home", "a\x00b": 1}, "properties.a\\u0000b", "the key contains a NUL"),
+        ({"page": "home", "tags": ["x", {"k": "\x00"}]}, "properties.tags[1].k", "NUL"),
+    ],
+    ids=["value", "key", "nested"],
+)
+def test_a_nul_character_is_rejected_naming_the_property(
+    properties: dict[str, Any], field: str, words: str
+) -> None:
+    # PostgreSQL can't store NUL in text or jsonb: refuse it at the door, saying where.
+    err = _rejected(_raw({**example("page_view"), "properties": properties}))
+    assert (err.field, words in err.problem) == (field, True), err
+    assert _rejected(_raw({**example("page_view"), "user_id": "u\x00"})).field == "user_id"
+
+
+def test_an_escaped_backslash_u0000_is_not_a_nul() -> None:
     text = {**example("page_view"), "properties": {"page": "home", "note": "\\u0000"}}
     assert decode_event(json.dumps(text).encode()).properties["note"] == "\\u0000"
 
@@ -426,3 +459,162 @@ def test_remembered_valid_values_never_let_an_invalid_one_through() -> None:
         with pytest.raises(SchemaValidationError) as err:
             decode_event(_raw({**good, **overrides}))
         assert err.value.field == field
+
+
+# -- event_time bounds ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "0001-01-01T00:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "1999-12-31T23:59:59.999999Z",
+        "2000-01-01T00:30:00+01:00",
+    ],
+)
+def test_an_event_time_before_2000_is_rejected_naming_the_bound(when: str) -> None:
+    err = _rejected(_raw(example("page_view", event_time=when)))
+    assert err.field == "event_time"
+    assert "before 2000-01-01T00:00:00+00:00" in err.problem
+    assert when[:10] in err.problem
+
+
+def test_the_earliest_accepted_event_time_is_2000_01_01_utc() -> None:
+    for when in ("2000-01-01T00:00:00Z", "2000-01-01T01:00:00+01:00"):
+        assert decode_event(_raw(example("page_view", event_time=when))).event_time.year >= 1999
+
+
+def test_an_event_time_past_the_last_utc_instant_is_rejected_even_without_a_clock() -> None:
+    # 9999-12-31T23:59-23:59 is in year 10000 in UTC: no datetime can hold it
+    err = _rejected(_raw(example("page_view", event_time="9999-12-31T23:59:00-23:59")))
+    assert (err.field, "last representable" in err.problem) == ("event_time", True)
+    assert decode_event(_raw(example("page_view", event_time="9999-12-31T23:59:00Z")))
+
+
+# -- echoed names and values are bounded ----------------------------------------------------
+
+
+def test_a_huge_unknown_field_or_property_value_gives_a_short_reason() -> None:
+    unknown = _rejected(_raw({**example("page_view"), "x" * 100_000: 1}))
+    assert unknown.field.startswith("xxx") and "100000 characters" in unknown.field
+    assert len(unknown.field) < 200 and len(unknown.problem) < 400
+    value = _rejected(_raw(example("page_view", properties={"page": "p" * 100_000})))
+    assert value.field == "properties.page"
+    assert "100002 characters" in value.problem and len(value.problem) < 400
+
+
+# -- splitting a JSON array: the iterative scanner against json.loads ------------------------
+
+finite_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+SEPARATORS = [(",", ":"), (", ", ": "), (" ,\t", " :\r\n"), ("\n,\n", ":")]
+# Bytes that change a document's structure, or are JSON whitespace or almost (\x0c).
+MUTATION_BYTES = st.sampled_from(list(b'[]{},:"\\ \t\n\x0c1a'))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _loads(doc: bytes) -> Any:
+    """json.loads reading JSON as msgspec does: UTF-8 only, no NaN or Infinity."""
+    return json.loads(doc.decode("utf-8"), parse_constant=_no_constant)
+
+
+def _loads_or_none(doc: bytes) -> tuple[bool, Any]:
+    try:
+        return True, _loads(doc)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False, None
+
+
+@FUZZ
+@given(
+    st.lists(finite_values, max_size=6),
+    st.sampled_from([None, 0, 2]),
+    st.sampled_from(SEPARATORS),
+    st.booleans(),
+)
+def test_the_scanner_splits_every_json_array_like_json_loads_and_msgspec(
+    values: list[Any], indent: int | None, separators: tuple[str, str], ascii_only: bool
+) -> None:
+    doc = json.dumps(values, indent=indent, separators=separators, ensure_ascii=ascii_only)
+    raw = f" \r\n{doc}\t ".encode()
+    items = jsonarray._scan(raw)
+    assert [_loads(item) for item in items] == values
+    assert items == split_array(raw)  # the same bytes as msgspec's fast path
+
+
+@FUZZ
+@given(st.lists(finite_values, max_size=5), st.data())
+def test_the_scanner_never_passes_a_broken_array_as_good_items(
+    values: list[Any], data: st.DataObject
+) -> None:
+    doc = bytearray(json.dumps(values, separators=data.draw(st.sampled_from(SEPARATORS))).encode())
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(doc)))
+        match data.draw(st.sampled_from(["insert", "delete", "replace"])):
+            case "insert":
+                doc[at:at] = bytes([data.draw(MUTATION_BYTES)])
+            case "delete":
+                del doc[at : at + 1]
+            case "replace":
+                doc[at : at + 1] = bytes([data.draw(MUTATION_BYTES)])
+    raw = bytes(doc)
+    valid, expected = _loads_or_none(raw)
+    try:
+        items: list[bytes] | None = jsonarray._scan(raw)
+    except SchemaValidationError as e:
+        assert e.field == "$" and e.problem
+        items = None
+    if valid and isinstance(expected, list):
+        assert items is not None, raw  # a valid array is always split
+        assert [_loads(item) for item in items] == expected
+    if items is not None and all(_loads_or_none(item)[0] for item in items):
+        assert valid and expected == [_loads(item) for item in items], raw  # and never invented
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"[1,]", "an empty item"),
+        (b"[,1]", "an empty item"),
+        (b"[1,,2]", "an empty item"),
+        (b"[1] x", "data after the array"),
+        (b"[1][2]", "data after the array"),
+        (b"[1, [2]", "not closed"),
+        (b'["a]', "string is not closed"),
+        (b'[{"a": 1]]', "']' where '}' was due"),
+        (b'{"a": [1]}', "expected a JSON array"),
+        (b"", "expected a JSON array"),
+        (b"\x0c[1]", "expected a JSON array"),  # form feed is not JSON whitespace
+    ],
+)
+def test_an_array_whose_items_cannot_be_told_apart_is_refused_whole(
+    body: bytes, words: str
+) -> None:
+    err = _rejected_split(body)
+    assert (err.field, words in err.problem) == ("$", True), err
+
+
+def _rejected_split(body: bytes) -> SchemaValidationError:
+    with pytest.raises(SchemaValidationError) as info:
+        split_array(body)
+    return info.value
+
+
+def test_a_malformed_item_is_that_items_problem_only() -> None:
+    good = _raw(example("page_view"))
+    items = split_batch(b"[" + good + b', {"type": nope}, 1 2,' + good + b"]", "application/json")
+    assert items == [good, b'{"type": nope}', b"1 2", good]
+    assert [_rejected(item).field for item in items[1:3]] == ["$", "$"]

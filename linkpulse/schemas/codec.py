@@ -34,9 +34,11 @@ from linkpulse.schemas.events import (
     Event,
     PageView,
 )
+from linkpulse.schemas.jsonarray import split_array
 
 __all__ = [
     "MAX_FUTURE_SKEW",
+    "MIN_EVENT_TIME",
     "decode_event",
     "encode_event",
     "split_batch",
@@ -45,11 +47,31 @@ __all__ = [
 ]
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)
+# The earliest event_time accepted, everywhere (API, dataflow, backfill, `schema
+# validate`). A fixed instant, not "now minus a horizon", so an event's verdict
+# never changes with the day it is checked or replayed; older than any
+# marketplace activity linkpulse can be fed, and it catches the usual producer
+# bugs: zero values (0001-01-01), the Unix epoch, seconds read as milliseconds.
+MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+# Names and values echoed in a reason are cut to this many characters: an
+# unknown 1 MB key must not make a 1 MB reason (nor a dead letter over the
+# broker's message size limit).
+MAX_ECHO = 120
 
 _decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
+_NUL = "a NUL character (\\u0000)"
 _LOCATION = re.compile(r"^(?P<problem>.*?)(?: - at `(?:key` in `)?\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
+
+
+def _clip(text: str) -> str:
+    """``text``, or its start and how long it was when longer than MAX_ECHO.
+
+    >>> _clip("k" * 200)[-24:]
+    'kkkk... (200 characters)'
+    """
+    return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}... ({len(text)} characters)"
 
 
 def _field_from(exc: msgspec.ValidationError) -> SchemaValidationError:
@@ -66,8 +88,11 @@ def _field_from(exc: msgspec.ValidationError) -> SchemaValidationError:
     if problem.startswith("Object contains unknown field"):
         unknown = re.search(r"`([^`]+)`", problem)
         if unknown:
-            field = f"{field}.{unknown[1]}" if field else unknown[1]
-            problem = f"{problem}; put extra details under `properties`"
+            name = _clip(unknown[1])
+            field = f"{field}.{name}" if field else name
+            problem = (
+                f"Object contains unknown field `{name}`; put extra details under `properties`"
+            )
     return SchemaValidationError(field or "$", problem)
 
 
@@ -140,7 +165,16 @@ def _check_rules(ev: BaseEvent, now: datetime | None) -> None:
             )
         value = ev.properties[key]
         if not isinstance(value, types) or not check(value):
-            raise SchemaValidationError(f"properties.{key}", f"expected {hint}, got {value!r}")
+            shown = _clip(repr(value))
+            raise SchemaValidationError(f"properties.{key}", f"expected {hint}, got {shown}")
+    if ev.event_time < MIN_EVENT_TIME:
+        raise SchemaValidationError(
+            "event_time",
+            f"{ev.event_time.isoformat()} is before {MIN_EVENT_TIME.isoformat()}, the earliest "
+            "accepted event time; check the producer's clock (a zero or epoch timestamp?)",
+        )
+    if ev.event_time.year == 9999 and ev.event_time.utcoffset():
+        _check_representable(ev.event_time)
     if now is not None and ev.event_time - now > MAX_FUTURE_SKEW:
         raise SchemaValidationError(
             "event_time",
@@ -149,24 +183,45 @@ def _check_rules(ev: BaseEvent, now: datetime | None) -> None:
         )
 
 
-def _has_nul(raw: bytes | str) -> bool:
-    """Whether any string (key or value) in the JSON holds NUL (an escaped backslash
-    followed by ``u0000`` is not one); malformed JSON is left to the decoder."""
+def _check_representable(when: datetime) -> None:
+    """Year 9999 with a negative offset is past the last UTC instant Python can hold."""
     try:
-        stack: list[Any] = [msgspec.json.decode(raw)]
+        when.astimezone(UTC)
+    except OverflowError as e:
+        raise SchemaValidationError(
+            "event_time", f"{when.isoformat()} is after the last representable UTC instant"
+        ) from e
+
+
+def _nul_error(raw: bytes | str) -> SchemaValidationError | None:
+    """The error naming the first string (value or key) holding a NUL character
+    (an escaped backslash followed by ``u0000`` is not one), or None; malformed
+    JSON is left to the decoder. Iterative: any depth.
+
+    >>> print(_nul_error(rb'{"properties": {"note": "a\\u0000b"}}'))
+    properties.note: contains a NUL character (\\u0000), not storable
+    >>> print(_nul_error(rb'{"properties": {"tags": [1, {"k\\u0000": 2}]}}'))
+    properties.tags[1].k\\u0000: the key contains a NUL character (\\u0000), not storable
+    """
+    try:
+        stack: list[tuple[str, Any]] = [("", msgspec.json.decode(raw))]
     except (msgspec.DecodeError, RecursionError):
-        return False
+        return None
     while stack:
-        item = stack.pop()
+        path, item = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return True
+                return SchemaValidationError(_clip(path) or "$", f"contains {_NUL}, not storable")
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for key, value in reversed(item.items()):  # reversed: the first key pops first
+                key_path = f"{path}.{key}" if path else key
+                if "\x00" in key:
+                    field = _clip(key_path.replace("\x00", "\\u0000"))
+                    return SchemaValidationError(field, f"the key contains {_NUL}, not storable")
+                stack.append((key_path, value))
         elif isinstance(item, list):
-            stack.extend(item)
-    return False
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def decode_event(raw: bytes | str, *, now: datetime | None = None) -> BaseEvent:
@@ -174,8 +229,8 @@ def decode_event(raw: bytes | str, *, now: datetime | None = None) -> BaseEvent:
     # PostgreSQL text and jsonb cannot hold NUL; refusing it here keeps one bad
     # event from failing a whole batch at the store. A substring search is ~free.
     escaped_nul = b"\\u0000" in raw if isinstance(raw, bytes) else "\\u0000" in raw
-    if escaped_nul and _has_nul(raw):
-        raise SchemaValidationError("$", "contains a NUL character (\\u0000), not storable")
+    if escaped_nul and (nul := _nul_error(raw)) is not None:
+        raise nul
     try:
         ev: BaseEvent = _decoder.decode(raw)
     except msgspec.ValidationError as e:
@@ -210,7 +265,10 @@ def split_batch(body: bytes, content_type: str) -> list[bytes]:
 
     A JSON array (``application/json``) or one event per line
     (``application/x-ndjson``); the items are kept as raw bytes so each is
-    validated on its own and a bad one is dead-lettered exactly as sent.
+    validated on its own and a bad one is dead-lettered exactly as sent. Only
+    a body whose items cannot be told apart is refused as a whole
+    (``jsonarray.split_array``): a malformed or too deeply nested item is
+    that item's problem, as a bad line is in NDJSON.
 
     >>> split_batch(b'[{"a": 1}, {"b": 2}]', "application/json")
     [b'{"a": 1}', b'{"b": 2}']
@@ -219,15 +277,7 @@ def split_batch(body: bytes, content_type: str) -> list[bytes]:
     """
     if content_type == "application/x-ndjson":
         return [line.strip() for line in body.splitlines() if line.strip()]
-    try:
-        items = msgspec.json.decode(body, type=list[msgspec.Raw])
-    except msgspec.ValidationError as e:
-        raise SchemaValidationError("$", "expected a JSON array of events") from e
-    except msgspec.DecodeError as e:
-        raise SchemaValidationError("$", f"malformed JSON: {e}") from e
-    except RecursionError as e:
-        raise SchemaValidationError("$", "JSON nested too deeply") from e
-    return [bytes(item) for item in items]
+    return split_array(body)
 
 
 def utcnow() -> datetime:

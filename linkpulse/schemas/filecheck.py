@@ -20,6 +20,7 @@ import msgspec
 
 from linkpulse.errors import SchemaValidationError
 from linkpulse.schemas.codec import decode_event
+from linkpulse.schemas.jsonarray import split_array
 
 __all__ = ["FileReport", "Finding", "check_document"]
 
@@ -66,17 +67,16 @@ def _check(report: FileReport, raw: bytes, line: int, index: int, now: datetime 
 def _check_array(data: bytes, now: datetime | None) -> FileReport:
     report = FileReport(format="json-array")
     try:
-        items = msgspec.json.decode(data, type=list[msgspec.Raw])
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
-        # The whole document is unreadable: one finding where the parser stopped.
-        m = _BYTE_OFFSET.search(str(e))
+        items = split_array(data)  # a malformed or too deep item is only that item's problem
+    except SchemaValidationError as e:
+        # The array itself is unreadable: one finding where the scan stopped.
+        m = _BYTE_OFFSET.search(e.problem)
         line = _line_of(data, int(m[1])) if m else 1
-        report.findings.append(Finding(line, 0, "$", f"malformed JSON array: {e}"))
+        report.findings.append(Finding(line, 0, e.field, f"JSON array: {e.problem}"))
         report.total = 1
         return report
     pos = 0
-    for index, item in enumerate(items):
-        raw = bytes(item)
+    for index, raw in enumerate(items):
         # Items are consecutive slices of `data`: the first match after the
         # previous item is this one (only whitespace and a comma lie between).
         start = data.find(raw, pos)
