@@ -55,6 +55,10 @@ def test_demo_runs_the_whole_pipeline(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "every published event was stored exactly once; windows match" in done.stdout
+    # Piped, the demo shows its progress as plain lines while it runs (not a final panel only).
+    progress = [line for line in done.stdout.splitlines() if line.startswith("demo ")]
+    assert len(progress) >= 2, done.stdout[-3000:]
+    assert "stored" in progress[-1]
     with psycopg.connect(pg_dsn) as conn:
         stored = conn.execute("select count(*), count(distinct (tenant, event_id)) from events")
         total, distinct = stored.fetchone() or (0, 0)

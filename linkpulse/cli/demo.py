@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -35,7 +36,10 @@ from linkpulse.errors import LinkpulseError
 from linkpulse.schemas.outputs import MetricWindow
 from linkpulse.simulator.anomalies import parse_duration
 
-console = Console()
+# Piped (`run.sh | tee run.log`), rich would wrap tables at 80 columns and the
+# live panel would print nothing until the end: plain lines instead, wide rows.
+console = Console() if sys.stdout.isatty() else Console(width=240, force_terminal=False)
+PLAIN_PROGRESS_EVERY_S = 5.0
 CATCH_UP_S = 120.0  # how long the flow may take to store what was published
 CLOSE_TIMEOUT_S = 150.0  # how long to wait for the last minute's windows to close
 
@@ -167,6 +171,39 @@ def _panel(c: Counts, base: Counts, started: float, since: datetime, api_url: st
     return Group(flow, tiles)
 
 
+def progress_line(c: Counts, base: Counts, elapsed_s: float) -> str:
+    """One plain line of the pipeline's counts, for output that is not a terminal.
+
+    >>> c = Counts(stream=1500, stored=1400, dead_letters=2, windows=90, final_1m=12)
+    >>> progress_line(c, Counts(), 12.3).split(", ")[:3]
+    ['demo 12 s: in JetStream 1,500', 'stored 1,400', 'dead letters 2']
+    """
+    return (
+        f"demo {elapsed_s:,.0f} s: in JetStream {c.stream - base.stream:,}, "
+        f"stored {c.stored - base.stored:,}, dead letters {c.dead_letters - base.dead_letters:,}, "
+        f"metric windows {c.windows:,}, final 1m windows {c.final_1m:,}"
+    )
+
+
+class _PlainProgress:
+    """Stands in for rich's ``Live`` when stdout is not a terminal: a line every few seconds."""
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def __enter__(self) -> _PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def show(self, c: Counts, base: Counts, started: float) -> None:
+        now = time.monotonic()
+        if now - self._last >= PLAIN_PROGRESS_EVERY_S:
+            self._last = now
+            print(progress_line(c, base, now - started), flush=True)
+
+
 async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s: float) -> int:
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -196,7 +233,10 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
         since = datetime.now(UTC).replace(second=0, microsecond=0)
         sim = await _spawn("simulate", logs, "simulate", "--quiet", *sim_args)
         started = time.monotonic()
-        with Live(console=console, refresh_per_second=2) as live:
+        live: Live | _PlainProgress = (
+            Live(console=console, refresh_per_second=2) if console.is_terminal else _PlainProgress()
+        )
+        with live:
 
             async def refresh() -> Counts:
                 for proc, name in zip(procs, ("dataflow", "api"), strict=True):
@@ -204,7 +244,10 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
                         msg = f"{name} exited ({proc.returncode}); see {logs}/{name}.log"
                         raise DemoError(msg)
                 counts = await _read(settings, js, pg, rd)
-                live.update(_panel(counts, base, started, since, api_url))
+                if isinstance(live, Live):
+                    live.update(_panel(counts, base, started, since, api_url))
+                else:
+                    live.show(counts, base, started)
                 return counts
 
             # 1. traffic flows
