@@ -44,7 +44,7 @@ from linkpulse.stack.state import (
     parse_env,
     render_env,
 )
-from linkpulse.stack.urls import PgTarget, free_port, port_open
+from linkpulse.stack.urls import PgTarget, free_port, port_open, wait_port_bindable
 
 LINKPULSE = str(Path(sys.executable).with_name("linkpulse"))
 SYSTEM = {
@@ -447,3 +447,94 @@ def test_bad_state_folder_says_what_to_do(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["up", "--state-dir", str(not_a_dir / "sub")])
     assert result.exit_code == 1
     assert "--state-dir" in result.output and "state folder" in result.output
+
+
+def kill_and_wait(recs: list[EmbeddedProcess]) -> None:
+    """SIGKILL each recorded server and wait until it is gone (a crash, not a stop)."""
+    for rec in recs:
+        os.kill(rec.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(is_alive(r.pid) for r in recs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(is_alive(r.pid) for r in recs), "a killed server still runs"
+
+
+async def jetstream_last(url: str) -> bytes:
+    nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
+    try:
+        msg = await nc.jetstream().get_last_msg("LPSTACKTEST", "lpstacktest.x")
+        return bytes(msg.data)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_killed_embedded_services_come_back_on_their_ports_with_their_data(
+    state_dir: Path,
+) -> None:
+    env = cli_env(state_dir, nowhere_urls())
+    first = run_cli("up", env=env)
+    assert first.returncode == 0, first.stderr
+    recs = StateDir(state_dir).load().services
+    env_file = (state_dir / "env").read_text()
+    assert asyncio.run(jetstream_roundtrip(recs["nats"].url)) >= 1
+    with psycopg.connect(recs["postgres"].url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("create table lp_kept (v text)")
+        conn.execute("insert into lp_kept values ('still here')")
+
+    kill_and_wait(list(recs.values()))
+    again = run_cli("up", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("started") == 3, again.stdout
+    now = StateDir(state_dir).load().services
+    for service, rec in now.items():
+        assert rec.pid != recs[service].pid
+        assert rec.port == recs[service].port, f"{service} moved to another port"
+        assert rec.url == recs[service].url
+    assert (state_dir / "env").read_text() == env_file
+    # Data kept (Redis runs without persistence by design: only its port matters).
+    assert asyncio.run(jetstream_last(now["nats"].url)) == b"hello"
+    with psycopg.connect(now["postgres"].url, connect_timeout=5) as conn:
+        assert conn.execute("select v from lp_kept").fetchall() == [("still here",)]
+    assert probe_redis(now["redis"].url).ok
+
+    # `down` then `up`: the same ports again, so other shells' env stays valid.
+    assert run_cli("down", env=env).returncode == 0
+    after_down = run_cli("up", env=env)
+    assert after_down.returncode == 0, after_down.stderr
+    assert {s: r.port for s, r in StateDir(state_dir).load().services.items()} == {
+        s: r.port for s, r in recs.items()
+    }
+    assert_system_services_answer()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_restart_on_a_taken_port_says_so_and_new_ports_moves_on(state_dir: Path) -> None:
+    env = cli_env(state_dir, nowhere_urls())
+    assert run_cli("up", env=env).returncode == 0
+    recs = StateDir(state_dir).load().services
+    kill_and_wait([recs["redis"]])
+    assert wait_port_bindable(recs["redis"].port, 30)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", recs["redis"].port))
+        squatter.listen()
+        refused = run_cli("up", env=env)
+        assert refused.returncode == 1
+        message = " ".join(refused.stderr.split())
+        assert f"127.0.0.1:{recs['redis'].port} is now taken by pid {os.getpid()}" in message
+        assert "--new-ports" in message and "embedded redis" in message
+        # The others are untouched and still recorded; nothing was started on the taken port.
+        left = StateDir(state_dir).load()
+        assert "redis" not in left.services and left.ports["redis"] == recs["redis"].port
+        assert left.services["nats"] == recs["nats"] and is_ours(recs["nats"])
+
+        moved = run_cli("up", "--new-ports", env=env)
+        assert moved.returncode == 0, moved.stderr
+        now = StateDir(state_dir).load().services
+        assert now["redis"].port != recs["redis"].port and probe_redis(now["redis"].url).ok
+        assert now["nats"] == recs["nats"] and now["postgres"] == recs["postgres"]
+        assert parse_env((state_dir / "env").read_text())["LINKPULSE_REDIS_URL"] == now["redis"].url
+    assert_system_services_answer()

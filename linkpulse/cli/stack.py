@@ -98,13 +98,19 @@ def up_command(
     timeout: float = typer.Option(
         DEFAULT_START_TIMEOUT, "--timeout", min=1, help="seconds to wait for each server"
     ),
+    new_ports: bool = typer.Option(
+        False,
+        "--new-ports",
+        help="start embedded servers on new free ports instead of the ones they used before",
+    ),
 ) -> None:
     """Make NATS (JetStream), Redis and PostgreSQL available.
 
     Uses each configured server (LINKPULSE_NATS_URL, LINKPULSE_REDIS_URL,
     LINKPULSE_DATABASE_URL) that answers; starts the others from the embedded
-    extras on free loopback ports, with data in the state folder. Running it
-    again reuses what is running. Writes <state-dir>/env for other shells.
+    extras on loopback ports, with data in the state folder. Running it again
+    reuses what is running; a server that died is started again on the port it
+    had (so running clients reconnect). Writes <state-dir>/env for other shells.
     """
     settings = _settings(state_dir, with_env_file=False)
     try:
@@ -114,6 +120,7 @@ def up_command(
                 settings.state_dir,
                 timeout=timeout,
                 progress=lambda msg: status.update(f"{msg}..."),
+                new_ports=new_ports,
             )
     except StackError as e:
         _fail(str(e), "after fixing it, run `linkpulse up` again (`linkpulse down` cleans up)")

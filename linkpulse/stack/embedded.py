@@ -1,4 +1,4 @@
-"""Start each embedded server on a free loopback port, and wait until it is healthy.
+"""Start each embedded server on its last port or a free loopback port; wait until healthy.
 
 ``start(service, ...)`` returns the :class:`EmbeddedProcess` record right after
 spawning (so a failure later can still be cleaned up by ``linkpulse down``);
@@ -14,12 +14,14 @@ from pathlib import Path
 from linkpulse.errors import StackError
 from linkpulse.stack import binaries, embedded_pg
 from linkpulse.stack.probes import Probe, probe
-from linkpulse.stack.process import is_alive, listens_on, pg_run_as, spawn_detached
+from linkpulse.stack.process import is_alive, listener_of, listens_on, pg_run_as, spawn_detached
 from linkpulse.stack.state import EmbeddedProcess, StateDir
-from linkpulse.stack.urls import PgTarget, free_port, nats_url, redis_url
+from linkpulse.stack.urls import PgTarget, free_port, nats_url, redis_url, wait_port_bindable
 
 # PostgreSQL's first start replays nothing but still takes a few seconds on a slow disk.
 DEFAULT_START_TIMEOUT = 60.0
+# How long a server killed just before `up` may still hold its port (its threads exiting).
+PORT_RELEASE_TIMEOUT = 5.0
 
 
 def start_nats(state: StateDir, port: int) -> EmbeddedProcess:
@@ -66,6 +68,7 @@ def start_postgres(state: StateDir, port: int, configured_dsn: str) -> EmbeddedP
     run_as = pg_run_as()
     home = state.service_dir("postgres")
     data = embedded_pg.ensure_cluster(home, run_as)
+    embedded_pg.wait_for_killed_postmaster(data)
     sockets = embedded_pg.socket_dir(home, run_as)
     argv = embedded_pg.postgres_argv(data, port, sockets)
     log = home / "postgres.log"
@@ -77,10 +80,28 @@ def start_postgres(state: StateDir, port: int, configured_dsn: str) -> EmbeddedP
 
 
 def start(
-    service: str, state: StateDir, configured_url: str, avoid: frozenset[int] = frozenset()
+    service: str,
+    state: StateDir,
+    configured_url: str,
+    avoid: frozenset[int] = frozenset(),
+    port: int | None = None,
 ) -> EmbeddedProcess:
-    """Start the embedded ``service`` on a free port (never one in ``avoid``)."""
-    port = free_port(avoid=avoid)
+    """Start the embedded ``service`` on ``port``, or on a free port (never one in ``avoid``).
+
+    ``port`` is the one the service used before: clients still hold its URL,
+    so it is reused or, when something else took it, StackError says so.
+    """
+    if port is None:
+        port = free_port(avoid=avoid)
+    elif not wait_port_bindable(port, PORT_RELEASE_TIMEOUT):
+        msg = (
+            f"embedded {service} ran on port {port} before (recorded in {state.state_file}; "
+            f"clients may still use that URL), but 127.0.0.1:{port} is now taken by "
+            f"{listener_of(port)}; stop that program and run `linkpulse up` again, or run "
+            f"`linkpulse up --new-ports` to start {service} on a new port (then restart the "
+            "clients that use the old URL)"
+        )
+        raise StackError(msg)
     if service == "nats":
         return start_nats(state, port)
     if service == "redis":

@@ -8,10 +8,13 @@ unprivileged account; see :func:`linkpulse.stack.process.pg_run_as`.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -79,6 +82,39 @@ def ensure_cluster(service_dir: Path, run_as: str) -> Path:
         )
         raise StackError(msg)
     return data
+
+
+def wait_for_killed_postmaster(data: Path, timeout: float = 15.0) -> None:
+    """Wait until a killed postmaster named by ``postmaster.pid`` is gone, zombie included.
+
+    After a SIGKILL the old process lingers as a zombie until its parent (init
+    in a container, ~1 s here) reaps it; meanwhile a new postgres sees the pid
+    in the lock file answer and refuses to start. A live postmaster is left to
+    postgres itself, which refuses with a clear message.
+    """
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                return
+            parent = proc.ppid()
+            if parent == os.getpid():
+                os.waitpid(pid, os.WNOHANG)  # our own child (in-process callers): reap it
+        except (psutil.NoSuchProcess, ChildProcessError):
+            return
+        if time.monotonic() > deadline:
+            msg = (
+                f"the killed PostgreSQL (pid {pid}) is still a zombie after {timeout:.0f}s, "
+                f"so a new one would refuse {data}: its parent (pid {parent}) does not reap "
+                "it; end that parent or wait, then run `linkpulse up` again"
+            )
+            raise StackError(msg)
+        time.sleep(0.05)
 
 
 def postgres_argv(data: Path, port: int, sockets: Path) -> list[str]:

@@ -5,7 +5,9 @@ For each of NATS, Redis and PostgreSQL, ``up`` takes the first that works:
 1. an embedded server this state folder started earlier and that still runs
    (so a second ``up`` is a no-op);
 2. the configured server (``LINKPULSE_NATS_URL`` etc.), if it answers;
-3. a new embedded server on a free loopback port.
+3. a new embedded server, on the port this service used last time (so clients
+   that hold its URL reconnect; an error if another program took that port),
+   else on a free loopback port.
 
 The CLI (``linkpulse.cli.stack``) only renders what these functions return.
 """
@@ -67,8 +69,11 @@ def up(
     *,
     timeout: float = embedded.DEFAULT_START_TIMEOUT,
     progress: Progress | None = None,
+    new_ports: bool = False,
 ) -> list[ServiceUse]:
     """Make every service available; return what is used, in NATS, Redis, PostgreSQL order.
+
+    A service started again reuses its recorded port unless ``new_ports``.
 
     ``settings`` should be read without the state folder's env file (the CLI
     passes ``load_settings(_env_file=None)``), so "configured" means what the
@@ -87,9 +92,11 @@ def up(
                     uses[service] = use
                     continue
                 say(f"starting embedded {service}")
-                taken = frozenset(r.port for r in state.services.values())
-                rec = embedded.start(service, sd, configured_url(settings, service), taken)
-                state.services[service] = rec
+                last = None if new_ports else state.ports.get(service)
+                taken = frozenset(p for s, p in state.ports.items() if s != service)
+                taken |= {r.port for r in state.services.values()}
+                rec = embedded.start(service, sd, configured_url(settings, service), taken, last)
+                state.record(rec)
                 started.append(rec)
             for rec in started:
                 uses[rec.service] = _settle(rec, timeout, say, "started")
@@ -141,7 +148,8 @@ def _settle(rec: EmbeddedProcess, timeout: float, say: Progress, action: str) ->
 def down(state_dir: Path, *, purge: bool = False) -> list[StopResult]:
     """Stop what ``up`` started in ``state_dir`` (never anything else); forget it.
 
-    With ``purge`` the embedded services' data folders are deleted too.
+    The services' ports stay recorded for the next ``up``; with ``purge`` they
+    are forgotten and the embedded services' data folders deleted too.
     """
     sd = StateDir(state_dir)
     if not sd.root.exists():
@@ -156,6 +164,8 @@ def down(state_dir: Path, *, purge: bool = False) -> list[StopResult]:
                 for rec, outcome in zip(recs, pool.map(stop, recs), strict=True):
                     results.append(StopResult(rec.service, rec.pid, rec.port, outcome))
                     del state.services[rec.service]
+            if purge:
+                state.ports.clear()
         finally:
             sd.save(state, {s: r.url for s, r in state.services.items()})
         if purge:

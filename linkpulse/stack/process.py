@@ -161,3 +161,23 @@ def hand_over(path: Path, run_as: str) -> None:
         if st.st_uid == entry.pw_uid or st.st_mode & stat.S_IXOTH:
             continue
         parent.chmod(st.st_mode | stat.S_IXOTH)
+
+
+def listener_of(port: int) -> str:
+    """Who listens on TCP ``port``, as far as we may see: ``"pid 42 (redis-server)"``.
+
+    Other users' processes show no pid unless we are root; then it says so.
+    """
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return "another program"
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+            if c.pid is None:
+                return "another user's program"
+            try:
+                return f"pid {c.pid} ({psutil.Process(c.pid).name()})"
+            except psutil.Error:
+                return f"pid {c.pid}"
+    return "another program"

@@ -2,7 +2,7 @@
 
 Layout of ``<state_dir>``::
 
-    state.json   processes started by `up` (pid, port, binary, url, ...)
+    state.json   processes started by `up` (pid, port, binary, url, ...), last port of each
     env          `export LINKPULSE_*_URL=...` lines; `load_settings` reads it
     lock         held while `up`/`down` change the state, so two runs never race
     nats/ redis/ postgres/   each embedded service's data and log
@@ -64,15 +64,33 @@ class EmbeddedProcess:
 
 @dataclass
 class StackState:
-    """Everything in ``state.json``: embedded processes by service name."""
+    """Everything in ``state.json``: embedded processes by service name, and their ports.
+
+    ``ports`` remembers the port each embedded service last used, and outlives
+    the process record (a crash, ``linkpulse down``): a service started again
+    gets the same port, so clients that hold its URL reconnect.
+
+    >>> st = StackState()
+    >>> st.record(EmbeddedProcess("nats", 1, 4333, "/x/nats-server", "nats://127.0.0.1:4333"))
+    >>> del st.services["nats"]  # it died
+    >>> st.ports
+    {'nats': 4333}
+    """
 
     services: dict[str, EmbeddedProcess] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def record(self, rec: EmbeddedProcess) -> None:
+        """Remember a started process and its port."""
+        self.services[rec.service] = rec
+        self.ports[rec.service] = rec.port
 
     def to_json(self) -> str:
         """Serialize, with a version number so a future layout can migrate old files."""
         body = {
             "version": STATE_VERSION,
             "services": {name: asdict(rec) for name, rec in sorted(self.services.items())},
+            "ports": dict(sorted(self.ports.items())),
         }
         return json.dumps(body, indent=2) + "\n"
 
@@ -88,13 +106,26 @@ class StackState:
                 name: EmbeddedProcess(**_known_fields(raw))
                 for name, raw in body.get("services", {}).items()
             }
+            # Files written before "ports" existed: the running records' ports.
+            ports = {name: rec.port for name, rec in services.items()}
+            ports.update(_ports(body.get("ports", {})))
         except (ValueError, TypeError, AttributeError) as e:
             msg = (
                 f"the state file is damaged ({e}); stop leftover servers by hand "
                 "(see its pids) and delete it, then run `linkpulse up` again"
             )
             raise StackError(msg) from e
-        return cls(services)
+        return cls(services, ports)
+
+
+def _ports(raw: Mapping[str, Any]) -> dict[str, int]:
+    out = {}
+    for name, port in raw.items():
+        if name not in SERVICES or not isinstance(port, int) or not 0 < port < 65536:
+            msg = f"ports.{name}: expected a service name and a TCP port, got {port!r}"
+            raise ValueError(msg)
+        out[name] = port
+    return out
 
 
 def _known_fields(raw: Mapping[str, Any]) -> dict[str, Any]:

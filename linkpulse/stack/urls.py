@@ -1,11 +1,12 @@
 """Service URLs: what an embedded server's URL is, and how to print one safely.
 
-Pure functions, no I/O.
+Pure functions, except the port checks at the end.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -102,3 +103,38 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now.
+
+    With ``SO_REUSEADDR``, as nats-server, redis-server and postgres bind: the
+    TIME_WAIT connections a killed server leaves behind do not count as taken,
+    a listener (on this address or on 0.0.0.0) does.
+
+    >>> with socket.socket() as s:
+    ...     s.bind(("127.0.0.1", 0)); s.listen(); taken = s.getsockname()[1]
+    ...     port_bindable(taken)
+    False
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_port_bindable(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
+    """:func:`port_bindable`, polled for up to ``timeout`` seconds.
+
+    A server killed a moment ago still holds its socket while its threads exit,
+    after its main thread already shows as a zombie.
+    """
+    deadline = time.monotonic() + timeout
+    while not port_bindable(port, host):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
