@@ -1,7 +1,14 @@
 """PostgreSQL fixtures: each test gets a database of its own, dropped afterwards.
 
 The server comes from ``LINKPULSE_TEST_DATABASE_URL`` (default: the local
-PostgreSQL). If it can't be reached the fixture fails, saying how to start it.
+PostgreSQL; any TimescaleDB works too, and the store then uses its tier). If it
+can't be reached the fixture fails, saying how to start it.
+
+``lane_dsn`` runs a test on both store lanes: that server (``pg``) and the
+WASM TimescaleDB of ``tests/fix_timescale.py`` (``timescale``, marker
+``timescale``). A test using it must hold one connection at a time (the WASM
+server serves one; an ``EventWriter`` holds one until ``close()``), and take
+the tier from the database (``stored_tier``), never assume it.
 """
 
 from __future__ import annotations
@@ -59,6 +66,19 @@ def pg_dsn() -> Iterator[str]:
     """DSN of a fresh, empty database on the real PostgreSQL server."""
     with fresh_database() as dsn:
         yield dsn
+
+
+LANES = [
+    pytest.param("pg_dsn", id="pg"),
+    pytest.param("timescale_dsn", id="timescale", marks=pytest.mark.timescale),
+]
+
+
+@pytest.fixture(params=LANES)
+def lane_dsn(request: pytest.FixtureRequest) -> str:
+    """DSN of a fresh, empty database on each store lane in turn (see the module doc)."""
+    dsn: str = request.getfixturevalue(request.param)
+    return dsn
 
 
 @pytest.fixture

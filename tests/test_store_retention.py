@@ -9,16 +9,18 @@ import psycopg
 
 from linkpulse.config import load_settings
 from linkpulse.schemas.outputs import MetricWindow
-from linkpulse.store import EventWriter, Tier, migrate, refresh, run_forever, run_once
+from linkpulse.store import EventWriter, Tier, migrate, refresh, run_forever, run_once, stored_tier
 from linkpulse.store.partitions import list_partitions, partition_name
 from linkpulse.store.retention import apply_retention
-from tests.test_store_writer import make_events
+from tests.test_store_writer import ROLLUP_SQL, make_events, rollup_rows
+
+WIDTHS = {"events_1m": "1 minute", "events_1h": "1 hour", "events_1d": "1 day"}
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def test_retention_drops_only_what_is_older_than_the_horizon(pg_dsn: str) -> None:
-    migrate(pg_dsn)
+    migrate(pg_dsn, tier="plain")  # daily partitions and rollup tables: the plain tier's own
     start = NOW - timedelta(days=12)
     events = make_events(3_000, seed=2, start=start, span_s=12 * 86400)  # 12 days up to NOW
     windows = [
@@ -38,7 +40,7 @@ def test_retention_drops_only_what_is_older_than_the_horizon(pg_dsn: str) -> Non
         w.write_events(events)
         w.upsert_metric_windows(windows)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        refresh(conn, Tier.PLAIN_POSTGRES)
+        refresh(conn)
         raw_horizon = NOW - timedelta(days=5)
         rollup_horizon = NOW - timedelta(days=30)
         keep_events = conn.execute(
@@ -90,7 +92,7 @@ def test_retention_drops_only_what_is_older_than_the_horizon(pg_dsn: str) -> Non
 
 
 def test_maintain_makes_partitions_ahead_refreshes_and_loops(pg_dsn: str) -> None:
-    migrate(pg_dsn)
+    migrate(pg_dsn, tier="plain")  # partitions made ahead: the plain tier's own
     settings = load_settings(store_partitions_ahead_days=3, store_raw_retention_days=30)
     with EventWriter(pg_dsn) as w:
         w.write_events(
@@ -115,3 +117,72 @@ def test_maintain_makes_partitions_ahead_refreshes_and_loops(pg_dsn: str) -> Non
     stop.set()
     t.join(timeout=10)
     assert passes and passes[0] >= 2
+
+
+# -- on both lanes: the tier is the database's --------------------------------------------------
+
+
+def group_by(conn: psycopg.Connection, width: str) -> list[tuple[object, ...]]:
+    return conn.execute(ROLLUP_SQL, (width,)).fetchall()
+
+
+def test_maintain_keeps_rollups_whose_raw_events_were_dropped(lane_dsn: str) -> None:
+    """Issue 9 §2.1: a later pass must not empty the buckets of dropped raw chunks."""
+    migrate(lane_dsn)
+    now = datetime.now(UTC)
+    old = make_events(600, seed=41, start=now - timedelta(days=12), span_s=2 * 86400, prefix="o")
+    recent = make_events(600, seed=42, start=now - timedelta(hours=9), span_s=6 * 3600)
+    with EventWriter(lane_dsn) as w:
+        w.write_events(old + recent)
+    with psycopg.connect(lane_dsn, autocommit=True) as conn:
+        before = {name: group_by(conn, width) for name, width in WIDTHS.items()}
+    settings = load_settings(store_raw_retention_days=5)
+    first = run_once(lane_dsn, settings)
+    assert first.retention.dropped  # the old raw days are gone...
+    with EventWriter(lane_dsn) as w:  # ...and new events come in, for another tenant
+        w.write_events(
+            make_events(300, seed=43, start=now - timedelta(hours=2), span_s=3600, prefix="n",
+                        tenants=("initech",))
+        )  # fmt: skip
+    run_once(lane_dsn, settings)
+    with psycopg.connect(lane_dsn, autocommit=True) as conn:
+        refresh(conn)  # every rollup due, whatever its interval
+        assert conn.execute(
+            "SELECT count(*) FROM events WHERE event_time < %s", (now - timedelta(days=9),)
+        ).fetchone() == (0,)
+        for name, width in WIDTHS.items():
+            new = [r for r in group_by(conn, width) if r[1] == "initech"]
+            assert new, name
+            got = sorted(rollup_rows(conn, name), key=_order)
+            assert got == sorted(before[name] + new, key=_order), name
+
+
+def _order(row: tuple[object, ...]) -> tuple[object, ...]:
+    return (row[0], row[1], row[2], row[3] is not None, row[3] or "")
+
+
+def test_maintain_compresses_each_chunk_once_and_none_it_drops(lane_dsn: str) -> None:
+    """Issue 9 §2.3: only real work is reported; a chunk due for retention is not compressed."""
+    migrate(lane_dsn)
+    now = datetime.now(UTC)
+    with EventWriter(lane_dsn) as w:
+        w.write_events(
+            make_events(1_500, seed=44, start=now - timedelta(days=12), span_s=12 * 86400)
+        )
+    settings = load_settings(store_raw_retention_days=10, store_compress_after_days=3)
+    first = run_once(lane_dsn, settings)
+    second = run_once(lane_dsn, settings)
+    assert second.compressed == [] and second.chunks_compressed == 0
+    with psycopg.connect(lane_dsn, autocommit=True) as conn:
+        if stored_tier(conn) is not Tier.FULL_TIMESCALE:
+            assert first.compressed == []  # no compression below the full tier
+            return
+        chunks = conn.execute(
+            "SELECT format('%I.%I', chunk_schema, chunk_name), is_compressed, range_end"
+            " FROM timescaledb_information.chunks WHERE hypertable_name = 'events'"
+        ).fetchall()
+    compressed = {name for name, done, _ in chunks if done}
+    assert first.compressed and set(first.compressed) == compressed
+    assert not set(first.compressed) & set(first.retention.dropped)
+    assert all(done for _, done, end in chunks if end <= now - timedelta(days=3))
+    assert min(end for _, _, end in chunks) > now - timedelta(days=10)

@@ -16,6 +16,7 @@ import psycopg
 from linkpulse.config import Settings, get_settings
 from linkpulse.errors import StoreError
 from linkpulse.logging import get_logger
+from linkpulse.store.capabilities import Tier
 from linkpulse.store.migrate import stored_tier
 from linkpulse.store.partitions import create_ahead
 from linkpulse.store.retention import RetentionReport, apply_retention
@@ -34,9 +35,14 @@ class MaintainReport:
     tier: str
     refresh: RefreshReport | None = None
     partitions_made: int = 0
-    chunks_compressed: int = 0
+    compressed: list[str] = field(default_factory=list)
     retention: RetentionReport = field(default_factory=RetentionReport)
     seconds: float = 0.0
+
+    @property
+    def chunks_compressed(self) -> int:
+        """How many chunks this pass compressed (already compressed ones are not counted)."""
+        return len(self.compressed)
 
 
 def run_once(
@@ -63,16 +69,25 @@ def run_once(
                 report.partitions_made = create_ahead(
                     conn, days_ahead=settings.store_partitions_ahead_days, now=now
                 )
+        now = now or datetime.now(UTC)
+        # Refresh first (the rollups take in what retention is about to drop),
+        # then retention, then compression of what is left, so a chunk is
+        # never compressed only to be dropped.
         report.refresh = refresh(conn, tier, min_interval_s=DEFAULT_MIN_INTERVAL_S)
-        if tier.value == "full_timescale":
-            report.chunks_compressed = compress_old_chunks(conn, settings.store_compress_after_days)
         with conn.transaction():
             report.retention = apply_retention(
                 conn,
                 tier,
                 raw_days=settings.store_raw_retention_days,
                 rollup_days=settings.store_rollup_retention_days,
-                now=now or datetime.now(UTC),
+                now=now,
+            )
+        if tier is Tier.FULL_TIMESCALE:
+            report.compressed = compress_old_chunks(
+                conn,
+                settings.store_compress_after_days,
+                raw_days=settings.store_raw_retention_days,
+                now=now,
             )
     except psycopg.Error as e:
         msg = f"store maintenance failed: {e}"
@@ -82,6 +97,7 @@ def run_once(
         "store_maintained",
         tier=report.tier,
         partitions=report.partitions_made,
+        compressed=report.chunks_compressed,
         dropped=len(report.retention.dropped),
         seconds=round(report.seconds, 3),
     )

@@ -32,7 +32,9 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from linkpulse.errors import StoreError
 from linkpulse.store.capabilities import Tier
+from linkpulse.store.migrate import stored_tier
 
 __all__ = [
     "BUCKET_ORIGIN",
@@ -41,6 +43,7 @@ __all__ = [
     "RefreshReport",
     "RollupSpec",
     "mark_all_dirty",
+    "raw_windows",
     "rebuild",
     "refresh",
 ]
@@ -125,17 +128,20 @@ CROSS JOIN LATERAL (
 
 def refresh(
     conn: psycopg.Connection,
-    tier: Tier,
+    tier: Tier | None = None,
     *,
     min_interval_s: Mapping[str, float] | None = None,
 ) -> RefreshReport:
     """Bring the rollups up to date; ``conn`` must be in autocommit mode.
+
+    ``tier`` defaults to the one the database was migrated with.
 
     ``min_interval_s`` (rollup name -> seconds) skips a rollup refreshed less
     than that long ago; its touched buckets stay pending for a later pass
     (``maintain`` uses ``DEFAULT_MIN_INTERVAL_S``). By default every rollup is
     refreshed.
     """
+    tier = tier or _stored(conn)
     if tier is Tier.FULL_TIMESCALE:
         return _refresh_caggs(conn)
     with conn.transaction():
@@ -182,15 +188,85 @@ def refresh(
     return RefreshReport(claimed, buckets, watermark)
 
 
+# Scattered late events leave many invalidated ranges; past this many a
+# refresh merges them into one range from the oldest to the newest and
+# recomputes everything in between (TimescaleDB's default is 10, which made a
+# refresh after 500 late events over 30 days recompute all 30 days of minutes).
+MATERIALIZATIONS_PER_REFRESH = 500
+
+_RAW_CHUNKS = """
+SELECT range_start, range_end FROM timescaledb_information.chunks
+WHERE hypertable_schema = current_schema() AND hypertable_name = 'events'
+ORDER BY range_start
+"""
+
+
+def raw_windows(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Merge chunk ranges (sorted by start) into the contiguous windows they cover.
+
+    >>> from datetime import UTC
+    >>> d = lambda n: datetime(2026, 11, n, tzinfo=UTC)
+    >>> [(a.day, b.day) for a, b in raw_windows([(d(1), d(2)), (d(2), d(3)), (d(5), d(6))])]
+    [(1, 3), (5, 6)]
+    """
+    out: list[tuple[datetime, datetime]] = []
+    for start, end in ranges:
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _inscribed(window: tuple[datetime, datetime], width: timedelta) -> tuple[datetime, datetime]:
+    """The whole buckets of ``width`` inside ``window`` (aligned like time_bucket).
+
+    >>> from datetime import UTC
+    >>> w = (datetime(2026, 11, 1, 6, tzinfo=UTC), datetime(2026, 11, 3, 1, tzinfo=UTC))
+    >>> [t.isoformat() for t in _inscribed(w, timedelta(days=1))]
+    ['2026-11-02T00:00:00+00:00', '2026-11-03T00:00:00+00:00']
+    """
+    origin = datetime.fromisoformat(BUCKET_ORIGIN)
+    start = origin + -((origin - window[0]) // width) * width  # rounded up
+    end = origin + ((window[1] - origin) // width) * width  # rounded down
+    return start, end
+
+
+def _stored(conn: psycopg.Connection) -> Tier:
+    tier = stored_tier(conn)
+    if tier is None:
+        msg = "the store has no schema yet: run `linkpulse db migrate` first"
+        raise StoreError(msg)
+    return tier
+
+
 def _refresh_caggs(conn: psycopg.Connection) -> RefreshReport:
-    # refresh_continuous_aggregate must run outside a transaction block.
+    """Refresh each continuous aggregate over the windows whose raw chunks still exist.
+
+    Never over a dropped chunk's range: TimescaleDB logs the drop as an
+    invalidation, and a refresh there would recompute the buckets from no
+    raw events, i.e. delete them (the rollups outlive the raw events).
+    refresh_continuous_aggregate must run outside a transaction block.
+    """
+    windows = raw_windows(conn.execute(_RAW_CHUNKS).fetchall())
+    try:
+        conn.execute(
+            "SELECT set_config('timescaledb.materializations_per_refresh_window', %s, false)",
+            (str(MATERIALIZATIONS_PER_REFRESH),),
+        )
+    except psycopg.Error:  # an older TimescaleDB without the setting: its default applies
+        pass
     buckets = {}
     for spec in ROLLUP_SPECS:
-        conn.execute(
-            sql.SQL("CALL refresh_continuous_aggregate({}, NULL, NULL)").format(
-                sql.Literal(spec.name)
+        for window in windows:
+            start, end = _inscribed(window, spec.width)
+            if start >= end:
+                continue
+            conn.execute(
+                sql.SQL("CALL refresh_continuous_aggregate({}, {}, {})").format(
+                    sql.Literal(spec.name), sql.Literal(start), sql.Literal(end)
+                )
             )
-        )
         conn.execute(
             "UPDATE lp_rollup_state SET refreshed_at = now(), watermark = now() WHERE rollup = %s",
             (spec.name,),
@@ -207,12 +283,15 @@ FROM events GROUP BY 1, 2, 3, 4
 """
 
 
-def rebuild(conn: psycopg.Connection, tier: Tier) -> RefreshReport:
+def rebuild(conn: psycopg.Connection, tier: Tier | None = None) -> RefreshReport:
     """Recompute every rollup from all raw events in one pass (after a bulk load or restore).
 
     Cheaper than an incremental refresh when most buckets changed. Claims the
     dirty log first, like ``refresh``, so concurrent writers stay safe.
+    ``tier`` defaults to the one the database was migrated with. On the full
+    tier this is a refresh over the raw events still stored (as ``refresh``).
     """
+    tier = tier or _stored(conn)
     if tier is Tier.FULL_TIMESCALE:
         return _refresh_caggs(conn)
     with conn.transaction():

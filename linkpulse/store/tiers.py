@@ -14,7 +14,7 @@ setting takes effect. The Apache-only and plain tiers have no policies:
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg import sql
@@ -100,11 +100,33 @@ def apply_policies(
     return len(stmts)
 
 
-def compress_old_chunks(conn: psycopg.Connection, older_than_days: int) -> int:
-    """Compress raw-event chunks older than the age (what the policy does, run by hand)."""
-    rows = conn.execute(
-        "SELECT compress_chunk(c, if_not_compressed => true) "
-        "FROM show_chunks('events', older_than => %s) c",
-        (timedelta(days=older_than_days),),
-    ).fetchall()
-    return len(rows)
+_TO_COMPRESS = """
+SELECT format('%%I.%%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks
+WHERE hypertable_schema = current_schema() AND hypertable_name = 'events' AND NOT is_compressed
+  AND range_end <= %(compress_before)s AND range_end > %(drop_before)s
+ORDER BY range_start
+"""
+
+
+def compress_old_chunks(
+    conn: psycopg.Connection,
+    older_than_days: int,
+    *,
+    raw_days: int,
+    now: datetime | None = None,
+) -> list[str]:
+    """Compress the raw-event chunks that the compression policy would; return their names.
+
+    Only chunks not compressed yet, wholly older than ``older_than_days``, and
+    not due for retention (a chunk that ends before the raw horizon is about
+    to be dropped: compressing it would be wasted work).
+    """
+    now = now or datetime.now(UTC)
+    params = {
+        "compress_before": now - timedelta(days=older_than_days),
+        "drop_before": now - timedelta(days=raw_days),
+    }
+    chunks = [r[0] for r in conn.execute(_TO_COMPRESS, params).fetchall()]
+    for chunk in chunks:
+        conn.execute("SELECT compress_chunk(%s::regclass, if_not_compressed => true)", (chunk,))
+    return chunks
