@@ -1,5 +1,53 @@
-"""Online anomaly detection: River models behind ``learn_one`` / ``score_one``.
+"""Online anomaly detection: per-series detectors behind ``score_one`` / ``learn_one``.
 
-Knows nothing of where data comes from (see ARCHITECTURE.md). The detectors
-arrive with the anomaly-detection issue; this package is their home.
+Knows nothing of where data comes from (see ARCHITECTURE.md): the flow calls
+``update(t, x)`` once per final window (``x=None`` for an empty step) and
+stores the ``AnomalyScore``. Public API, documented in
+``docs/anomaly-detection.md``:
+
+* ``build_detector(spec)`` / ``detector_for_window(window)``: a detector per
+  series, with defaults per metric kind (``count``, ``sum``, ``ratio``,
+  ``distinct``, ``level``);
+* ``Detector``: the contract; ``PAGE_THRESHOLD`` the default paging score;
+* ``explain_root_cause``: name the sellers behind a tenant-level deviation;
+* ``Forecaster``: hourly and minutely forecasts with 80% / 95% intervals.
 """
+
+from __future__ import annotations
+
+from linkpulse.online_ml.base import PAGE_THRESHOLD, Detector, JointDetector, score_from_p
+from linkpulse.online_ml.core import Calibrator, ScalarDetector
+from linkpulse.online_ml.ensemble import Ensemble
+from linkpulse.online_ml.explain import explain_root_cause, rank_contributors
+from linkpulse.online_ml.seasonal import SeasonalBaseline
+from linkpulse.online_ml.silence import SilentStream
+from linkpulse.online_ml.sparse import SparseCounts
+from linkpulse.online_ml.spec import (
+    DETECTORS,
+    KIND_DEFAULTS,
+    build_detector,
+    detector_for_window,
+    load_spec,
+    metric_kind,
+)
+
+__all__ = [
+    "DETECTORS",
+    "KIND_DEFAULTS",
+    "PAGE_THRESHOLD",
+    "Calibrator",
+    "Detector",
+    "Ensemble",
+    "JointDetector",
+    "ScalarDetector",
+    "SeasonalBaseline",
+    "SilentStream",
+    "SparseCounts",
+    "build_detector",
+    "detector_for_window",
+    "explain_root_cause",
+    "load_spec",
+    "metric_kind",
+    "rank_contributors",
+    "score_from_p",
+]

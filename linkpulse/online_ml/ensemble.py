@@ -1,0 +1,87 @@
+"""The ensemble: several calibrated detectors of one series combined into one score.
+
+Each member's verdict is already calibrated (see ``core.Calibrator``); the
+ensemble takes the smallest probability times the number of members
+(Bonferroni, so adding a member never raises the false-page rate), and
+explains with the member that drove it. The band comes from the first
+member that has one (the value model), whoever drove the score.
+
+>>> from datetime import UTC, datetime, timedelta
+>>> from linkpulse.online_ml.seasonal import SeasonalBaseline
+>>> from linkpulse.online_ml.silence import SilentStream
+>>> ens = Ensemble([SeasonalBaseline(grace=0, gap_value=None), SilentStream(grace=0)],
+...                series="acme|order_value||1m", grace=120)
+>>> t0 = datetime(2026, 11, 16, tzinfo=UTC)
+>>> for i in range(600):
+...     _ = ens.update(t0 + timedelta(minutes=i), 500.0 + (i % 7))
+>>> [(s.details.detector, round(s.score, 2)) for s in
+...  [ens.update(t0 + timedelta(minutes=600 + k), None) for k in range(3)]]
+[('silence', 0.0), ('silence', 0.0), ('silence', 0.59)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from linkpulse.online_ml.core import ScalarDetector, Verdict
+
+
+class Ensemble(ScalarDetector):
+    """Bonferroni-combined calibrated members; see the module docstring."""
+
+    name: ClassVar[str] = "ensemble"
+    __slots__ = ("_members",)
+
+    def __init__(
+        self,
+        members: Sequence[ScalarDetector],
+        *,
+        series: str = "",
+        period_s: float = 60.0,
+        grace: int | None = None,
+        percent: bool = False,
+    ) -> None:
+        super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
+        if not members:
+            msg = "an ensemble needs at least one member detector"
+            raise ValueError(msg)
+        self._members = tuple(members)
+        for m in self._members:
+            m.series = series
+
+    @property
+    def members(self) -> tuple[ScalarDetector, ...]:
+        return self._members
+
+    def assess(self, ts: float, x: float | None) -> Verdict:
+        best: Verdict | None = None
+        band: Verdict | None = None
+        for m in self._members:
+            v = m._verdict(ts, x)
+            if best is None or v.p < best.p:
+                best = v
+            if band is None and v.expected is not None:
+                band = v
+        assert best is not None
+        k = len(self._members)
+        if band is None:
+            band = best
+        return Verdict(
+            min(1.0, k * best.p),
+            best.direction,
+            band.expected,
+            band.lower,
+            band.upper,
+            best.sigmas if best.sigmas is not None else band.sigmas,
+            best.feature,
+            best.detector,
+            best.novel or band.novel,
+            best.gap_steps,
+        )
+
+    def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
+        for m in self._members:
+            m.learn(ts, x, m._verdict(ts, x))
+            m._n += 1
+            m._cache = None

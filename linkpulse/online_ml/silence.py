@@ -1,0 +1,95 @@
+"""Silent stream (dead man's switch): a series that normally has data and has none.
+
+A window exists only if an event contributed to it, so the flow tells the
+detector about each empty step with ``x=None`` (and, for counts and sums,
+a 0 is empty too). Per hour of day the detector learns how often a step has
+data (``presence``, exponentially weighted, with a prior that keeps it below
+1); a run of empty steps has probability the product of ``1 - presence``
+over the run. A series that always has data pages on its second or
+third empty minute; one present half the time needs some twenty.
+
+>>> from datetime import UTC, datetime, timedelta
+>>> det = SilentStream(series="acme|gmv||1h", period_s=3600, grace=24)
+>>> t0 = datetime(2026, 11, 16, tzinfo=UTC)
+>>> for i in range(24 * 28):
+...     _ = det.update(t0 + timedelta(hours=i), 100.0)
+>>> [round(det.update(t0 + timedelta(hours=24 * 28 + k), None).score, 3) for k in range(3)]
+[0.138, 0.849, 0.987]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from linkpulse.online_ml.core import ScalarDetector, Verdict
+from linkpulse.online_ml.profile import LN2, slot_of
+
+
+class SilentStream(ScalarDetector):
+    """Probability of the current run of empty steps given the hour's usual presence."""
+
+    name: ClassVar[str] = "silence"
+    __slots__ = ("_presence", "_seen", "_alpha", "_run_log", "_run", "_zero_is_empty", "_memory")
+
+    def __init__(
+        self,
+        *,
+        series: str = "",
+        period_s: float = 60.0,
+        grace: int | None = None,
+        percent: bool = False,
+        zero_is_empty: bool = True,
+        half_life_days: float = 7.0,
+    ) -> None:
+        super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
+        self._presence = [0.5] * 24
+        self._seen = [0.0] * 24
+        self._alpha = LN2 / max(1.0, half_life_days * self.steps_per_day / 24.0)
+        self._memory = 1.0 / self._alpha  # steps an EW mean remembers: caps the evidence
+        self._run_log = 0.0  # log P(the current run of empty steps)
+        self._run = 0
+        self._zero_is_empty = zero_is_empty
+
+    def _empty(self, x: float | None) -> bool:
+        return x is None or (self._zero_is_empty and x == 0.0)
+
+    def _log_absent(self, ts: float) -> float:
+        _, i, f = slot_of(ts)
+        pres = self._presence[i] * (1.0 - f) + self._presence[(i + 1) % 24] * f
+        # a slot seen n times cannot claim presence above (n + 1) / (n + 2)
+        n = min(self._seen[i], self._memory)
+        cap = (n + 1.0) / (n + 2.0)
+        return math.log(1.0 - min(pres, cap, 1.0 - 1e-12))
+
+    def assess(self, ts: float, x: float | None) -> Verdict:
+        if not self._empty(x):
+            return Verdict(1.0, "none", None, None, None, None, "gap", self.name)
+        log_p = self._run_log + self._log_absent(ts)
+        return Verdict(
+            math.exp(log_p),
+            "down",
+            None,
+            None,
+            None,
+            None,
+            "gap",
+            self.name,
+            gap_steps=self._run + 1,
+        )
+
+    def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
+        empty = self._empty(x)
+        if empty:
+            self._run_log += self._log_absent(ts)
+            self._run += 1
+        else:
+            self._run_log = 0.0
+            self._run = 0
+        _, i, f = slot_of(ts)
+        hit = 0.0 if empty else 1.0
+        for k, wk in ((i, 1.0 - f), ((i + 1) % 24, f)):
+            if wk > 0.0:
+                a = max(wk / (self._seen[k] + 1.0), self._alpha * wk)
+                self._presence[k] += a * (hit - self._presence[k])
+                self._seen[k] += wk
