@@ -19,6 +19,7 @@ from linkpulse.online_ml.base import PAGE_THRESHOLD, Detector, JointDetector, sc
 from linkpulse.online_ml.core import Calibrator, ScalarDetector
 from linkpulse.online_ml.ensemble import Ensemble
 from linkpulse.online_ml.explain import explain_root_cause, rank_contributors
+from linkpulse.online_ml.forecast import Forecaster, evaluate_forecaster, forecaster_for_window
 from linkpulse.online_ml.seasonal import SeasonalBaseline
 from linkpulse.online_ml.silence import SilentStream
 from linkpulse.online_ml.sparse import SparseCounts
@@ -38,6 +39,7 @@ __all__ = [
     "Calibrator",
     "Detector",
     "Ensemble",
+    "Forecaster",
     "JointDetector",
     "ScalarDetector",
     "SeasonalBaseline",
@@ -45,7 +47,9 @@ __all__ = [
     "SparseCounts",
     "build_detector",
     "detector_for_window",
+    "evaluate_forecaster",
     "explain_root_cause",
+    "forecaster_for_window",
     "load_spec",
     "metric_kind",
     "rank_contributors",
