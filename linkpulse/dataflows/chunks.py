@@ -11,16 +11,28 @@ cut by a rule that depends only on the stream:
 * at most ``max_messages`` of them (cut at every N-th message of the tick).
 
 A resumed source restarts at a chunk boundary (its snapshot is the sequence
-after the last *emitted* chunk), so it re-forms the very same chunks. Only when
-the stream goes quiet is a chunk closed by the wall clock (``idle_close_ns``
-after its tick ended, nothing pending), and then empty chunks carry the clock
-forward (``idle_every_ns``) so windows still close; empty chunks change no
-state but the watermark, which only grows with the clock.
+after the last *emitted* chunk), so it re-forms the very same chunks.
 
->>> c = Chunker("p", max_messages=2, tick_ns=100)
+Only when the stream goes quiet is a chunk closed by the clock, and then empty
+chunks carry the clock forward (``idle_every_ns``) so windows still close.
+``on_idle(quiet_ns)`` takes a time at which *the server* said that nothing
+matching the partition is stored after the last message added (the reader asks
+it: see ``jetstream_reader``; a delivery's pending count is not exact enough).
+That keeps the idle close a cut of the rule above: at ``idle_close_ns`` after
+the tick ended nothing more of the tick is stored, and JetStream stamps every
+later message later, so it falls in a later tick and a replay cuts there too
+(given clocks that agree within ``idle_close_ns``). An empty chunk's clock is
+``quiet_ns - idle_close_ns``, never past a message still to come; empty
+chunks change no state but the watermark, which only grows with the clock.
+
+>>> c = Chunker("p", max_messages=2, tick_ns=100, idle_close_ns=50)
 >>> [c.add((b"", "s", seq, t)) for seq, t in ((1, 5), (2, 7), (3, 9), (4, 150))]
 [None, None, Chunk(part='p', now_ns=7, messages=[(b'', 's', 1, 5), (b'', 's', 2, 7)]), \
 Chunk(part='p', now_ns=9, messages=[(b'', 's', 3, 9)])]
+>>> c.idle_due(240), c.idle_due(260)  # tick 100-200 of seq 4 plus 50 ns
+(False, True)
+>>> c.on_idle(260)
+Chunk(part='p', now_ns=150, messages=[(b'', 's', 4, 150)])
 """
 
 from __future__ import annotations
@@ -98,14 +110,25 @@ class Chunker:
         self._last_now = chunk.now_ns
         return chunk
 
-    def on_idle(self, wall_ns: int) -> Chunk | None:
-        """Nothing is buffered: close a finished tick, or emit an empty clock chunk."""
+    def idle_due(self, wall_ns: int) -> bool:
+        """Would a quiet stream as of ``wall_ns`` close a chunk or emit a clock chunk?
+
+        The reader asks the server whether the stream is quiet only then.
+        """
         if self._open:
-            if wall_ns >= (self._tick + 1) * self.tick_ns + self.idle_close_ns:
-                return self.close()
+            return wall_ns >= (self._tick + 1) * self.tick_ns + self.idle_close_ns
+        return wall_ns - self.idle_close_ns - self._last_now >= self.idle_every_ns
+
+    def on_idle(self, quiet_ns: int) -> Chunk | None:
+        """Nothing follows the last message as of ``quiet_ns``: close its tick, or tick on.
+
+        ``quiet_ns`` must be a clock reading taken *before* the server
+        confirmed that nothing matching the partition is stored after the
+        last message added (see the module doc for why).
+        """
+        if not self.idle_due(quiet_ns):
             return None
-        now = wall_ns - self.idle_close_ns
-        if now - self._last_now >= self.idle_every_ns:
-            self._last_now = now
-            return Chunk(self.part, now, [])
-        return None
+        if self._open:
+            return self.close()
+        self._last_now = quiet_ns - self.idle_close_ns
+        return Chunk(self.part, self._last_now, [])

@@ -30,8 +30,13 @@ What the reader guarantees:
 * **Ordered, no gaps.** Every delivery must carry the next consumer
   sequence; a gap, three missed heartbeats, a consumer error status or a lost
   connection re-create the consumer after the last sequence read.
-* **Idle clock.** Only when the consumer has nothing pending is a chunk closed
-  by the wall clock (see ``Chunker.on_idle``).
+* **Idle clock.** Once no delivery has closed a due chunk, the reader asks
+  the server whether anything matching its filter is stored after the last
+  sequence read (a ``next_by_subj`` message get); only a "no" lets the wall
+  clock close the chunk or tick on (``Chunker.on_idle`` with the time it
+  asked). The pending count a delivery carries is not used for this: on NATS
+  2.9 it stays at 1 or 3 after a pipelined burst while nothing is left, and
+  the tail of the burst then waited for the next publish.
 * **No orphan.** The reader exits when its stdin closes, which the kernel does
   when the flow's process dies, even by SIGKILL. It ignores SIGINT: a Ctrl-C
   in the terminal is the flow's to handle.
@@ -51,6 +56,7 @@ import time
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -72,6 +78,7 @@ log = get_logger(__name__)
 
 CREDIT = struct.Struct("<Q")  # flow -> reader: messages taken so far, a running total
 HEARTBEAT_S = 2.0  # the consumer's idle heartbeat; 3 missed ones re-create it
+QUIET_RETRY_S = (0.05, 1.0)  # between "is it quiet?" asks answered "no": doubling, capped
 INACTIVE_S = 30.0  # the server deletes a consumer left without its reader this long
 
 
@@ -167,9 +174,9 @@ class Reader:
         self._read_seq = args.start_seq - 1  # last sequence read
         self._read = 0  # messages read (running total)
         self._taken = 0  # messages the flow took (its latest credit)
-        # Consumer num_pending after the last message read; -1 while unknown,
-        # so a fresh consumer that has not delivered yet never looks idle.
-        self._pending = -1
+        self._asking = False  # an "is the stream quiet?" request is out
+        self._ask_after = 0.0  # monotonic time before which we don't ask again
+        self._ask_wait = QUIET_RETRY_S[0]
         self._stream_last = 0
         self._restarts = 0
         self._paused = True  # no live consumer: starting, buffer full, restarting, or done
@@ -321,9 +328,6 @@ class Reader:
             ),
         )
         self._consumer = info.name
-        # Nothing may ever arrive (we start past the end): then we are idle.
-        if self._pending < 0 and info.num_pending == 0 and self._read_seq == from_seq:
-            self._pending = 0
 
     def _on_delivery(
         self, sid: int, subject: bytes, reply: bytes | None, headers: bytes, data: bytes
@@ -348,8 +352,7 @@ class Reader:
         pending = int(tokens[at + 3])
         self._read_seq = seq
         self._read += 1
-        self._pending = pending
-        self._stream_last = seq + pending
+        self._stream_last = seq + pending  # the lag metric's (pending is not exact)
         name = self._subjects.get(subject)
         if name is None:
             name = self._subjects[subject] = subject.decode()
@@ -367,7 +370,6 @@ class Reader:
             # The server sent on past held flow control (a bigger window
             # than ours): drop the consumer, re-read from here later.
             self._paused = True
-            self._pending = -1  # the messages we now skip are still to come
             self._send([])  # let the flow see how much is buffered
             asyncio.get_running_loop().create_task(self._drop_consumer())
 
@@ -420,7 +422,6 @@ class Reader:
             return
         self._restarts += 1
         self._paused = True
-        self._pending = -1
         if self._restarting:
             # A re-creation is under way (a resume, or an earlier fault) and
             # may already be past the point this fault breaks (a consumer
@@ -455,16 +456,57 @@ class Reader:
                 seen, seen_at = -1, time.monotonic()
                 self._maybe_resume()  # a credit that came before the pause took effect
                 continue
-            if self._pending == 0:
-                chunk = self._chunker.on_idle(time.time_ns())
-                if chunk is not None:
-                    self._send([chunk])
             if self._deliveries != seen:
                 seen, seen_at = self._deliveries, time.monotonic()
+                self._ask_after, self._ask_wait = 0.0, QUIET_RETRY_S[0]  # it moved: ask soon
             elif time.monotonic() - seen_at > 3 * HEARTBEAT_S:
                 log.warning("jetstream reader: no heartbeat", subject=self.args.filter_subject)
                 seen, seen_at = -1, time.monotonic()
                 self._reset()
+                continue
+            self._maybe_ask_quiet()
+
+    def _maybe_ask_quiet(self) -> None:
+        """Ask the server whether the stream is quiet, when a quiet stream would cut a chunk."""
+        if self._asking or time.monotonic() < self._ask_after:
+            return
+        asked_ns = time.time_ns()
+        if self._chunker.idle_due(asked_ns):
+            self._asking = True
+            asyncio.get_running_loop().create_task(self._close_if_quiet(asked_ns))
+
+    async def _close_if_quiet(self, asked_ns: int) -> None:
+        """Cut the idle chunk as of ``asked_ns`` if nothing is stored after what we read.
+
+        The answer is the store's own (the next message matching the filter
+        after the last sequence read), not a pending count; it holds as of a
+        moment after ``asked_ns``, which is what ``Chunker.on_idle`` needs.
+        """
+        assert self._nc is not None
+        seq = self._read_seq
+        try:
+            await self._nc.jetstream().get_msg(
+                self.args.stream, seq=seq + 1, subject=self.args.filter_subject, next=True
+            )
+            quiet = False  # stored but not read yet: its delivery is on its way
+        except nats.js.errors.NotFoundError:
+            quiet = True
+        except (TimeoutError, nats.errors.Error) as e:
+            log.info("quiet check failed", error=repr(e), subject=self.args.filter_subject)
+            quiet = False
+        finally:
+            self._asking = False
+        if seq != self._read_seq or self._done:
+            return  # a delivery came meanwhile: the chunker decides again
+        if not quiet:
+            # Ask again later, less often while nothing moves (held flow control).
+            self._ask_after = time.monotonic() + self._ask_wait
+            self._ask_wait = min(self._ask_wait * 2, QUIET_RETRY_S[1])
+            return
+        self._stream_last = seq  # nothing of ours after it
+        chunk = self._chunker.on_idle(asked_ns)
+        if chunk is not None:
+            self._send([chunk])
 
     async def _drop_consumer(self) -> None:
         sid, self._sid = self._sid, 0
