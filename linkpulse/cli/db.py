@@ -145,6 +145,7 @@ def backfill_cmd(
                 file,
                 writer,
                 batch_size=batch_size,
+                raw_days=s.store_raw_retention_days,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
                 on_invalid=show,
             )
@@ -156,6 +157,13 @@ def backfill_cmd(
         f"read {report.read}, stored {report.inserted} new, "
         f"{len(report.invalid)} invalid (written to dead_letters)"
     )
+    if report.too_old and report.cutoff is not None:
+        console.print(
+            f"[yellow]{report.too_old} event(s) before {report.cutoff.isoformat()} "
+            "not loaded[/yellow]: older than the raw horizon (LINKPULSE_STORE_RAW_RETENTION_DAYS="
+            f"{s.store_raw_retention_days}, less a day), so retention would drop them; "
+            "raise it before the load to keep them"
+        )
 
 
 @db_app.command("roles")

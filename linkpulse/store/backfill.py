@@ -5,6 +5,14 @@ reported with its line number, field and problem, written to ``dead_letters``
 (source ``backfill:<file name>``, sequence = line number) and skipped, and the
 load goes on.
 
+Events older than the raw horizon (less a day's margin: ``raw_cutoff``) are
+not loaded, on every tier, and are counted apart: retention would drop them,
+on the full tier even while the load runs (its retention policy is a
+background job), so "stored" would not be true. Their rollups can't be
+loaded alone either: a rollup bucket is recomputed from the raw events, and
+exact distinct users don't add up. To keep older history, raise
+``LINKPULSE_STORE_RAW_RETENTION_DAYS`` before the load.
+
 >>> list(_ndjson_lines([b'{"a": 1}\\n', b'\\n', b'x\\n']))
 [(1, b'{"a": 1}'), (3, b'x')]
 """
@@ -13,19 +21,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from linkpulse.config import get_settings
 from linkpulse.errors import SchemaValidationError
 from linkpulse.schemas import decode_event, validate_event
 from linkpulse.schemas.events import BaseEvent
 from linkpulse.schemas.outputs import DeadLetter
 from linkpulse.store.writer import EventWriter
 
-__all__ = ["BackfillReport", "Invalid", "backfill"]
+__all__ = ["HORIZON_MARGIN", "BackfillReport", "Invalid", "backfill", "raw_cutoff"]
+
+# Events this close to the raw horizon are refused too: their chunk (or
+# partition, a UTC day) would be dropped by retention within this time, which
+# a long load may well outlast.
+HORIZON_MARGIN = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,17 @@ class BackfillReport:
     read: int = 0
     inserted: int = 0
     invalid: list[Invalid] = field(default_factory=list)
+    too_old: int = 0  # valid events older than ``cutoff``: not loaded
+    cutoff: datetime | None = None
+
+
+def raw_cutoff(raw_days: int, now: datetime | None = None) -> datetime:
+    """The oldest event time a backfill loads: the raw horizon plus ``HORIZON_MARGIN``.
+
+    >>> raw_cutoff(90, datetime(2026, 12, 1, tzinfo=UTC)).isoformat()
+    '2026-09-03T00:00:00+00:00'
+    """
+    return (now or datetime.now(UTC)) - timedelta(days=raw_days) + HORIZON_MARGIN
 
 
 def _ndjson_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -80,11 +105,15 @@ def backfill(
     writer: EventWriter,
     *,
     batch_size: int = 5000,
+    raw_days: int | None = None,
+    now: datetime | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_invalid: Callable[[Invalid], None] | None = None,
 ) -> BackfillReport:
     """Load ``path`` (``.ndjson``/``.jsonl``/``.json`` or ``.parquet``) into the store.
 
+    Events before ``raw_cutoff(raw_days, now)`` are counted in ``too_old`` and
+    not loaded (``raw_days`` defaults to ``LINKPULSE_STORE_RAW_RETENTION_DAYS``).
     ``on_progress(done, total)`` is called after each batch (bytes for NDJSON,
     rows for Parquet); ``on_invalid`` for each rejected line.
     """
@@ -92,7 +121,10 @@ def backfill(
         msg = f"backfill file not found: {path}"
         raise ValueError(msg)
     suffix = path.suffix.lower()
-    report = BackfillReport()
+    if raw_days is None:
+        raw_days = get_settings().store_raw_retention_days
+    cutoff = raw_cutoff(raw_days, now)
+    report = BackfillReport(cutoff=cutoff)
     source = f"backfill:{path.name}"
     events: list[BaseEvent] = []
     letters: list[DeadLetter] = []
@@ -132,7 +164,11 @@ def backfill(
     for no, raw in rows:
         report.read += 1
         try:
-            events.append(_parse(raw))
+            event = _parse(raw)
+            if event.event_time < cutoff:
+                report.too_old += 1
+            else:
+                events.append(event)
         except SchemaValidationError as e:
             bad = Invalid(no, e.field, e.problem)
             report.invalid.append(bad)
