@@ -9,6 +9,7 @@ stores the ``AnomalyScore``. Public API, documented in
   series, with defaults per metric kind (``count``, ``sum``, ``ratio``,
   ``distinct``, ``level``);
 * ``Detector``: the contract; ``PAGE_THRESHOLD`` the default paging score;
+* ``build_joint_detector(tenant)``: one multivariate detector per tenant;
 * ``explain_root_cause``: name the sellers behind a tenant-level deviation;
 * ``Forecaster``: hourly and minutely forecasts with 80% / 95% intervals.
 """
@@ -20,6 +21,14 @@ from linkpulse.online_ml.core import Calibrator, ScalarDetector
 from linkpulse.online_ml.ensemble import Ensemble
 from linkpulse.online_ml.explain import explain_root_cause, rank_contributors
 from linkpulse.online_ml.forecast import Forecaster, evaluate_forecaster, forecaster_for_window
+from linkpulse.online_ml.joint import (
+    JOINT_DETECTORS,
+    TENANT_FEATURES,
+    JointHST,
+    JointShift,
+    build_joint_detector,
+)
+from linkpulse.online_ml.residual import ForecastResidual
 from linkpulse.online_ml.seasonal import SeasonalBaseline
 from linkpulse.online_ml.silence import SilentStream
 from linkpulse.online_ml.sparse import SparseCounts
@@ -34,18 +43,24 @@ from linkpulse.online_ml.spec import (
 
 __all__ = [
     "DETECTORS",
+    "JOINT_DETECTORS",
     "KIND_DEFAULTS",
     "PAGE_THRESHOLD",
+    "TENANT_FEATURES",
     "Calibrator",
     "Detector",
     "Ensemble",
+    "ForecastResidual",
     "Forecaster",
     "JointDetector",
+    "JointHST",
+    "JointShift",
     "ScalarDetector",
     "SeasonalBaseline",
     "SilentStream",
     "SparseCounts",
     "build_detector",
+    "build_joint_detector",
     "detector_for_window",
     "evaluate_forecaster",
     "explain_root_cause",

@@ -31,6 +31,7 @@ import yaml
 
 from linkpulse.online_ml.core import ScalarDetector
 from linkpulse.online_ml.ensemble import Ensemble
+from linkpulse.online_ml.residual import ForecastResidual
 from linkpulse.online_ml.seasonal import SeasonalBaseline
 from linkpulse.online_ml.silence import SilentStream
 from linkpulse.online_ml.sparse import SparseCounts
@@ -43,6 +44,7 @@ DETECTORS: dict[str, type[ScalarDetector]] = {
     SeasonalBaseline.name: SeasonalBaseline,
     SparseCounts.name: SparseCounts,
     SilentStream.name: SilentStream,
+    ForecastResidual.name: ForecastResidual,
     Ensemble.name: Ensemble,
 }
 COMMON: Final = ("series", "period_s", "grace", "percent")
