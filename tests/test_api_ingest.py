@@ -17,15 +17,16 @@ import pytest
 from nats.js import JetStreamContext
 
 from linkpulse.config import Settings
-from linkpulse.schemas import decode_event, validate_event
+from linkpulse.schemas import decode_event, encode_event, validate_event
 from linkpulse.schemas.outputs import DeadLetter
 from tests.api_server import ApiServer
-from tests.event_examples import example
+from tests.event_examples import EVENT_TIME, example
 
 pytestmark = pytest.mark.integration
 
 MAX_BATCH = 50
 MAX_BODY = 64 * 1024
+JSON = "application/json"
 PROBLEM_KEYS = {"type", "title", "status", "detail", "field"}
 
 
@@ -220,9 +221,13 @@ async def test_deeply_nested_json_is_a_client_error_not_a_crash(
     client: httpx.AsyncClient, js: JetStreamContext, api_settings: Settings
 ) -> None:
     resp = await client.post(
-        "/v1/events", content=b"[" + DEEP + b"]", headers={"content-type": "application/json"}
+        "/v1/events",
+        content=b'[{"properties": ' + DEEP + b"}]",
+        headers={"content-type": "application/json"},
     )
-    _assert_problem(resp, 400, "$", "nested too deeply")
+    assert resp.status_code == 207, resp.text
+    assert resp.json()["results"][0]["field"] == "$"
+    assert "nested too deeply" in resp.json()["results"][0]["problem"]
 
     # in NDJSON only that line is bad: the others are still stored
     lines = [json.dumps(GOOD[0]).encode(), b'{"properties": ' + DEEP + b"}"]
@@ -234,6 +239,7 @@ async def test_deeply_nested_json_is_a_client_error_not_a_crash(
     assert (body["accepted"], body["rejected"]) == (1, 1)
     assert body["results"][1]["field"] == "$"
     assert "nested too deeply" in body["results"][1]["problem"]
+    # the same item as in the array above: one dead letter (ids are content hashes)
     assert await _count(js, f"{api_settings.stream_name}_DLQ") == 1
 
 
@@ -347,3 +353,139 @@ async def test_the_api_connects_when_nats_comes_up_and_503s_when_it_goes(
                 server.wait(timeout=10)
             await _wait_ready(c, 503)
             _assert_problem_503(await c.post("/v1/events", json=GOOD))
+
+
+# -- one bad item never blocks the others, whatever is wrong with it (issue 9) ----------------
+
+BIG_BODY = 5 * 1024 * 1024  # the default body limit: over NATS's 1 MiB max_payload
+
+
+@pytest.fixture
+async def big_client(
+    nats_settings: Settings, unused_tcp_port_factory: Any, nc: object
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(**{**nats_settings.model_dump(), "ingest_max_body_bytes": BIG_BODY})
+    with ApiServer(settings, unused_tcp_port_factory()) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            yield c
+
+
+def _statuses(resp: httpx.Response) -> list[str]:
+    return [r["status"] for r in resp.json()["results"]]
+
+
+async def test_an_event_too_large_for_the_broker_is_rejected_alone_naming_the_limit(
+    big_client: httpx.AsyncClient, nc: Any, js: JetStreamContext, nats_settings: Settings
+) -> None:
+    limit = nc.max_payload  # the server's INFO max_payload: 1 MiB by default
+    huge = example("page_view", event_id="huge", properties={"page": "home", "b": "x" * 1_500_000})
+    # JSON under max_payload, but not with the headers: the server would drop the connection
+    edge = example("page_view", event_id="edge", properties={"page": "home", "b": ""})
+    edge["properties"]["b"] = "y" * (limit - 10 - len(encode_event(validate_event(edge))))
+    assert len(encode_event(validate_event(edge))) == limit - 10
+    items = [example("page_view", event_id="s1"), huge, edge, example("page_view", event_id="s2")]
+
+    resp = await big_client.post("/v1/events", json=items)
+
+    assert resp.status_code == 207, resp.text
+    assert _statuses(resp) == ["accepted", "rejected", "rejected", "accepted"]
+    for r in resp.json()["results"][1:3]:
+        assert r["field"] == "$"
+        assert f"max_payload of {limit} bytes" in r["problem"], r
+    assert [r["event_id"] for r in resp.json()["results"]] == ["s1", "huge", "edge", "s2"]
+    assert await _count(js, nats_settings.stream_name) == 2
+    dlq = f"{nats_settings.stream_name}_DLQ"
+    assert await _count(js, dlq) == 2
+    for seq in (1, 2):
+        letter = msgspec.json.decode((await js.get_msg(dlq, seq)).data, type=DeadLetter)
+        assert "max_payload" in letter.problem
+        assert "cut to fit the message size limit" in letter.payload
+    again = await big_client.post("/v1/events", json=[example("page_view", event_id="s3")])
+    assert again.status_code == 200, again.text  # the API's connection is still up
+
+
+def _deep_item(depth: int) -> bytes:
+    """A page_view but for one property nested ``depth`` levels deep."""
+    return (
+        b'{"type": "page_view", "event_id": "deep", "tenant": "acme", "event_time": "'
+        + EVENT_TIME.encode()
+        + b'", "properties": {"page": "home", "x": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}"
+    )
+
+
+@pytest.mark.parametrize("media", ["application/json", "application/x-ndjson"])
+async def test_one_deeply_nested_item_is_rejected_alone_in_an_array_as_in_ndjson(
+    big_client: httpx.AsyncClient, js: JetStreamContext, nats_settings: Settings, media: str
+) -> None:
+    good = [json.dumps(example("page_view", event_id=f"g{i}")).encode() for i in range(9)]
+    items = [*good[:4], _deep_item(60_000), *good[4:]]
+    if media == "application/json":
+        body = b"[" + b",\n".join(items) + b"]"
+    else:
+        body = b"\n".join(items)
+    resp = await big_client.post("/v1/events", content=body, headers={"content-type": media})
+    assert resp.status_code == 207, resp.text
+    body_json = resp.json()
+    assert (body_json["accepted"], body_json["rejected"]) == (9, 1)
+    deep = body_json["results"][4]
+    assert (deep["index"], deep["status"], deep["field"]) == (4, "rejected", "$")
+    assert "nested too deeply" in deep["problem"]
+    assert await _count(js, nats_settings.stream_name) == 9
+
+
+async def test_a_malformed_item_of_an_array_is_rejected_alone(
+    client: httpx.AsyncClient, js: JetStreamContext, api_settings: Settings
+) -> None:
+    good = json.dumps(GOOD[0]).encode()
+    body = b"[" + good + b', {"type": oops}, ' + json.dumps(GOOD[1]).encode() + b"]"
+    resp = await client.post("/v1/events", content=body, headers={"content-type": JSON})
+    assert resp.status_code == 207, resp.text
+    assert _statuses(resp) == ["accepted", "rejected", "accepted"]
+    assert resp.json()["results"][1]["problem"].startswith("malformed JSON")
+    assert await _count(js, api_settings.stream_name) == 2
+
+
+@pytest.mark.parametrize(
+    ("properties", "field"),
+    [
+        ({"page": "home", "note": "a\x00b"}, "properties.note"),
+        ({"page": "home", "k\x00": "v"}, "properties.k\\u0000"),
+    ],
+    ids=["value", "key"],
+)
+async def test_a_nul_character_is_blamed_on_its_property(
+    client: httpx.AsyncClient, properties: dict[str, Any], field: str
+) -> None:
+    nul = example("page_view", properties=properties)
+    resp = await client.post("/v1/events", json=[nul, GOOD[0]])
+    assert resp.status_code == 207, resp.text
+    rejected = resp.json()["results"][0]
+    assert (rejected["field"], "NUL character" in rejected["problem"]) == (field, True), rejected
+
+
+async def test_an_event_time_before_2000_is_rejected_with_the_bound(
+    client: httpx.AsyncClient,
+) -> None:
+    old = example("page_view", event_id="old", event_time="0001-01-01T00:00:00Z")
+    resp = await client.post("/v1/events", json=[old, GOOD[0]])
+    assert resp.status_code == 207, resp.text
+    rejected = resp.json()["results"][0]
+    assert rejected["field"] == "event_time"
+    assert "before 2000-01-01T00:00:00+00:00" in rejected["problem"]
+
+
+async def test_the_same_bad_item_in_two_requests_is_one_dead_letter_but_two_rejections(
+    client: httpx.AsyncClient, js: JetStreamContext, api_settings: Settings
+) -> None:
+    # documented: a dead letter's id is a hash of its content, so a retried request
+    # does not dead-letter twice; the rejection counter still counts every one
+    for _ in range(2):
+        assert (await client.post("/v1/events", json=[BAD[0][0]])).status_code == 207
+    assert await _count(js, f"{api_settings.stream_name}_DLQ") == 1
+    text = (await client.get("/metrics")).text
+    assert (
+        'linkpulse_ingest_rejected_events_total{event_type="page_view",field="tenant"} 2.0' in text
+    )

@@ -15,6 +15,7 @@ from nats.js.api import DiscardPolicy, StorageType
 
 from linkpulse.bus import (
     EventPublisher,
+    EventTooLargeError,
     PublishError,
     dead_letter_stream_name,
     dead_letter_subject,
@@ -265,3 +266,68 @@ async def test_the_same_event_id_from_two_tenants_is_two_messages(
     results = await publisher.publish([acme, globex])
     assert [r.duplicate for r in results] == [False, False]
     assert await _count(js, nats_settings.stream_name) == 2
+
+
+# -- the server's message size limit ---------------------------------------------------------
+
+
+def _padded(size: int, publisher: EventPublisher, event_id: str = "big") -> BaseEvent:
+    """A page_view whose message is exactly ``size`` bytes on the wire."""
+    ev = validate_event(example("page_view", event_id=event_id, properties={"page": "home"}))
+    base = publisher.prepare([ev])[0].size
+    pad = size - base - len(',"pad":""')
+    return validate_event(
+        example("page_view", event_id=event_id, properties={"page": "home", "pad": "x" * pad})
+    )
+
+
+async def test_the_limit_is_the_servers_max_payload(nc: Client, publisher: EventPublisher) -> None:
+    assert publisher.max_message_bytes == nc.max_payload == nc._server_info["max_payload"]
+    assert publisher.max_message_bytes > 0
+
+
+async def test_an_event_at_the_limit_headers_included_is_stored_and_one_byte_over_is_refused(
+    js: JetStreamContext, publisher: EventPublisher, nats_settings: Settings
+) -> None:
+    # The server counts the headers too, and closes the connection of a client that
+    # goes over (nats-py checks only the payload): the size must be exact.
+    limit = publisher.max_message_bytes
+    fits = _padded(limit, publisher, "fits")
+    assert publisher.prepare([fits])[0].size == limit
+    assert len(publisher.prepare([fits])[0].payload) < limit  # only the headers push it over
+    over = _padded(limit + 1, publisher, "over")
+    small = validate_event(example("page_view", event_id="small"))
+    with pytest.raises(EventTooLargeError) as info:
+        await publisher.publish([small, over])
+    assert f"max_payload of {limit} bytes" in info.value.problem
+    assert f"{limit + 1} bytes" in info.value.problem
+    assert await _count(js, nats_settings.stream_name) == 0  # nothing of the batch was sent
+    results = await publisher.publish([small, fits])
+    assert [r.duplicate for r in results] == [False, False]
+    assert publisher.is_connected
+    stored = await js.get_msg(nats_settings.stream_name, results[1].stream_seq)
+    assert decode_event(stored.data) == fits
+
+
+async def test_a_dead_letter_too_big_for_the_server_is_cut_to_fit(
+    js: JetStreamContext, publisher: EventPublisher, nats_settings: Settings
+) -> None:
+    limit = publisher.max_message_bytes
+    payload = '{"type": "page_view", "note": "' + '\\"' * limit + '"}'  # escapes double it
+    letter = DeadLetter(
+        payload=payload,
+        field="tenant",
+        problem="Expected `str` matching regex",
+        source="http",
+        received_at=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+    )
+    await publisher.dead_letter_many([letter, letter])  # the same letter is kept once
+    dlq = f"{nats_settings.stream_name}_DLQ"
+    assert await _count(js, dlq) == 1
+    msg = await js.get_msg(dlq, 1)
+    assert len(msg.data) <= limit
+    stored = msgspec.json.decode(msg.data, type=DeadLetter)
+    assert (stored.field, stored.problem) == (letter.field, letter.problem)
+    assert payload.startswith(stored.payload.split("... [cut to fit")[0])
+    assert stored.payload.endswith(f"[cut to fit the message size limit: {len(payload)} chars]")
+    assert publisher.is_connected

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 from pydantic import BaseModel, Field
@@ -32,11 +32,13 @@ __all__ = [
     "check_items",
     "media_type",
     "read_limited",
+    "set_aside_unsendable",
     "split_items",
 ]
 
+M = TypeVar("M")
+
 NDJSON = "application/x-ndjson"
-TOO_DEEP = "JSON nested too deeply; an event is a flat object with a shallow `properties`"
 # Accepted request media types, and the name split_batch knows them by.
 MEDIA_TYPES = {
     "application/json": "application/json",
@@ -143,13 +145,9 @@ def split_items(body: bytes, media: str, max_batch: int) -> list[bytes]:
     """
     try:
         items = split_batch(body, media)
-    except SchemaValidationError as e:
+    except SchemaValidationError as e:  # the body, not one item (that is the item's problem)
         raise ProblemError(
             400, "malformed-body", "Malformed request body", f"{e.problem}", field=e.field
-        ) from e
-    except RecursionError as e:  # msgspec recurses per nesting level; split_batch lets it out
-        raise ProblemError(
-            400, "malformed-body", "Malformed request body", TOO_DEEP, field="$"
         ) from e
     if not items:
         detail = "the batch holds no events; send at least one"
@@ -187,9 +185,40 @@ def check_items(items: Sequence[bytes], now: datetime | None) -> Checked:
         except SchemaValidationError as e:
             event_id, event_type = _peek(raw)
             checked.rejected.append(Rejection(index, raw, e.field, e.problem, event_id, event_type))
-        except RecursionError:  # decode_event lets msgspec's depth limit out
-            checked.rejected.append(Rejection(index, raw, "$", TOO_DEEP, None, None))
     return checked
+
+
+def set_aside_unsendable(
+    checked: Checked,
+    items: Sequence[bytes],
+    messages: Sequence[M],
+    problems: Sequence[str | None],
+) -> tuple[Checked, list[M]]:
+    """Move each valid event whose message has a problem (too big for the broker)
+    to the rejections, by itself; the rest, and their messages, go on.
+
+    ``messages`` and ``problems`` are parallel to ``checked.valid``.
+
+    >>> ev = (b'{"type": "page_view", "event_id": "e1", "tenant": "acme",'
+    ...       b' "event_time": "2026-11-24T10:00:00Z", "properties": {"page": "home"}}')
+    >>> items = [ev, ev.replace(b"e1", b"e2")]
+    >>> checked, kept = set_aside_unsendable(
+    ...     check_items(items, now=None), items, ["m1", "m2"], [None, "too big"])
+    >>> kept, [(r.index, r.event_id, r.field, r.problem) for r in checked.rejected]
+    (['m1'], [(1, 'e2', '$', 'too big')])
+    """
+    if all(problem is None for problem in problems):
+        return checked, list(messages)
+    result = Checked(valid=[], rejected=list(checked.rejected))
+    kept: list[M] = []
+    for (index, ev), message, problem in zip(checked.valid, messages, problems, strict=True):
+        if problem is None:
+            result.valid.append((index, ev))
+            kept.append(message)
+        else:
+            rejection = Rejection(index, items[index], "$", problem, ev.event_id, ev.type)
+            result.rejected.append(rejection)
+    return result, kept
 
 
 def build_response(

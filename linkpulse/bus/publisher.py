@@ -11,6 +11,13 @@ Publishes are pipelined: a chunk of messages is written without waiting, then
 all their acknowledgements are awaited at once (one round trip per chunk, not
 per message), which is what reaches the ~47k msg/s a single nats-py client can
 do.
+
+Every message must fit the server's ``max_payload`` (from its INFO, 1 MiB by
+default), and the server counts the headers too: a bigger one would close the
+connection (nats-py checks the payload alone). So ``prepare`` measures each
+event as it will go on the wire, ``send`` refuses to send one over the limit
+(``EventTooLargeError``, before anything of the batch is sent), and the HTTP
+API rejects such an event by itself. A dead letter too big is cut to fit.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 import nats.errors
@@ -33,7 +40,17 @@ from linkpulse.errors import IngestError
 from linkpulse.schemas import BaseEvent, encode_event
 from linkpulse.schemas.outputs import DeadLetter
 
-__all__ = ["PUBLISH_CHUNK", "EventPublisher", "PublishError", "PublishResult"]
+__all__ = [
+    "PUBLISH_CHUNK",
+    "EventMessage",
+    "EventPublisher",
+    "EventTooLargeError",
+    "Message",
+    "PublishError",
+    "PublishResult",
+    "encode_dead_letter",
+    "wire_size",
+]
 
 # Messages in flight per round trip: big enough to pipeline, small enough that
 # one slow chunk doesn't hold megabytes in the client's buffer.
@@ -43,6 +60,8 @@ ACK_TIMEOUT_S = 5.0
 
 _UNSAFE_TOKEN = re.compile(r"[.*>\s]+")
 _dead_letter_encoder = msgspec.json.Encoder()
+# The header block around the headers' lines: "NATS/1.0\r\n" ... "\r\n".
+_HEADER_FRAME = len(b"NATS/1.0\r\n\r\n")
 
 
 class PublishError(IngestError):
@@ -55,6 +74,87 @@ class PublishError(IngestError):
     def __init__(self, message: str, subject: str) -> None:
         super().__init__(message)
         self.subject = subject
+
+
+class EventTooLargeError(PublishError):
+    """An event does not fit the server's message size limit; nothing was sent.
+
+    Retrying cannot help: the event must be made smaller. ``problem`` says so
+    for a user (the sizes and the limit).
+    """
+
+    def __init__(self, message: str, subject: str, problem: str) -> None:
+        super().__init__(message, subject)
+        self.problem = problem
+
+
+def wire_size(payload: bytes, headers: Mapping[str, str]) -> int:
+    """The bytes the server counts against ``max_payload``: header block plus payload.
+
+    >>> wire_size(b"12345", {"Nats-Msg-Id": "acme/e1"})  # 5 + 12 + len("Nats-Msg-Id: acme/e1" CRLF)
+    39
+    """
+    if not headers:
+        return len(payload)
+    lines = sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())  # "k: v\r\n"
+    return len(payload) + _HEADER_FRAME + lines
+
+
+class Message(msgspec.Struct, frozen=True):
+    """One message as it will be published, with its size on the wire."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    size: int
+
+
+class EventMessage(Message, frozen=True):
+    """An event's message (from ``EventPublisher.prepare``), with its event id."""
+
+    event_id: str
+
+
+def _size_problem(size: int, limit: int) -> str:
+    """The reason given for an event too big for the broker.
+
+    >>> print(_size_problem(1_500_321, 1_048_576))  # doctest: +NORMALIZE_WHITESPACE
+    the event is 1500321 bytes as published (JSON plus NATS headers), over the NATS
+    server's max_payload of 1048576 bytes; make its properties smaller
+    """
+    return (
+        f"the event is {size} bytes as published (JSON plus NATS headers), over the NATS "
+        f"server's max_payload of {limit} bytes; make its properties smaller"
+    )
+
+
+def encode_dead_letter(letter: DeadLetter, headers: Mapping[str, str], limit: int) -> bytes:
+    """The letter as JSON, its ``payload`` cut (and marked so) if the message would
+    exceed ``limit`` bytes on the wire; the field and problem are kept whole.
+
+    >>> from datetime import UTC, datetime
+    >>> letter = DeadLetter(payload="x" * 5000, field="$", problem="too big", source="http",
+    ...                     received_at=datetime(2026, 11, 24, tzinfo=UTC))
+    >>> data = encode_dead_letter(letter, {}, 1000)
+    >>> len(data) <= 1000, msgspec.json.decode(data, type=DeadLetter).payload[-54:]
+    (True, 'xxx... [cut to fit the message size limit: 5000 chars]')
+    """
+    data = _dead_letter_encoder.encode(letter)
+    over = wire_size(data, headers) - limit
+    if over <= 0:
+        return data
+    text = letter.payload
+    note = f"... [cut to fit the message size limit: {len(text)} chars]"
+    keep = len(text)
+    # Each character removed removes at least one encoded byte (more when escaped),
+    # so this ends in a pass or two.
+    while over > 0 and keep > 0:
+        keep = max(0, keep - over - len(note))
+        data = _dead_letter_encoder.encode(
+            msgspec.structs.replace(letter, payload=text[:keep] + note)
+        )
+        over = wire_size(data, headers) - limit
+    return data
 
 
 def message_id(ev: BaseEvent) -> str:
@@ -106,6 +206,15 @@ class EventPublisher:
         return self._settings
 
     @property
+    def max_message_bytes(self) -> int:
+        """The largest message the server takes (headers included): its ``max_payload``.
+
+        Read from the server's INFO on connect (and on each reconnect), so it is
+        whatever the server is configured with, 1 MiB by default.
+        """
+        return int(self._nc.max_payload)
+
+    @property
     def is_connected(self) -> bool:
         """Whether the NATS connection is up right now (not reconnecting or closed)."""
         return bool(self._nc.is_connected)
@@ -122,41 +231,63 @@ class EventPublisher:
         Raises ``PublishError`` (an ``IngestError`` whose ``subject`` names
         the subject that failed) if NATS is unreachable or refuses a message; the caller may
         retry the whole batch: already stored events come back as duplicates.
+        ``EventTooLargeError`` (sending nothing) if an event is over the
+        server's limit: ``prepare`` and ``send`` let a caller leave those out.
         """
+        return await self.send(self.prepare(events))
+
+    def prepare(self, events: Sequence[BaseEvent]) -> list[EventMessage]:
+        """Each event as the message ``send`` publishes: subject, JSON, headers, size.
+
+        Compare ``size`` with ``max_message_bytes`` to find the ones too big.
+        """
+        prefix, stream = self._settings.subject_prefix, self._settings.stream_name
+        messages = []
+        for ev in events:
+            payload = encode_event(ev)
+            # The stream header is ours (not publish_async's stream=), so it is measured.
+            headers = {"Nats-Msg-Id": message_id(ev), "Nats-Expected-Stream": stream}
+            subject = event_subject(prefix, ev.tenant, ev.type)
+            size = wire_size(payload, headers)
+            messages.append(EventMessage(subject, payload, headers, size, ev.event_id))
+        return messages
+
+    def oversize_problem(self, message: Message) -> str | None:
+        """Why ``message`` cannot be published (over ``max_message_bytes``), or None."""
+        limit = self.max_message_bytes
+        return None if message.size <= limit else _size_problem(message.size, limit)
+
+    async def send(self, messages: Sequence[EventMessage]) -> list[PublishResult]:
+        """Publish prepared events in order (see ``publish``), in pipelined chunks."""
+        for msg in messages:
+            if (problem := self.oversize_problem(msg)) is not None:
+                text = f"event {msg.event_id!r} on {msg.subject}: {problem}; nothing was sent"
+                raise EventTooLargeError(text, msg.subject, problem)
         results: list[PublishResult] = []
-        for start in range(0, len(events), PUBLISH_CHUNK):
-            results.extend(await self._publish_chunk(events[start : start + PUBLISH_CHUNK]))
+        for start in range(0, len(messages), PUBLISH_CHUNK):
+            chunk = messages[start : start + PUBLISH_CHUNK]
+            acks = await self._send_all(chunk)
+            results.extend(
+                PublishResult(event_id=m.event_id, stream_seq=a.seq, duplicate=bool(a.duplicate))
+                for m, a in zip(chunk, acks, strict=True)
+            )
         return results
 
-    async def _publish_chunk(self, events: Sequence[BaseEvent]) -> list[PublishResult]:
-        prefix, stream = self._settings.subject_prefix, self._settings.stream_name
-        subjects = [event_subject(prefix, ev.tenant, ev.type) for ev in events]
-        payloads = [
-            (subject, encode_event(ev), {"Nats-Msg-Id": message_id(ev)})
-            for subject, ev in zip(subjects, events, strict=True)
-        ]
-        acks = await self._send_all(payloads, stream)
-        return [
-            PublishResult(event_id=ev.event_id, stream_seq=ack.seq, duplicate=bool(ack.duplicate))
-            for ev, ack in zip(events, acks, strict=True)
-        ]
-
-    async def _send_all(
-        self, messages: Sequence[tuple[str, bytes, dict[str, str]]], stream: str
-    ) -> list[PubAck]:
+    async def _send_all(self, messages: Sequence[Message]) -> list[PubAck]:
         """Write all messages, then await all acks; IngestError names the first failure."""
         if not messages:
             return []
-        self._require_connection(messages[0][0])
+        self._require_connection(messages[0].subject)
         futures: list[asyncio.Future[PubAck]] = []
-        subject = messages[0][0]
+        subject = messages[0].subject
         try:
-            for subject, payload, headers in messages:
+            for message in messages:
+                subject = message.subject
                 # No wait_stall: it wraps every call in wait_for, which yields to the
                 # loop per message and costs 4x throughput. The pending limit is only
                 # reached by many concurrent batches, whose timeouts free it.
                 futures.append(
-                    await self._js.publish_async(subject, payload, headers=headers, stream=stream)
+                    await self._js.publish_async(subject, message.payload, headers=message.headers)
                 )
             done, pending = await asyncio.wait(futures, timeout=ACK_TIMEOUT_S)
         except (nats.errors.Error, OSError) as e:
@@ -167,26 +298,32 @@ class EventPublisher:
         if pending:
             for fut in pending:
                 fut.cancel()
-            subject = messages[futures.index(next(iter(pending)))][0]
+            subject = messages[futures.index(next(iter(pending)))].subject
             msg = (
                 f"no acknowledgement from JetStream for {len(pending)} message(s) on {subject} "
                 f"within {ACK_TIMEOUT_S:g}s; NATS may be down, retry shortly"
             )
             raise PublishError(msg, subject)
-        for (subject, _, _), fut in zip(messages, futures, strict=True):
+        for message, fut in zip(messages, futures, strict=True):
             if (exc := fut.exception()) is not None:
-                msg = f"JetStream refused a message on {subject}: {exc!r}"
-                raise PublishError(msg, subject) from exc
+                msg = f"JetStream refused a message on {message.subject}: {exc!r}"
+                raise PublishError(msg, message.subject) from exc
         return [fut.result() for fut in futures]
 
-    def _dead_letter_message(self, letter: DeadLetter) -> tuple[str, bytes, dict[str, str]]:
+    def _dead_letter_message(self, letter: DeadLetter) -> Message:
         source = _UNSAFE_TOKEN.sub("_", letter.source) or "unknown"
         subject = dead_letter_subject(self._settings.subject_prefix, source)
-        # A content-derived id: a retried request doesn't dead-letter the same input twice.
+        # A content-derived id (of the whole payload, even when the letter is cut):
+        # a retried request doesn't dead-letter the same input twice.
         digest = hashlib.blake2b(
             f"{letter.source}\0{letter.payload}\0{letter.reason}".encode(), digest_size=16
         ).hexdigest()
-        return subject, _dead_letter_encoder.encode(letter), {"Nats-Msg-Id": f"dl-{digest}"}
+        headers = {
+            "Nats-Msg-Id": f"dl-{digest}",
+            "Nats-Expected-Stream": dead_letter_stream_name(self._settings),
+        }
+        payload = encode_dead_letter(letter, headers, self.max_message_bytes)
+        return Message(subject, payload, headers, wire_size(payload, headers))
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Store one unusable input with its reason on the dead-letter stream."""
@@ -195,9 +332,8 @@ class EventPublisher:
     async def dead_letter_many(self, letters: Sequence[DeadLetter]) -> None:
         """Store several dead letters, pipelined like ``publish``."""
         messages = [self._dead_letter_message(letter) for letter in letters]
-        stream = dead_letter_stream_name(self._settings)
         for start in range(0, len(messages), PUBLISH_CHUNK):
-            await self._send_all(messages[start : start + PUBLISH_CHUNK], stream)
+            await self._send_all(messages[start : start + PUBLISH_CHUNK])
 
     async def close(self) -> None:
         """Flush what is buffered and close the connection (safe to call twice)."""

@@ -18,6 +18,7 @@ from linkpulse.api.batch import (
     check_items,
     media_type,
     read_limited,
+    set_aside_unsendable,
     split_items,
 )
 from linkpulse.api.deps import BrokerDep, MetricsDep, SettingsDep
@@ -60,7 +61,13 @@ async def ingest_events(
     checked = check_items(items, now=received_at)
 
     publisher = broker.require()  # 503 (via the problem handler) when NATS is down
-    published = await publisher.publish([ev for _, ev in checked.valid])
+    messages = publisher.prepare([ev for _, ev in checked.valid])
+    # An event over the broker's message size limit can never be published: it is
+    # rejected by itself (a 503 would have the client retry it forever).
+    checked, messages = set_aside_unsendable(
+        checked, items, messages, [publisher.oversize_problem(m) for m in messages]
+    )
+    published = await publisher.send(messages)
     if checked.rejected:
         await publisher.dead_letter_many(
             [
