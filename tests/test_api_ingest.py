@@ -37,6 +37,7 @@ def api_settings(nats_settings: Settings) -> Settings:
             **nats_settings.model_dump(),
             "ingest_max_batch": MAX_BATCH,
             "ingest_max_body_bytes": MAX_BODY,
+            "auth": "off",  # loopback: principals are tested in tests/test_api_auth*.py
         }
     )
 
@@ -489,3 +490,23 @@ async def test_the_same_bad_item_in_two_requests_is_one_dead_letter_but_two_reje
     assert (
         'linkpulse_ingest_rejected_events_total{event_type="page_view",field="tenant"} 2.0' in text
     )
+
+
+async def test_a_client_that_disconnects_mid_body_is_a_400_not_a_500(
+    base_url: str, client: httpx.AsyncClient
+) -> None:
+    port = int(base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n[{"type": '
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    series = 'linkpulse_http_request_duration_seconds_count{method="POST",route="/v1/events",'
+    deadline = time.monotonic() + 15
+    while series + 'status="400"}' not in (text := (await client.get("/metrics")).text):
+        assert time.monotonic() < deadline, "the aborted request was never recorded"
+        await asyncio.sleep(0.1)
+    assert series + 'status="500"}' not in text

@@ -17,6 +17,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from linkpulse.api.problems import ProblemError
 from linkpulse.bus import PublishResult
@@ -130,10 +131,18 @@ async def read_limited(chunks: AsyncIterator[bytes], limit: int, declared: str |
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise _too_large(limit)
     body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+    except ClientDisconnect as e:
+        # The client went away mid-body: its fault, not a server error (nobody
+        # reads this answer, but the logs and the status metric do).
+        detail = f"the client disconnected after sending {len(body)} byte(s) of the body"
+        raise ProblemError(
+            400, "incomplete-body", "Incomplete request body", detail, field="$"
+        ) from e
     return bytes(body)
 
 
