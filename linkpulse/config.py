@@ -73,6 +73,35 @@ class Settings(BaseSettings):
     analyst_role: str = Field("linkpulse_analyst", description="read-only NOLOGIN analyst role")
     analyst_sql_login: str = Field("linkpulse_sql", description="login role of the SQL endpoint")
 
+    # access: principals, rate limits, streams, audit (docs/api-access.md, docs/streams.md)
+    auth: str = Field("on", description="on, or off (loopback binds only: every caller is admin)")
+    auth_jwt_public_key_file: Path | None = Field(None, description="PEM public key for JWTs")
+    auth_jwt_jwks_file: Path | None = Field(None, description="JWKS file for JWTs (by kid)")
+    auth_jwt_algorithms: str = Field("RS256,ES256", description="accepted JWT algorithms")
+    auth_jwt_audience: str | None = Field(None, description="required JWT aud")
+    auth_jwt_issuer: str | None = Field(None, description="required JWT iss")
+    auth_jwt_role_claim: str = Field("role", description="JWT claim holding the role")
+    auth_jwt_tenant_claim: str = Field("tenant", description="JWT claim holding the tenant")
+    auth_jwt_seller_claim: str = Field("seller", description="JWT claim holding the seller")
+    auth_cache_s: float = Field(5, ge=0, le=20, description="API key lookups cached this long")
+    rate_limits: str = Field(
+        "admin=200/400,operator=50/100,analyst=50/100,viewer=20/40,ingest=500/1000,seller=20/40",
+        description="per-role token buckets: role=requests_per_s/burst, comma-separated",
+    )
+    redis_key_prefix: str = Field(
+        "linkpulse:", description="the dataflow's Redis key prefix (run dataflow --redis-prefix)"
+    )
+    updates_max_age_s: float = Field(
+        900, gt=0, description="window updates kept in JetStream for SSE resume"
+    )
+    stream_max_per_principal: int = Field(10, gt=0, description="open streams per principal")
+    stream_max_total: int = Field(5000, gt=0, description="open streams per API process")
+    stream_queue_size: int = Field(1024, gt=0, description="events queued per slow client")
+    stream_max_replay: int = Field(10_000, gt=0, description="events replayed on resume, at most")
+    stream_heartbeat_s: float = Field(15, gt=0, description="SSE heartbeat comment interval")
+    stream_revalidate_s: float = Field(10, gt=0, description="open streams re-check their key")
+    audit_flush_s: float = Field(1.0, gt=0, description="audit log batch interval")
+
     # logging
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="JSON log lines instead of console rendering")
@@ -101,6 +130,14 @@ class Settings(BaseSettings):
             msg = f"expected redis://host:port/db, got {v!r}"
             raise ValueError(msg)
         return v
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_mode(cls, v: str) -> str:
+        if v.lower() not in {"on", "off"}:
+            msg = f"expected on or off, got {v!r}"
+            raise ValueError(msg)
+        return v.lower()
 
     @field_validator("log_level")
     @classmethod

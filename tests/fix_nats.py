@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
+from linkpulse.bus.live import live_channels
 from linkpulse.config import Settings
 
 NATS_URL = os.environ.get("LINKPULSE_TEST_NATS_URL", "nats://127.0.0.1:4222")
@@ -65,8 +66,10 @@ async def nc(nats_settings: Settings) -> AsyncIterator[Client]:
     try:
         yield client
     finally:
-        # ensure_streams also makes "<stream>_DLQ" (the dead letters): remove both.
-        for name in (nats_settings.stream_name, f"{nats_settings.stream_name}_DLQ"):
+        # ensure_streams also makes "<stream>_DLQ" (the dead letters), the API's stream hub
+        # the live channels' streams ("<stream>_UPDATES", ...): remove them all.
+        live = [c.stream for c in live_channels(nats_settings)]
+        for name in (nats_settings.stream_name, f"{nats_settings.stream_name}_DLQ", *live):
             try:
                 await client.jetstream().delete_stream(name)
             except NotFoundError:

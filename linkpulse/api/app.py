@@ -5,8 +5,9 @@ if NATS is down at start); routers come from ``linkpulse.api.routes``; every
 error leaves as problem+json through one handler.
 
 >>> app = create_app(Settings())
->>> sorted(app.openapi()["paths"])
-['/healthz', '/metrics', '/readyz', '/v1/events']
+>>> sorted(app.openapi()["paths"])  # doctest: +NORMALIZE_WHITESPACE
+['/healthz', '/metrics', '/readyz', '/v1/audit', '/v1/events', '/v1/stream/alerts',
+ '/v1/stream/anomalies', '/v1/stream/metrics']
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from linkpulse import __version__
+from linkpulse.api.access import AccessLayer
 from linkpulse.api.broker import BrokerLink
 from linkpulse.api.metrics import ApiMetrics, LatencyMiddleware
 from linkpulse.api.openapi import install_openapi
 from linkpulse.api.problems import install_problem_handler
-from linkpulse.api.routes import health, ingest
+from linkpulse.api.routes import audit, health, ingest, stream
 from linkpulse.config import Settings
 
 __all__ = ["create_app"]
@@ -37,15 +39,18 @@ Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details
 def create_app(settings: Settings) -> FastAPI:
     """Build the API for ``settings``; nothing connects until the lifespan starts."""
     metrics = ApiMetrics()
+    access = AccessLayer(settings)  # principals, audit log, stream hub (docs/api-access.md)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         broker = BrokerLink(settings)
         app.state.broker = broker
         await broker.start()
+        await access.start(app)
         try:
             yield
         finally:
+            await access.stop()
             await broker.stop()
 
     app = FastAPI(
@@ -56,9 +61,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.access = access
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     install_problem_handler(app)
     app.include_router(ingest.router)
     app.include_router(health.router)
+    app.include_router(stream.router)
+    app.include_router(audit.router)
     install_openapi(app, max_batch=settings.ingest_max_batch)
     return app

@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 # Modules under linkpulse.cli that each add their commands to `app`.
-COMMAND_MODULES = ("config", "stack", "schema", "serve", "simulate", "db", "run", "demo")
+COMMAND_MODULES = ("config", "stack", "schema", "serve", "simulate", "db", "run", "demo", "keys")
 
 
 def _print_version(value: bool) -> None:

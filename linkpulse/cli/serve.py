@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from linkpulse.config import get_settings
+from linkpulse.errors import ConfigError
 
 
 def serve(
@@ -27,9 +28,15 @@ def serve(
     import uvicorn
 
     from linkpulse.api import create_app
+    from linkpulse.api.access import check_auth_bind
 
     settings = get_settings()
     bind_host = host or settings.api_host
+    try:
+        check_auth_bind(settings, bind_host)
+    except ConfigError as e:
+        typer.secho(f"linkpulse serve: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from e
     bind_port = port or settings.api_port
     typer.echo(f"linkpulse API on http://{bind_host}:{bind_port} (docs at /docs)", err=True)
     uvicorn.run(

@@ -1,0 +1,376 @@
+"""The stream hub: one NATS subscription per channel, fanned out to bounded client queues.
+
+Per API process, the hub holds one ordered JetStream consumer per live channel
+(window updates, anomalies, alerts; see ``linkpulse.bus.live``). Each message
+is decoded once into an ``Update`` and put on the queue of every client whose
+``StreamFilter`` matches it. A queue is bounded: a client whose queue is full
+is marked ``overflowed``, taken off the hub and its queue emptied, so a slow
+client never makes memory grow; its stream then says ``overflow`` and ends.
+
+Resume: ``plan`` tells a (re)connecting client what to send first. A
+``Last-Event-ID`` still retained on the channel's stream is replayed from the
+stream (``replay``, a short-lived consumer filtered to the client's subject);
+one no longer retained (or too far behind, or ahead of the stream, as after
+the stream was re-created) gives a ``reset`` and a snapshot of the latest
+values from Redis. The client is registered *before* its replay or snapshot
+is read, and queued updates at or before what was already sent are skipped,
+so the hand-over from stored to live updates has neither gap nor duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import redis.asyncio as aioredis
+import redis.exceptions
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from linkpulse.api.auth.guard import Guard
+from linkpulse.api.auth.roles import Principal
+from linkpulse.api.problems import ProblemError
+from linkpulse.api.stream_filter import StreamFilter, Update, parse_update
+from linkpulse.bus.connection import connect_nats
+from linkpulse.bus.live import KINDS, ensure_live_streams, tenant_of_subject
+from linkpulse.config import Settings
+from linkpulse.errors import IngestError
+from linkpulse.logging import get_logger
+from linkpulse.schemas.outputs import MetricWindow
+
+__all__ = ["STOP", "Client", "Plan", "StreamHub"]
+
+log = get_logger(__name__)
+_RETRY_S = 2.0
+_REPLAY_BATCH = 500
+_window_decoder = msgspec.json.Decoder(MetricWindow)
+# Put on a client's queue to wake its stream when the hub ends it (overflow, shutdown).
+STOP = Update(-1, "", None, None, None, b"")
+
+
+@dataclass(eq=False)
+class Client:
+    """One open stream: its filter, its bounded queue, and why it must stop (if so)."""
+
+    principal: Principal
+    filter: StreamFilter
+    queue: asyncio.Queue[Update]
+    overflowed: bool = False
+    registered: bool = True
+    closing: str | None = None  # set by the hub: "shutdown"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a stream sends before live updates: a replay from ``replay_from``, or a
+    snapshot (after a ``reset`` with ``reason`` when a resume was impossible)."""
+
+    position: int  # the last sequence covered before the queue takes over
+    replay_from: int | None = None
+    reset_reason: str | None = None
+
+    @property
+    def snapshot(self) -> bool:
+        """Whether a snapshot is sent (no replay)."""
+        return self.replay_from is None
+
+
+class StreamHub:
+    """Owns the NATS subscriptions and the open streams of one API process."""
+
+    def __init__(self, settings: Settings, *, guard: Guard, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.guard = guard
+        self._redis = redis
+        self._nc: Nats | None = None
+        self._streams: dict[str, str] = {}
+        self._subs: list[object] = []
+        self._last_seq: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self._clients: dict[str, set[Client]] = {k: set() for k in KINDS}
+        self._per_principal: Counter[str] = Counter()
+        self._task: asyncio.Task[None] | None = None
+        self.bad_messages = 0
+        self.overflows = 0
+
+    # lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect in the background (the API starts even when NATS is down)."""
+        self._task = asyncio.create_task(self._connect_loop(), name="stream-hub-connect")
+
+    async def _connect_loop(self) -> None:
+        while True:
+            try:
+                await self._connect()
+                return
+            except IngestError as e:
+                log.warning("stream hub not connected; retrying", error=str(e))
+                await self._close_nats()
+                await asyncio.sleep(_RETRY_S)
+
+    async def _connect(self) -> None:
+        nc = await connect_nats(self.settings, name="linkpulse-api-streams")
+        self._nc = nc
+        js = nc.jetstream()
+        self._streams = await ensure_live_streams(js, self.settings)
+        prefix = self.settings.subject_prefix
+        try:
+            for kind in KINDS:
+                stream = self._streams[kind]
+                info = await js.stream_info(stream)
+                self._last_seq[kind] = int(info.state.last_seq)
+                sub = await js.subscribe(
+                    f"{prefix}.{kind}.>",
+                    stream=stream,
+                    cb=self._on_message(kind),
+                    ordered_consumer=True,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=self._last_seq[kind] + 1,
+                    ),
+                )
+                self._subs.append(sub)
+        except (nats.errors.Error, TimeoutError) as e:
+            msg = f"could not subscribe to the live streams: {e!r}"
+            raise IngestError(msg) from e
+        log.info("stream hub connected", streams=self._streams)
+
+    async def _close_nats(self) -> None:
+        nc, self._nc = self._nc, None
+        self._subs.clear()
+        if nc is not None:
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await nc.close()
+
+    async def stop(self) -> None:
+        """End every open stream, then close the subscriptions."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for clients in self._clients.values():
+            for c in tuple(clients):
+                c.closing = "shutdown"
+                self._kick(c)
+        await self._close_nats()
+
+    @property
+    def ready(self) -> bool:
+        """Subscribed to every channel."""
+        return self._nc is not None and self._nc.is_connected and len(self._subs) == len(KINDS)
+
+    def stats(self) -> dict[str, int]:
+        """Open streams, subscriptions and counters (tests and /metrics)."""
+        return {
+            "clients": sum(len(c) for c in self._clients.values()),
+            "subscriptions": len(self._subs),
+            "overflows": self.overflows,
+            "bad_messages": self.bad_messages,
+            **{f"last_seq_{k}": v for k, v in self._last_seq.items()},
+        }
+
+    # fan-out -----------------------------------------------------------
+
+    def _on_message(self, kind: str):  # type: ignore[no-untyped-def]
+        prefix = self.settings.subject_prefix
+
+        async def on_message(msg: Msg) -> None:
+            seq = int(msg.metadata.sequence.stream)
+            self._last_seq[kind] = seq
+            tenant = tenant_of_subject(prefix, kind, msg.subject)
+            try:
+                if tenant is None:
+                    raise ValueError(msg.subject)
+                update = parse_update(kind, tenant, seq, msg.data)
+            except ValueError as e:
+                self.bad_messages += 1
+                log.warning("live message skipped", subject=msg.subject, seq=seq, error=str(e))
+                return
+            self.dispatch(kind, update)
+
+        return on_message
+
+    def dispatch(self, kind: str, update: Update) -> None:
+        """Queue ``update`` for every matching client; cut off the ones that are full."""
+        for c in tuple(self._clients[kind]):
+            if not c.filter.matches(update):
+                continue
+            try:
+                c.queue.put_nowait(update)
+            except asyncio.QueueFull:
+                self._overflow(kind, c)
+
+    def _overflow(self, kind: str, c: Client) -> None:
+        self.overflows += 1
+        c.overflowed = True
+        self._clients[kind].discard(c)
+        self._kick(c)
+
+    @staticmethod
+    def _kick(c: Client) -> None:
+        """Empty a client's queue (its memory goes now) and wake its stream with STOP."""
+        while not c.queue.empty():
+            c.queue.get_nowait()
+        c.queue.put_nowait(STOP)
+
+    # clients -----------------------------------------------------------
+
+    def admit(self, principal: Principal) -> None:
+        """Refuse a new stream when the principal's or the process's cap is reached."""
+        s = self.settings
+        if not self.ready:
+            detail = "live streams are not available yet: NATS is not connected; retry shortly"
+            raise ProblemError(
+                503,
+                "streams-unavailable",
+                "Streams unavailable",
+                detail,
+                headers={"Retry-After": "2"},
+            )
+        if self._per_principal[principal.id] >= s.stream_max_per_principal:
+            detail = (
+                f"{principal.id} already has {s.stream_max_per_principal} open streams "
+                "(LINKPULSE_STREAM_MAX_PER_PRINCIPAL); close one first"
+            )
+            raise ProblemError(
+                429, "too-many-streams", "Too many streams", detail, headers={"Retry-After": "5"}
+            )
+        if self.stats()["clients"] >= s.stream_max_total:
+            detail = (
+                f"this API process serves its maximum of {s.stream_max_total} streams "
+                "(LINKPULSE_STREAM_MAX_TOTAL); retry later or on another process"
+            )
+            raise ProblemError(
+                503, "streams-full", "Streams full", detail, headers={"Retry-After": "5"}
+            )
+
+    def register(self, principal: Principal, flt: StreamFilter) -> Client:
+        """Start queueing matching updates for a new client."""
+        c = Client(principal, flt, asyncio.Queue(self.settings.stream_queue_size))
+        self._clients[flt.kind].add(c)
+        self._per_principal[principal.id] += 1
+        return c
+
+    def unregister(self, c: Client) -> None:
+        """Forget a client (idempotent)."""
+        if not c.registered:
+            return
+        c.registered = False
+        self._clients[c.filter.kind].discard(c)
+        self._per_principal[c.principal.id] -= 1
+        if self._per_principal[c.principal.id] <= 0:
+            del self._per_principal[c.principal.id]
+
+    def position(self, kind: str) -> int:
+        """The last sequence the hub has dispatched on ``kind``."""
+        return self._last_seq[kind]
+
+    async def plan(self, kind: str, last_event: int | None) -> Plan:
+        """What to send a client (registered already) resuming after ``last_event``."""
+        position = self._last_seq[kind]
+        if last_event is None:
+            return Plan(position)
+        assert self._nc is not None
+        try:
+            info = await self._nc.jetstream().stream_info(self._streams[kind])
+        except (nats.errors.Error, TimeoutError) as e:
+            return Plan(position, reset_reason=f"the stream could not be read ({e!r})")
+        first, last = int(info.state.first_seq), int(info.state.last_seq)
+        if last_event > last:
+            reason = (
+                f"position {last_event} is ahead of the stream (last {last}): it was re-created"
+            )
+            return Plan(position, reset_reason=reason)
+        if last_event + 1 < first:
+            reason = f"position {last_event} is no longer retained (oldest kept: {first})"
+            return Plan(position, reset_reason=reason)
+        if last - last_event > self.settings.stream_max_replay:
+            reason = (
+                f"{last - last_event} updates were missed, more than LINKPULSE_STREAM_MAX_REPLAY "
+                f"({self.settings.stream_max_replay})"
+            )
+            return Plan(position, reset_reason=reason)
+        return Plan(last_event, replay_from=last_event + 1)
+
+    async def replay(self, flt: StreamFilter, start: int) -> AsyncIterator[Update]:
+        """The stored updates matching ``flt`` from sequence ``start`` to the stream's end."""
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        stream = self._streams[flt.kind]
+        psub = await js.pull_subscribe(
+            flt.subject(self.settings.subject_prefix),
+            stream=stream,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60,
+                mem_storage=True,
+            ),
+        )
+        consumer: str | None = None
+        try:
+            info = await psub.consumer_info()
+            consumer = info.name
+            pending = int(info.num_pending or 0)
+            prefix = self.settings.subject_prefix
+            while pending > 0:
+                try:
+                    msgs = await psub.fetch(min(_REPLAY_BATCH, pending), timeout=5)
+                except nats.errors.TimeoutError:
+                    break
+                for msg in msgs:
+                    pending = int(msg.metadata.num_pending)
+                    tenant = tenant_of_subject(prefix, flt.kind, msg.subject)
+                    seq = int(msg.metadata.sequence.stream)
+                    try:
+                        update = parse_update(flt.kind, tenant or "", seq, msg.data)
+                    except ValueError:
+                        continue
+                    if flt.matches(update):
+                        yield update
+        finally:
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                await psub.unsubscribe()
+                if consumer is not None:
+                    await js.delete_consumer(stream, consumer)
+
+    async def snapshot(self, flt: StreamFilter) -> list[bytes]:
+        """The latest value of every series the filter matches (window updates only)."""
+        if flt.kind != "metrics":
+            return []
+        prefix = self.settings.redis_key_prefix
+        pattern = f"{prefix}latest:{_glob_escape(flt.tenant) if flt.tenant else '*'}|*"
+        out: list[bytes] = []
+        try:
+            keys = [k async for k in self._redis.scan_iter(match=pattern, count=1000)]
+            for i in range(0, len(keys), 500):
+                for raw in await self._redis.mget(keys[i : i + 500]):
+                    if not isinstance(raw, bytes):
+                        continue
+                    try:
+                        w = _window_decoder.decode(raw)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        continue
+                    u = Update(0, w.tenant, w.dimensions.get("seller_id"), w.metric, w.window, raw)
+                    if flt.matches(u):
+                        out.append(raw)
+        except (redis.exceptions.RedisError, OSError) as e:
+            log.warning("snapshot incomplete: redis unreachable", error=repr(e))
+        return out
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis glob characters in a literal.
+
+    >>> _glob_escape("a*b?[c]")
+    'a\\\\*b\\\\?\\\\[c\\\\]'
+    """
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
