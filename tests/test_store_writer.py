@@ -1,4 +1,11 @@
-"""EventWriter on the real PostgreSQL: exactly-once storage, rollups, incremental refresh."""
+"""EventWriter: exactly-once storage, rollups, incremental refresh.
+
+Tests taking ``lane_dsn`` run on both store lanes (the server of
+LINKPULSE_TEST_DATABASE_URL and the WASM TimescaleDB) with the tier the database
+has; they hold one connection at a time. Tests of the plain tiers' own
+mechanism (the bucket log, pending buckets) force that tier (``plain_dsn``);
+tests needing COPY or two connections at once run on the server alone.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import pytest
 from linkpulse.errors import StoreError
 from linkpulse.schemas import EVENT_CLASS_BY_TYPE, BaseEvent, encode_event
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
-from linkpulse.store import EventWriter, Tier, migrate, refresh
+from linkpulse.store import EventWriter, Tier, migrate, refresh, stored_tier
 from linkpulse.store.rollups import rebuild
 
 BASE = datetime(2026, 11, 20, tzinfo=UTC)
@@ -76,8 +83,30 @@ def rollup_rows(conn: psycopg.Connection, name: str) -> list[tuple[object, ...]]
 
 @pytest.fixture
 def store_dsn(pg_dsn: str) -> str:
+    """The server's database, migrated with the tier the server offers."""
     migrate(pg_dsn)
     return pg_dsn
+
+
+@pytest.fixture
+def lane_store_dsn(lane_dsn: str) -> str:
+    """Each lane's database, migrated with the tier it offers (one connection at a time)."""
+    migrate(lane_dsn)
+    return lane_dsn
+
+
+@pytest.fixture
+def plain_dsn(pg_dsn: str) -> str:
+    """The server's database on the plain tier, forced: for the bucket log's own tests."""
+    migrate(pg_dsn, tier="plain")
+    return pg_dsn
+
+
+def assert_rollups_match_raw(conn: psycopg.Connection, *names: str) -> None:
+    """Each rollup equals a GROUP BY over the raw events (the tier-neutral check)."""
+    widths = {"events_1m": "1 minute", "events_1h": "1 hour", "events_1d": "1 day"}
+    for name in names or tuple(widths):
+        assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (widths[name],)).fetchall(), name
 
 
 @pytest.mark.slow
@@ -95,14 +124,8 @@ def test_100k_events_replays_and_late_events_are_stored_once(store_dsn: str) -> 
             "SELECT count(*), count(DISTINCT (tenant, event_id)) FROM events"
         ).fetchone()  # type: ignore[misc]
         assert (total, distinct) == (102_000, 102_000)
-        report = refresh(conn, Tier.PLAIN_POSTGRES)
-        assert report.claimed > 0
-        for name, width in (
-            ("events_1m", "1 minute"),
-            ("events_1h", "1 hour"),
-            ("events_1d", "1 day"),
-        ):
-            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall(), name
+        refresh(conn)
+        assert_rollups_match_raw(conn)
 
 
 def test_copy_and_insert_paths_store_the_same_rows(pg_dsn: str) -> None:
@@ -122,11 +145,11 @@ def test_copy_and_insert_paths_store_the_same_rows(pg_dsn: str) -> None:
     assert rows[2] == sum(1 for e in events if e.type == "page_view")
 
 
-def test_incremental_refresh_recomputes_only_touched_buckets(store_dsn: str) -> None:
+def test_incremental_refresh_recomputes_only_touched_buckets(plain_dsn: str) -> None:
     first = make_events(500, seed=4, span_s=600)  # 10 minutes from BASE
-    with EventWriter(store_dsn) as w, psycopg.connect(store_dsn, autocommit=True) as conn:
+    with EventWriter(plain_dsn) as w, psycopg.connect(plain_dsn, autocommit=True) as conn:
         w.write_events(first)
-        r1 = refresh(conn, Tier.PLAIN_POSTGRES)
+        r1 = refresh(conn)
         assert r1.buckets["events_1m"] == 20  # 10 minutes x 2 tenants
         wm1 = conn.execute(
             "SELECT watermark FROM lp_rollup_state WHERE rollup = 'events_1m'"
@@ -148,7 +171,7 @@ def test_incremental_refresh_recomputes_only_touched_buckets(store_dsn: str) -> 
         )
         assert w.write_events(late) == 1
         assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (1,)
-        r2 = refresh(conn, Tier.PLAIN_POSTGRES)
+        r2 = refresh(conn)
         assert r2.claimed == 1
         assert r2.buckets == {"events_1m": 1, "events_1h": 1, "events_1d": 1}
         wm2 = conn.execute(
@@ -164,7 +187,7 @@ def test_incremental_refresh_recomputes_only_touched_buckets(store_dsn: str) -> 
         )
         assert rollup_rows(conn, "events_1m") == conn.execute(ROLLUP_SQL, ("1 minute",)).fetchall()
         # nothing new: a refresh does nothing
-        assert refresh(conn, Tier.PLAIN_POSTGRES).claimed == 0
+        assert refresh(conn).claimed == 0
 
 
 def window(rev: int, value: float, start: datetime = BASE) -> MetricWindow:
@@ -183,20 +206,21 @@ def window(rev: int, value: float, start: datetime = BASE) -> MetricWindow:
     )
 
 
-def test_metric_windows_keep_the_newest_revision(store_dsn: str) -> None:
-    with EventWriter(store_dsn) as w, psycopg.connect(store_dsn, autocommit=True) as conn:
+def test_metric_windows_keep_the_newest_revision(lane_store_dsn: str) -> None:
+    with EventWriter(lane_store_dsn) as w:
         assert w.upsert_metric_windows([window(0, 3.0), window(1, 4.0)]) == 1
         assert w.upsert_metric_windows([window(0, 99.0)]) == 0  # older revision ignored
         assert (
             w.upsert_metric_windows([window(2, 5.0), window(0, 1.0, BASE - timedelta(days=3))]) == 2
         )
+    with psycopg.connect(lane_store_dsn, autocommit=True) as conn:
         rows = conn.execute(
             'SELECT window_start, value, revision, "window" FROM metric_windows ORDER BY 1'
         ).fetchall()
         assert [(r[1], r[2], r[3]) for r in rows] == [(1.0, 0, "1m"), (5.0, 2, "1m")]
 
 
-def test_dead_letters_are_stored_with_their_origin(store_dsn: str) -> None:
+def test_dead_letters_are_stored_with_their_origin(lane_store_dsn: str) -> None:
     dl = DeadLetter(
         payload='{"type": "x"\x00}',
         field="type",
@@ -206,15 +230,15 @@ def test_dead_letters_are_stored_with_their_origin(store_dsn: str) -> None:
         sequence=42,
         received_at=BASE,
     )
-    with EventWriter(store_dsn) as w:
-        assert w.write_dead_letters([dl, dl]) == 2  # at least once: both kept
-    with psycopg.connect(store_dsn) as conn:
+    with EventWriter(lane_store_dsn) as w:
+        assert w.write_dead_letters([dl, dl]) == 1  # idempotent on its origin (0008)
+    with psycopg.connect(lane_store_dsn) as conn:
         row = conn.execute("SELECT reason, subject, sequence, payload FROM dead_letters").fetchone()
     assert row == ("type: unknown type", "linkpulse.events.acme", 42, '{"type": "x"\ufffd}')
 
 
-def test_writer_without_schema_says_to_migrate(pg_dsn: str) -> None:
-    with EventWriter(pg_dsn) as w, pytest.raises(StoreError, match="db migrate"):
+def test_writer_without_schema_says_to_migrate(lane_dsn: str) -> None:
+    with EventWriter(lane_dsn) as w, pytest.raises(StoreError, match="db migrate"):
         w.write_events(make_events(1))
 
 
@@ -225,35 +249,35 @@ def test_bad_arguments_are_refused() -> None:
         EventWriter("postgresql://x/y", max_retries=-1)
 
 
-def test_rebuild_equals_group_by_and_clears_the_log(store_dsn: str) -> None:
-    with EventWriter(store_dsn) as w:
+def test_rebuild_equals_group_by_and_clears_the_log(lane_store_dsn: str) -> None:
+    with EventWriter(lane_store_dsn) as w:
         w.write_events(make_events(3000, seed=12, span_s=2 * 86400))
-    with psycopg.connect(store_dsn, autocommit=True) as conn:
-        report = rebuild(conn, Tier.PLAIN_POSTGRES)
-        assert report.claimed > 0 and report.buckets["events_1d"] > 0
-        assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (0,)
-        for name, width in (("events_1m", "1 minute"), ("events_1d", "1 day")):
-            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
+    with psycopg.connect(lane_store_dsn, autocommit=True) as conn:
+        rebuild(conn)
+        assert_rollups_match_raw(conn)
+        if stored_tier(conn) is not Tier.FULL_TIMESCALE:  # the bucket log is the plain tiers'
+            assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (0,)
 
 
-def test_overlapped_batches_make_missing_partitions_and_count_exactly(store_dsn: str) -> None:
-    # several batches (the overlapped COPY path), all in days with no partition yet
+def test_overlapped_batches_make_missing_partitions_and_count_exactly(lane_store_dsn: str) -> None:
+    # several batches (the overlapped COPY path where the server has COPY), all
+    # in days with no partition (or chunk) yet
     late = make_events(2_500, seed=13, start=BASE - timedelta(days=40), span_s=3 * 86400)
-    with EventWriter(store_dsn, batch_size=400) as w:
+    with EventWriter(lane_store_dsn, batch_size=400) as w:
         assert w.write_events(late) == 2_500
         assert w.write_events(late[::-1]) == 0
-    with psycopg.connect(store_dsn) as conn:
+    with psycopg.connect(lane_store_dsn) as conn:
         assert conn.execute("SELECT count(DISTINCT event_id) FROM events").fetchone() == (2_500,)
 
 
-def test_coarse_rollups_wait_for_their_interval_without_losing_buckets(store_dsn: str) -> None:
+def test_coarse_rollups_wait_for_their_interval_without_losing_buckets(plain_dsn: str) -> None:
     intervals = {"events_1m": 0.0, "events_1h": 3600.0, "events_1d": 3600.0}
-    with EventWriter(store_dsn) as w, psycopg.connect(store_dsn, autocommit=True) as conn:
+    with EventWriter(plain_dsn) as w, psycopg.connect(plain_dsn, autocommit=True) as conn:
         w.write_events(make_events(300, seed=14, span_s=600))
-        first = refresh(conn, Tier.PLAIN_POSTGRES, min_interval_s=intervals)
+        first = refresh(conn, min_interval_s=intervals)
         assert first.buckets["events_1d"] > 0  # never refreshed before: due
         w.write_events(make_events(50, seed=15, span_s=600, prefix="n"))
-        second = refresh(conn, Tier.PLAIN_POSTGRES, min_interval_s=intervals)
+        second = refresh(conn, min_interval_s=intervals)
         assert second.buckets["events_1m"] > 0
         assert second.buckets["events_1h"] == second.buckets["events_1d"] == 0
         assert conn.execute(
@@ -261,7 +285,7 @@ def test_coarse_rollups_wait_for_their_interval_without_losing_buckets(store_dsn
         ).fetchone() == (2,)  # two tenants, one day
         assert rollup_rows(conn, "events_1m") == conn.execute(ROLLUP_SQL, ("1 minute",)).fetchall()
         assert rollup_rows(conn, "events_1d") != conn.execute(ROLLUP_SQL, ("1 day",)).fetchall()
-        third = refresh(conn, Tier.PLAIN_POSTGRES)  # no interval: everything due
+        third = refresh(conn)  # no interval: everything due
         assert third.claimed == 0 and third.buckets["events_1d"] == 2
         for name, width in (("events_1h", "1 hour"), ("events_1d", "1 day")):
             assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
@@ -290,14 +314,13 @@ def test_refreshes_racing_with_writers_lose_no_bucket(store_dsn: str) -> None:
     with psycopg.connect(store_dsn, autocommit=True) as conn:
         t.start()
         while not done.is_set():  # refresh again and again while the writer runs
-            refresh(conn, Tier.PLAIN_POSTGRES)
+            refresh(conn)
             passes += 1
         t.join()
         assert errors == []
-        refresh(conn, Tier.PLAIN_POSTGRES)
+        refresh(conn)
         assert passes >= 2
-        for name, width in (("events_1m", "1 minute"), ("events_1h", "1 hour")):
-            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
+        assert_rollups_match_raw(conn, "events_1m", "events_1h")
 
 
 # -- the JSON path (write_event_json) ------------------------------------------------------------
@@ -356,26 +379,30 @@ def stored(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in conn.execute(ROW_SQL).fetchall()]
 
 
-@pytest.mark.parametrize("use_copy", [True, False])
-def test_json_path_stores_every_column_as_write_events_does(store_dsn: str, use_copy: bool) -> None:
+@pytest.mark.parametrize("use_copy", [None, False], ids=["auto", "insert"])
+def test_json_path_stores_every_column_as_write_events_does(
+    lane_store_dsn: str, use_copy: bool | None
+) -> None:
+    # auto: COPY where the server has it (not the WASM TimescaleDB)
     events = tricky_events() + make_events(300, seed=21)
-    with psycopg.connect(store_dsn, autocommit=True) as conn:
-        with EventWriter(store_dsn, use_copy=use_copy, batch_size=128) as w:
-            assert w.write_events(events) == len(events)
+    with EventWriter(lane_store_dsn, use_copy=use_copy, batch_size=128) as w:
+        assert w.write_events(events) == len(events)
+    with psycopg.connect(lane_store_dsn, autocommit=True) as conn:
         by_rows = stored(conn)
         conn.execute("TRUNCATE events, lp_rollup_dirty")
-        with EventWriter(store_dsn, use_copy=use_copy, batch_size=128) as w:
-            assert w.write_event_json([encode_event(e) for e in events]) == len(events)
+    with EventWriter(lane_store_dsn, use_copy=use_copy, batch_size=128) as w:
+        assert w.write_event_json([encode_event(e) for e in events]) == len(events)
+    with psycopg.connect(lane_store_dsn, autocommit=True) as conn:
         assert stored(conn) == by_rows
     assert len(by_rows) == len(events)
     assert any('"schema_version": 1' in r and '"properties": {}' in r for r in by_rows)
     assert any('"amount": 0.3' in r for r in by_rows)  # float8 -> numeric, as the row path
 
 
-def test_json_path_replays_and_mixed_paths_store_each_event_once(store_dsn: str) -> None:
+def test_json_path_replays_and_mixed_paths_store_each_event_once(lane_store_dsn: str) -> None:
     events = make_events(2_500, seed=22)
     payloads = [encode_event(e) for e in events]
-    with EventWriter(store_dsn, batch_size=400) as w:
+    with EventWriter(lane_store_dsn, batch_size=400) as w:
         assert w.write_event_json(payloads[:1000]) == 1000
         # replays spread over several overlapped batches, mixed with new events
         assert w.write_event_json(payloads[500:1500]) == 500
@@ -384,21 +411,20 @@ def test_json_path_replays_and_mixed_paths_store_each_event_once(store_dsn: str)
         assert w.write_events(events) == 0
         assert w.write_event_json(payloads[::-1]) == 0
         assert w.retries == 0  # a replayed key is not a lost connection
-    with psycopg.connect(store_dsn, autocommit=True) as conn:
+    with psycopg.connect(lane_store_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone() == (
             2_500,
             2_500,
         )
-        refresh(conn, Tier.PLAIN_POSTGRES)
-        for name, width in (("events_1m", "1 minute"), ("events_1h", "1 hour")):
-            assert rollup_rows(conn, name) == conn.execute(ROLLUP_SQL, (width,)).fetchall()
+        refresh(conn)
+        assert_rollups_match_raw(conn, "events_1m", "events_1h")
 
 
-def test_json_path_marks_buckets_and_makes_missing_partitions(store_dsn: str) -> None:
+def test_json_path_marks_buckets_and_makes_missing_partitions(plain_dsn: str) -> None:
     late = make_events(900, seed=23, start=BASE - timedelta(days=40), span_s=2 * 86400)
-    with EventWriter(store_dsn, batch_size=300) as w:
+    with EventWriter(plain_dsn, batch_size=300) as w:
         assert w.write_event_json([encode_event(e) for e in late]) == 900
-    with psycopg.connect(store_dsn, autocommit=True) as conn:
+    with psycopg.connect(plain_dsn, autocommit=True) as conn:
         marked = conn.execute("SELECT tenant, bucket FROM lp_rollup_dirty ORDER BY 1, 2").fetchall()
         expected = sorted({(e.tenant, e.event_time.replace(second=0, microsecond=0)) for e in late})
         assert marked == expected

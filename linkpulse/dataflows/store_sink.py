@@ -2,15 +2,19 @@
 
 Delivery into a sink is at least once (a resumed flow replays from its last
 snapshot), so every write here is idempotent: events are keyed by event id,
-windows upserted by window key with a revision guard, dead letters skipped
-when their (source, subject, sequence) is already stored. Each
+windows upserted by window key with a revision guard, dead letters keyed by
+their origin (source, stream sequence, subject, stream time) and skipped when
+already stored (``ON CONFLICT DO NOTHING``, migration 0008). Each
 ``write_batch`` flushes before returning: Bytewax only commits a snapshot
 once every sink has finished the epoch's items, so a crash can never skip a
 write.
 
-A store that is down *pauses* the flow: the writer retries with backoff and
-raises only when its retries are exhausted, which stops the flow (a restart
-resumes from the last snapshot and loses nothing).
+A store that is down *pauses* the flow: every sink writes through
+``EventWriter``, which reconnects and retries a batch with backoff for the
+outage budget (``_outage_budget``, ``LINKPULSE_STORE_OUTAGE_S``) and raises
+only when that is spent, which stops the flow (a restart resumes from the
+last snapshot and loses nothing). A sink's write is one statement per batch,
+so there is nothing else to retry.
 
 >>> sink = StoreSink("postgresql://postgres@127.0.0.1/test", "events")
 >>> sink.kind
@@ -24,7 +28,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import msgspec
-import psycopg
 from bytewax.outputs import (
     DynamicSink,
     FixedPartitionedSink,
@@ -37,7 +40,6 @@ from linkpulse.dataflows.events_writer import ACK_DECODER, WriterArgs
 from linkpulse.dataflows.instrumentation import SINK_BATCH, SINK_LATENCY, timed_sink
 from linkpulse.errors import DataflowError, StoreError
 from linkpulse.schemas.codec import encode_event
-from linkpulse.schemas.outputs import DeadLetter
 
 __all__ = ["PipelinedEventsSink", "StoreKind", "StoreSink", "Writer"]
 
@@ -75,48 +77,10 @@ def _default_writer(dsn: str) -> Writer:
     return EventWriter(dsn, max_retries=_outage_budget()[1])
 
 
-_SEEN_LETTERS = (
-    "SELECT subject, sequence FROM dead_letters WHERE source = ANY(%s) AND sequence = ANY(%s)"
-)
-
-
-class _SeenLetters:
-    """Drops dead letters already stored (same source, subject and stream sequence).
-
-    The dead_letters table has a surrogate key, so a replayed letter would be
-    stored twice; a letter with a stream sequence is identified by it.
-    """
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def new_only(self, letters: list[DeadLetter]) -> list[DeadLetter]:
-        seqs = [dl.sequence for dl in letters if dl.sequence is not None]
-        if not seqs:
-            return letters
-        sources = sorted({dl.source for dl in letters})
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
-            seen = set(self._conn.execute(_SEEN_LETTERS, (sources, seqs)).fetchall())
-        except psycopg.Error as e:
-            self.close()
-            msg = f"checking dead_letters for replayed sequences failed: {e}"
-            raise StoreError(msg) from e
-        return [dl for dl in letters if (dl.subject, dl.sequence) not in seen]
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
 class _StorePartition(StatelessSinkPartition[Any]):
-    def __init__(self, writer: Writer, kind: StoreKind, dsn: str) -> None:
+    def __init__(self, writer: Writer, kind: StoreKind) -> None:
         self._writer = writer
         self._kind = kind
-        self._seen = _SeenLetters(dsn) if kind == "dead_letters" else None
         self._write: Callable[[Sequence[Any]], int] = {
             "events": writer.write_events,
             "dead_letters": writer.write_dead_letters,
@@ -129,15 +93,10 @@ class _StorePartition(StatelessSinkPartition[Any]):
         # Upstream may send one list per chunk (fewer, bigger Bytewax items).
         rows = [x for it in items for x in it] if isinstance(items[0], list) else items
         with timed_sink(f"store_{self._kind}", len(rows)):
-            if self._seen is not None:
-                rows = self._seen.new_only(rows)
-            if rows:
-                self._write(rows)
+            self._write(rows)
 
     def close(self) -> None:
         self._writer.close()
-        if self._seen is not None:
-            self._seen.close()
 
 
 class StoreSink(DynamicSink[Any]):
@@ -164,7 +123,7 @@ class StoreSink(DynamicSink[Any]):
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition[Any]:
-        return _StorePartition(self._factory(self._dsn), self.kind, self._dsn)
+        return _StorePartition(self._factory(self._dsn), self.kind)
 
 
 class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):

@@ -102,10 +102,12 @@ MARK_FROM_STAGE = mark_buckets(STAGED_ROWS)
 MARK_BUCKETS = mark_buckets("unnest(%s::text[], %s::timestamptz[]) AS s(tenant, event_time)")
 
 
+# A replayed letter meets its origin key (migration 0008) and is skipped.
 DEAD_LETTERS_UNNEST = """
 INSERT INTO dead_letters (payload, field, problem, reason, source, subject, sequence, received_at)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
                      %s::int8[], %s::timestamptz[])
+ON CONFLICT DO NOTHING
 """
 
 WINDOWS_UPSERT = """
