@@ -12,6 +12,8 @@ a consumer can subscribe to exactly what it needs:
 'linkpulse.deadletters.http'
 >>> metric_subject("linkpulse", "gmv", "acme", "5m/10s")
 'linkpulse.metrics.gmv.acme.5m_10s'
+>>> anomaly_subject("linkpulse", "acme"), forecast_subject("linkpulse", "acme")
+('linkpulse.anomalies.acme', 'linkpulse.forecasts.acme')
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "anomaly_subject",
     "dead_letter_subject",
     "dead_letters_filter",
     "event_subject",
     "events_filter",
+    "forecast_subject",
     "metric_subject",
     "window_token",
 ]
@@ -84,3 +88,13 @@ def metric_subject(prefix: str, metric: str, tenant: str, window: str) -> str:
         f"{_prefix(prefix)}.metrics.{_token('metric', metric)}."
         f"{_token('tenant', tenant)}.{window_token(window)}"
     )
+
+
+def anomaly_subject(prefix: str, tenant: str) -> str:
+    """Where a tenant's anomaly scores are published: ``{prefix}.anomalies.{tenant}``."""
+    return f"{_prefix(prefix)}.anomalies.{_token('tenant', tenant)}"
+
+
+def forecast_subject(prefix: str, tenant: str) -> str:
+    """Where a tenant's forecasts are published: ``{prefix}.forecasts.{tenant}``."""
+    return f"{_prefix(prefix)}.forecasts.{_token('tenant', tenant)}"

@@ -21,6 +21,7 @@ tick from every route knows every window ending at or before it has arrived.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from bytewax.dataflow import Dataflow, Stream
@@ -47,7 +48,8 @@ class Core:
     ``timeline`` is the windows step's output, keyed by route: every window
     update and the ``RouteTick`` that follows the windows a watermark closed;
     ``updates`` is the same without the key and the ticks. ``routes`` names the
-    windows step's routes (every one of them emits ticks), ``parts`` the
+    windows step's routes (every one of them emits ticks), ``window_route``
+    gives the route a window comes from, ``parts`` the
     source's partitions. ``published`` lets a branch hand a stream to the
     branches attached after it (scores to alert rules, say).
     """
@@ -57,6 +59,7 @@ class Core:
     timeline: Stream[tuple[str, TimelineItem]]
     updates: Stream[MetricWindow]
     routes: tuple[str, ...]
+    window_route: Callable[[MetricWindow], str]
     parts: tuple[str, ...]
     published: dict[str, Stream[Any]] = dataclasses.field(default_factory=dict)
 

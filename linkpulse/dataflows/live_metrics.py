@@ -49,8 +49,9 @@ from linkpulse.dataflows.decode import decode_message, stream_time
 from linkpulse.dataflows.jetstream_source import JetStreamSource
 from linkpulse.dataflows.nats_sink import DeadLetterNatsSink, MetricUpdatesSink
 from linkpulse.dataflows.redis_sink import RedisLatestSink
+from linkpulse.dataflows.scoring import ScoringBranch, ScoringConfig, ScoringSinks
 from linkpulse.dataflows.store_sink import PipelinedEventsSink, StoreSink, Writer
-from linkpulse.operators import MetricsConfig, split_by_route
+from linkpulse.operators import MetricsConfig, route, series_key, split_by_route
 from linkpulse.operators.aggregator import WindowAggregator
 from linkpulse.operators.pipeline import PreAggregator
 from linkpulse.schemas import BaseEvent
@@ -63,12 +64,26 @@ __all__ = [
     "MetricsSinks",
     "build_flow",
     "default_branches",
+    "window_route",
 ]  # and ``flow``, built on access
 
 # Series are spread over this many keyed aggregators whatever the worker
 # count; changing it re-routes series, so it is part of the recovery layout.
 ROUTES = 16
 _ROUTE_KEYS = [f"r{i:02d}" for i in range(ROUTES)]
+
+
+def window_route(w: MetricWindow) -> str:
+    """The route (windows step key) whose aggregator emits ``w``'s series.
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> w = MetricWindow(metric="gmv", tenant="acme", dims_key="", dimensions={}, window="1m",
+    ...     window_start=t, window_end=t, value=1.0)
+    >>> window_route(w) in _ROUTE_KEYS
+    True
+    """
+    return _ROUTE_KEYS[route(series_key(w.tenant, w.metric, w.dims_key), ROUTES)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +102,9 @@ class FlowOptions:
     metrics: MetricsConfig = dataclasses.field(
         default_factory=lambda: MetricsConfig(emit_interval_s=0.5)
     )
-    # The scoring branch (anomaly scores and forecasts of the final 1m windows).
-    scoring: bool = False
+    # The scoring branch (anomaly scores and forecasts of the final 1m windows);
+    # None leaves it out.
+    scoring: ScoringConfig | None = None
     # Granularity of the stream clock the windows step hands to branches
     # (``RouteTick``): the finest window a branch steps on.
     tick_s: float = 60.0
@@ -313,15 +329,11 @@ def default_branches(
 ) -> list[Branch]:
     """Production's branches for ``settings``: metrics, and scoring unless turned off."""
     branches: list[Branch] = [MetricsBranch(MetricsSinks.from_settings(settings, options, parts))]
-    if options.scoring:
-        from linkpulse.dataflows.scoring import ScoringBranch, ScoringConfig, ScoringSinks
-
-        branches.append(
-            ScoringBranch(
-                ScoringConfig.from_settings(settings),
-                ScoringSinks.from_settings(settings, redis_key_prefix=options.redis_key_prefix),
-            )
+    if options.scoring is not None:
+        sinks = ScoringSinks.from_settings(
+            settings, redis_key_prefix=options.redis_key_prefix, redis_ttl_s=options.redis_ttl_s
         )
+        branches.append(ScoringBranch(options.scoring, sinks))
     return branches
 
 
@@ -372,7 +384,7 @@ def build_flow(
     # (route, MetricWindow | RouteTick)
     updates = op.filter_map("updates", timeline, _window_only)
     # MetricWindow
-    core = Core(flow, decoded, timeline, updates, tuple(_ROUTE_KEYS), parts)
+    core = Core(flow, decoded, timeline, updates, tuple(_ROUTE_KEYS), window_route, parts)
     for branch in branches:
         branch.attach(core)
     return flow
