@@ -12,7 +12,8 @@ applies and which is written to the labels file so detection can be scored.
 Traceback (most recent call last):
 ...
 ValueError: --anomaly: unknown kind 'meteor_strike'; expected one of revenue_drop, \
-failure_spike, traffic_surge, refund_burst, silent_stream
+failure_spike, traffic_surge, refund_burst, silent_stream, gradual_drift, seller_shift, \
+pattern_change
 """
 
 from __future__ import annotations
@@ -27,16 +28,30 @@ from typing import Any, Final
 from linkpulse.schemas.events import EVENT_TYPES
 from linkpulse.simulator.model import Marketplace
 
-KINDS: Final = ("revenue_drop", "failure_spike", "traffic_surge", "refund_burst", "silent_stream")
+KINDS: Final = (
+    "revenue_drop",
+    "failure_spike",
+    "traffic_surge",
+    "refund_burst",
+    "silent_stream",
+    "gradual_drift",
+    "seller_shift",
+    "pattern_change",
+)
 # What each kind does to its metric when no magnitude is given:
 # revenue_drop: fraction of GMV lost; failure_spike: failure rate during the window;
-# traffic_surge: page-view multiplier; refund_burst: share of the seller's orders refunded.
+# traffic_surge: page-view multiplier; refund_burst: share of the seller's orders refunded;
+# gradual_drift: share of the tenant's traffic lost by the window's end (linear ramp);
+# seller_shift: share of the seller's orders lost; pattern_change: hours the daily curve moves.
 DEFAULT_MAGNITUDE: Final = {
     "revenue_drop": 0.6,
     "failure_spike": 0.35,
     "traffic_surge": 6.0,
     "refund_burst": 0.6,
     "silent_stream": 1.0,
+    "gradual_drift": 0.5,
+    "seller_shift": 0.8,
+    "pattern_change": 6.0,
 }
 # The metric each kind moves; counts are named "<event type>_count".
 METRIC: Final = {
@@ -44,7 +59,12 @@ METRIC: Final = {
     "failure_spike": "payment_failure_rate",
     "traffic_surge": "page_view_count",
     "refund_burst": "refund_issued_count",
+    "gradual_drift": "page_view_count",
+    "seller_shift": "order_placed_count",
+    "pattern_change": "page_view_count",
 }
+# Kinds whose target is ``tenant/seller_id`` (the tenant's biggest seller by default).
+SELLER_KINDS: Final = ("refund_burst", "seller_shift")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -122,9 +142,13 @@ class AnomalySpec:
 
 
 def _check_magnitude(kind: str, m: float) -> None:
-    ok = m > 1.0 if kind == "traffic_surge" else 0.0 < m <= 1.0
+    if kind == "traffic_surge":
+        ok, want = m > 1.0, "> 1 (a multiplier)"
+    elif kind == "pattern_change":
+        ok, want = 0.0 < m < 24.0, "in (0, 24) (hours the daily curve moves)"
+    else:
+        ok, want = 0.0 < m <= 1.0, "in (0, 1] (a fraction)"
     if not ok:
-        want = "> 1 (a multiplier)" if kind == "traffic_surge" else "in (0, 1] (a fraction)"
         msg = f"--anomaly {kind}: magnitude must be {want}, got {m}"
         raise ValueError(msg)
 
@@ -134,7 +158,7 @@ def parse_anomaly(text: str) -> AnomalySpec:
 
     DURATION has a unit ('10m'). START is an offset from the run's start
     ('30m') or an ISO time. TARGET is a tenant, ``tenant/seller_id`` for
-    refund_burst, ``tenant/event_type`` for silent_stream.
+    refund_burst and seller_shift, ``tenant/event_type`` for silent_stream.
 
     >>> parse_anomaly("silent_stream@2026-11-20T08:00:00+00:00+15m:acme/payment_settled")
     ... # doctest: +NORMALIZE_WHITESPACE
@@ -164,7 +188,7 @@ def parse_anomaly(text: str) -> AnomalySpec:
         if rest:
             if kind == "silent_stream":
                 event_type = rest
-            elif kind == "refund_burst":
+            elif kind in SELLER_KINDS:
                 seller = rest
             else:
                 msg = f"--anomaly {kind}: target is a tenant only, got {m['target']!r}"
@@ -270,11 +294,11 @@ def resolve(
         msg = f"--anomaly {spec.kind}: unknown tenant {slug!r}; this run has {names}"
         raise ValueError(msg)
     seller_id = event_type = None
-    if spec.kind == "refund_burst":
+    if spec.kind in SELLER_KINDS:
         # By default the biggest seller, so the burst stands out from the seller's own noise.
         seller_id = spec.seller_id or tenant.sellers[0].seller_id
         if tenant.seller(seller_id) is None:
-            msg = f"--anomaly refund_burst: tenant {slug!r} has no seller {seller_id!r}"
+            msg = f"--anomaly {spec.kind}: tenant {slug!r} has no seller {seller_id!r}"
             raise ValueError(msg)
     if spec.kind == "silent_stream":
         event_type = spec.event_type or "payment_settled"

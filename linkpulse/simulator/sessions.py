@@ -29,7 +29,7 @@ from linkpulse.schemas.events import (
 )
 from linkpulse.simulator import funnel as F
 from linkpulse.simulator.anomalies import Anomaly
-from linkpulse.simulator.model import Marketplace, Tenant
+from linkpulse.simulator.model import Marketplace, Tenant, daily_multiplier
 from linkpulse.simulator.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ class SessionWriter:
         self._spikes: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
         self._drops: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
         self._bursts: dict[str, list[Anomaly]] = {}
+        # tenant -> anomalies that scale its whole traffic (gradual drift, pattern change)
+        self._rates: list[list[Anomaly]] = [[] for _ in range(n)]
+        # seller id -> (start, end, share of its orders lost)
+        self._shifts: dict[str, list[tuple[float, float, float]]] = {}
         for a in anomalies:
             ti = slugs[a.tenant]
             if a.kind == "failure_spike":
@@ -83,6 +87,10 @@ class SessionWriter:
                 self._drops[ti].append((a.start, a.end, 1.0 - a.magnitude))
             elif a.kind == "refund_burst" and a.seller_id is not None:
                 self._bursts.setdefault(a.seller_id, []).append(a)
+            elif a.kind in ("gradual_drift", "pattern_change"):
+                self._rates[ti].append(a)
+            elif a.kind == "seller_shift" and a.seller_id is not None:
+                self._shifts.setdefault(a.seller_id, []).append((a.start, a.end, a.magnitude))
         # seller id -> its recent settled orders (only for refund-burst sellers)
         self._backlog: dict[str, deque[_Settled]] = {
             s: deque(maxlen=_BURST_BACKLOG) for s in self._bursts
@@ -110,6 +118,31 @@ class SessionWriter:
     def root(self, t: float, u: float) -> None:
         """Start the root action that quantile ``u`` in [0, 1) picks, at time t."""
         ti = self._tenant_index(self.rng.random())
+        if self._rates[ti]:
+            factor = self._rate_factor(ti, t)
+            if factor != 1.0:
+                # Thin (factor < 1) or repeat (factor > 1) the tenant's root actions: the
+                # arrivals stay a Poisson-like process at factor x the usual rate.
+                copies = int(factor) + (1 if self.rng.random() < factor - int(factor) else 0)
+                for k in range(copies):
+                    self._root_action(t + k * 1e-3, u, ti)
+                return
+        self._root_action(t, u, ti)
+
+    def _rate_factor(self, ti: int, t: float) -> float:
+        """How the active drift / pattern-change anomalies scale tenant ``ti``'s traffic at t."""
+        factor = 1.0
+        for a in self._rates[ti]:
+            if not a.start <= t < a.end:
+                continue
+            if a.kind == "gradual_drift":
+                factor *= 1.0 - a.magnitude * (t - a.start) / (a.end - a.start)
+            else:  # pattern_change: the daily curve moved by `magnitude` hours
+                hour = t % 86400.0 / 3600.0
+                factor *= daily_multiplier((hour - a.magnitude) % 24.0) / daily_multiplier(hour)
+        return factor
+
+    def _root_action(self, t: float, u: float, ti: int) -> None:
         if u < F.P_SESSION:
             self.session(t, ti, buy=True)
         elif u < F.P_SESSION + F.P_SIGNUP:
@@ -163,6 +196,11 @@ class SessionWriter:
 
     def _order(self, t: float, ti: int, tenant: Tenant, user: str, sid: str, median: float) -> None:
         rng = self.rng
+        shifts = self._shifts.get(sid) if self._shifts else None
+        if shifts is not None:
+            for s, e, lost in shifts:
+                if s <= t < e and rng.random() < lost:
+                    return  # seller_shift: the buyer left without ordering
         self._orders += 1
         order_id = f"{tenant.slug}-o{self._orders:09d}"
         u = rng.random()
