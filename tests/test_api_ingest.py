@@ -289,7 +289,11 @@ async def test_nats_unreachable_is_503_with_a_retry_hint(
 ) -> None:
     closed_port, api_port = unused_tcp_port_factory(), unused_tcp_port_factory()
     settings = Settings(
-        **{**nats_settings.model_dump(), "nats_url": f"nats://127.0.0.1:{closed_port}"}
+        **{
+            **nats_settings.model_dump(),
+            "nats_url": f"nats://127.0.0.1:{closed_port}",
+            "auth": "off",
+        }
     )
     with ApiServer(settings, api_port) as url:
         async with httpx.AsyncClient(base_url=url, timeout=15) as c:
@@ -338,7 +342,7 @@ async def test_the_api_connects_when_nats_comes_up_and_503s_when_it_goes(
 ) -> None:
     nats_port, api_port = unused_tcp_port_factory(), unused_tcp_port_factory()
     settings = Settings(
-        **{**nats_settings.model_dump(), "nats_url": f"nats://127.0.0.1:{nats_port}"}
+        **{**nats_settings.model_dump(), "nats_url": f"nats://127.0.0.1:{nats_port}", "auth": "off"}
     )
     with ApiServer(settings, api_port) as url:
         async with httpx.AsyncClient(base_url=url, timeout=15) as c:
@@ -365,7 +369,9 @@ BIG_BODY = 5 * 1024 * 1024  # the default body limit: over NATS's 1 MiB max_payl
 async def big_client(
     nats_settings: Settings, unused_tcp_port_factory: Any, nc: object
 ) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(**{**nats_settings.model_dump(), "ingest_max_body_bytes": BIG_BODY})
+    settings = Settings(
+        **{**nats_settings.model_dump(), "ingest_max_body_bytes": BIG_BODY, "auth": "off"}
+    )
     with ApiServer(settings, unused_tcp_port_factory()) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             yield c

@@ -12,6 +12,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from linkpulse.api.auth.guard import IngestPrincipal
+from linkpulse.api.auth.scope import confine_to_tenant
 from linkpulse.api.batch import (
     IngestResponse,
     build_response,
@@ -42,12 +44,16 @@ MULTI_STATUS = 207
             "model": IngestResponse,
             "description": "some events rejected (see `results`; they went to the dead letters)",
         },
-        **problem_responses(400, 413, 415, 503),
+        **problem_responses(400, 401, 403, 413, 415, 429, 503),
     },
     openapi_extra=ingest_request_body(),
 )
 async def ingest_events(
-    request: Request, settings: SettingsDep, broker: BrokerDep, metrics: MetricsDep
+    request: Request,
+    settings: SettingsDep,
+    broker: BrokerDep,
+    metrics: MetricsDep,
+    principal: IngestPrincipal,
 ) -> Response:
     """Validate each event on its own, publish the valid ones to JetStream
     (de-duplicated by ``event_id``), send the invalid ones to the dead letters
@@ -58,7 +64,8 @@ async def ingest_events(
     )
     items = split_items(body, media, settings.ingest_max_batch)
     received_at = utcnow()
-    checked = check_items(items, now=received_at)
+    # An ingest key writes its own tenant only: others' events are rejected like bad ones.
+    checked = confine_to_tenant(check_items(items, now=received_at), items, principal)
 
     publisher = broker.require()  # 503 (via the problem handler) when NATS is down
     messages = publisher.prepare([ev for _, ev in checked.valid])
