@@ -538,3 +538,20 @@ def test_restart_on_a_taken_port_says_so_and_new_ports_moves_on(state_dir: Path)
         assert now["nats"] == recs["nats"] and now["postgres"] == recs["postgres"]
         assert parse_env((state_dir / "env").read_text())["LINKPULSE_REDIS_URL"] == now["redis"].url
     assert_system_services_answer()
+
+
+@pytest.mark.integration
+def test_doctor_piped_keeps_each_row_on_one_line(state_dir: Path) -> None:
+    """Not a terminal and no COLUMNS: rows are not folded at 80 columns (issue 15)."""
+    env = cli_env(state_dir, SYSTEM)
+    del env["COLUMNS"]
+    result = run_cli("doctor", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {
+        name: [line for line in result.stdout.splitlines() if name in line]
+        for name in ("NATS (JetStream)", "Redis", "PostgreSQL")
+    }
+    assert all(len(lines) == 1 for lines in rows.values()), result.stdout
+    assert SYSTEM["postgres"] in rows["PostgreSQL"][0]
+    assert TIMESCALE_PLAIN in rows["PostgreSQL"][0]
+    assert max(len(line) for line in result.stdout.splitlines()) > 80

@@ -5,28 +5,31 @@ Rendering only; the decisions live in :mod:`linkpulse.stack.lifecycle`.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from linkpulse.cli.console import make_console
 from linkpulse.config import Settings, load_settings
 from linkpulse.errors import ConfigError, StackError
 from linkpulse.stack import DoctorRow, ServiceUse, StopResult, doctor, down, up
 from linkpulse.stack.embedded import DEFAULT_START_TIMEOUT
 from linkpulse.stack.state import ENV_FILE
 from linkpulse.stack.urls import redact
+from linkpulse.store.jobs import JobsReport, Level
 
 STATE_DIR_HELP = (
     "state folder for embedded servers' data and URLs (default: LINKPULSE_STATE_DIR or .linkpulse)"
 )
 LABELS = {"nats": "NATS (JetStream)", "redis": "Redis", "postgres": "PostgreSQL"}
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
+LEVEL_STYLE = {Level.OK: "green", Level.WARN: "yellow", Level.FAIL: "red"}
 
 
 def _settings(state_dir: Path | None, *, with_env_file: bool) -> Settings:
@@ -79,6 +82,63 @@ def doctor_table(rows: list[DoctorRow]) -> Table:
             p.version or "-",
             escape(details) or "-",
             escape(row.hint) or "-",
+        )
+    return table
+
+
+def ago(then: datetime | None, now: datetime) -> str:
+    """A time as UTC to the second plus how long ago, for the jobs table.
+
+    >>> now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    >>> ago(datetime(2026, 12, 1, 11, 55, 30, tzinfo=UTC), now)
+    '2026-12-01 11:55:30Z (4 min ago)'
+    >>> ago(datetime(2026, 12, 1, 12, 0, 20, tzinfo=UTC), now)
+    '2026-12-01 12:00:20Z (in 20 s)'
+    >>> ago(None, now)
+    '-'
+    """
+    if then is None:
+        return "-"
+    seconds = (now - then).total_seconds()
+    when = then.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{when} ({span(seconds)} ago)" if seconds >= 0 else f"{when} (in {span(seconds)})"
+
+
+def span(seconds: float) -> str:
+    """A duration in the largest unit that keeps it readable (rounded).
+
+    >>> [span(s) for s in (45, 300, 43200, 86400, -90)]
+    ['45 s', '5 min', '12 h', '24 h', '90 s']
+    """
+    size = abs(seconds)
+    if size < 120:
+        return f"{size:.0f} s"
+    if size < 7200:
+        return f"{size / 60:.0f} min"
+    if size < 172800:
+        return f"{size / 3600:.0f} h"
+    return f"{size / 86400:.0f} d"
+
+
+def jobs_table(report: JobsReport, now: datetime) -> Table:
+    """The store's scheduled jobs ``linkpulse doctor`` prints under the services."""
+    table = Table(title="store scheduled jobs")
+    for col in ("job", "source", "every", "last run", "status", "runs", "failures", "next run"):
+        table.add_column(col, overflow="fold")
+    table.add_column("error / what to do", overflow="fold")
+    for job, health in report.jobs:
+        style = LEVEL_STYLE[health.level]
+        every = span(job.schedule.total_seconds()) if job.schedule is not None else "-"
+        table.add_row(
+            escape(job.name),
+            job.source,
+            every,
+            ago(job.last_start, now),
+            f"[{style}]{escape(health.status)}[/]",
+            str(job.runs),
+            str(job.failures),
+            ago(job.next_start, now),
+            escape(health.hint) or "-",
         )
     return table
 
@@ -156,7 +216,9 @@ def doctor_command(
 ) -> None:
     """Check each service: reachable, version, JetStream, TimescaleDB tier, what to do.
 
-    Exits 1 when a required service is unreachable or NATS lacks JetStream.
+    Also lists the store's scheduled jobs (TimescaleDB policies, `linkpulse db
+    maintain`): last run, runs, failures, the last error. Exits 1 when a
+    required service is unreachable, NATS lacks JetStream, or a job's last run failed.
     """
     settings = _settings(state_dir, with_env_file=True)
     try:
@@ -165,11 +227,25 @@ def doctor_command(
     except StackError as e:
         _fail(str(e))
     console.print(doctor_table(rows))
+    for row in rows:
+        if row.jobs is not None:
+            if row.jobs.jobs:
+                console.print(jobs_table(row.jobs, datetime.now(UTC)))
+            if row.jobs.note:
+                console.print(f"scheduled jobs: {escape(row.jobs.note)}", highlight=False)
     failed = [LABELS[r.probe.service] for r in rows if r.failed]
     if failed:
         _fail(
             f"not usable: {', '.join(failed)}",
             "run `linkpulse up` to start what is missing, then `linkpulse doctor` again",
+        )
+    failing = [job for r in rows for job in r.failing_jobs]
+    if failing:
+        _fail(
+            "failing scheduled jobs: "
+            + "; ".join(f"{job.name}: {job.last_error or 'see the server log'}" for job in failing),
+            "the store answers, but its upkeep (rollup refresh, compression, retention) is "
+            "failing: fix the error shown; each job is retried on its schedule",
         )
 
 

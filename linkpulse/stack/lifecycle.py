@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from linkpulse.config import Settings
@@ -27,6 +28,8 @@ from linkpulse.stack.probes import Probe, probe
 from linkpulse.stack.process import is_ours, stop
 from linkpulse.stack.state import SERVICES, EmbeddedProcess, StackState, StateDir
 from linkpulse.stack.urls import PgTarget
+from linkpulse.store.jobs import Job, JobsReport
+from linkpulse.store.jobs import check as check_jobs
 
 Progress = Callable[[str], None]
 
@@ -176,19 +179,30 @@ def down(state_dir: Path, *, purge: bool = False) -> list[StopResult]:
 
 @dataclass(frozen=True)
 class DoctorRow:
-    """One service as ``doctor`` sees it."""
+    """One service as ``doctor`` sees it; for PostgreSQL, the store's scheduled jobs too."""
 
     probe: Probe
     source: str
     hint: str = ""
+    jobs: JobsReport | None = None
 
     @property
     def failed(self) -> bool:
+        """The service itself is unusable (unreachable, or NATS without JetStream)."""
         return not self.probe.ok or self.probe.degraded
+
+    @property
+    def failing_jobs(self) -> list[Job]:
+        """Scheduled jobs whose last run failed (the store works, its upkeep does not)."""
+        return self.jobs.failing if self.jobs is not None else []
 
 
 def doctor(settings: Settings, state_dir: Path) -> list[DoctorRow]:
-    """Probe each service at the URL linkpulse commands would use; say what is missing."""
+    """Probe each service at the URL linkpulse commands would use; say what is missing.
+
+    For a reachable PostgreSQL it also reads the store's scheduled jobs
+    (TimescaleDB's policies, `linkpulse db maintain`) and their health.
+    """
     state = StateDir(state_dir).load()
     rows = []
     for service in SERVICES:
@@ -196,7 +210,11 @@ def doctor(settings: Settings, state_dir: Path) -> list[DoctorRow]:
         rec = state.services.get(service)
         source = "embedded" if rec is not None and rec.url == url else "configured"
         found = probe(service, url)
-        rows.append(DoctorRow(found, source, _hint(found, source, rec)))
+        report = None
+        if service == "postgres" and found.ok:
+            every = timedelta(seconds=settings.store_maintain_interval_s)
+            report = check_jobs(url, maintain_every=every)
+        rows.append(DoctorRow(found, source, _hint(found, source, rec), report))
     return rows
 
 

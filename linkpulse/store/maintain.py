@@ -17,6 +17,7 @@ from linkpulse.config import Settings, get_settings
 from linkpulse.errors import StoreError
 from linkpulse.logging import get_logger
 from linkpulse.store.capabilities import Tier
+from linkpulse.store.jobs import MAINTAIN, recorded
 from linkpulse.store.migrate import stored_tier
 from linkpulse.store.partitions import create_ahead
 from linkpulse.store.retention import RetentionReport, apply_retention
@@ -45,6 +46,7 @@ class MaintainReport:
         return len(self.compressed)
 
 
+@recorded(MAINTAIN)  # each pass's start, end and error, for `linkpulse doctor`
 def run_once(
     conn_or_dsn: psycopg.Connection | str,
     settings: Settings | None = None,
