@@ -516,3 +516,14 @@ async def test_a_client_that_disconnects_mid_body_is_a_400_not_a_500(
         assert time.monotonic() < deadline, "the aborted request was never recorded"
         await asyncio.sleep(0.1)
     assert series + 'status="500"}' not in text
+
+
+async def test_a_tenant_with_a_trailing_newline_is_rejected_not_published(
+    client: httpx.AsyncClient, js: JetStreamContext, api_settings: Settings
+) -> None:
+    bad = example("page_view", event_id="nl", tenant="acme\n")
+    resp = await client.post("/v1/events", json=[bad, GOOD[0]])
+    assert resp.status_code == 207, resp.text
+    assert _statuses(resp) == ["rejected", "accepted"]
+    assert resp.json()["results"][0]["field"] == "tenant"
+    assert await _count(js, api_settings.stream_name) == 1

@@ -331,3 +331,8 @@ async def test_a_dead_letter_too_big_for_the_server_is_cut_to_fit(
     assert payload.startswith(stored.payload.split("... [cut to fit")[0])
     assert stored.payload.endswith(f"[cut to fit the message size limit: {len(payload)} chars]")
     assert publisher.is_connected
+
+
+def test_a_token_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ValueError, match="tenant must be one NATS subject token"):
+        event_subject("lp", "acme\n", "page_view")

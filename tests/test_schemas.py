@@ -618,3 +618,13 @@ def test_a_malformed_item_is_that_items_problem_only() -> None:
     items = split_batch(b"[" + good + b', {"type": nope}, 1 2,' + good + b"]", "application/json")
     assert items == [good, b'{"type": nope}', b"1 2", good]
     assert [_rejected(item).field for item in items[1:3]] == ["$", "$"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("tenant", "acme\n"), ("event_id", "e1\n"), ("user_id", "u1\n"), ("currency", "USD\n")],
+)
+def test_a_trailing_newline_does_not_pass_a_string_format(field: str, value: str) -> None:
+    # re.search's "$" matches before a final "\n": "acme\n" passed as a tenant
+    err = _rejected(_raw(example("order_placed", **{field: value})))
+    assert (err.field, "matching regex" in err.problem) == (field, True), err

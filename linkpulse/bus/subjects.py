@@ -32,12 +32,13 @@ __all__ = [
 ]
 
 # One subject token: no separators, wildcards or whitespace (they would change
-# which subscriptions match, or make the subject invalid).
-_TOKEN = re.compile(r"^[^.*>\s]+$")
+# which subscriptions match, or make the subject invalid). Matched whole
+# (fullmatch): with match, "$" also matches before a trailing newline.
+_TOKEN = re.compile(r"[^.*>\s]+")
 
 
 def _token(name: str, value: str) -> str:
-    if not isinstance(value, str) or not _TOKEN.match(value):
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         msg = (
             f"{name} must be one NATS subject token (no '.', '*', '>' or whitespace, "
             f"not empty), got {value!r}"

@@ -97,7 +97,11 @@ def _field_from(exc: msgspec.ValidationError) -> SchemaValidationError:
 
 
 class _Format:
-    """A string format checked after decoding (msgspec's wording, ``re.search`` like it).
+    """A string format checked after decoding, in msgspec's wording.
+
+    Matched with ``fullmatch``, as JSON Schema's ``$`` means: with ``re.search``
+    (msgspec's way) ``$`` also matches before a trailing newline, which let
+    ``"acme\\n"`` through as a tenant (and into a NATS subject).
 
     Values found valid are remembered, up to ``limit`` of them (then the
     memory starts over): tenants, users, sellers and currencies repeat, and a
@@ -109,10 +113,10 @@ class _Format:
     linkpulse.errors.SchemaValidationError: currency: Expected `str` matching regex '^[A-Z]{3}$'
     """
 
-    __slots__ = ("_limit", "_problem", "_search", "seen")
+    __slots__ = ("_limit", "_problem", "_match", "seen")
 
     def __init__(self, pattern: str, limit: int = 100_000) -> None:
-        self._search = re.compile(pattern).search
+        self._match = re.compile(pattern).fullmatch
         self._problem = f"Expected `str` matching regex {pattern!r}"
         self.seen: set[str] = set()  # the hot path tests membership itself, inline
         self._limit = limit
@@ -120,7 +124,7 @@ class _Format:
     def check(self, field: str, value: str) -> None:
         if value in self.seen:
             return
-        if self._search(value) is None:
+        if self._match(value) is None:
             raise SchemaValidationError(field, self._problem)
         if self._limit:
             if len(self.seen) >= self._limit:
