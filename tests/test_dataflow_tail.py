@@ -10,9 +10,14 @@ stream itself (real NATS here) whether anything follows what it read.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import nats
 import pytest
@@ -25,7 +30,11 @@ from linkpulse.dataflows.chunks import Chunk, Chunker
 from linkpulse.dataflows.jetstream_partition import JetStreamPartition
 from linkpulse.dataflows.jetstream_reader import Reader, ReaderArgs
 from linkpulse.dataflows.jetstream_source import JetStreamSource
+from linkpulse.store.migrate import migrate
 from tests.fix_nats import NATS_URL
+from tests.test_dataflow_dead_letters import count, flow_output, wait_for
+from tests.test_dataflow_helpers import event, group_by_minute, windows_table
+from tests.test_dataflow_recovery import ROOT, flow_command
 
 
 def test_an_idle_close_needs_a_finished_tick_and_clock_chunks_trail_the_quiet_time() -> None:
@@ -58,6 +67,7 @@ async def _publish(nc: Client, settings: Settings, n: int, start: int = 0) -> in
     return (await js.stream_info(settings.stream_name)).state.last_seq
 
 
+@pytest.mark.integration
 async def test_a_misreported_pending_count_does_not_hold_the_tail(
     nc: Client, nats_settings: Settings
 ) -> None:
@@ -154,6 +164,7 @@ async def _until(check: object, timeout: float = 30) -> bool:
     return True
 
 
+@pytest.mark.integration
 async def test_pipelined_bursts_then_silence_are_all_emitted_and_the_clock_goes_on(
     nc: Client, nats_settings: Settings, partition: JetStreamPartition
 ) -> None:
@@ -177,3 +188,51 @@ async def test_pipelined_bursts_then_silence_are_all_emitted_and_the_clock_goes_
     finally:
         drain.stop()
     assert partition.lag == 0  # nothing of ours after the last emitted, whatever was pending
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_a_running_flow_stores_a_burst_and_closes_its_windows_in_the_silence(
+    nc: Client, nats_settings: Settings, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The user's case: ``linkpulse run dataflow``, a pipelined burst, then nothing.
+
+    Every event must be stored, and every 1-minute window of the burst must
+    close (final, equal to a GROUP BY over the stored events) on the idle
+    clock alone: no later event ever moves the watermark.
+    """
+    migrate(pg_dsn)
+    js = nc.jetstream()
+    await ensure_streams(js, nats_settings)
+    cmd, env = flow_command(nats_settings, pg_dsn, tmp_path / "recovery", 1)
+    cmd = cmd[: cmd.index("--stop-at-seq")] + cmd[cmd.index("--stop-at-seq") + 2 :]
+    flow = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        # Publish once the flow reads (its consumer exists): the burst is read as it comes.
+        while not await js.consumers_info(nats_settings.stream_name):
+            assert flow.poll() is None, flow_output(flow)
+            await asyncio.sleep(0.1)
+        n = 30_000
+        base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=4)
+        for i in range(n):  # two whole minutes, three tenants
+            tenant = f"t{i % 3}"
+            ev = event(i, base + timedelta(seconds=120 * i / n), tenant, "order_placed", "s1", 2.0)
+            subject = f"{nats_settings.subject_prefix}.events.{tenant}.order_placed"
+            await js.publish_async(subject, json.dumps(ev).encode())
+        await js.publish_async_completed()
+        assert wait_for(lambda: count(pg_dsn, "events") == n, flow, timeout=120)
+        truth = group_by_minute(pg_dsn)
+        assert len(truth) == 3 * 2 and sum(c for c, _ in truth.values()) == n
+
+        def closed() -> bool:
+            table = windows_table(pg_dsn)
+            return all(
+                table.get((tenant, metric, "", "1m", start), (None,) * 5)[::4] == (want, True)
+                for (tenant, metric, start), (want, _) in truth.items()
+            )
+
+        assert wait_for(closed, flow, timeout=120), (truth, windows_table(pg_dsn))
+    finally:
+        if flow.poll() is None:
+            flow.send_signal(signal.SIGTERM)
+        flow.wait(timeout=30)
