@@ -104,8 +104,10 @@ class Frame(msgspec.Struct, array_like=True):
 
     ``read`` counts every message read so far (a running total, including the
     open chunk's); ``read`` minus the credits sent is what is buffered.
-    ``stream_last`` is the stream's last sequence as of the last message read
-    (for the lag metric); ``restarts`` counts consumer re-creations (after a
+    ``stream_last`` is the partition's last stream sequence as of the last
+    message read, for the lag metric: that message's sequence plus the pending
+    count it came with (approximate), or exactly the last sequence read once
+    the server said nothing follows it; ``restarts`` counts consumer re-creations (after a
     gap, missed heartbeats, an error status or a lost connection).
     ``done``: the chunk ending at ``stop_at_seq`` was sent. ``error``: the
     reader could not start, and why.
