@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -163,13 +164,20 @@ def test_run_record_counts_runs_failures_and_streaks() -> None:
 # ---------------------------------------------------------------- doctor, real stores
 
 
-def doctor(monkeypatch: pytest.MonkeyPatch, dsn: str, tmp_path: Any) -> tuple[int, str]:
-    """`linkpulse doctor` in-process against the system NATS and Redis and ``dsn``."""
+def doctor(monkeypatch: pytest.MonkeyPatch, dsn: str, tmp_path: Any, *args: str) -> tuple[int, str]:
+    """`linkpulse doctor` in-process against the system NATS and Redis and ``dsn``.
+
+    The output is stdout and stderr together, except with ``--json``: stdout only.
+    """
     for name, value in SYSTEM.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("LINKPULSE_DATABASE_URL", dsn)
-    result = CliRunner().invoke(app, ["doctor", "--state-dir", str(tmp_path / "state")])
-    return result.exit_code, result.output
+    result = CliRunner().invoke(app, ["doctor", "--state-dir", str(tmp_path / "state"), *args])
+    return result.exit_code, result.stdout if "--json" in args else result.output
+
+
+def json_jobs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {job["name"]: job for job in body["jobs"]}
 
 
 def job_line(output: str, name: str) -> str:
@@ -212,6 +220,15 @@ def test_doctor_reports_db_maintain_runs_on_plain_postgres(
     assert "failing" in row and "1 failure(s) in a row, 1 of 2 runs failed" in row
     assert "events_1h" in row
     assert "failing scheduled jobs: db maintain: " in " ".join(out.split())
+
+    code, out = doctor(monkeypatch, pg_dsn, tmp_path, "--json")
+    assert code == 1
+    body = json.loads(out)
+    maintain = json_jobs(body)["db maintain"]
+    assert body["ok"] is False and maintain["health"]["level"] == "fail"
+    assert (maintain["runs"], maintain["failures"], maintain["schedule"]) == (2, 1, 60.0)
+    assert "events_1h" in maintain["last_error"]
+    assert body["problems"][0]["message"].startswith("failing scheduled jobs: db maintain: ")
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         (found,) = read_jobs(conn, maintain_every=MINUTE)
@@ -296,3 +313,15 @@ def test_doctor_lists_timescaledb_jobs_and_fails_when_they_fail(
     assert "s ago)" in row  # the last run's time, from job_stats
     flat = " ".join(out.split())
     assert "failing scheduled jobs: " in flat and f"compression events: {PORTAL_ERROR}" in flat
+
+    code, out = doctor(monkeypatch, ts_dsn, tmp_path, "--json")
+    assert code == 1
+    body = json.loads(out)
+    by_name = json_jobs(body)
+    assert names <= by_name.keys()
+    for name in names:
+        job = by_name[name]
+        assert job["health"]["level"] == "fail" and job["last_status"] == "failed", job
+        assert job["last_error"] == f"{PORTAL_ERROR} (SQLSTATE XX000)"
+        datetime.fromisoformat(job["last_start"])  # ISO 8601
+    assert by_name["Job History Log Retention Policy [3]"]["health"]["level"] == "warn"

@@ -361,6 +361,13 @@ def test_up_uses_configured_services_and_starts_nothing(state_dir: Path) -> None
     assert StateDir(state_dir).load().services == {}
     assert not (state_dir / "env").exists()
     assert processes_using(state_dir) == [], "up started a server it did not need"
+    as_json = run_cli("up", "--json", env=cli_env(state_dir, SYSTEM))
+    assert as_json.returncode == 0, as_json.stderr
+    body = json.loads(as_json.stdout)
+    assert body["ok"] is True and body["env_file"] is None
+    assert [(u["service"], u["source"], u["action"]) for u in body["services"]] == [
+        (s, "configured", "found") for s in ("nats", "redis", "postgres")
+    ]
     down = run_cli("down", env=cli_env(state_dir, SYSTEM))
     assert down.returncode == 0 and "nothing to stop" in down.stdout
     assert_system_services_answer()
@@ -399,6 +406,17 @@ def test_doctor_fails_and_says_what_to_do_when_unreachable(state_dir: Path) -> N
     assert "linkpulse up" in result.stderr
     for name in ("NATS", "Redis", "PostgreSQL"):
         assert name in result.stderr
+    as_json = run_cli("doctor", "--json", env=cli_env(state_dir, nowhere_urls()), timeout=60)
+    assert as_json.returncode == 1
+    body = json.loads(as_json.stdout)
+    assert body["ok"] is False and body["jobs"] == []
+    assert [(s["service"], s["ok"]) for s in body["services"]] == [
+        ("nats", False),
+        ("redis", False),
+        ("postgres", False),
+    ]
+    assert all(s["status"].startswith("unreachable") for s in body["services"])
+    assert "not usable: NATS (JetStream), Redis, PostgreSQL" in body["problems"][0]["message"]
 
 
 @pytest.mark.integration

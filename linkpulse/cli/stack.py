@@ -5,9 +5,11 @@ Rendering only; the decisions live in :mod:`linkpulse.stack.lifecycle`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -30,6 +32,7 @@ LABELS = {"nats": "NATS (JetStream)", "redis": "Redis", "postgres": "PostgreSQL"
 console = make_console()
 err_console = make_console(stderr=True)
 LEVEL_STYLE = {Level.OK: "green", Level.WARN: "yellow", Level.FAIL: "red"}
+JSON_HELP = "print one JSON document on stdout instead of tables (for scripts and CI)"
 
 
 def _settings(state_dir: Path | None, *, with_env_file: bool) -> Settings:
@@ -44,11 +47,37 @@ def _settings(state_dir: Path | None, *, with_env_file: bool) -> Settings:
         _fail(f"configuration error: {e}", "fix the environment variable(s) named above")
 
 
-def _fail(message: str, hint: str = "") -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    if hint:
-        err_console.print(hint, highlight=False)
+def _fail(message: str, hint: str = "", *, as_json: bool = False) -> NoReturn:
+    """Print the error (and, for ``--json``, ``{"ok": false, "error": ...}`` on stdout); exit 1."""
+    if as_json:
+        _print_json({"ok": False, "error": message, "hint": hint})
+    _say_error(message, hint)
     raise typer.Exit(1)
+
+
+def _say_error(message: str, hint: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    if hint:
+        err_console.print(escape(hint), highlight=False)
+
+
+def _json_value(value: object) -> object:
+    """``json.dumps`` default: times as ISO 8601, durations in seconds.
+
+    >>> json.dumps({"every": timedelta(minutes=1)}, default=_json_value)
+    '{"every": 60.0}'
+    """
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    msg = f"not JSON serializable: {type(value).__name__}"
+    raise TypeError(msg)
+
+
+def _print_json(body: dict[str, Any]) -> None:
+    # Plain print, not rich: nothing may be wrapped, styled or highlighted.
+    print(json.dumps(body, default=_json_value, indent=2))
 
 
 def up_table(uses: list[ServiceUse]) -> Table:
@@ -163,6 +192,7 @@ def up_command(
         "--new-ports",
         help="start embedded servers on new free ports instead of the ones they used before",
     ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Make NATS (JetStream), Redis and PostgreSQL available.
 
@@ -174,7 +204,7 @@ def up_command(
     """
     settings = _settings(state_dir, with_env_file=False)
     try:
-        with console.status("starting the local stack...") as status:
+        with (err_console if as_json else console).status("starting the local stack...") as status:
             uses = up(
                 settings,
                 settings.state_dir,
@@ -183,10 +213,21 @@ def up_command(
                 new_ports=new_ports,
             )
     except StackError as e:
-        _fail(str(e), "after fixing it, run `linkpulse up` again (`linkpulse down` cleans up)")
+        _fail(
+            str(e),
+            "after fixing it, run `linkpulse up` again (`linkpulse down` cleans up)",
+            as_json=as_json,
+        )
+    embedded_used = any(u.source == "embedded" for u in uses)
+    env_file = settings.state_dir / ENV_FILE
+    if as_json:
+        services = [asdict(u) | {"url": redact(u.url)} for u in uses]
+        _print_json(
+            {"ok": True, "services": services, "env_file": str(env_file) if embedded_used else None}
+        )
+        return
     console.print(up_table(uses))
-    if any(u.source == "embedded" for u in uses):
-        env_file = settings.state_dir / ENV_FILE
+    if embedded_used:
         console.print(
             f"embedded URLs are in {env_file}; linkpulse commands run from this folder "
             f"read it, other shells: [bold]source {env_file}[/]",
@@ -211,8 +252,70 @@ def down_command(
     console.print(stop_table(results))
 
 
+def doctor_problems(rows: list[DoctorRow]) -> list[tuple[str, str]]:
+    """What makes ``doctor`` exit 1: (message, what to do) pairs, empty when all is well."""
+    problems = []
+    failed = [LABELS[r.probe.service] for r in rows if r.failed]
+    if failed:
+        problems.append(
+            (
+                f"not usable: {', '.join(failed)}",
+                "run `linkpulse up` to start what is missing, then `linkpulse doctor` again",
+            )
+        )
+    failing = [job for r in rows for job in r.failing_jobs]
+    if failing:
+        problems.append(
+            (
+                "failing scheduled jobs: "
+                + "; ".join(f"{j.name}: {j.last_error or 'see the server log'}" for j in failing),
+                "the store answers, but its upkeep (rollup refresh, compression, retention) is "
+                "failing: fix the error shown; each job is retried on its schedule",
+            )
+        )
+    return problems
+
+
+def doctor_json(rows: list[DoctorRow], problems: list[tuple[str, str]]) -> dict[str, Any]:
+    """The document ``linkpulse doctor --json`` prints."""
+    services = []
+    jobs: list[dict[str, Any]] = []
+    notes = []
+    for row in rows:
+        p = row.probe
+        services.append(
+            {
+                "service": p.service,
+                "label": LABELS[p.service],
+                "source": row.source,
+                "url": p.url,
+                "ok": p.ok and not p.degraded,
+                "status": p.summary,
+                "version": p.version,
+                "error": p.error,
+                "details": p.details,
+                "hint": row.hint,
+            }
+        )
+        if row.jobs is not None:
+            jobs += [
+                asdict(job) | {"internal": job.internal} | {"health": asdict(health)}
+                for job, health in row.jobs.jobs
+            ]
+            if row.jobs.note:
+                notes.append(row.jobs.note)
+    return {
+        "ok": not problems,
+        "services": services,
+        "jobs": jobs,
+        "jobs_note": "; ".join(notes),
+        "problems": [{"message": m, "hint": h} for m, h in problems],
+    }
+
+
 def doctor_command(
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Check each service: reachable, version, JetStream, TimescaleDB tier, what to do.
 
@@ -222,31 +325,25 @@ def doctor_command(
     """
     settings = _settings(state_dir, with_env_file=True)
     try:
-        with console.status("checking services..."):
+        with (err_console if as_json else console).status("checking services..."):
             rows = doctor(settings, settings.state_dir)
     except StackError as e:
-        _fail(str(e))
-    console.print(doctor_table(rows))
-    for row in rows:
-        if row.jobs is not None:
-            if row.jobs.jobs:
-                console.print(jobs_table(row.jobs, datetime.now(UTC)))
-            if row.jobs.note:
-                console.print(f"scheduled jobs: {escape(row.jobs.note)}", highlight=False)
-    failed = [LABELS[r.probe.service] for r in rows if r.failed]
-    if failed:
-        _fail(
-            f"not usable: {', '.join(failed)}",
-            "run `linkpulse up` to start what is missing, then `linkpulse doctor` again",
-        )
-    failing = [job for r in rows for job in r.failing_jobs]
-    if failing:
-        _fail(
-            "failing scheduled jobs: "
-            + "; ".join(f"{job.name}: {job.last_error or 'see the server log'}" for job in failing),
-            "the store answers, but its upkeep (rollup refresh, compression, retention) is "
-            "failing: fix the error shown; each job is retried on its schedule",
-        )
+        _fail(str(e), as_json=as_json)
+    problems = doctor_problems(rows)
+    if as_json:
+        _print_json(doctor_json(rows, problems))
+    else:
+        console.print(doctor_table(rows))
+        for row in rows:
+            if row.jobs is not None:
+                if row.jobs.jobs:
+                    console.print(jobs_table(row.jobs, datetime.now(UTC)))
+                if row.jobs.note:
+                    console.print(f"scheduled jobs: {escape(row.jobs.note)}", highlight=False)
+    for message, hint in problems:
+        _say_error(message, hint)
+    if problems:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
