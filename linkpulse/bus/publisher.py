@@ -242,25 +242,33 @@ class EventPublisher:
         Compare ``size`` with ``max_message_bytes`` to find the ones too big.
         """
         prefix, stream = self._settings.subject_prefix, self._settings.stream_name
+        # The stream header is ours (not publish_async's stream=), so it is measured.
+        # Every event has the same two headers: their size is fixed but for the id.
+        fixed = wire_size(b"", {"Nats-Msg-Id": "", "Nats-Expected-Stream": stream})
         messages = []
         for ev in events:
             payload = encode_event(ev)
-            # The stream header is ours (not publish_async's stream=), so it is measured.
-            headers = {"Nats-Msg-Id": message_id(ev), "Nats-Expected-Stream": stream}
-            subject = event_subject(prefix, ev.tenant, ev.type)
-            size = wire_size(payload, headers)
-            messages.append(EventMessage(subject, payload, headers, size, ev.event_id))
+            msg_id = message_id(ev)
+            messages.append(
+                EventMessage(
+                    event_subject(prefix, ev.tenant, ev.type),
+                    payload,
+                    {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": stream},
+                    len(payload) + fixed + len(msg_id.encode()),
+                    ev.event_id,
+                )
+            )
         return messages
 
-    def oversize_problem(self, message: Message) -> str | None:
-        """Why ``message`` cannot be published (over ``max_message_bytes``), or None."""
+    def oversize_problems(self, messages: Sequence[Message]) -> list[str | None]:
+        """For each message, why it cannot be published (over ``max_message_bytes``), or None."""
         limit = self.max_message_bytes
-        return None if message.size <= limit else _size_problem(message.size, limit)
+        return [None if m.size <= limit else _size_problem(m.size, limit) for m in messages]
 
     async def send(self, messages: Sequence[EventMessage]) -> list[PublishResult]:
         """Publish prepared events in order (see ``publish``), in pipelined chunks."""
-        for msg in messages:
-            if (problem := self.oversize_problem(msg)) is not None:
+        for msg, problem in zip(messages, self.oversize_problems(messages), strict=True):
+            if problem is not None:
                 text = f"event {msg.event_id!r} on {msg.subject}: {problem}; nothing was sent"
                 raise EventTooLargeError(text, msg.subject, problem)
         results: list[PublishResult] = []

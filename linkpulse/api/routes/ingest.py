@@ -72,7 +72,7 @@ async def ingest_events(
     # An event over the broker's message size limit can never be published: it is
     # rejected by itself (a 503 would have the client retry it forever).
     checked, messages = set_aside_unsendable(
-        checked, items, messages, [publisher.oversize_problem(m) for m in messages]
+        checked, items, messages, publisher.oversize_problems(messages)
     )
     published = await publisher.send(messages)
     if checked.rejected:
