@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import sys
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -112,7 +113,7 @@ def create(
 
 @keys_app.command("list")
 def list_keys(tenant: str | None = typer.Option(None, help="only this tenant's keys")) -> None:
-    """List keys (ids and scope, never the keys themselves)."""
+    """List keys (ids and scope, never the keys themselves); tab-separated when piped."""
 
     async def run() -> list[KeyRecord]:
         async with await _connect() as conn:
@@ -120,9 +121,9 @@ def list_keys(tenant: str | None = typer.Option(None, help="only this tenant's k
 
     records = asyncio.run(run())
     now = datetime.now(UTC)
-    table = Table("id", "name", "role", "tenant", "seller", "created", "expires", "state")
-    for r in records:
-        table.add_row(
+    header = ("id", "name", "role", "tenant", "seller", "created", "expires", "state")
+    rows = [
+        (
             r.key_id,
             r.name,
             r.role,
@@ -132,6 +133,15 @@ def list_keys(tenant: str | None = typer.Option(None, help="only this tenant's k
             f"{r.expires_at:%Y-%m-%d %H:%M}" if r.expires_at else "",
             r.state(now),
         )
+        for r in records
+    ]
+    if not sys.stdout.isatty():  # scripts read whole fields, never a squeezed table
+        for row in (header, *rows):
+            typer.echo("\t".join(row))
+        return
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 

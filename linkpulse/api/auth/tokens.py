@@ -132,6 +132,15 @@ class JwtVerifier:
         except jwt.ExpiredSignatureError as e:
             msg = "the JWT has expired (exp is in the past)"
             raise TokenError(msg) from e
+        except jwt.InvalidAudienceError as e:
+            msg = f"the JWT's audience (aud) is not {self._audience!r}"
+            raise TokenError(msg) from e
+        except jwt.InvalidIssuerError as e:
+            msg = f"the JWT's issuer (iss) is not {self._issuer!r}"
+            raise TokenError(msg) from e
+        except jwt.MissingRequiredClaimError as e:
+            msg = f"the JWT lacks the required claim {e.claim!r}"
+            raise TokenError(msg) from e
         except jwt.PyJWTError as e:
             msg = f"JWT refused: {e}"
             raise TokenError(msg) from e
