@@ -55,6 +55,21 @@ def dataflow(
         True, "--raw-events/--no-raw-events", help="Store raw events (off: metrics only)."
     ),
     redis_prefix: str = typer.Option("linkpulse:", help="Prefix of the Redis latest-value keys."),
+    scoring: bool = typer.Option(
+        True, "--scoring/--no-scoring", help="Score every final 1m window (anomaly detection)."
+    ),
+    detectors: Path | None = typer.Option(
+        None,
+        "--detectors",
+        help="YAML mapping metric -> detector spec (see docs/anomaly-detection.md); "
+        "metrics not named get their kind's defaults.",
+    ),
+    idle_expiry: float = typer.Option(
+        6 * 3600.0,
+        "--scoring-idle-expiry",
+        min=1.0,
+        help="Seconds without a window after which a series' detector is forgotten.",
+    ),
 ) -> None:
     """Run the live-metrics dataflow: JetStream in; store, Redis and NATS out.
 
@@ -64,6 +79,7 @@ def dataflow(
     # Imported here so `linkpulse --help` does not load Bytewax.
     from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
     from linkpulse.dataflows.runner import prepare_recovery, run_flow, spawn_local_cluster
+    from linkpulse.dataflows.scoring import scoring_config
 
     if recovery_dir is None:
         recovery_dir = get_settings().state_dir / "recovery"
@@ -84,13 +100,14 @@ def dataflow(
         for problem in problems:
             typer.secho(f"cannot start the dataflow: {problem}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    opts = FlowOptions(
-        raw_events=raw_events,
-        start_seq=start_seq,
-        stop_at_seq=stop_at_seq,
-        redis_key_prefix=redis_prefix,
-    )
     try:
+        opts = FlowOptions(
+            raw_events=raw_events,
+            start_seq=start_seq,
+            stop_at_seq=stop_at_seq,
+            redis_key_prefix=redis_prefix,
+            scoring=scoring_config(detectors, idle_expiry) if scoring else None,
+        )
         run_flow(
             build_flow(settings, opts),
             workers=workers,

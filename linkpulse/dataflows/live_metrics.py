@@ -104,7 +104,7 @@ class FlowOptions:
     )
     # The scoring branch (anomaly scores and forecasts of the final 1m windows);
     # None leaves it out.
-    scoring: ScoringConfig | None = None
+    scoring: ScoringConfig | None = dataclasses.field(default_factory=ScoringConfig)
     # Granularity of the stream clock the windows step hands to branches
     # (``RouteTick``): the finest window a branch steps on.
     tick_s: float = 60.0

@@ -50,10 +50,12 @@ import math
 import pickle
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 import msgspec
+import yaml
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
@@ -62,8 +64,14 @@ from linkpulse.dataflows.branch import Core, RouteTick, TimelineItem
 from linkpulse.dataflows.redis_sink import RedisLatestSink
 from linkpulse.dataflows.score_sinks import ScoresNatsSink, UpsertSink
 from linkpulse.logging import get_logger
-from linkpulse.online_ml import Detector, detector_for_window, explain_root_cause
-from linkpulse.operators import route
+from linkpulse.online_ml import (
+    Detector,
+    build_detector,
+    detector_for_window,
+    explain_root_cause,
+    load_spec,
+)
+from linkpulse.operators import REGISTRY, route
 from linkpulse.operators.windows import WindowSpec
 from linkpulse.schemas.outputs import AnomalyScore, MetricWindow
 
@@ -73,6 +81,7 @@ __all__ = [
     "ScoringConfig",
     "ScoringLogic",
     "ScoringSinks",
+    "scoring_config",
     "scoring_route",
 ]
 
@@ -320,6 +329,38 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
                 score = explain_root_cause(score, parts.get((s.tenant, s.metric), []))
             out.append(score)
         return out
+
+
+def scoring_config(
+    detectors: Path | None = None, idle_expiry_s: float = 6 * 3600.0
+) -> ScoringConfig:
+    """The config of ``linkpulse run dataflow``: detector specs per metric from a YAML file.
+
+    The file maps metric names to ``build_detector`` specs; a metric the
+    registry does not know, or a spec ``build_detector`` refuses, is a
+    ``ValueError`` naming it, before the flow starts.
+
+    >>> scoring_config(None, 600).idle_expiry_s
+    600
+    """
+    specs: dict[str, dict[str, Any]] = {}
+    if detectors is not None:
+        try:
+            loaded = yaml.safe_load(detectors.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            msg = f"--detectors {detectors}: cannot read it as YAML: {e}"
+            raise ValueError(msg) from e
+        if not isinstance(loaded, dict):
+            msg = f"--detectors {detectors}: expected a mapping metric -> spec, got {loaded!r}"
+            raise ValueError(msg)
+        for metric, spec in loaded.items():
+            if metric not in REGISTRY:
+                known = ", ".join(m.name for m in REGISTRY)
+                msg = f"--detectors {detectors}: unknown metric {metric!r}; known: {known}"
+                raise ValueError(msg)
+            specs[metric] = load_spec(spec)
+            build_detector(specs[metric])  # refuse a bad spec now, by name
+    return ScoringConfig(specs=specs, idle_expiry_s=idle_expiry_s)
 
 
 @dataclasses.dataclass(frozen=True)
