@@ -23,7 +23,18 @@ app = typer.Typer(
 )
 
 # Modules under linkpulse.cli that each add their commands to `app`.
-COMMAND_MODULES = ("config", "stack", "schema", "serve", "simulate", "db", "run", "demo", "keys")
+COMMAND_MODULES = (
+    "config",
+    "stack",
+    "schema",
+    "serve",
+    "simulate",
+    "db",
+    "run",
+    "demo",
+    "keys",
+    "eval",
+)
 
 
 def _print_version(value: bool) -> None:
