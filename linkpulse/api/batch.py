@@ -23,6 +23,7 @@ from linkpulse.api.problems import ProblemError
 from linkpulse.bus import PublishResult
 from linkpulse.errors import SchemaValidationError
 from linkpulse.schemas import BaseEvent, decode_event, split_batch
+from linkpulse.schemas.jsonarray import TooManyItemsError
 
 __all__ = [
     "Checked",
@@ -153,7 +154,9 @@ def split_items(body: bytes, media: str, max_batch: int) -> list[bytes]:
     [b'1', b'2']
     """
     try:
-        items = split_batch(body, media)
+        items = split_batch(body, media, max_items=max_batch)
+    except TooManyItemsError as e:
+        raise _too_many(e.count, max_batch) from e
     except SchemaValidationError as e:  # the body, not one item (that is the item's problem)
         raise ProblemError(
             400, "malformed-body", "Malformed request body", f"{e.problem}", field=e.field
@@ -162,12 +165,16 @@ def split_items(body: bytes, media: str, max_batch: int) -> list[bytes]:
         detail = "the batch holds no events; send at least one"
         raise ProblemError(400, "empty-batch", "Empty batch", detail, field="$")
     if len(items) > max_batch:
-        detail = (
-            f"the batch holds {len(items)} events; the limit is {max_batch} per request "
-            "(LINKPULSE_INGEST_MAX_BATCH): split it into smaller batches"
-        )
-        raise ProblemError(413, "too-many-events", "Too many events", detail, field="$")
+        raise _too_many(len(items), max_batch)
     return items
+
+
+def _too_many(count: int, max_batch: int) -> ProblemError:
+    detail = (
+        f"the batch holds {count} events; the limit is {max_batch} per request "
+        "(LINKPULSE_INGEST_MAX_BATCH): split it into smaller batches"
+    )
+    return ProblemError(413, "too-many-events", "Too many events", detail, field="$")
 
 
 def _peek(raw: bytes) -> tuple[str | None, str | None]:

@@ -264,7 +264,7 @@ def encode_event(ev: BaseEvent) -> bytes:
     return _encoder.encode(ev)
 
 
-def split_batch(body: bytes, content_type: str) -> list[bytes]:
+def split_batch(body: bytes, content_type: str, *, max_items: int | None = None) -> list[bytes]:
     """Split a request body into one raw JSON document per event.
 
     A JSON array (``application/json``) or one event per line
@@ -272,7 +272,8 @@ def split_batch(body: bytes, content_type: str) -> list[bytes]:
     validated on its own and a bad one is dead-lettered exactly as sent. Only
     a body whose items cannot be told apart is refused as a whole
     (``jsonarray.split_array``): a malformed or too deeply nested item is
-    that item's problem, as a bad line is in NDJSON.
+    that item's problem, as a bad line is in NDJSON. ``max_items`` lets the
+    splitter stop early (``jsonarray.TooManyItemsError``) on a huge array.
 
     >>> split_batch(b'[{"a": 1}, {"b": 2}]', "application/json")
     [b'{"a": 1}', b'{"b": 2}']
@@ -281,7 +282,7 @@ def split_batch(body: bytes, content_type: str) -> list[bytes]:
     """
     if content_type == "application/x-ndjson":
         return [line.strip() for line in body.splitlines() if line.strip()]
-    return split_array(body)
+    return split_array(body, max_items=max_items)
 
 
 def utcnow() -> datetime:
