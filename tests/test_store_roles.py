@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from linkpulse.schemas.outputs import MetricWindow
-from linkpulse.store import EventWriter, Tier, migrate, refresh, roles
+from linkpulse.store import EventWriter, migrate, refresh, roles
 from tests.test_store_writer import BASE, make_events
 
 VIEWS = ("events", "events_1m", "events_1h", "events_1d", "metric_windows")
@@ -56,7 +56,7 @@ def scoped(pg_dsn: str) -> Iterator[Scoped]:
             ]
         )
     with psycopg.connect(pg_dsn, autocommit=True) as owner:
-        refresh(owner, Tier.PLAIN_POSTGRES)
+        refresh(owner)
         roles.setup(owner, analyst_role=s.analyst, sql_login=s.sql_login)
         roles.create_analyst_login(owner, s.acme, analyst_role=s.analyst, tenant="acme")
         roles.create_analyst_login(

@@ -30,40 +30,9 @@ ROLLUP_QUERY = (
 
 
 @pytest.fixture
-def ts_dsn(timescale_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The server, with two shortcomings of the test harness worked around.
-
-    A server restored from the harness's cached cluster snapshot (1) loads the
-    timescaledb library lazily without its TSL module, so continuous
-    aggregates and compression fail with "not supported under the current
-    'timescale' license", and (2) resets every new connection's search_path to
-    ``pg_catalog``. So: load the TSL module once (the single WASM backend keeps
-    it; LOAD is a no-op when it is there) and give each connection to this
-    server ``search_path = public``, as a real server would. Nothing here runs
-    when the harness does not need it.
-    """
-    with psycopg.connect(timescale_dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
-        ).fetchone()
-        assert row is not None
-        conn.execute("SELECT public.time_bucket(INTERVAL '1 minute', now())")  # main lib first
-        conn.execute(f"LOAD 'timescaledb-tsl-{row[0]}'")
-        reset = conn.execute(
-            "SELECT reset_val FROM pg_settings WHERE name = 'search_path'"
-        ).fetchone()
-    if reset is not None and "public" not in reset[0]:
-        real_connect = psycopg.Connection.connect
-
-        def connect(conninfo: str = "", **kwargs: Any) -> psycopg.Connection[Any]:
-            conn = real_connect(conninfo, **kwargs)
-            if conninfo == timescale_dsn:
-                conn.execute("SET search_path = public")
-                if not conn.autocommit:
-                    conn.commit()
-            return conn
-
-        monkeypatch.setattr(psycopg, "connect", connect)
+def ts_dsn(timescale_dsn: str) -> str:
+    """The WASM TimescaleDB (full tier). Its cluster snapshot loads the library
+    and keeps ``search_path = public`` across sessions (tests/timescale/server.mjs)."""
     return timescale_dsn
 
 
@@ -122,17 +91,17 @@ def test_full_tier_matches_plain_tier(ts_dsn: str, pg_dsn: str) -> None:
         assert w.write_events(events[:500] + late) == 200  # replays skipped, late stored
         assert w._copy is False  # the WASM build has no COPY: the INSERT path was used
     with EventWriter(pg_dsn, batch_size=1000) as w:
-        migrate(pg_dsn)
+        migrate(pg_dsn, tier="plain")  # the reference: rollup tables, whatever the server
         w.write_events(events)
         w.write_events(events[:500] + late)
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        refresh(conn, Tier.PLAIN_POSTGRES)
+        refresh(conn)
         plain = rollups(conn)
     with psycopg.connect(ts_dsn, autocommit=True) as conn:
         # real-time aggregation answers before any refresh...
         assert rollups(conn) == plain
-        refresh(conn, Tier.FULL_TIMESCALE)
+        refresh(conn)
         # ...and the materialized rollups give the same numbers after it
         assert rollups(conn) == plain
         # the materialized part alone holds every bucket now
@@ -171,7 +140,7 @@ def test_analyst_views_and_grants_on_timescaledb(ts_dsn: str) -> None:
     tag = uuid.uuid4().hex[:8]
     analyst, login = f"lp_analyst_{tag}", f"lp_sql_{tag}"
     with psycopg.connect(ts_dsn, autocommit=True) as conn:
-        refresh(conn, Tier.FULL_TIMESCALE)
+        refresh(conn)
         roles.setup(conn, analyst_role=analyst, sql_login=login)
         secret = roles.scope_secret(conn)
         expected = conn.execute(
@@ -230,7 +199,7 @@ def test_forced_apache_tier_uses_hypertables_and_rollup_tables(ts_dsn: str) -> N
             "SELECT count(*) FROM timescaledb_information.hypertables"
             " WHERE hypertable_name = 'events'"
         ).fetchone() == (1,)
-        report = refresh(conn, Tier.APACHE_TIMESCALE)
+        report = refresh(conn)
         assert report.claimed > 0
         got = rollups(conn)
         want = conn.execute(

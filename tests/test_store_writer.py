@@ -259,14 +259,13 @@ def test_rebuild_equals_group_by_and_clears_the_log(lane_store_dsn: str) -> None
             assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (0,)
 
 
-def test_overlapped_batches_make_missing_partitions_and_count_exactly(lane_store_dsn: str) -> None:
-    # several batches (the overlapped COPY path where the server has COPY), all
-    # in days with no partition (or chunk) yet
+def test_overlapped_batches_make_missing_partitions_and_count_exactly(store_dsn: str) -> None:
+    # several batches (the overlapped COPY path), all in days with no partition yet
     late = make_events(2_500, seed=13, start=BASE - timedelta(days=40), span_s=3 * 86400)
-    with EventWriter(lane_store_dsn, batch_size=400) as w:
+    with EventWriter(store_dsn, batch_size=400) as w:
         assert w.write_events(late) == 2_500
         assert w.write_events(late[::-1]) == 0
-    with psycopg.connect(lane_store_dsn) as conn:
+    with psycopg.connect(store_dsn) as conn:
         assert conn.execute("SELECT count(DISTINCT event_id) FROM events").fetchone() == (2_500,)
 
 
@@ -379,24 +378,29 @@ def stored(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in conn.execute(ROW_SQL).fetchall()]
 
 
-@pytest.mark.parametrize("use_copy", [None, False], ids=["auto", "insert"])
-def test_json_path_stores_every_column_as_write_events_does(
-    lane_store_dsn: str, use_copy: bool | None
-) -> None:
-    # auto: COPY where the server has it (not the WASM TimescaleDB)
+def check_json_path_stores_what_write_events_does(dsn: str, use_copy: bool | None) -> None:
     events = tricky_events() + make_events(300, seed=21)
-    with EventWriter(lane_store_dsn, use_copy=use_copy, batch_size=128) as w:
+    with EventWriter(dsn, use_copy=use_copy, batch_size=128) as w:
         assert w.write_events(events) == len(events)
-    with psycopg.connect(lane_store_dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True) as conn:
         by_rows = stored(conn)
         conn.execute("TRUNCATE events, lp_rollup_dirty")
-    with EventWriter(lane_store_dsn, use_copy=use_copy, batch_size=128) as w:
+    with EventWriter(dsn, use_copy=use_copy, batch_size=128) as w:
         assert w.write_event_json([encode_event(e) for e in events]) == len(events)
-    with psycopg.connect(lane_store_dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True) as conn:
         assert stored(conn) == by_rows
     assert len(by_rows) == len(events)
     assert any('"schema_version": 1' in r and '"properties": {}' in r for r in by_rows)
     assert any('"amount": 0.3' in r for r in by_rows)  # float8 -> numeric, as the row path
+
+
+def test_json_path_stores_every_column_as_write_events_does(lane_store_dsn: str) -> None:
+    # COPY where the server has it; the WASM TimescaleDB has not: INSERT there
+    check_json_path_stores_what_write_events_does(lane_store_dsn, use_copy=None)
+
+
+def test_json_path_without_copy_stores_every_column_too(store_dsn: str) -> None:
+    check_json_path_stores_what_write_events_does(store_dsn, use_copy=False)
 
 
 def test_json_path_replays_and_mixed_paths_store_each_event_once(lane_store_dsn: str) -> None:
