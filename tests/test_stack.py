@@ -357,7 +357,10 @@ def test_embedded_postgres_creates_the_dsn_role_and_database(
 def test_up_uses_configured_services_and_starts_nothing(state_dir: Path) -> None:
     result = run_cli("up", env=cli_env(state_dir, SYSTEM))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("configured") == 3 and "embedded" not in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "│" in line]
+    assert sum("configured" in row for row in rows) == 3 and "embedded" not in result.stdout
+    # Not a terminal: plain progress lines instead of a spinner (issue 15).
+    assert "probing configured postgres..." in result.stdout.splitlines()
     assert StateDir(state_dir).load().services == {}
     assert not (state_dir / "env").exists()
     assert processes_using(state_dir) == [], "up started a server it did not need"

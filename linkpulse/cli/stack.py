@@ -6,6 +6,7 @@ Rendering only; the decisions live in :mod:`linkpulse.stack.lifecycle`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,6 +79,43 @@ def _json_value(value: object) -> object:
 def _print_json(body: dict[str, Any]) -> None:
     # Plain print, not rich: nothing may be wrapped, styled or highlighted.
     print(json.dumps(body, default=_json_value, indent=2))
+
+
+class PlainProgress:
+    """Progress as plain lines, for output that is not a terminal (no spinner to update).
+
+    A message is printed when it changes; the repeated "waiting ... (Ns)" of a
+    slow server only every ``every_s`` seconds of its wait.
+
+    >>> lines = []
+    >>> say = PlainProgress(lines.append, every_s=5)
+    >>> for msg in ["starting embedded nats", "waiting for embedded nats (0s)",
+    ...             "waiting for embedded nats (1s)", "waiting for embedded nats (5s)"]:
+    ...     say(msg)
+    >>> lines
+    ['starting embedded nats', 'waiting for embedded nats (0s)', 'waiting for embedded nats (5s)']
+    """
+
+    def __init__(self, emit: Callable[[str], None], every_s: float = 5.0) -> None:
+        self._emit = emit
+        self._every_s = every_s
+        self._last_topic = ""
+        self._last_seconds = 0.0
+
+    def __call__(self, message: str) -> None:
+        topic, seconds = _split_wait(message)
+        if topic == self._last_topic and seconds - self._last_seconds < self._every_s:
+            return
+        self._last_topic, self._last_seconds = topic, seconds
+        self._emit(message)
+
+
+def _split_wait(message: str) -> tuple[str, float]:
+    """``"waiting for x (12s)"`` -> ``("waiting for x", 12.0)``; other messages -> (message, 0)."""
+    head, _, tail = message.rpartition(" (")
+    if head and tail.endswith("s)") and tail[:-2].isdigit():
+        return head, float(tail[:-2])
+    return message, 0.0
 
 
 def up_table(uses: list[ServiceUse]) -> Table:
@@ -203,13 +241,20 @@ def up_command(
     had (so running clients reconnect). Writes <state-dir>/env for other shells.
     """
     settings = _settings(state_dir, with_env_file=False)
+    out = err_console if as_json else console
     try:
-        with (err_console if as_json else console).status("starting the local stack...") as status:
+        with out.status("starting the local stack...") as status:
+            # A spinner on a terminal; plain lines under a pipe, where it shows nothing.
+            say: Callable[[str], None] = (
+                (lambda msg: status.update(f"{msg}..."))
+                if out.is_terminal
+                else PlainProgress(lambda msg: out.print(f"{escape(msg)}...", highlight=False))
+            )
             uses = up(
                 settings,
                 settings.state_dir,
                 timeout=timeout,
-                progress=lambda msg: status.update(f"{msg}..."),
+                progress=say,
                 new_ports=new_ports,
             )
     except StackError as e:
