@@ -123,7 +123,9 @@ def evaluate_seed(
     """Score one backfill and evaluate it; returns (report, Scored)."""
     series = scored_series(data)
     t0 = time.perf_counter()
-    scored = score_series(data.start, series, specs=specs, keep_bands=keep_bands)
+    scored = score_series(
+        data.start, series, specs=specs, keep_bands=keep_bands, trials=data.trials
+    )
     seconds = time.perf_counter() - t0
     report = evaluate_scores(
         scored.scores,

@@ -17,6 +17,7 @@ stores the ``AnomalyScore``. Public API, documented in
 from __future__ import annotations
 
 from linkpulse.online_ml.base import PAGE_THRESHOLD, Detector, JointDetector, score_from_p
+from linkpulse.online_ml.binomial import BinomialRate
 from linkpulse.online_ml.core import Calibrator, ScalarDetector
 from linkpulse.online_ml.ensemble import Ensemble
 from linkpulse.online_ml.explain import explain_root_cause, rank_contributors
@@ -42,6 +43,7 @@ from linkpulse.online_ml.spec import (
 )
 
 __all__ = [
+    "BinomialRate",
     "DETECTORS",
     "JOINT_DETECTORS",
     "KIND_DEFAULTS",

@@ -46,15 +46,18 @@ class Detector(Protocol):
         """True once the series has enough history to page on."""
         ...
 
-    def score_one(self, t: datetime, x: float | None) -> AnomalyScore:
-        """Score the step at ``t`` against what was learned before it; learns nothing."""
+    def score_one(self, t: datetime, x: float | None, n: float | None = None) -> AnomalyScore:
+        """Score the step at ``t`` against what was learned before it; learns nothing.
+
+        ``n`` is the number of trials behind a ratio (its denominator), else None.
+        """
         ...
 
-    def learn_one(self, t: datetime, x: float | None) -> None:
+    def learn_one(self, t: datetime, x: float | None, n: float | None = None) -> None:
         """Learn the step at ``t``; steps must come in time order, one per period."""
         ...
 
-    def update(self, t: datetime, x: float | None) -> AnomalyScore:
+    def update(self, t: datetime, x: float | None, n: float | None = None) -> AnomalyScore:
         """``score_one`` then ``learn_one``: the progressive-validation step."""
         ...
 

@@ -108,13 +108,15 @@ class Verdict:
 class ScalarDetector(Versioned):
     """Base of the scalar detectors: the public contract over ``assess`` / ``learn``.
 
+    ``n`` (optional on every call) is the number of trials behind a ratio, its
+    denominator (``MetricWindow.count``); detectors that do not model it ignore it.
     ``period_s`` is the step (60 for 1-minute windows); ``grace`` the steps
     learned before the detector is ``warm`` (default: one day); while not
     warm the score is 0. ``percent`` formats values as percentages (ratios).
     """
 
     name: ClassVar[str] = "scalar"
-    __slots__ = ("series", "_steps_per_day", "_grace", "_n", "_percent", "_cache")
+    __slots__ = ("series", "_steps_per_day", "_grace", "_n", "_percent", "_cache", "_trials")
 
     def __init__(
         self,
@@ -135,8 +137,10 @@ class ScalarDetector(Versioned):
         self._grace = int(self._steps_per_day) if grace is None else int(grace)
         self._n = 0
         self._percent = percent
-        # (ts, x, verdict) of the last assess, so update() does not assess twice
-        self._cache: tuple[float, float | None, Verdict] | None = None
+        # (ts, x, n, verdict) of the last assess, so update() does not assess twice
+        self._cache: tuple[float, float | None, float | None, Verdict] | None = None
+        # the step's trials (a ratio's denominator), for the detectors that model them
+        self._trials: float | None = None
 
     # -- what a detector implements -------------------------------------------------------
 
@@ -160,28 +164,31 @@ class ScalarDetector(Versioned):
 
     def _verdict(self, ts: float, x: float | None) -> Verdict:
         c = self._cache
-        if c is not None and c[0] == ts and c[1] == x:
-            return c[2]
+        if c is not None and c[0] == ts and c[1] == x and c[2] == self._trials:
+            return c[3]
         v = self.assess(ts, x)
-        self._cache = (ts, x, v)
+        self._cache = (ts, x, self._trials, v)
         return v
 
-    def score_one(self, t: datetime, x: float | None) -> AnomalyScore:
+    def score_one(self, t: datetime, x: float | None, n: float | None = None) -> AnomalyScore:
         ts = to_seconds(t)
         xc = clean(x)
+        self._trials = clean(n)
         return self.to_score(t, ts, xc, self._verdict(ts, xc))
 
-    def learn_one(self, t: datetime, x: float | None) -> None:
+    def learn_one(self, t: datetime, x: float | None, n: float | None = None) -> None:
         ts = to_seconds(t)
         xc = clean(x)
+        self._trials = clean(n)
         v = self._verdict(ts, xc)
         self.learn(ts, xc, v)
         self._n += 1
         self._cache = None
 
-    def update(self, t: datetime, x: float | None) -> AnomalyScore:
+    def update(self, t: datetime, x: float | None, n: float | None = None) -> AnomalyScore:
         ts = to_seconds(t)
         xc = clean(x)
+        self._trials = clean(n)
         v = self._verdict(ts, xc)
         score = self.to_score(t, ts, xc, v)
         self.learn(ts, xc, v)
@@ -233,3 +240,42 @@ class ScalarDetector(Versioned):
                 p_value=v.p,
             ),
         )
+
+
+class WindowSums(Versioned):
+    """Sums of (a, b) pairs over the last ``short`` and the last ``long`` steps (ring buffer).
+
+    >>> w = WindowSums(2, 3)
+    >>> for k in range(5):
+    ...     w.push(float(k), 1.0)
+    >>> w.sums  # (a, b) over the last 2 steps, then over the last 3
+    (7.0, 2.0, 9.0, 3.0)
+    """
+
+    __slots__ = ("_short", "_long", "_a", "_b", "_pos", "sums")
+
+    def __init__(self, short: int, long: int) -> None:
+        if not 1 <= short <= long <= 100_000:
+            msg = f"need 1 <= short <= long steps, got short={short}, long={long}"
+            raise ValueError(msg)
+        self._short = short
+        self._long = long
+        self._a = [0.0] * long
+        self._b = [0.0] * long
+        self._pos = 0
+        self.sums = (0.0, 0.0, 0.0, 0.0)
+
+    def push(self, a: float, b: float) -> None:
+        """Add one step's pair; the oldest leaves each window."""
+        xs, ys, n = self._a, self._b, self._long
+        pos = (self._pos + 1) % n
+        old = (pos - self._short) % n  # leaves the short window (== pos when short == long)
+        sa, sb, la, lb = self.sums
+        sa += a - xs[old]
+        sb += b - ys[old]
+        la += a - xs[pos]
+        lb += b - ys[pos]
+        xs[pos] = a
+        ys[pos] = b
+        self._pos = pos
+        self.sums = (sa, sb, la, lb)

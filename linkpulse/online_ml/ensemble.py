@@ -58,6 +58,7 @@ class Ensemble(ScalarDetector):
         best: Verdict | None = None
         band: Verdict | None = None
         for m in self._members:
+            m._trials = self._trials
             v = m._verdict(ts, x)
             if best is None or v.p < best.p:
                 best = v
@@ -82,6 +83,7 @@ class Ensemble(ScalarDetector):
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
         for m in self._members:
+            m._trials = self._trials
             m.learn(ts, x, m._verdict(ts, x))
             m._n += 1
             m._cache = None

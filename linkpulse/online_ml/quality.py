@@ -81,11 +81,12 @@ def score_series(
     specs: Mapping[str, Mapping[str, Any]] | None = None,
     joint: bool = True,
     keep_bands: Iterable[str] = (),
+    trials: Mapping[str, Sequence[float | None]] | None = None,
 ) -> Scored:
     """Run a fresh detector over each series (from its first window on), and joint ones.
 
     ``series`` keys are ``tenant|metric|dims_key|1m``; each value list holds
-    one entry per minute from ``start``.
+    one entry per minute from ``start``; ``trials`` the ratio series' denominators.
     """
     keep = set(keep_bands)
     out = Scored({}, {})
@@ -102,8 +103,9 @@ def score_series(
         scores = [0.0] * n
         bands: list[tuple[float | None, float | None, float | None]] = [(None, None, None)] * n
         update = det.update
+        ns = (trials or {}).get(key) or [None] * n
         for i in range(first, n):
-            s = update(times[i], values[i])
+            s = update(times[i], values[i], ns[i])
             scores[i] = s.score
             if key in keep:
                 bands[i] = (s.expected, s.lower, s.upper)

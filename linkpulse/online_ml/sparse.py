@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Final
 
-from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict
+from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict, WindowSums
 from linkpulse.online_ml.profile import LN2, SeasonalProfile
 from linkpulse.online_ml.stats import poisson_cdf, poisson_sf
 
@@ -56,12 +56,7 @@ class SparseCounts(ScalarDetector):
         "_profile",
         "_phi",
         "_a_phi",
-        "_short",
-        "_long",
-        "_xs",
-        "_lams",
-        "_pos",
-        "_sums",
+        "_windows",
         "_cal",
         "_band",
     )
@@ -82,9 +77,7 @@ class SparseCounts(ScalarDetector):
         dispersion_half_life_days: float = 3.0,
     ) -> None:
         super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
-        if not 1 <= short <= long <= 1440:
-            msg = f"need 1 <= short <= long <= 1440 steps, got short={short}, long={long}"
-            raise ValueError(msg)
+        self._windows = WindowSums(short, long)  # (counts, rates) of the recent steps
         self._profile = SeasonalProfile(
             steps_per_day=self.steps_per_day,
             level_half_life_days=level_half_life_days,
@@ -94,13 +87,6 @@ class SparseCounts(ScalarDetector):
         )
         self._phi = 1.0
         self._a_phi = LN2 / max(1.0, dispersion_half_life_days * self.steps_per_day)
-        self._short = short
-        self._long = long
-        self._xs = [0.0] * long  # ring buffers of the last `long` counts and rates
-        self._lams = [0.0] * long
-        self._pos = 0
-        # (counts, rates) summed over the last `short` and the last `long` steps
-        self._sums = (0.0, 0.0, 0.0, 0.0)
         self._cal = (Calibrator(), Calibrator(), Calibrator())
         self._band = band_sigmas
 
@@ -114,7 +100,7 @@ class SparseCounts(ScalarDetector):
             lam = 0.0
         phi = self._phi
         p0, d0 = _two_sided(x, lam, phi)
-        sx, sl, lx, ll = self._sums
+        sx, sl, lx, ll = self._windows.sums
         p1, d1 = _two_sided(sx + x, sl + lam, phi)
         p2, d2 = _two_sided(lx + x, ll + lam, phi)
         return lam, p0, p1, p2, d0, d1, d2
@@ -155,17 +141,5 @@ class SparseCounts(ScalarDetector):
                 self._phi = min(_PHI_MAX, max(1.0, self._phi + a * (ratio - self._phi)))
         else:
             lam = v
-        lam = max(lam, 0.0)
-        xs, lams, n = self._xs, self._lams, self._long
-        pos = (self._pos + 1) % n
-        old = (pos - self._short) % n  # leaves the short window (== pos when short == long)
-        sx, sl, lx, ll = self._sums
-        sx += v - xs[old]
-        sl += lam - lams[old]
-        lx += v - xs[pos]
-        ll += lam - lams[pos]
-        xs[pos] = v
-        lams[pos] = lam
-        self._pos = pos
-        self._sums = (sx, sl, lx, ll)
+        self._windows.push(v, max(lam, 0.0))
         prof.learn(ts, v)

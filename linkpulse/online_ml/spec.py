@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import yaml
 
+from linkpulse.online_ml.binomial import BinomialRate
 from linkpulse.online_ml.core import ScalarDetector
 from linkpulse.online_ml.ensemble import Ensemble
 from linkpulse.online_ml.residual import ForecastResidual
@@ -44,6 +45,7 @@ DETECTORS: dict[str, type[ScalarDetector]] = {
     SeasonalBaseline.name: SeasonalBaseline,
     SparseCounts.name: SparseCounts,
     SilentStream.name: SilentStream,
+    BinomialRate.name: BinomialRate,
     ForecastResidual.name: ForecastResidual,
     Ensemble.name: Ensemble,
 }
@@ -56,14 +58,11 @@ KIND_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
     "sum": {"detector": "ensemble", "members": ["seasonal", "silence"]},
     # distinct counts: like sums
     "distinct": {"detector": "ensemble", "members": ["seasonal", "silence"]},
-    # ratios: additive profile, undefined (not 0) without a denominator
+    # ratios of counts: binomial in the step's trials (pass n=), undefined without trials
     "ratio": {
         "detector": "ensemble",
         "percent": True,
-        "members": [
-            {"detector": "seasonal", "additive": True, "gap_value": None},
-            {"detector": "silence", "zero_is_empty": False},
-        ],
+        "members": ["binomial", {"detector": "silence", "zero_is_empty": False}],
     },
     # means, minima, maxima, quantiles of a measure: undefined without events
     "level": {

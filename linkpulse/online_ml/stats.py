@@ -6,6 +6,8 @@
 0.05
 >>> round(surprise(0.001), 6)
 3.0
+>>> round(binom_sf(3, 10, 0.1), 4), round(binom_cdf(0, 10, 0.1), 4)
+(0.0702, 0.3487)
 """
 
 from __future__ import annotations
@@ -90,3 +92,46 @@ def chi2_sf_even(x: float, dof: int) -> float:
         term *= half / i
         total += term
     return min(1.0, math.exp(-half) * total)
+
+
+_BINOM_NORMAL_ABOVE: Final = 400
+
+
+def _binom_pmf(k: int, n: int, p: float) -> float:
+    if p <= 0.0:
+        return 1.0 if k == 0 else 0.0
+    if p >= 1.0:
+        return 1.0 if k == n else 0.0
+    log = (
+        math.lgamma(n + 1.0) - math.lgamma(k + 1.0) - math.lgamma(n - k + 1.0)
+        + k * math.log(p) + (n - k) * math.log1p(-p)
+    )  # fmt: skip
+    return math.exp(log)
+
+
+def binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed from k up (normal approximation for big n)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if n > _BINOM_NORMAL_ABOVE:
+        sd = math.sqrt(n * p * (1.0 - p))
+        return normal_sf((k - 0.5 - n * p) / sd) if sd > 0 else float(k <= n * p)
+    if k <= n * p:  # the upper tail is big: sum the short lower side instead
+        return max(0.0, 1.0 - binom_cdf(k - 1, n, p))
+    return min(1.0, sum(_binom_pmf(i, n, p) for i in range(k, n + 1)))
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if n > _BINOM_NORMAL_ABOVE:
+        sd = math.sqrt(n * p * (1.0 - p))
+        return normal_sf((n * p - k - 0.5) / sd) if sd > 0 else float(k >= n * p)
+    if k >= n * p:
+        return max(0.0, 1.0 - binom_sf(k + 1, n, p))
+    return min(1.0, sum(_binom_pmf(i, n, p) for i in range(0, k + 1)))

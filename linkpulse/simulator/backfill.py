@@ -77,6 +77,8 @@ class Backfill:
     start: float
     minutes: int
     series: dict[str, list[float | None]] = field(default_factory=dict)
+    # per ratio series: each minute's trials (the denominator, MetricWindow.count)
+    trials: dict[str, list[float | None]] = field(default_factory=dict)
     anomalies: tuple[Anomaly, ...] = ()
     events: int = 0
 
@@ -95,6 +97,7 @@ def backfill(cfg: BackfillConfig) -> Backfill:
         now_getter=lambda: clock[0],
     ).build()
     out = Backfill(cfg.start, cfg.minutes, anomalies=cfg.anomalies)
+    ratios = {m.name for m in registry if m.value == "ratio"}
     batch: list[BaseEvent] = []
 
     def collect(windows: Sequence[MetricWindow]) -> None:
@@ -107,6 +110,11 @@ def backfill(cfg: BackfillConfig) -> Backfill:
                 if values is None:
                     values = out.series[w.series_key] = [None] * cfg.minutes
                 values[i] = w.value
+                if w.metric in ratios:
+                    counts = out.trials.get(w.series_key)
+                    if counts is None:
+                        counts = out.trials[w.series_key] = [None] * cfg.minutes
+                    counts[i] = float(w.count)
 
     for ev in generate(traffic, market, cfg.anomalies):
         batch.append(ev)

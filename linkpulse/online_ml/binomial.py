@@ -1,0 +1,138 @@
+"""Ratios of counts (failure rate, conversion): binomial tails against the usual rate.
+
+A ratio of small counts is not Gaussian: a seller with two payments a
+minute shows 0%, 50% or 100% failures. Given the step's trials ``n`` (the
+ratio's denominator, ``MetricWindow.count``), the step has ``k = x * n``
+successes; the usual rate is the exponentially weighted share of successes
+in all trials (half-life ``half_life_days``), over-dispersion ``phi`` is
+learned as for counts, and ``k / phi`` out of ``n / phi`` is scored with a
+binomial tail: for the step, and for the step plus the ``short`` and the
+``long`` steps before it. Calibrated, the smallest times three.
+Without ``n`` a step counts as one trial.
+
+>>> from datetime import UTC, datetime, timedelta
+>>> import random; rng = random.Random(6)
+>>> det = BinomialRate(series="acme|payment_failure_rate||1m", grace=300)
+>>> t0 = datetime(2026, 11, 16, tzinfo=UTC)
+>>> def step(i, p):
+...     n = 3 + int(rng.random() * 4)
+...     k = sum(rng.random() < p for _ in range(n))
+...     return det.update(t0 + timedelta(minutes=i), k / n, n)
+>>> max(step(i, 0.025).score for i in range(2000)) < 0.99
+True
+>>> [step(2000 + i, 0.5).score for i in range(3)][-1] > 0.99  # three minutes at 50%
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Final
+
+from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict, WindowSums
+from linkpulse.online_ml.profile import LN2
+from linkpulse.online_ml.stats import binom_cdf, binom_sf
+
+_PHI_MAX: Final = 20.0
+
+
+def _two_sided(k: float, n: float, p: float, phi: float) -> tuple[float, str]:
+    """Quasi-binomial two-sided tail of ``k`` successes in ``n`` trials at rate ``p``."""
+    if n <= 0.0:
+        return 1.0, "none"
+    kk, nn = k / phi, n / phi
+    ni = max(1, round(nn))
+    ki = min(ni, max(0, round(kk * ni / nn)))
+    if ki >= ni * p:
+        return min(1.0, 2.0 * binom_sf(ki, ni, p)), "up"
+    return min(1.0, 2.0 * binom_cdf(ki, ni, p)), "down"
+
+
+class BinomialRate(ScalarDetector):
+    """Quasi-binomial tails of a ratio's step and recent windows; see the module docstring."""
+
+    name: ClassVar[str] = "binomial"
+    __slots__ = ("_k", "_m", "_alpha", "_phi", "_windows", "_cal", "_band")
+
+    def __init__(
+        self,
+        *,
+        series: str = "",
+        period_s: float = 60.0,
+        grace: int | None = None,
+        percent: bool = True,
+        short: int = 5,
+        long: int = 60,
+        band_sigmas: float = 3.0,
+        half_life_days: float = 1.0,
+    ) -> None:
+        super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
+        self._k = 0.0  # EW sums of successes and trials
+        self._m = 0.0
+        self._alpha = LN2 / max(1.0, half_life_days * self.steps_per_day)
+        self._phi = 1.0
+        self._windows = WindowSums(short, long)  # (successes, trials) of the recent steps
+        self._cal = (Calibrator(), Calibrator(), Calibrator())
+        self._band = band_sigmas
+
+    def _rate(self) -> float:
+        # a weak prior (one success in 40 trials) keeps the rate off 0 and 1 early on
+        return (self._k + 0.025) / (self._m + 1.0)
+
+    def _trials_of(self) -> float:
+        n = self._trials
+        return 1.0 if n is None or n <= 0.0 else n
+
+    def _tests(self, x: float, n: float) -> tuple[float, float, float, float, str, str, str]:
+        p = min(max(self._rate(), 1e-6), 1.0 - 1e-6)
+        k = min(max(x, 0.0), 1.0) * n
+        sk, sn, lk, ln = self._windows.sums
+        p0, d0 = _two_sided(k, n, p, self._phi)
+        p1, d1 = _two_sided(sk + k, sn + n, p, self._phi)
+        p2, d2 = _two_sided(lk + k, ln + n, p, self._phi)
+        return p, p0, p1, p2, d0, d1, d2
+
+    def assess(self, ts: float, x: float | None) -> Verdict:
+        n = self._trials_of()
+        p = self._rate()
+        sd = math.sqrt(self._phi * p * (1.0 - p) / n)
+        lower, upper = max(0.0, p - self._band * sd), min(1.0, p + self._band * sd)
+        if x is None or self._m <= 0.0:
+            return Verdict(1.0, "none", p, lower, upper, None, "value", self.name)
+        p, p0, p1, p2, d0, d1, d2 = self._tests(x, n)
+        c0, c1, c2 = self._cal
+        q, d, feature = c0.calibrate(p0), d0, "value"
+        q1 = c1.calibrate(p1)
+        if q1 < q:
+            q, d, feature = q1, d1, "recent_mean"
+        q2 = c2.calibrate(p2)
+        if q2 < q:
+            q, d, feature = q2, d2, "long_mean"
+        sigmas = (x - p) / sd if sd > 0.0 else None
+        return Verdict(min(1.0, 3.0 * q), d, p, lower, upper, sigmas, feature, self.name)
+
+    def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
+        if x is None:
+            return
+        n = self._trials_of()
+        k = min(max(x, 0.0), 1.0) * n
+        w = 1.0
+        if self._m > 0.0:
+            p, p0, p1, p2, _, _, _ = self._tests(x, n)
+            c0, c1, c2 = self._cal
+            c0.learn(p0)
+            c1.learn(p1)
+            c2.learn(p2)
+            var = n * p * (1.0 - p)
+            if var > 0.0:
+                ratio = min((k - n * p) ** 2 / var, 4.0 * self._phi + 4.0)
+                a = max(1.0 / (self._m + 10.0), self._alpha)
+                self._phi = min(_PHI_MAX, max(1.0, self._phi + a * (ratio - self._phi)))
+            # an anomalous step is learned at a tenth of its weight, so a burst bends the
+            # rate little while a lasting change is still followed within a day or two
+            if verdict.p < 1e-4:
+                w = 0.1
+        decay = 1.0 - self._alpha
+        self._k = self._k * decay + w * k
+        self._m = self._m * decay + w * n
+        self._windows.push(k, n)
