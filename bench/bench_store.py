@@ -2,8 +2,12 @@
 
 Run: ``.venv/bin/python -m bench.bench_store [--events 10000000] [--write-events 500000]``
 
-On a fresh database of the local PostgreSQL (dropped at the end unless
-``--keep``):
+On a fresh database of the server of ``LINKPULSE_TEST_DATABASE_URL`` (the local
+PostgreSQL by default; dropped at the end unless ``--keep``), or on the
+existing empty database ``--dsn`` (e.g. the WASM TimescaleDB, which has a
+single database). The tier is the database's: plain PostgreSQL, or TimescaleDB
+(hypertables and continuous aggregates). Without ``COPY FROM STDIN`` on the
+server (the WASM build) the COPY-based writer figures are skipped.
 
 1. Writer rate, events/s, for the same events: the baseline is a plain binary
    COPY straight into ``events`` (no idempotency: a replay would be stored
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import statistics
 import time
 import uuid
@@ -35,9 +40,10 @@ import psycopg
 from psycopg import sql
 
 from linkpulse.schemas.events import EVENT_CLASS_BY_TYPE, BaseEvent
-from linkpulse.store import EventWriter, Tier, _rows, migrate, refresh
+from linkpulse.store import EventWriter, Tier, _rows, migrate, refresh, stored_tier
 from linkpulse.store.partitions import create_ahead
 from linkpulse.store.rollups import rebuild
+from linkpulse.store.writer import _copy_works
 
 END = datetime(2026, 11, 24, tzinfo=UTC)
 START = END - timedelta(days=30)
@@ -161,18 +167,20 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_writes(dsn: str, n: int, batch: int) -> dict[str, float]:
+def bench_writes(dsn: str, n: int, batch: int, *, copy: bool) -> dict[str, float]:
     print(f"generating {n:,} event objects ...", flush=True)
     events = make_events(n)
     rates = {}
     reset(dsn)
-    rates["plain COPY into events (no idempotency)"] = n / timed(
-        lambda: plain_copy(dsn, events, batch)
-    )
-    for label, use_copy in (
+    if copy:
+        rates["plain COPY into events (no idempotency)"] = n / timed(
+            lambda: plain_copy(dsn, events, batch)
+        )
+    paths = (
         ("EventWriter: COPY staging + ON CONFLICT", True),
         ("EventWriter: INSERT ... unnest + ON CONFLICT", False),
-    ):
+    )
+    for label, use_copy in paths[0 if copy else 1 :]:
         reset(dsn)
         with EventWriter(dsn, batch_size=batch, use_copy=use_copy) as w:
             _ = w.tier  # connect outside the timing
@@ -198,6 +206,40 @@ def load_raw(dsn: str, n: int) -> float:
             print(f"  {hi:,} / {n:,} raw events ({time.perf_counter() - t0:.0f} s)", flush=True)
         conn.execute("VACUUM ANALYZE events")
     return time.perf_counter() - t0
+
+
+def vacuum_rollups(conn: psycopg.Connection, tier: Tier) -> None:
+    """VACUUM ANALYZE the rollups' storage: index-only scans need the visibility map.
+
+    On the full tier that is each continuous aggregate's materialized hypertable.
+    """
+    names = [sql.Identifier(r) for r in ("events_1m", "events_1h", "events_1d")]
+    if tier is Tier.FULL_TIMESCALE:
+        rows = conn.execute(
+            "SELECT materialization_hypertable_schema, materialization_hypertable_name"
+            " FROM timescaledb_information.continuous_aggregates"
+            " WHERE view_name IN ('events_1m', 'events_1h', 'events_1d')"
+        ).fetchall()
+        names = [sql.Identifier(schema, name) for schema, name in rows]
+    for name in names:
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(name))
+
+
+# Chunk and partition names differ only by their number or day: one label for all.
+_PART = re.compile(r"_hyper_\d+_\d+_chunk_?|(?<=_p)\d{8}|(?<=\")\d+_\d+(?=_)")
+
+
+def scan_nodes(conn: psycopg.Connection, query: str) -> list[str]:
+    """How the query's plan reads each relation: its scan nodes, counted over chunks."""
+    plan = conn.execute(f"EXPLAIN {query}", {"start": START, "end": END}).fetchall()  # type: ignore[arg-type]
+    counts: dict[str, int] = {}
+    for (line,) in plan:
+        node = line.strip().removeprefix("->").strip().split("  (")[0]
+        if " Scan" in node:
+            head, _, rel = node.partition(" on ")
+            label = _PART.sub("*", f"{head} on {rel.split()[0]}" if rel else head)
+            counts[label] = counts.get(label, 0) + 1
+    return [f"{label} (x{n})" for label, n in counts.items()]
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -235,38 +277,61 @@ def main() -> None:
     ap.add_argument("--rollup-runs", type=int, default=30)
     ap.add_argument("--raw-runs", type=int, default=7)
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    ap.add_argument(
+        "--dsn",
+        help="an existing empty database to use as is (never dropped), e.g. the WASM TimescaleDB",
+    )
     args = ap.parse_args()
 
     name = f"lp_bench_{uuid.uuid4().hex[:8]}"
-    params = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        version = admin.execute("SHOW server_version").fetchone()
-    dsn = psycopg.conninfo.make_conninfo(**{**params, "dbname": name})
+    if args.dsn:
+        dsn, made = args.dsn, False
+    else:
+        params = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        dsn, made = psycopg.conninfo.make_conninfo(**{**params, "dbname": name}), True
     try:
         migrate(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-            create_ahead(conn, days_ahead=1, now=END, days_back=31)
-        print(f"PostgreSQL {version[0] if version else '?'}, database {name}", flush=True)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            tier = stored_tier(conn)
+            assert tier is not None
+            if tier is Tier.PLAIN_POSTGRES:  # hypertables make their chunks themselves
+                with conn.transaction():
+                    create_ahead(conn, days_ahead=1, now=END, days_back=31)
+            version = conn.execute("SHOW server_version").fetchone()
+            ts = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+            ).fetchone()
+            copy = _copy_works(conn)
+        print(
+            f"PostgreSQL {version[0] if version else '?'}"
+            f"{f', TimescaleDB {ts[0]}' if ts else ''}, tier {tier.value}, "
+            f"database {name if made else dsn}",
+            flush=True,
+        )
 
-        rates = bench_writes(dsn, args.write_events, args.batch_size)
+        rates = bench_writes(dsn, args.write_events, args.batch_size, copy=copy)
         base = next(iter(rates.values()))
         print(f"\nwriter, {args.write_events:,} events, batches of {args.batch_size:,}:")
         for label, rate in rates.items():
             print(f"  {label:<52} {rate:>10,.0f} events/s  ({rate / base:.2f}x baseline)")
-        idem = rates["EventWriter: COPY staging + ON CONFLICT"]
-        print(
-            f"  target >= {WRITE_TARGET:,}/s with idempotency: "
-            f"{'MET' if idem >= WRITE_TARGET else 'NOT MET'} ({idem / WRITE_TARGET:.2f}x)"
-        )
+        idem = rates.get("EventWriter: COPY staging + ON CONFLICT")
+        if idem is None:
+            print("  (no COPY FROM STDIN on this server: the COPY paths were not run)")
+        else:
+            print(
+                f"  target >= {WRITE_TARGET:,}/s with idempotency: "
+                f"{'MET' if idem >= WRITE_TARGET else 'NOT MET'} ({idem / WRITE_TARGET:.2f}x)"
+            )
 
         print(f"\nloading {args.events:,} raw events over 30 days (SQL generate_series) ...")
         load_s = load_raw(dsn, args.events)
         with psycopg.connect(dsn, autocommit=True) as conn:
             t0 = time.perf_counter()
-            report = rebuild(conn, Tier.PLAIN_POSTGRES)
+            report = rebuild(conn)
             build_s = time.perf_counter() - t0
-            conn.execute("VACUUM ANALYZE events_1m")
+            vacuum_rollups(conn, tier)
             rollup_rows = conn.execute("SELECT count(*) FROM events_1m").fetchone()
         print(
             f"  loaded in {load_s:.0f} s; rollups rebuilt "
@@ -282,8 +347,9 @@ def main() -> None:
                 w.write_events(batch)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 t0 = time.perf_counter()
-                inc = refresh(conn, Tier.PLAIN_POSTGRES)
+                inc = refresh(conn)
                 inc_s = time.perf_counter() - t0
+                vacuum_rollups(conn, tier)  # what autovacuum does on a server, in time
             print(
                 f"  incremental refresh after {label}: {inc_s * 1000:,.0f} ms "
                 f"(buckets recomputed {inc.buckets})"
@@ -297,6 +363,9 @@ def main() -> None:
             res = bench_query(dsn, queries, runs)
             r, w = res["rollup"], res["raw"]
             print(f"\n{title} ({r['points']:,.0f} points):")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for k, q in queries.items():
+                    print(f"  plan {k:<7} {'; '.join(scan_nodes(conn, q))}")
             for k, v in res.items():
                 print(
                     f"  {k:<7} p50 {v['p50']:9.1f} ms   p95 {v['p95']:9.1f} ms"
@@ -308,7 +377,7 @@ def main() -> None:
                 f"{'MET' if r['p95'] < 100 else 'NOT MET'}"
             )
     finally:
-        if not args.keep:
+        if made and not args.keep:
             with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
