@@ -237,6 +237,32 @@ def test_doctor_reports_db_maintain_runs_on_plain_postgres(
     assert found.last_success < found.last_finish
 
 
+@pytest.mark.integration
+def test_each_pass_is_recorded_once_and_never_hides_its_error(pg_dsn: str) -> None:
+    migrate(pg_dsn)
+    settings = Settings(database_url=pg_dsn)
+    run_once(pg_dsn, settings)  # connects, then runs on that connection: one run
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        run_once(conn, settings)
+        (found,) = read_jobs(conn, maintain_every=MINUTE)
+    assert (found.runs, found.failures, found.consecutive_failures) == (2, 0, 0)
+
+    @jobs.recorded("probe job")
+    def fails_to_connect(conn_or_dsn: psycopg.Connection | str) -> None:
+        raise psycopg.OperationalError("server went away")
+
+    # The record cannot be written either (nothing listens there): the pass's
+    # own error still comes out, not the recording's.
+    with pytest.raises(psycopg.OperationalError, match="server went away"):
+        fails_to_connect("postgresql://postgres@127.0.0.1:1/nowhere")
+    with pytest.raises(psycopg.OperationalError, match="server went away"):
+        fails_to_connect(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT value FROM lp_store_meta WHERE key = 'job:probe job'").fetchone()
+    assert row is not None
+    assert json.loads(row[0])["last_error"] == "server went away"
+
+
 def scheduler_failed_every_job(conn: psycopg.Connection[Any], error: str) -> list[int]:
     """Write what TimescaleDB's scheduler records after a failed run, for every job.
 
@@ -302,6 +328,13 @@ def test_doctor_lists_timescaledb_jobs_and_fails_when_they_fail(
         assert "never run" in job_line(out, name)
     # On the full tier the policies do the upkeep: a never-run `db maintain` is fine.
     assert "not needed" in job_line(out, "db maintain")
+    # A pass on this server is recorded like on plain PostgreSQL.
+    run_once(ts_dsn, Settings(database_url=ts_dsn))
+    with psycopg.connect(ts_dsn, autocommit=True) as conn:
+        maintain = [j for j in read_jobs(conn, maintain_every=MINUTE) if j.source == "linkpulse"]
+    assert [(j.name, j.runs, j.failures, j.last_status) for j in maintain] == [
+        (jobs.MAINTAIN, 1, 0, "success")
+    ]
 
     with psycopg.connect(ts_dsn, autocommit=True) as conn:
         failed = scheduler_failed_every_job(conn, PORTAL_ERROR)

@@ -415,7 +415,14 @@ def record_run(
     return True
 
 
-_recording: contextvars.ContextVar[bool] = contextvars.ContextVar("lp_job_recording", default=False)
+@dataclass
+class _Run:
+    """The run being recorded in this context, and whether a call has taken the recording."""
+
+    taken: bool = False
+
+
+_current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("lp_job_run", default=None)
 
 
 def recorded(
@@ -426,9 +433,12 @@ def recorded(
 ]:
     """Decorate a pass whose first argument is a connection or DSN: record every run.
 
-    The outermost call records (a pass that calls itself counts once): start,
-    finish, outcome and the error's text. Recording never hides the pass's own
-    outcome; if it fails (the database went away), it is logged.
+    Each run is recorded once (start, finish, outcome, the error's text), by
+    the outermost call that has a connection, on that connection, so a pass
+    given a DSN that connects and calls itself costs no extra connection; when
+    no call got one (the connect failed), by the outermost call on its DSN.
+    Recording never hides the pass's own outcome: if it fails (the database
+    went away), it is logged.
     """
 
     def wrap(
@@ -436,9 +446,13 @@ def recorded(
     ) -> Callable[Concatenate[psycopg.Connection | str, P], R]:
         @functools.wraps(fn)
         def run(conn_or_dsn: psycopg.Connection | str, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            if _recording.get():
-                return fn(conn_or_dsn, *args, **kwargs)
-            token = _recording.set(True)
+            current = _current.get()
+            takes = not isinstance(conn_or_dsn, str)
+            if current is not None and (current.taken or not takes):
+                return fn(conn_or_dsn, *args, **kwargs)  # a nested call; another one records
+            run_ = current or _Run()
+            run_.taken = run_.taken or takes
+            token = _current.set(run_) if current is None else None
             started = datetime.now(UTC)
             error: str | None = None
             try:
@@ -447,8 +461,10 @@ def recorded(
                 error = " ".join(str(e).split()) or type(e).__name__
                 raise
             finally:
-                _recording.reset(token)
-                _save(conn_or_dsn, name, started, error)
+                if token is not None:
+                    _current.reset(token)
+                if takes or not run_.taken:
+                    _save(conn_or_dsn, name, started, error)
 
         return run
 
