@@ -87,16 +87,23 @@ def to_seconds(t: datetime) -> float:
     return t.timestamp()
 
 
+LIMIT: Final = 1e15  # |x| beyond this is clamped: its square still fits a float
+
+
 def clean(x: float | None) -> float | None:
     """A usable finite float, or None for a gap or a value no model can use (NaN, inf).
 
-    >>> clean(2), clean(float("nan")), clean(None), clean(-float("inf"))
-    (2.0, None, None, None)
+    Values beyond +-1e15 are clamped there (still far outside any usual band).
+
+    >>> clean(2), clean(float("nan")), clean(None), clean(-float("inf")), clean(1e300)
+    (2.0, None, None, None, 1000000000000000.0)
     """
     if x is None:
         return None
     x = float(x)
-    return x if math.isfinite(x) else None
+    if not math.isfinite(x):
+        return None
+    return x if -LIMIT <= x <= LIMIT else math.copysign(LIMIT, x)
 
 
 def score_from_p(p: float, steps_per_day: float) -> float:

@@ -278,4 +278,9 @@ class WindowSums(Versioned):
         xs[pos] = a
         ys[pos] = b
         self._pos = pos
+        if pos == 0:
+            # re-add exactly once per turn, so rounding left by a huge value cannot linger
+            idx = [(pos - k) % n for k in range(self._short)]
+            sa, sb = sum(xs[i] for i in idx), sum(ys[i] for i in idx)
+            la, lb = sum(xs), sum(ys)
         self.sums = (sa, sb, la, lb)

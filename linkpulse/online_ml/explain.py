@@ -169,8 +169,9 @@ def explain_root_cause(
 ) -> AnomalyScore:
     """``score`` (tenant level) with its top ``dimension`` contributors named.
 
-    ``parts`` are the same step's scores of the per-``dimension`` series of
-    the same metric (the flow has them: it scores every seller series too).
+    ``parts`` are the same step's scores of the per-``dimension`` series (the
+    flow has them: it scores every seller series too); those of other metrics
+    are ignored.
 
     >>> from datetime import UTC, datetime
     >>> from linkpulse.schemas.outputs import Explanation
@@ -191,9 +192,11 @@ def explain_root_cause(
     deviation = actual - score.expected
     triples = []
     key = dimension + "="
+    metric = score.series.split("|")[1] if score.series.count("|") >= 2 else None
     for part in parts:
         dims = part.series.split("|")
-        if len(dims) < 3 or not dims[2].startswith(key):
+        # only the same metric's series of this dimension (another metric's drop is no share)
+        if len(dims) < 3 or dims[1] != metric or not dims[2].startswith(key):
             continue
         value = parse_series_key("|".join(dims[:3]))[2].get(dimension, dims[2])
         triples.append((value, part.expected, part.value))

@@ -142,7 +142,11 @@ def _build(s: dict[str, Any], where: str, inherited: dict[str, Any]) -> ScalarDe
         if kind not in KIND_DEFAULTS:
             msg = f"{where}: kind must be one of {', '.join(KIND_DEFAULTS)}, got {kind!r}"
             raise ValueError(msg)
-        s = {**copy.deepcopy(KIND_DEFAULTS[kind]), **s}
+        defaults = copy.deepcopy(KIND_DEFAULTS[kind])
+        if "detector" in s and s["detector"] != defaults.get("detector"):
+            # a detector named by the user keeps only the kind's common options (percent)
+            defaults = {k: v for k, v in defaults.items() if k in COMMON}
+        s = {**defaults, **s}
     name = s.pop("detector", "ensemble" if "members" in s else "seasonal")
     cls = DETECTORS.get(name) if isinstance(name, str) else None
     if cls is None:

@@ -1,0 +1,359 @@
+"""The detector contract, run over every registered detector, and the pieces around it."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from linkpulse.online_ml import (
+    DETECTORS,
+    JOINT_DETECTORS,
+    PAGE_THRESHOLD,
+    Calibrator,
+    build_detector,
+    build_joint_detector,
+    detector_for_window,
+    evaluate_forecaster,
+    explain_root_cause,
+    rank_contributors,
+)
+from linkpulse.online_ml.base import Detector, JointDetector
+from linkpulse.schemas.outputs import AnomalyScore, Explanation, MetricWindow
+
+T0 = datetime(2026, 11, 16, tzinfo=UTC)  # a Monday
+SEED = 20261116
+GRACE = 120
+
+# Every registered detector, built the way a user would; the ensemble by its kind defaults.
+SCALAR = sorted(DETECTORS)
+JOINT = sorted(JOINT_DETECTORS)
+
+
+def make(name: str) -> Any:
+    if name in JOINT_DETECTORS:
+        return build_joint_detector("acme", detector=name, features=("a", "b", "c"), grace=GRACE)
+    if name == "ensemble":
+        return build_detector({"kind": "count", "grace": GRACE}, series="acme|orders||1m")
+    return build_detector({"detector": name, "grace": GRACE}, series="acme|orders||1m")
+
+
+def value(name: str, x: float | None) -> Any:
+    """The step input of detector ``name``: a float, or a dict of features for joint ones."""
+    if name in JOINT_DETECTORS:
+        return {"a": x, "b": None if x is None else 2.0 * x, "c": 1.0}
+    return x
+
+
+def noisy(rng: random.Random, n: int) -> list[float | None]:
+    out: list[float | None] = []
+    for i in range(n):
+        season = 1.0 + 0.5 * math.sin(2 * math.pi * i / 1440.0)
+        out.append(None if rng.random() < 0.02 else max(0.0, rng.gauss(20.0 * season, 4.0)))
+    return out
+
+
+def feed(det: Any, name: str, xs: list[float | None], start: int = 0) -> list[AnomalyScore]:
+    return [det.update(T0 + timedelta(minutes=start + i), value(name, x)) for i, x in enumerate(xs)]
+
+
+@pytest.fixture(params=SCALAR + JOINT)
+def name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_implements_the_protocol(name: str) -> None:
+    det = make(name)
+    assert isinstance(det, JointDetector if name in JOINT_DETECTORS else Detector)
+    assert det.name == name or name == "ensemble"
+
+
+def test_deterministic_with_a_seed(name: str) -> None:
+    xs = noisy(random.Random(SEED), 400)
+    a = [s.score for s in feed(make(name), name, xs)]
+    b = [s.score for s in feed(make(name), name, xs)]
+    assert a == b, f"seed {SEED}"
+
+
+def test_scores_in_range_and_cold_never_pages(name: str) -> None:
+    rng = random.Random(SEED)
+    xs = noisy(rng, 300)
+    xs[50] = 1e6  # a wild value while cold must not page
+    xs[250] = 500.0
+    for s in feed(make(name), name, xs):
+        assert 0.0 <= s.score <= 1.0, (s, SEED)
+        assert s.warm or s.score < PAGE_THRESHOLD, (s, SEED)
+        assert math.isfinite(s.raw) and s.raw >= 0.0
+        assert s.direction in ("up", "down", "none")
+        assert isinstance(s.explanation, str) and s.explanation
+        msgspec.json.encode(s)  # every score can be published as JSON
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [None] * 50,
+        [float("nan")] * 50,
+        [float("inf"), -float("inf")] * 25,
+        [1e300, -1e300] * 25,
+        [-5.0, -3.0] * 25,
+        [7.0] * 300,
+        [0.0] * 300,
+    ],
+    ids=["gaps", "nan", "inf", "1e300", "negative", "constant", "zeros"],
+)
+def test_survives_odd_input(name: str, bad: list[float | None]) -> None:
+    det = make(name)
+    xs = noisy(random.Random(SEED), 200) + bad + noisy(random.Random(SEED + 1), 50)
+    for s in feed(det, name, xs):
+        assert 0.0 <= s.score <= 1.0, (s, SEED)
+        assert not (isinstance(s.expected, float) and math.isnan(s.expected)), s
+
+
+def test_pickle_round_trip_gives_the_same_next_score(name: str) -> None:
+    det = make(name)
+    feed(det, name, noisy(random.Random(SEED), 300))
+    copy = pickle.loads(pickle.dumps(det))
+    nxt = noisy(random.Random(SEED + 2), 50)
+    a = [s.score for s in feed(det, name, nxt, start=300)]
+    b = [s.score for s in feed(copy, name, nxt, start=300)]
+    assert a == b, f"seed {SEED}"
+
+
+def test_score_one_learns_nothing(name: str) -> None:
+    det = make(name)
+    feed(det, name, noisy(random.Random(SEED), 200))
+    t = T0 + timedelta(minutes=200)
+    first = det.score_one(t, value(name, 55.0))
+    again = det.score_one(t, value(name, 55.0))
+    assert first == again
+    inp = value(name, 55.0)
+    before = dict(inp) if isinstance(inp, dict) else inp
+    det.learn_one(t, inp)
+    assert inp == before  # learn_one does not mutate its input
+
+
+def test_an_old_state_version_is_refused(name: str) -> None:
+    det = make(name)
+    state = det.__getstate__()
+    state["version"] = -1
+    fresh = make(name)
+    with pytest.raises(ValueError, match="start the series afresh"):
+        fresh.__setstate__(state)
+
+
+def test_a_naive_datetime_is_refused() -> None:
+    det = make("seasonal")
+    with pytest.raises(ValueError, match="aware datetime"):
+        det.update(datetime(2026, 11, 16), 1.0)  # noqa: DTZ001 - the point of the test
+
+
+# -- behaviour of the default ensembles ------------------------------------------------------
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    k, p, u = 0, math.exp(-lam), rng.random()
+    while u > p:
+        u -= p
+        k += 1
+        p *= lam / k
+    return k
+
+
+def _daily(i: int) -> float:
+    return 1.0 + 0.6 * math.sin(2 * math.pi * (i % 1440) / 1440.0)
+
+
+@pytest.mark.parametrize("lam", [0.5, 30.0])
+def test_calibrated_false_page_rate_on_quiet_series(lam: float) -> None:
+    """The same threshold pages about as rarely on a sparse and on a busy series."""
+    rng = random.Random(SEED)
+    det = build_detector({"kind": "count"}, series="acme|orders||1m")
+    days = 4
+    pages = 0
+    for i in range(days * 1440):
+        x = _poisson(rng, lam * _daily(i))
+        s = det.update(T0 + timedelta(minutes=i), float(x) if x else None)
+        pages += s.score >= PAGE_THRESHOLD
+    # 3 warm days: at 0.99 that is ~0.03 expected; allow noise and calibration slack
+    assert pages <= 2, f"{pages} false pages on a quiet Poisson({lam}) series, seed {SEED}"
+
+
+def test_a_drop_pages_within_two_windows_with_direction_and_explanation() -> None:
+    rng = random.Random(SEED)
+    det = build_detector({"kind": "sum"}, series="acme|gmv||1m")
+    for i in range(2 * 1440):
+        det.update(T0 + timedelta(minutes=i), 2000.0 * _daily(i) + rng.gauss(0, 80))
+    scores = [
+        det.update(
+            T0 + timedelta(minutes=2 * 1440 + k), 0.4 * 2000.0 * _daily(k) + rng.gauss(0, 80)
+        )
+        for k in range(2)
+    ]
+    s = max(scores, key=lambda s: s.score)
+    assert s.score >= PAGE_THRESHOLD, (scores, SEED)
+    assert s.direction == "down"
+    assert "below the usual for Wednesday" in s.explanation and "GMV" in s.explanation
+    assert s.lower is not None and s.upper is not None and s.value is not None
+    assert s.value < s.lower < s.upper
+
+
+def test_a_stream_that_stops_pages_as_silent() -> None:
+    det = build_detector({"kind": "ratio"}, series="acme|payment_failure_rate||1m")
+    rng = random.Random(SEED)
+    for i in range(3 * 1440):
+        n = 20 + int(rng.random() * 10)
+        k = sum(rng.random() < 0.03 for _ in range(n))
+        det.update(T0 + timedelta(minutes=i), k / n, n)
+    gap = [det.update(T0 + timedelta(minutes=3 * 1440 + k), None) for k in range(4)]
+    assert max(s.score for s in gap) >= PAGE_THRESHOLD, gap
+    top = max(gap, key=lambda s: s.score)
+    assert top.details.detector == "silence" and top.details.gap_steps >= 2
+    assert "no data for" in top.explanation
+
+
+def test_sparse_seller_counts_do_not_page_on_noise_but_do_on_a_burst() -> None:
+    rng = random.Random(SEED)
+    det = build_detector({"kind": "count"}, series="acme|refunds|seller_id=s-1|1m")
+    worst = 0.0
+    for i in range(3 * 1440):
+        x = _poisson(rng, 0.3 * _daily(i))
+        worst = max(worst, det.update(T0 + timedelta(minutes=i), float(x) or None).score)
+    assert worst < PAGE_THRESHOLD, f"seed {SEED}"
+    burst = [det.update(T0 + timedelta(minutes=3 * 1440 + k), 6.0) for k in range(2)]
+    assert burst[-1].score >= PAGE_THRESHOLD and burst[-1].direction == "up"
+
+
+def test_detector_for_window_follows_the_metric_registry() -> None:
+    w = MetricWindow(
+        metric="payment_failure_rate", tenant="acme", dims_key="seller_id=s1",
+        dimensions={"seller_id": "s1"}, window="1m",
+        window_start=T0, window_end=T0 + timedelta(minutes=1), value=0.5, count=2,
+    )  # fmt: skip
+    det = detector_for_window(w)
+    assert det.series == "acme|payment_failure_rate|seller_id=s1|1m"
+    assert [m.name for m in det.members] == ["binomial", "silence"]  # type: ignore[attr-defined]
+    det2 = detector_for_window(w, {"payment_failure_rate": "detector: seasonal\nadditive: true"})
+    assert det2.name == "seasonal"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"detector": "nope"}, "unknown detector 'nope'"),
+        ({"kind": "weird"}, "kind must be one of count, sum"),
+        ({"detector": "seasonal", "colour": 1}, "has no option 'colour'"),
+        ({"detector": "ensemble"}, "needs 'members'"),
+        ({"detector": "seasonal", "members": ["silence"]}, "only an ensemble takes 'members'"),
+        ({"detector": "seasonal", "period_s": -1}, "period_s must be a positive"),
+        ("- a\n- b", "YAML must hold a mapping"),
+        ({"kind": "count", "members": ["poisson", {"detector": "x"}]}, r"members\[1\]"),
+    ],
+)
+def test_bad_specs_are_refused_by_name(spec: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_detector(spec)
+
+
+def test_state_stays_small() -> None:
+    for kind in ("count", "sum", "ratio"):
+        det = build_detector({"kind": kind}, series="acme|orders||1m")
+        for i in range(2000):
+            det.update(T0 + timedelta(minutes=i), float(i % 7), 10.0)
+        assert len(pickle.dumps(det)) <= 20_000, kind
+
+
+# -- calibration -----------------------------------------------------------------------------
+
+
+def test_calibrator_leaves_honest_p_values_alone() -> None:
+    rng = random.Random(SEED)
+    c = Calibrator()
+    for _ in range(5000):
+        c.learn(rng.random())  # uniform p: mean surprise 1
+    assert 0.9 < c.mean_surprise < 1.1
+    assert c.calibrate(1e-6) == pytest.approx(1e-6, rel=0.5)
+
+
+def test_calibrator_tempers_an_overconfident_detector() -> None:
+    rng = random.Random(SEED)
+    c = Calibrator()
+    for _ in range(5000):
+        c.learn(rng.random() ** 3)  # p cubed: three times the surprise it should have
+    assert 2.5 < c.mean_surprise < 3.5
+    assert c.calibrate(1e-6) == pytest.approx(1e-2, rel=0.5)
+    assert c.calibrate(1.0) == 1.0 and c.calibrate(0.0) == 0.0
+
+
+# -- root cause ------------------------------------------------------------------------------
+
+
+def _score(series: str, value: float | None, expected: float) -> AnomalyScore:
+    return AnomalyScore(
+        series=series, time=T0, score=0.999, raw=5.0, value=value, expected=expected,
+        lower=None, upper=None, direction="down", warm=True, model="ensemble",
+        explanation="GMV 40% below the usual", details=Explanation(detector="seasonal"),
+    )  # fmt: skip
+
+
+def test_root_cause_names_the_top_three_sellers_of_a_drop() -> None:
+    tenant = _score("acme|gmv||1m", 600.0, 1000.0)
+    sellers = [
+        _score("acme|gmv|seller_id=s-17|1m", 44.0, 300.0),  # -256: 64%
+        _score("acme|gmv|seller_id=s-2|1m", None, 80.0),  # no window: -80, 20%
+        _score("acme|gmv|seller_id=s-9|1m", 180.0, 200.0),  # -20: 5%
+        _score("acme|gmv|seller_id=s-4|1m", 95.0, 100.0),  # -5: 1.25%, fourth
+        _score("acme|gmv|seller_id=s-5|1m", 150.0, 100.0),  # rose: not a cause of a drop
+        _score("acme|orders|seller_id=s-1|1m", 0.0, 100.0),  # another metric's key shape is ok
+    ]
+    out = explain_root_cause(tenant, sellers)
+    assert out.explanation == (
+        "GMV 40% below the usual; seller s-17 accounts for 64% of the drop, s-2 20%, s-9 5%"
+    )
+    assert [c.value for c in out.details.contributors] == ["s-17", "s-2", "s-9"]
+    assert out.details.contributors[1].actual is None
+
+
+def test_root_cause_shares_and_no_cause_without_a_deviation() -> None:
+    ranked = rank_contributors(50.0, [("a", 10.0, 40.0), ("b", 10.0, 5.0), ("c", 0.0, 25.0)])
+    assert [(c.value, c.share) for c in ranked] == [("a", 0.6), ("c", 0.5)]
+    assert rank_contributors(0.0, [("a", 1.0, 2.0)]) == []
+    tenant = _score("acme|gmv||1m", 1000.0, 1000.0)
+    assert explain_root_cause(tenant, [_score("acme|gmv|seller_id=s|1m", 0, 9)]) == tenant
+
+
+# -- forecasts -------------------------------------------------------------------------------
+
+
+def test_forecasts_beat_seasonal_naive_with_honest_intervals() -> None:
+    rng = random.Random(SEED)
+    values: list[float | None] = [float(_poisson(rng, 25.0 * _daily(i))) for i in range(6 * 1440)]
+    minutes, hours = evaluate_forecaster(T0.timestamp(), values, kind="count", warmup_days=2)
+    for q in (minutes, hours):
+        assert q.points > 100
+        assert q.mase < 1.0, (q, SEED)
+    assert 0.72 <= minutes.coverage80 <= 0.88, (minutes, SEED)
+    assert 0.9 <= minutes.coverage95 <= 0.99, (minutes, SEED)
+    assert 0.6 <= hours.coverage80 <= 0.95, (hours, SEED)
+
+
+def test_forecast_points_are_ordered_and_aligned() -> None:
+    from linkpulse.online_ml import Forecaster
+
+    fc = Forecaster(series="acme|gmv||1m", kind="sum")
+    rng = random.Random(SEED)
+    for i in range(1500):
+        fc.update(T0 + timedelta(minutes=i), rng.gauss(100, 10))
+    f = fc.forecast(T0 + timedelta(minutes=1500, seconds=20), steps=60, step="1m")
+    assert f.points[0].time == T0 + timedelta(minutes=1500)
+    assert all(b.time - a.time == timedelta(minutes=1) for a, b in zip(f.points, f.points[1:]))
+    with pytest.raises(ValueError, match="step must be"):
+        fc.forecast(T0, steps=3, step="1d")
+    restored: Callable[[], Any] = lambda: pickle.loads(pickle.dumps(fc))  # noqa: E731
+    assert restored().forecast(T0, steps=2, step="1h") == fc.forecast(T0, steps=2, step="1h")
