@@ -352,7 +352,10 @@ def test_forecast_points_are_ordered_and_aligned() -> None:
         fc.update(T0 + timedelta(minutes=i), rng.gauss(100, 10))
     f = fc.forecast(T0 + timedelta(minutes=1500, seconds=20), steps=60, step="1m")
     assert f.points[0].time == T0 + timedelta(minutes=1500)
-    assert all(b.time - a.time == timedelta(minutes=1) for a, b in zip(f.points, f.points[1:]))
+    assert all(
+        b.time - a.time == timedelta(minutes=1)
+        for a, b in zip(f.points, f.points[1:], strict=False)
+    )
     with pytest.raises(ValueError, match="step must be"):
         fc.forecast(T0, steps=3, step="1d")
     restored: Callable[[], Any] = lambda: pickle.loads(pickle.dumps(fc))  # noqa: E731
