@@ -188,12 +188,6 @@ def refresh(
     return RefreshReport(claimed, buckets, watermark)
 
 
-# Scattered late events leave many invalidated ranges; past this many a
-# refresh merges them into one range from the oldest to the newest and
-# recomputes everything in between (TimescaleDB's default is 10, which made a
-# refresh after 500 late events over 30 days recompute all 30 days of minutes).
-MATERIALIZATIONS_PER_REFRESH = 500
-
 _RAW_CHUNKS = """
 SELECT range_start, range_end FROM timescaledb_information.chunks
 WHERE hypertable_schema = current_schema() AND hypertable_name = 'events'
@@ -247,15 +241,14 @@ def _refresh_caggs(conn: psycopg.Connection) -> RefreshReport:
     invalidation, and a refresh there would recompute the buckets from no
     raw events, i.e. delete them (the rollups outlive the raw events).
     refresh_continuous_aggregate must run outside a transaction block.
+
+    What a refresh recomputes is what TimescaleDB logged as invalidated: one
+    range per transaction, from the oldest to the newest event time it wrote.
+    So a batch of late events spread over 30 days invalidates (and makes the
+    next refresh recompute) all 30 days of every aggregate, where the plain
+    tier recomputes only the touched buckets (see docs/store.md).
     """
     windows = raw_windows(conn.execute(_RAW_CHUNKS).fetchall())
-    try:
-        conn.execute(
-            "SELECT set_config('timescaledb.materializations_per_refresh_window', %s, false)",
-            (str(MATERIALIZATIONS_PER_REFRESH),),
-        )
-    except psycopg.Error:  # an older TimescaleDB without the setting: its default applies
-        pass
     buckets = {}
     for spec in ROLLUP_SPECS:
         for window in windows:
