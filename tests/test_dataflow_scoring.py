@@ -99,6 +99,13 @@ def test_a_revised_window_is_rescored_not_relearned() -> None:
     assert revised[1] == ref.update(window(25, 0).window_start, 4.0)  # not learned twice
 
 
+def test_a_revision_after_the_last_tick_is_rescored_at_once() -> None:
+    logic = one_route()
+    feed(logic, [w for m in range(5) for w in (window(m, 4.0), tick(m + 1))])
+    got = feed(logic, [window(3, 9.0, revision=1)])  # no tick follows (end of a bounded run)
+    assert [(s.time.minute, s.value, s.revision) for s in got] == [(3, 9.0, 2)]
+
+
 def test_a_revision_arriving_before_its_minute_is_stepped_just_replaces_the_value() -> None:
     logic = one_route()
     got = feed(logic, [window(0, 1.0), window(0, 3.0, revision=1), tick(1)])

@@ -230,7 +230,10 @@ class WindowLogic(StatefulBatchLogic[RouteBatch, TimelineItem, bytes]):
             self._route = rb.route
             self._clock.set_ns(rb.now_ns)
             out.extend(self._agg.add(rb.partials, rb.max_event_time))
-        self._tick(out)
+            # after every chunk, not every call: how many chunks one call gets
+            # depends on timing, and a late window must land on the same side
+            # of the tick in every run
+            self._tick(out)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[TimelineItem], bool]:

@@ -197,7 +197,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
                     self._ticks[item.route] = item.at
                     self._advance(out)
             else:
-                self._take(item)
+                self._take(item, out)
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
@@ -242,7 +242,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
             s.last_data = last_data
             self._series[key] = s
 
-    def _take(self, w: MetricWindow) -> None:
+    def _take(self, w: MetricWindow, out: list[AnomalyScore]) -> None:
         if w.window != self._cfg.window or not w.final:
             return
         start = _ts(w.window_start)
@@ -257,6 +257,10 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
         else:
             # late data revised (or made) a window of a minute already stepped
             self._revisions.append((tick, w.series_key, start, w.revision, w))
+            if tick <= self._done:
+                # its place (after the steps up to its route's tick) is now: a
+                # re-score learns nothing, so doing it now or later is the same
+                self._rescore(self._done, out)
 
     def _advance(self, out: list[AnomalyScore]) -> None:
         if len(self._ticks) < len(self._routes):
@@ -268,7 +272,6 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
                 self._done = math.floor(upto / step) * step
                 return
             self._done = min(self._pending)
-        self._revisions.sort(key=lambda r: r[:4])
         while self._done + step <= upto:
             start = self._done
             if not self._series:
@@ -284,6 +287,9 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
 
     def _rescore(self, before: float, out: list[AnomalyScore]) -> None:
         """Re-score the revisions whose route had ticked by ``before`` (they sort first)."""
+        if not self._revisions:
+            return
+        self._revisions.sort(key=lambda r: r[:4])
         cut = bisect.bisect_right([r[0] for r in self._revisions], before)
         due, self._revisions = self._revisions[:cut], self._revisions[cut:]
         for _, key, start, revision, w in due:
