@@ -511,7 +511,9 @@ finite_values = st.recursive(
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
+    | st.text(max_size=20)
+    # the bytes the scanner's string and escape handling is about, often
+    | st.text(alphabet='\\"[]{},: ', max_size=12),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
     ),
@@ -594,6 +596,8 @@ def test_the_scanner_never_passes_a_broken_array_as_good_items(
         (b"[1][2]", "data after the array"),
         (b"[1, [2]", "not closed"),
         (b'["a]', "string is not closed"),
+        (b"[}", "closed by '}'"),
+        (b'[1, {"a": 2}}', "closed by '}'"),
         (b'{"a": [1]}', "expected a JSON array"),
         (b"", "expected a JSON array"),
         (b"\x0c[1]", "expected a JSON array"),  # form feed is not JSON whitespace

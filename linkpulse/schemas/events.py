@@ -72,7 +72,12 @@ Currency = Annotated[
     ),
 ]
 EventTime = Annotated[
-    datetime, msgspec.Meta(tz=True, description="when it happened, RFC 3339 with a UTC offset")
+    datetime,
+    msgspec.Meta(
+        tz=True,
+        description="when it happened, RFC 3339 with a UTC offset; "
+        "at or after 2000-01-01T00:00:00Z, and at most 5 minutes in the future",
+    ),
 ]
 Properties = Annotated[
     dict[str, Any], msgspec.Meta(description="free-form details; some types require keys")

@@ -130,6 +130,9 @@ def _scan(body: bytes, max_items: int | None = None) -> list[bytes]:
         msg = "the array is not closed"
         raise _malformed(msg, len(body))
     end = lead + int(zero[0])
+    if body[end] != _CLOSERS[0]:
+        msg = "the array is closed by '}'"
+        raise _malformed(msg, end)
     if body[end + 1 :].strip(_WS):
         msg = "data after the array"
         raise _malformed(msg, end + 1)
