@@ -8,6 +8,8 @@ input is at fault, ``field``. Nothing reaches a client as a bare 500 page.
 >>> p = ProblemError(413, "too-many-events", "Too many events", "2000 > 1000", field="$")
 >>> problem_body(p)["type"]
 'https://linkpulse.dev/problems/too-many-events'
+>>> _as_problem(EventTooLargeError("big", "lp.events.acme.page_view", "over 1048576")).status_code
+413
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from linkpulse.bus.publisher import EventTooLargeError
 from linkpulse.errors import BackpressureError, IngestError, LinkpulseError, SchemaValidationError
 from linkpulse.logging import get_logger
 
@@ -92,6 +95,11 @@ def _as_problem(exc: Exception) -> ProblemError:
         return exc
     if isinstance(exc, SchemaValidationError):
         return ProblemError(400, "invalid-body", "Invalid request body", str(exc), field=exc.field)
+    if isinstance(exc, EventTooLargeError):
+        # Normally set aside per event before publishing; this is the race where the
+        # server's limit shrank in between (a reconnect to another server). Not
+        # "retry": the event must be made smaller.
+        return ProblemError(413, "event-too-large", "Event too large", exc.problem, field="$")
     if isinstance(exc, IngestError | BackpressureError):
         return ProblemError(
             503,
