@@ -340,6 +340,7 @@ class Publisher:
         self.bad: list[bytes] = []
         self.publish_failures = 0
         self._n = 0
+        self._force_bad = 0
         self._lock = threading.Lock()
         self._paused = threading.Event()
         self._idle = threading.Event()
@@ -376,6 +377,11 @@ class Publisher:
         assert self._loop is not None and self._paused.is_set(), "pause() before a burst"
         future = asyncio.run_coroutine_threadsafe(self._burst(n, step_s), self._loop)
         return future.result(300)
+
+    def send_bad(self, n: int = 1) -> None:
+        """Make the next ``n`` messages bad ones (a dead letter at a chosen moment)."""
+        with self._lock:
+            self._force_bad += n
 
     def jump(self, seconds: float) -> None:
         """Move the event clock forward: a stretch of event time with no events at all."""
@@ -444,7 +450,10 @@ class Publisher:
         self._n += 1
         n = self._n
         prefix = self.settings.subject_prefix
-        if rng.random() < self.bad_ratio:
+        with self._lock:
+            forced = self._force_bad > 0
+            self._force_bad -= forced
+        if rng.random() < self.bad_ratio or forced:
             kind = rng.choice(("json", "fields", "type"))
             payload = {
                 "json": f"{{not json {n}".encode(),

@@ -38,6 +38,7 @@ from tests.fault_stack import (
     Publisher,
     StoreCheck,
     alive_pids,
+    brute_force_windows,
     check_store,
     dead_letter_stream_count,
     event_clock_start,
@@ -69,7 +70,7 @@ class Rig:
             self.flow.start()
         self.pub.resume()
 
-    def traffic(self, low: float = 2.0, high: float = 4.0) -> None:
+    def traffic(self, low: float = 1.5, high: float = 3.0) -> None:
         """Let events flow for a seeded while."""
         time.sleep(self.rng.uniform(low, high))
         self.pub.raise_error()
@@ -99,33 +100,48 @@ class Rig:
     def settle(
         self, fault: str, *, timeout: float = 90, due_until: float | None = None
     ) -> tuple[StoreCheck, float | None]:
-        """Pause the publisher, wait until the store holds exactly what was sent, resume."""
+        """Pause the publisher, wait until the store holds exactly what was sent, resume.
+
+        Returns the check and the seconds until it held (``None``: it did not).
+        """
         self.pub.pause()
         sent, bad = self.pub.snapshot()
         dsn = self.stack.dsn
         last: list[StoreCheck] = []
+        spent = [0.0]
 
         def full() -> bool:
+            began = time.monotonic()
             try:
                 last[:] = [check_store(dsn, sent, bad, due_until=due_until)]
             except Exception as e:  # the store may still be coming back
                 last[:] = [StoreCheck(problems=[f"store not readable: {e!r}"])]
+            spent[0] = time.monotonic() - began
             return not last[0].problems
+
+        paused = time.monotonic()
+        all_stored: list[float] = []
 
         def holds() -> bool:
             # The full check only once the count is there: it takes a while itself.
-            return stored_count(dsn) >= len(sent) and full()
+            if stored_count(dsn) < len(sent):
+                return False
+            if not all_stored:
+                all_stored.append(time.monotonic() - paused)
+            return full()
 
-        took = wait_for(lambda: holds() or not self.flow.alive(), timeout, poll_s=0.2)
+        took = wait_for(lambda: holds() or not self.flow.alive(), timeout, poll_s=0.05)
         if not last or last[0].problems:
             full()  # say what is wrong
         res = last[0]
         verdict = f"held after {took:.2f}s" if not res.problems else "did NOT hold"
+        stored = f"{all_stored[0]:.2f}s" if all_stored else "never"
         self.say(
-            f"  {fault}: store check {verdict}: "
+            f"  {fault}: every event stored {stored} after the publisher paused; "
+            f"store check {verdict}: "
             f"{res.events} events, {res.final_windows} final orders/gmv windows, "
             f"{res.dead_letters} dead letters (sent {len(sent)} valid, {len(bad)} bad); "
-            f"publish retries so far {self.pub.publish_failures}"
+            f"publish retries so far {self.pub.publish_failures}; one check {spent[0]:.1f}s"
         )
         self.pub.resume()
         return res, took
@@ -248,6 +264,7 @@ def _outage(rig: Rig, service: str, seconds: float) -> list[str | None]:
     """Stop ``service`` for ``seconds`` (events flowing), restart it; the flow must live."""
     rig.traffic()
     outcome = rig.stack.stop(service)
+    rig.pub.send_bad()  # a dead letter to write while it is down (issue 9, section 1.2)
     rig.say(f"  {service} {outcome}; down for {seconds:.0f}s")
     problems: list[str | None] = []
     died = wait_for(lambda: not rig.flow.alive(), seconds, poll_s=0.2)
@@ -257,6 +274,7 @@ def _outage(rig: Rig, service: str, seconds: float) -> list[str | None]:
         )
         time.sleep(max(0.0, seconds - died))
     problems.append(rig.stack.restart(service))
+    rig.pub.send_bad()  # ... and one right after it is back
     back = time.monotonic()
     if not rig.flow.alive():
         if died is None:
@@ -292,7 +310,7 @@ def test_burst_then_silence(rig: Rig) -> None:
     """Once traffic stops, every event is stored and every due window closes."""
     rig.traffic()
     rig.pub.pause()
-    n = 80_000
+    n = 60_000
     took = rig.pub.burst(n, step_s=0.005)
     rig.say(f"  burst: {n} events published in {took:.2f}s, then silence")
     # The silence: settle() keeps the publisher paused while it waits.
@@ -316,9 +334,21 @@ def test_stream_idle_for_minutes_of_event_time(rig: Rig) -> None:
     cfg = FLOW_METRICS
     assert cfg.idle_timeout_s is not None
     due = newest - cfg.allowed_lateness_s + (quiet - cfg.idle_timeout_s) - 2.5
+    # What this checks: windows that only the idle clock closes (the events alone
+    # move the watermark to newest - lateness). With 10 s steps there is always one.
+    sizes = {spec.name: spec.size_s for spec in cfg.window_specs}
+    idle_only = [
+        k
+        for k in brute_force_windows(sent)
+        if newest - cfg.allowed_lateness_s < k[4] + sizes[k[3]] <= due
+    ]
+    assert idle_only, "no window ends in the idle clock's stretch: the check would be empty"
     res_idle, took = rig.settle("quiet stream (idle clock)", timeout=30, due_until=due)
     if not res_idle.problems and took is not None:
-        rig.say(f"  quiet stream: due windows closed {quiet + took:.1f}s into the quiet")
+        rig.say(
+            f"  quiet stream: due windows closed {quiet + took:.1f}s into the quiet "
+            f"({len(idle_only)} of them closed by the idle clock alone)"
+        )
     rig.pub.pause()
     gap = 7 * 60.0
     rig.pub.jump(gap)
