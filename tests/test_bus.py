@@ -19,11 +19,13 @@ from linkpulse.bus import (
     PublishError,
     dead_letter_stream_name,
     dead_letter_subject,
+    encode_dead_letter,
     ensure_streams,
     event_subject,
     events_filter,
     metric_subject,
 )
+from linkpulse.bus.publisher import wire_size
 from linkpulse.config import Settings
 from linkpulse.errors import IngestError
 from linkpulse.schemas import BaseEvent, decode_event, validate_event
@@ -336,3 +338,20 @@ async def test_a_dead_letter_too_big_for_the_server_is_cut_to_fit(
 def test_a_token_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(ValueError, match="tenant must be one NATS subject token"):
         event_subject("lp", "acme\n", "page_view")
+
+
+@pytest.mark.parametrize(("field", "problem"), [("tenant", "short"), ("f" * 5000, "p" * 5000)])
+def test_an_encoded_dead_letter_always_fits_the_limit(field: str, problem: str) -> None:
+    letter = DeadLetter(
+        payload='"\\u0001' * 3000,  # escapes: each character may cost several bytes
+        field=field,
+        problem=problem,
+        source="http",
+        received_at=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+    )
+    headers = {"Nats-Msg-Id": "dl-0123", "Nats-Expected-Stream": "S_DLQ"}
+    for limit in (2_000, 4_000, 100_000):
+        data = encode_dead_letter(letter, headers, limit)
+        assert wire_size(data, headers) <= limit
+        stored = msgspec.json.decode(data, type=DeadLetter)
+        assert stored.field in (field, field[:200]) and stored.problem.startswith(problem[:500])

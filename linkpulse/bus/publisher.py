@@ -130,7 +130,8 @@ def _size_problem(size: int, limit: int) -> str:
 
 def encode_dead_letter(letter: DeadLetter, headers: Mapping[str, str], limit: int) -> bytes:
     """The letter as JSON, its ``payload`` cut (and marked so) if the message would
-    exceed ``limit`` bytes on the wire; the field and problem are kept whole.
+    exceed ``limit`` bytes on the wire; the field and problem are kept whole
+    unless they alone are too long.
 
     >>> from datetime import UTC, datetime
     >>> letter = DeadLetter(payload="x" * 5000, field="$", problem="too big", source="http",
@@ -154,6 +155,12 @@ def encode_dead_letter(letter: DeadLetter, headers: Mapping[str, str], limit: in
             msgspec.structs.replace(letter, payload=text[:keep] + note)
         )
         over = wire_size(data, headers) - limit
+    if over > 0:  # field and problem alone too long (codec clips its own; others may not)
+        data = _dead_letter_encoder.encode(
+            msgspec.structs.replace(
+                letter, payload=note, field=letter.field[:200], problem=letter.problem[:500]
+            )
+        )
     return data
 
 
