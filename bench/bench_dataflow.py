@@ -9,14 +9,20 @@ Against the local NATS and PostgreSQL, on a fresh stream and database:
    the linkpulse source alone (consumer + bounded buffer + chunking, no
    Bytewax); the store writer alone, by rows (``EventWriter.write_events``)
    and by canonical JSON (``write_event_json``, the path the flow uses).
-2. The whole flow on one worker (decode + validate, every metric and window,
+2. Side by side, interleaved, ``--runs`` rounds (default 5), each on a fresh
+   store with raw events stored: the reader's NATS data path (``nats_wire``
+   or nats-py, ``nats_py_data``) x the scoring branch off or on; medians,
+   ranges, the paired wire/nats-py difference per round against the
+   run-to-run noise, and scoring on/off (target: >= 50,000 events/s with
+   scoring on). ``--compare-only`` stops there.
+3. The whole flow on one worker (decode + validate, every metric and window,
    raw events to the store, windows to the store, Redis and NATS) over a
    backlog of ``--events``: events/s sustained (from the moment 10% of the
    backlog has been emitted to the end of the run, so the fixed start-up of
    processes and connections is left out; the rate with it is printed too);
    then the same with raw persistence off. Target: >= 50,000 events/s end to
    end on one worker.
-3. Latency: the flow runs live while a background load is published at a
+4. Latency: the flow runs live while a background load is published at a
    steady rate; a probe event (its own tenant) is published every 100 ms and
    the time until a 10-second sliding window update (``signups``, ``5m/10s``)
    that includes it arrives on NATS is measured. Target: p99 <= 2 s.
@@ -50,6 +56,8 @@ from linkpulse.config import Settings
 from linkpulse.dataflows.instrumentation import EVENTS_IN, SINK_LATENCY
 from linkpulse.dataflows.jetstream_source import JetStreamSource
 from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
+from linkpulse.dataflows.score_sinks import scores_stream_name
+from linkpulse.dataflows.scoring import ScoringConfig
 from linkpulse.schemas import decode_event, encode_event
 from linkpulse.schemas.outputs import MetricWindow
 from linkpulse.store import EventWriter, migrate
@@ -190,14 +198,31 @@ class FlowRun(NamedTuple):
     per_cpu: float  # events per CPU-second of the flow's process and its reader
 
 
-def flow_rate(settings: Settings, last: int, raw: bool, prefix: str) -> FlowRun:
+def flow_rate(
+    settings: Settings,
+    last: int,
+    raw: bool,
+    prefix: str,
+    *,
+    scoring: bool = True,
+    data_path: str = "wire",
+    quiet: bool = False,
+) -> FlowRun:
     """Run the flow over the backlog; its rates (see ``FlowRun``).
 
     "Sustained" leaves out the start-up (processes, connections, the first
     chunk's way through every step), which is fixed per run and weighs ~0.5 s
     of a 4 s run here; the end, with the last writes, is included.
+    ``data_path`` is the reader process's NATS data path: ``wire``
+    (``nats_wire``) or ``nats-py`` (``nats_py_data``); the reader inherits it.
     """
-    opts = FlowOptions(raw_events=raw, stop_at_seq=last, redis_key_prefix=prefix)
+    os.environ["LINKPULSE_BENCH_NATS_DATA"] = data_path
+    opts = FlowOptions(
+        raw_events=raw,
+        stop_at_seq=last,
+        redis_key_prefix=prefix,
+        scoring=ScoringConfig() if scoring else None,
+    )
     flow = build_flow(settings, opts)
     before = sink_seconds()
     base = events_in()
@@ -224,11 +249,12 @@ def flow_rate(settings: Settings, last: int, raw: bool, prefix: str) -> FlowRun:
     cpu = time.process_time() - cpu + (t1.children_user - t0.children_user)
     cpu += t1.children_system - t0.children_system
     spent = {k: v - before.get(k, 0.0) for k, v in sink_seconds().items()}
-    print(
-        "  time in sinks: "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(spent.items()) if v > 0.005)
-        + f" (of {wall:.2f} s)"
-    )
+    if not quiet:
+        print(
+            "  time in sinks: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(spent.items()) if v > 0.005)
+            + f" (of {wall:.2f} s)"
+        )
     sustained = (last * 0.9) / (ended - tenth[0]) if tenth else last / wall
     return FlowRun(sustained, last / wall, last / cpu)
 
@@ -316,6 +342,68 @@ async def latency(settings: Settings, seconds: float, load_eps: int, prefix: str
     return lat
 
 
+CONFIGS = (("wire", False), ("wire", True), ("nats-py", False), ("nats-py", True))
+
+
+def compare(
+    settings: Settings, last: int, runs: int, prefix: str
+) -> dict[tuple[str, bool], list[float]]:
+    """Interleaved rounds of every (data path, scoring) config, raw events stored, fresh store each.
+
+    Each round runs the four configs in a rotated order, so a slow spell of
+    the shared machine hits every config alike.
+    """
+    rates: dict[tuple[str, bool], list[float]] = {c: [] for c in CONFIGS}
+    for r in range(runs):
+        order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
+        for path, scoring in order:
+            dsn = new_database()
+            try:
+                migrate(dsn)
+                s = settings.model_copy(update={"database_url": dsn})
+                run = flow_rate(s, last, True, prefix, scoring=scoring, data_path=path, quiet=True)
+            finally:
+                drop_database(dsn)
+            rates[(path, scoring)].append(run.sustained)
+            print(
+                f"  round {r + 1}: {path:<7} scoring {_on(scoring)} "
+                f"{run.sustained:>9,.0f} events/s (load {os.getloadavg()[0]:.1f})"
+            )
+    return rates
+
+
+def _on(flag: bool) -> str:
+    return "on " if flag else "off"
+
+
+def spread(xs: list[float]) -> str:
+    """Median and range of a list of rates, for the report."""
+    return f"median {statistics.median(xs):>9,.0f}  min {min(xs):>9,.0f}  max {max(xs):>9,.0f}"
+
+
+def report_compare(rates: dict[tuple[str, bool], list[float]]) -> None:
+    for (path, scoring), xs in rates.items():
+        print(f"flow, 1 worker, raw stored, {path:<7} scoring {_on(scoring)}: {spread(xs)}")
+    for scoring in (False, True):
+        wire, py = rates[("wire", scoring)], rates[("nats-py", scoring)]
+        # paired by round: the rounds ran back to back, so the pair shares the machine's load
+        diffs = [w / p - 1.0 for w, p in zip(wire, py, strict=True)]
+        noise = max(statistics.pstdev(wire) / statistics.mean(wire),
+                    statistics.pstdev(py) / statistics.mean(py))  # fmt: skip
+        print(
+            f"nats_wire vs nats-py, scoring {_on(scoring)}: median paired difference "
+            f"{statistics.median(diffs):+.1%} (per round {', '.join(f'{d:+.0%}' for d in diffs)}); "
+            f"noise (run-to-run sd/mean) {noise:.1%}"
+        )
+    for path in ("wire", "nats-py"):
+        on, off = rates[(path, True)], rates[(path, False)]
+        ok = "OK" if statistics.median(on) >= TARGET_EPS else "BELOW TARGET"
+        print(
+            f"scoring on vs off ({path}): {statistics.median(on) / statistics.median(off):.2f}x; "
+            f"with scoring {statistics.median(on):,.0f} events/s, target {TARGET_EPS:,}: {ok}"
+        )
+
+
 async def main(args: argparse.Namespace) -> None:
     tag = uuid.uuid4().hex[:8]
     settings = Settings(stream_name=f"BENCH_DF_{tag.upper()}", subject_prefix=f"benchdf{tag}")
@@ -337,6 +425,10 @@ async def main(args: argparse.Namespace) -> None:
         print(f"ceiling: linkpulse source alone        {src_rate:>10,.0f} events/s")
         print(f"ceiling: store writer alone, rows      {rows_rate:>10,.0f} events/s")
         print(f"ceiling: store writer alone, JSON      {w_rate:>10,.0f} events/s")
+        print(f"machine load average (1 min): {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        report_compare(compare(settings, last, args.runs, f"benchdf:{tag}:"))
+        if args.compare_only:
+            return
         s1 = settings.model_copy(update={"database_url": dsns[1]})
         full = flow_rate(s1, last, True, f"benchdf:{tag}:")
         s2 = settings.model_copy(update={"database_url": dsns[2]})
@@ -368,7 +460,11 @@ async def main(args: argparse.Namespace) -> None:
             print("latency: no probe update arrived")
     finally:
         js = nc.jetstream()
-        for name in (settings.stream_name, dead_letter_stream_name(settings)):
+        for name in (
+            settings.stream_name,
+            dead_letter_stream_name(settings),
+            scores_stream_name(settings),
+        ):
             try:
                 await js.delete_stream(name)
             except Exception:  # noqa: BLE001 - best-effort cleanup
@@ -382,6 +478,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--latency-s", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=5, help="rounds of the 2x2 comparison")
+    parser.add_argument(
+        "--compare-only", action="store_true", help="only the data path x scoring comparison"
+    )
     parser.add_argument("--load-eps", type=int, default=10_000)
     parser.add_argument(
         "--emit-interval",

@@ -22,12 +22,13 @@ from linkpulse.dataflows.chunks import Chunk
 from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
 from linkpulse.dataflows.scoring import ScoringBranch, ScoringConfig, ScoringLogic, ScoringSinks
 from linkpulse.online_ml import detector_for_window
-from linkpulse.schemas.outputs import AnomalyScore, MetricWindow
+from linkpulse.schemas.outputs import AnomalyScore, Forecast, MetricWindow
 from tests.test_dataflow_helpers import TEST_METRICS, event
 
 T0 = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 SPECS = {"orders": {"grace": 20}, "gmv": {"grace": 20}}
-CFG = ScoringConfig(specs=SPECS, idle_expiry_s=3600)
+# The per-series scores alone (the joint detector and forecasts have their own test).
+CFG = ScoringConfig(specs=SPECS, idle_expiry_s=3600, joint=False, forecast_metrics=())
 
 
 def window(
@@ -54,7 +55,9 @@ def tick(minute: int, route: str = "r00") -> RouteTick:
 
 def feed(logic: ScoringLogic, items: list[MetricWindow | RouteTick]) -> list[AnomalyScore]:
     out, _ = logic.on_batch(items)
-    return list(out)
+    scores = [s for s in out if isinstance(s, AnomalyScore)]
+    assert len(scores) == len(list(out))  # CFG makes no forecasts
+    return scores
 
 
 def one_route() -> ScoringLogic:
@@ -73,7 +76,7 @@ def test_every_known_series_steps_once_per_minute_and_gaps_are_none() -> None:
     assert [s.value is None for s in scores] == [10 <= m < 20 for m in range(30)]
     # the same steps through a fresh detector give the same scores: learned once each
     ref = detector_for_window(window(0, 0.0), SPECS)
-    want = [ref.update(s.time, s.value) for s in scores]
+    want = [ref.update(s.time, s.value, None if s.value is None else 0.0) for s in scores]
     assert scores == want
 
 
@@ -92,11 +95,11 @@ def test_a_revised_window_is_rescored_not_relearned() -> None:
     assert [(s.time.minute, s.revision) for s in revised] == [(22, 2), (25, 0)]
     ref = detector_for_window(window(0, 0.0), SPECS)
     for s in first:
-        ref.update(s.time, s.value)
+        ref.update(s.time, s.value, 0.0)
     assert revised[0] == msgspec.structs.replace(
-        ref.score_one(window(22, 0).window_start, 40.0), revision=2
+        ref.score_one(window(22, 0).window_start, 40.0, 0.0), revision=2
     )
-    assert revised[1] == ref.update(window(25, 0).window_start, 4.0)  # not learned twice
+    assert revised[1] == ref.update(window(25, 0).window_start, 4.0, 0.0)  # not learned twice
 
 
 def test_a_revision_after_the_last_tick_is_rescored_at_once() -> None:
@@ -113,14 +116,15 @@ def test_a_revision_arriving_before_its_minute_is_stepped_just_replaces_the_valu
 
 
 def test_idle_series_expire_and_come_back_afresh() -> None:
-    logic = ScoringLogic(ScoringConfig(specs=SPECS, idle_expiry_s=300), ("r00",), None)
+    cfg = ScoringConfig(specs=SPECS, idle_expiry_s=300, joint=False, forecast_metrics=())
+    logic = ScoringLogic(cfg, ("r00",), None)
     got = feed(logic, [window(0, 2.0), tick(1), tick(20)])
     # minute 0 with data, then None steps until 300 s after its last data
     assert [s.time.minute for s in got] == [0, 1, 2, 3, 4]
     back = feed(logic, [window(30, 2.0), tick(31)])
     assert [s.time.minute for s in back] == [30]
     fresh = detector_for_window(window(0, 0.0), SPECS)
-    assert back[0] == fresh.update(back[0].time, 2.0)
+    assert back[0] == fresh.update(back[0].time, 2.0, 0.0)
 
 
 def test_restore_between_any_two_batches_gives_the_same_scores() -> None:
@@ -219,8 +223,43 @@ def test_the_branch_runs_in_process_on_testing_source_and_sink() -> None:
     assert {s.series for s in out} >= {"acme|orders||1m", "acme|orders|seller_id=s1|1m"}
 
 
+def test_tenants_get_a_joint_score_and_forecasts_for_the_chosen_metrics() -> None:
+    cfg = ScoringConfig(specs=SPECS, forecast_metrics=("gmv",), forecast_minutes=5)
+    logic = ScoringLogic(cfg, ("r00",), None)
+    items: list[MetricWindow | RouteTick] = []
+    for m in range(61):
+        items += [window(m, 3.0), window(m, 30.0, metric="gmv"), window(m, 1.0, seller="s1")]
+        items.append(tick(m + 1))
+    out, _ = logic.on_batch(items)
+    out = list(out)
+    joint = [s for s in out if isinstance(s, AnomalyScore) and s.series == "acme|joint||1m"]
+    assert [s.time for s in joint] == [T0 + timedelta(minutes=m) for m in range(61)]
+    forecasts = [f for f in out if isinstance(f, Forecast)]
+    minutely = [f for f in forecasts if f.step == "1m"]
+    hourly = [f for f in forecasts if f.step == "1h"]
+    assert {f.series for f in forecasts} == {"acme|gmv||1m"}  # tenant level only
+    assert len(minutely) == 61 and all(len(f.points) == 5 for f in minutely)
+    # issued for the minutes after the step just learned
+    assert minutely[0].points[0].time == T0 + timedelta(minutes=1)
+    assert len(hourly) == 1 and len(hourly[0].points) == 24  # at the hour boundary
+    assert hourly[0].points[0].time == T0 + timedelta(hours=1)
+    # and all of it survives a snapshot
+    again = ScoringLogic(cfg, ("r00",), logic.snapshot())
+    more, _ = again.on_batch([window(61, 30.0, metric="gmv"), tick(62)])
+    ref, _ = logic.on_batch([window(61, 30.0, metric="gmv"), tick(62)])
+    ref = list(ref)
+    assert list(more) == ref and any(isinstance(f, Forecast) for f in ref)
+
+
 @pytest.mark.parametrize(
-    "bad", [{"idle_expiry_s": 0}, {"window": "5m/10s"}, {"root_cause_above": 2}]
+    "bad",
+    [
+        {"idle_expiry_s": 0},
+        {"window": "5m/10s"},
+        {"root_cause_above": 2},
+        {"forecast_metrics": ("nope",)},
+        {"forecast_hours": 0},
+    ],
 )
 def test_bad_config_is_refused_by_name(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):

@@ -114,9 +114,14 @@ async def publish_late_payments(
 
 def stored_scores(dsn: str) -> list[tuple[object, ...]]:
     with psycopg.connect(dsn) as conn:
-        return conn.execute(
+        scores = conn.execute(
             "SELECT series, model, time, score, details FROM anomaly_scores ORDER BY 1, 2, 3"
         ).fetchall()
+        forecasts = conn.execute(
+            "SELECT series, model, step, time, issued_at, mean, lower80, upper80, lower95, upper95"
+            " FROM forecasts ORDER BY 1, 2, 3, 4"
+        ).fetchall()
+    return scores + forecasts
 
 
 def decode(details: object) -> AnomalyScore:
@@ -164,7 +169,7 @@ async def test_revenue_drop_is_scored_revised_and_survives_sigkill(
     )
     run_to_end(cmd, env, timeout=900)
     clean = stored_scores(pg_dsn)
-    scores = {(r[0], r[2]): decode(r[4]) for r in clean}
+    scores = {(r[0], r[2]): decode(r[4]) for r in clean if len(r) == 5}
     gmv = sorted((t, s) for (series, t), s in scores.items() if series == GMV)
     assert gmv and all(s.warm for t, s in gmv if t >= drop_at)
 
@@ -197,12 +202,31 @@ async def test_revenue_drop_is_scored_revised_and_survives_sigkill(
     assert raw is not None
     assert msgspec.json.decode(raw, type=AnomalyScore).time == gmv[-1][0]
 
+    # forecasts of GMV, orders and page views, 1m and 1h steps, stored and on NATS
+    with psycopg.connect(pg_dsn) as conn:
+        stored = conn.execute(
+            "SELECT metric, step, count(*), bool_and(lower95 <= lower80 AND lower80 <= mean"
+            " AND mean <= upper80 AND upper80 <= upper95) FROM forecasts GROUP BY 1, 2"
+        ).fetchall()
+    assert {(m, st) for m, st, _, _ in stored} == {
+        (m, st) for m in ("gmv", "orders", "page_views") for st in ("1m", "1h")
+    }
+    assert all(ordered for *_, ordered in stored)
+    info = await nc.jetstream().stream_info(
+        scores_stream_name(nats_settings),
+        subjects_filter=f"{nats_settings.subject_prefix}.forecasts.acme",
+    )
+    assert (
+        info.state.subjects
+        and info.state.subjects[f"{nats_settings.subject_prefix}.forecasts.acme"] > 0
+    )
+
     # SIGKILL three times at random points, resume: the very same scores
     cmd, env = flow_command(
         nats_settings, second_dsn, tmp_path / "crashy", last, "--detectors", str(detectors)
     )
     rng = random.Random()
-    total = len(clean)
+    total = len(scores)
     thresholds = sorted(rng.uniform(0.1, 0.85) * total for _ in range(3))
     with psycopg.connect(second_dsn, autocommit=True) as conn:
         for threshold in thresholds:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -201,7 +202,18 @@ class DataConnection(asyncio.Protocol):
         name: str = "linkpulse",
         timeout_s: float = 5.0,
     ) -> DataConnection:
-        """Connect, authenticate with the URL's credentials (TLS if asked), and PING."""
+        """Connect, authenticate with the URL's credentials (TLS if asked), and PING.
+
+        ``LINKPULSE_BENCH_NATS_DATA=nats-py`` gives the same interface on
+        nats-py instead (``nats_py_data``), for the side-by-side benchmark.
+        """
+        if os.environ.get("LINKPULSE_BENCH_NATS_DATA") == "nats-py":
+            from linkpulse.dataflows.nats_py_data import NatsPyConnection
+
+            other = await NatsPyConnection.open(
+                url, on_msg, on_lost, name=name, timeout_s=timeout_s
+            )
+            return other  # type: ignore[return-value]
         parts = split_nats_url(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 4222
         loop = asyncio.get_running_loop()

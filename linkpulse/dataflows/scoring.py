@@ -24,7 +24,7 @@ Wiring only; the detectors are ``linkpulse.online_ml``'s (``detector_for_window`
 * **Idle series expire**: ``idle_expiry_s`` after its last window a series'
   state is dropped (and it starts afresh if it comes back).
 
->>> cfg = ScoringConfig(idle_expiry_s=600)
+>>> cfg = ScoringConfig(idle_expiry_s=600, joint=False, forecast_metrics=())
 >>> logic = ScoringLogic(cfg, ("r00",), None)
 >>> from datetime import UTC, datetime
 >>> from linkpulse.schemas.outputs import MetricWindow
@@ -66,14 +66,18 @@ from linkpulse.dataflows.score_sinks import ScoresNatsSink, UpsertSink
 from linkpulse.logging import get_logger
 from linkpulse.online_ml import (
     Detector,
+    Forecaster,
+    JointDetector,
     build_detector,
+    build_joint_detector,
     detector_for_window,
     explain_root_cause,
+    forecaster_for_window,
     load_spec,
 )
 from linkpulse.operators import REGISTRY, route
 from linkpulse.operators.windows import WindowSpec
-from linkpulse.schemas.outputs import AnomalyScore, MetricWindow
+from linkpulse.schemas.outputs import AnomalyScore, Forecast, MetricWindow
 
 __all__ = [
     "SCORING_ROUTES",
@@ -90,7 +94,8 @@ log = get_logger(__name__)
 # Tenants are spread over this many scoring routes whatever the worker count;
 # changing it moves series between routes' states (part of the recovery layout).
 SCORING_ROUTES = 16
-STATE_VERSION = 1
+STATE_VERSION = 2
+Scored = AnomalyScore | Forecast
 
 
 def scoring_route(tenant: str) -> str:
@@ -115,6 +120,13 @@ class ScoringConfig:
     revision_horizon_s: float = 3600.0
     # Tenant-level scores at or above this get their top sellers named (root cause).
     root_cause_above: float = 0.9
+    # One multivariate detector per tenant over its tenant-level metrics.
+    joint: bool = True
+    # Tenant-level metrics forecast: the next ``forecast_minutes`` minutes at every
+    # step, the next ``forecast_hours`` hours at every hour boundary.
+    forecast_metrics: tuple[str, ...] = ("gmv", "orders", "page_views")
+    forecast_minutes: int = 60
+    forecast_hours: int = 24
 
     def __post_init__(self) -> None:
         spec = WindowSpec.parse(self.window)
@@ -125,6 +137,14 @@ class ScoringConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 msg = f"{name} must be a positive number of seconds, got {value!r}"
+                raise ValueError(msg)
+        unknown = [m for m in self.forecast_metrics if m not in REGISTRY]
+        if unknown:
+            msg = f"forecast_metrics: unknown metrics {unknown}"
+            raise ValueError(msg)
+        for name in ("forecast_minutes", "forecast_hours"):
+            if not 1 <= getattr(self, name) <= 10_000:
+                msg = f"{name} must be between 1 and 10000 steps, got {getattr(self, name)!r}"
                 raise ValueError(msg)
         if not 0.0 <= self.root_cause_above <= 1.0:
             msg = f"root_cause_above must be a score in [0, 1], got {self.root_cause_above!r}"
@@ -137,12 +157,19 @@ class ScoringConfig:
 
 
 class _Series:
-    """One series' detector and when it last had data (epoch seconds of the window start)."""
+    """One series' detector (and forecaster), and when it last had data (window start, s)."""
 
-    __slots__ = ("detector", "dims_key", "last_data", "metric", "tenant")
+    __slots__ = ("detector", "dims_key", "forecaster", "last_data", "metric", "tenant")
 
-    def __init__(self, w: MetricWindow, detector: Detector, last_data: float) -> None:
+    def __init__(
+        self,
+        w: MetricWindow,
+        detector: Detector,
+        forecaster: Forecaster | None,
+        last_data: float,
+    ) -> None:
         self.detector = detector
+        self.forecaster = forecaster
         self.tenant = w.tenant
         self.metric = w.metric
         self.dims_key = w.dims_key
@@ -157,7 +184,7 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
+class ScoringLogic(StatefulBatchLogic[TimelineItem, Scored, bytes]):
     """One scoring route: its tenants' series, their detectors, and the scoring clock.
 
     ``routes`` are the windows step's routes (the tick sources); the minute
@@ -180,6 +207,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
         self._ticks: dict[str, float] = {}
         self._done = -math.inf  # every step ending at or before this is stepped
         self._series: dict[str, _Series] = {}
+        self._joint: dict[str, JointDetector] = {}  # tenant -> its joint detector
         # step start -> series key -> newest final window (not yet stepped)
         self._pending: dict[float, dict[str, MetricWindow]] = {}
         # (its route's tick when it came, series key, start, revision) -> window: re-scores due
@@ -189,8 +217,8 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
 
     # -- Bytewax ---------------------------------------------------------------------------
 
-    def on_batch(self, values: list[TimelineItem]) -> tuple[Iterable[AnomalyScore], bool]:
-        out: list[AnomalyScore] = []
+    def on_batch(self, values: list[TimelineItem]) -> tuple[Iterable[Scored], bool]:
+        out: list[Scored] = []
         for item in values:
             if isinstance(item, RouteTick):
                 if item.at > self._ticks.get(item.route, -math.inf):
@@ -211,9 +239,16 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
             # one blob per series: a detector whose state version changed is
             # dropped alone (it starts afresh), the others resume
             "series": {
-                k: (s.tenant, s.metric, s.dims_key, s.last_data, pickle.dumps(s.detector))
+                k: (
+                    s.tenant,
+                    s.metric,
+                    s.dims_key,
+                    s.last_data,
+                    pickle.dumps((s.detector, s.forecaster)),
+                )
                 for k, s in self._series.items()
             },
+            "joint": {t: pickle.dumps(j) for t, j in self._joint.items()},
         }
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -231,18 +266,19 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
         self._done = state["done"]
         self._pending = state["pending"]
         self._revisions = state["revisions"]
-        for key, (tenant, metric, dims, last_data, det_blob) in state["series"].items():
-            try:
-                detector = pickle.loads(det_blob)  # noqa: S301 - our own snapshot
-            except (ValueError, pickle.UnpicklingError, AttributeError) as e:
-                log.warning("detector state not restored: starts afresh", series=key, error=str(e))
-                continue
-            s = _Series.__new__(_Series)
-            s.detector, s.tenant, s.metric, s.dims_key = detector, tenant, metric, dims
-            s.last_data = last_data
-            self._series[key] = s
+        for key, (tenant, metric, dims, last_data, blob) in state["series"].items():
+            models = _unpickle(blob, key)
+            if models is not None:
+                s = _Series.__new__(_Series)
+                s.detector, s.forecaster = models
+                s.tenant, s.metric, s.dims_key, s.last_data = tenant, metric, dims, last_data
+                self._series[key] = s
+        for tenant, blob in state["joint"].items():
+            joint = _unpickle(blob, f"{tenant}|joint")
+            if joint is not None:
+                self._joint[tenant] = joint
 
-    def _take(self, w: MetricWindow, out: list[AnomalyScore]) -> None:
+    def _take(self, w: MetricWindow, out: list[Scored]) -> None:
         if w.window != self._cfg.window or not w.final:
             return
         start = _ts(w.window_start)
@@ -262,7 +298,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
                 # re-score learns nothing, so doing it now or later is the same
                 self._rescore(self._done, out)
 
-    def _advance(self, out: list[AnomalyScore]) -> None:
+    def _advance(self, out: list[Scored]) -> None:
         if len(self._ticks) < len(self._routes):
             return  # some route has not spoken yet: nothing is complete
         upto = min(self._ticks.values())
@@ -285,7 +321,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
             self._done = start + step
         self._rescore(self._done, out)
 
-    def _rescore(self, before: float, out: list[AnomalyScore]) -> None:
+    def _rescore(self, before: float, out: list[Scored]) -> None:
         """Re-score the revisions whose route had ticked by ``before`` (they sort first)."""
         if not self._revisions:
             return
@@ -296,32 +332,64 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
             s = self._series.get(key)
             if s is None or self._done - start > self._cfg.revision_horizon_s:
                 continue  # a forgotten or unknown series, or too old to matter now
-            score = s.detector.score_one(w.window_start, w.value)
+            score = s.detector.score_one(w.window_start, w.value, float(w.count))
             out.append(msgspec.structs.replace(score, revision=revision + 1))
 
-    def _step_once(self, start: float, out: list[AnomalyScore]) -> None:
+    def _new_series(self, w: MetricWindow, start: float) -> _Series:
+        cfg = self._cfg
+        forecaster = None
+        if not w.dims_key and w.metric in cfg.forecast_metrics:
+            forecaster = forecaster_for_window(w)
+        return _Series(w, detector_for_window(w, cfg.specs), forecaster, start)
+
+    def _step_once(self, start: float, out: list[Scored]) -> None:
+        cfg = self._cfg
         windows = self._pending.pop(start, {})
         t = _dt(start)
         for key, w in windows.items():
             if key not in self._series:
-                self._series[key] = _Series(w, detector_for_window(w, self._cfg.specs), start)
+                self._series[key] = self._new_series(w, start)
         expired: list[str] = []
         scores: list[tuple[_Series, AnomalyScore]] = []
+        forecasts: list[Forecast] = []
+        tenant_values: dict[str, dict[str, float | None]] = {}
+        next_t = _dt(start + self._step)
+        hour_ends = (start + self._step) % 3600.0 == 0.0
         for key in sorted(self._series):
             s = self._series[key]
             got = windows.get(key)
+            x: float | None
+            n: float | None
             if got is not None:
                 s.last_data = start
-                x = got.value
-            elif start - s.last_data >= self._cfg.idle_expiry_s:
+                x, n = got.value, float(got.count)  # n: the trials behind a ratio
+            elif start - s.last_data >= cfg.idle_expiry_s:
                 expired.append(key)
                 continue
             else:
-                x = None  # the series had data and now has none: an empty step
-            scores.append((s, s.detector.update(t, x)))
+                x, n = None, None  # the series had data and now has none: an empty step
+            scores.append((s, s.detector.update(t, x, n)))
+            if not s.dims_key:
+                tenant_values.setdefault(s.tenant, {})[s.metric] = x
+            if s.forecaster is not None:
+                s.forecaster.update(t, x)
+                forecasts.append(s.forecaster.forecast(next_t, steps=cfg.forecast_minutes))
+                if hour_ends:
+                    forecasts.append(
+                        s.forecaster.forecast(next_t, steps=cfg.forecast_hours, step="1h")
+                    )
         for key in expired:
             del self._series[key]
         out.extend(self._with_root_cause(scores))
+        if cfg.joint:
+            for tenant in sorted(tenant_values):
+                joint = self._joint.get(tenant)
+                if joint is None:
+                    joint = self._joint[tenant] = build_joint_detector(tenant, window=cfg.window)
+                out.append(joint.update(t, tenant_values[tenant]))
+            for tenant in [k for k in self._joint if k not in tenant_values]:
+                del self._joint[tenant]  # no tenant-level series left: the tenant is idle
+        out.extend(forecasts)
 
     def _with_root_cause(self, scores: list[tuple[_Series, AnomalyScore]]) -> list[AnomalyScore]:
         """Tenant-level scores above the bar name the sellers behind them."""
@@ -335,6 +403,15 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, AnomalyScore, bytes]):
                 score = explain_root_cause(score, parts.get((s.tenant, s.metric), []))
             out.append(score)
         return out
+
+
+def _unpickle(blob: bytes, what: str) -> Any:
+    """A model from its snapshot, or None when its state version changed (it starts afresh)."""
+    try:
+        return pickle.loads(blob)  # noqa: S301 - our own snapshot from the recovery store
+    except (ValueError, pickle.UnpicklingError, AttributeError) as e:
+        log.warning("model state not restored: starts afresh", series=what, error=str(e))
+        return None
 
 
 def scoring_config(
@@ -373,9 +450,10 @@ def scoring_config(
 class ScoringSinks:
     """Where scores go; a ``None`` leaves that output out (``from_settings``: production)."""
 
-    scores_store: Sink[Any] | None = None
-    scores_nats: Sink[Any] | None = None
-    scores_redis: Sink[Any] | None = None
+    scores_store: Sink[Any] | None = None  # AnomalyScore
+    scores_nats: Sink[Any] | None = None  # AnomalyScore and Forecast
+    scores_redis: Sink[Any] | None = None  # AnomalyScore
+    forecasts_store: Sink[Any] | None = None  # Forecast
 
     @classmethod
     def from_settings(
@@ -390,7 +468,14 @@ class ScoringSinks:
             scores_redis=RedisLatestSink(
                 settings.redis_url, key_prefix=redis_key_prefix, ttl_s=redis_ttl_s, kind="score"
             ),
+            forecasts_store=UpsertSink(
+                settings.database_url, "forecasts", outage_s=settings.store_outage_s
+            ),
         )
+
+
+def _only(kind: type[Any]) -> Callable[[Any], Any]:
+    return lambda item: item if isinstance(item, kind) else None
 
 
 def _to_routes(routes: tuple[str, ...]) -> Any:
@@ -407,7 +492,7 @@ def _to_routes(routes: tuple[str, ...]) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class ScoringBranch:
-    """Final windows -> ``AnomalyScore`` per series and step -> store, NATS, Redis."""
+    """Final windows -> ``AnomalyScore`` per series and step, and ``Forecast``s -> sinks."""
 
     config: ScoringConfig
     sinks: ScoringSinks
@@ -427,13 +512,21 @@ class ScoringBranch:
         scored = op.stateful_batch(
             "scoring", keyed, lambda s: ScoringLogic(cfg, routes, s, route_of=route_of)
         )
-        # (scoring route, AnomalyScore)
-        scores = op.key_rm("scores", scored)
+        # (scoring route, AnomalyScore | Forecast)
+        both = op.key_rm("scored", scored)
+        # AnomalyScore | Forecast
+        scores = op.filter_map("scores", both, _only(AnomalyScore))
         # AnomalyScore
+        forecasts = op.filter_map("forecasts", both, _only(Forecast))
+        # Forecast
         core.published["scores"] = scores
-        if self.sinks.scores_store is not None:
-            op.output("scores_store", scores, self.sinks.scores_store)
-        if self.sinks.scores_nats is not None:
-            op.output("scores_nats", scores, self.sinks.scores_nats)
-        if self.sinks.scores_redis is not None:
-            op.output("scores_redis", scores, self.sinks.scores_redis)
+        core.published["forecasts"] = forecasts
+        sinks = self.sinks
+        if sinks.scores_store is not None:
+            op.output("scores_store", scores, sinks.scores_store)
+        if sinks.scores_nats is not None:
+            op.output("scores_nats", both, sinks.scores_nats)
+        if sinks.scores_redis is not None:
+            op.output("scores_redis", scores, sinks.scores_redis)
+        if sinks.forecasts_store is not None:
+            op.output("forecasts_store", forecasts, sinks.forecasts_store)
