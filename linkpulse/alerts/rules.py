@@ -323,7 +323,9 @@ def _rule(c: _Checker, spec: Any, line: int, at: str, tenant: str | None) -> Rul
         return None
     before = len(c.problems)
     name = spec.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if isinstance(name, bool):
+        c.bad(spec.line_of("name"), f"{at}.name", f"YAML read the name as {name!r}: quote it")
+    elif not isinstance(name, str) or not _NAME.fullmatch(name):
         c.bad(
             spec.line_of("name"),
             f"{at}.name",
