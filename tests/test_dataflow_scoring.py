@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -20,7 +21,13 @@ from linkpulse.config import Settings
 from linkpulse.dataflows.branch import RouteTick
 from linkpulse.dataflows.chunks import Chunk
 from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
-from linkpulse.dataflows.scoring import ScoringBranch, ScoringConfig, ScoringLogic, ScoringSinks
+from linkpulse.dataflows.scoring import (
+    ScoringBranch,
+    ScoringConfig,
+    ScoringLogic,
+    ScoringSinks,
+    scoring_config,
+)
 from linkpulse.online_ml import detector_for_window
 from linkpulse.schemas.outputs import AnomalyScore, Forecast, MetricWindow
 from tests.test_dataflow_helpers import TEST_METRICS, event
@@ -264,3 +271,21 @@ def test_tenants_get_a_joint_score_and_forecasts_for_the_chosen_metrics() -> Non
 def test_bad_config_is_refused_by_name(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         ScoringConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_detector_specs_file_is_read_and_checked_by_name(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("gmv:\n  detector: seasonal\n  grace: 60\n")
+    assert scoring_config(good, 600).specs["gmv"]["grace"] == 60
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("revenue: {grace: 5}\n")
+    with pytest.raises(ValueError, match="unknown metric 'revenue'"):
+        scoring_config(unknown)
+    bad_option = tmp_path / "bad.yaml"
+    bad_option.write_text("gmv: {detector: seasonal, colour: red}\n")
+    with pytest.raises(ValueError, match="colour"):
+        scoring_config(bad_option)
+    not_a_mapping = tmp_path / "list.yaml"
+    not_a_mapping.write_text("- gmv\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        scoring_config(not_a_mapping)
