@@ -443,8 +443,6 @@ def _route(
                 timing[key] = default
         else:
             timing[key] = getattr(parent, key) if parent else default
-    if problems:
-        raise PolicyError(problems)
     node = Route(
         id=path,
         receiver=str(receiver),
@@ -460,16 +458,16 @@ def _route(
     )
     children = spec.get("routes") or []
     if not isinstance(children, list):
-        raise PolicyError([(f"{field}.routes", "expected a list of routes")])
+        problems.append((f"{field}.routes", "expected a list of routes"))
+        children = []
     kids = []
-    errors: list[tuple[str, str]] = []
     for i, c in enumerate(children):
         try:
             kids.append(_route(c, f"{field}.routes[{i}]", f"{path}.{i}", node, intervals))
         except PolicyError as e:
-            errors.extend(e.problems)
-    if errors:
-        raise PolicyError(errors)
+            problems.extend(e.problems)  # every problem of the tree at once
+    if problems:
+        raise PolicyError(problems)
     return dataclasses.replace(node, routes=tuple(kids))
 
 
@@ -695,8 +693,13 @@ class Dispatcher:
             )
         ]
         firing = sorted((a for a in shown if a.is_active), key=lambda a: a.alert_id)
-        resolved = sorted((a for a in shown if not a.is_active), key=lambda a: a.alert_id)
         entry = self.state.log.get(_key(route.receiver, gkey))
+        # resolves only for incidents this receiver was told fired (one fired and
+        # resolved between two flushes was never seen: no resolve for it either)
+        told = set(entry.firing) if entry else set()
+        resolved = sorted(
+            (a for a in shown if not a.is_active and a.alert_id in told), key=lambda a: a.alert_id
+        )
         if not self._needs_update(route, entry, firing, resolved, now):
             self._forget_resolved(g, gkey, entry)
             return None
