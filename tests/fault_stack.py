@@ -46,8 +46,9 @@ from linkpulse.operators import MetricsConfig
 from linkpulse.operators.metrics import dims_key
 from linkpulse.stack import embedded, lifecycle
 from linkpulse.stack.process import is_alive, is_ours, stop
-from linkpulse.stack.state import SERVICES, EmbeddedProcess, StateDir
+from linkpulse.stack.state import EmbeddedProcess, StateDir
 from linkpulse.stack.urls import free_port
+from tests.proc_helpers import wait_until
 from tests.test_dataflow_helpers import event, group_by_minute, windows_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +64,7 @@ SELLERS = ("s0", "s1")
 def wait_for(check: Callable[[], bool], timeout: float, poll_s: float = 0.1) -> float | None:
     """Seconds until ``check()`` came true, or ``None`` if it did not within ``timeout``."""
     started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            return None
-        time.sleep(poll_s)
-    return time.monotonic() - started
+    return time.monotonic() - started if wait_until(check, timeout, poll_s) else None
 
 
 # ---------------------------------------------------------------- the stack
@@ -549,6 +546,12 @@ def brute_force_windows(
     Every window starts and ends on a multiple of the pane (10 s), so events
     are first summed per pane, then each pane is added to the windows that
     contain it: the same result as adding each event to each of its windows.
+
+    >>> w = brute_force_windows([Sent("t0", "e1", "order_placed", "s0", 65.0, 5.0)])
+    >>> w[("t0", "orders", "", "1m", 60.0)], w[("t0", "orders", "seller_id=s0", "1h", 0.0)]
+    ((1, 5.0), (1, 5.0))
+    >>> len([k for k in w if k[2] == "" and k[3] == "15m/10s"])  # each sliding window it is in
+    90
     """
     pane_s = config.pane_s
     panes: dict[tuple[str, str, str, float], list[float]] = defaultdict(lambda: [0, 0.0])
@@ -712,14 +715,10 @@ def stored_count(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
-def minute_floor(t: datetime) -> datetime:
-    return t.replace(second=0, microsecond=0)
-
-
 def event_clock_start(hours_back: float = 6) -> datetime:
     """Where the publisher's event clock starts: far enough back that it never
     passes the wall clock (no future-skew rejections), on a minute boundary."""
-    return minute_floor(datetime.now(UTC) - timedelta(hours=hours_back))
+    return (datetime.now(UTC) - timedelta(hours=hours_back)).replace(second=0, microsecond=0)
 
 
 def alive_pids(procs: Iterable[psutil.Process]) -> list[int]:
@@ -727,8 +726,8 @@ def alive_pids(procs: Iterable[psutil.Process]) -> list[int]:
 
 
 __all__ = [
+    "FLOW_METRICS",
     "READER_MODULE",
-    "SERVICES",
     "WRITER_MODULE",
     "FaultStack",
     "Flow",
