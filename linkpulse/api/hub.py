@@ -96,6 +96,7 @@ class StreamHub:
         self._clients: dict[str, set[Client]] = {k: set() for k in KINDS}
         self._per_principal: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.bad_messages = 0
         self.overflows = 0
 
@@ -103,6 +104,7 @@ class StreamHub:
 
     async def start(self) -> None:
         """Connect in the background (the API starts even when NATS is down)."""
+        self.loop = asyncio.get_running_loop()  # tests count its tasks (leak checks)
         self._task = asyncio.create_task(self._connect_loop(), name="stream-hub-connect")
 
     async def _connect_loop(self) -> None:
@@ -171,6 +173,7 @@ class StreamHub:
         return {
             "clients": sum(len(c) for c in self._clients.values()),
             "subscriptions": len(self._subs),
+            "nats_subscriptions": len(getattr(self._nc, "_subs", {})),
             "overflows": self.overflows,
             "bad_messages": self.bad_messages,
             **{f"last_seq_{k}": v for k, v in self._last_seq.items()},
