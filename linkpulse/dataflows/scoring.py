@@ -189,7 +189,8 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, Scored, bytes]):
 
     ``routes`` are the windows step's routes (the tick sources); the minute
     ``[s, s + step)`` is stepped once every one of them has ticked past
-    ``s + step``.
+    ``s + step``. ``route_of`` names the route a window comes from (the flow
+    passes ``live_metrics.window_route``; the default suits one route).
     """
 
     def __init__(
@@ -198,12 +199,13 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, Scored, bytes]):
         routes: Sequence[str],
         resume_state: bytes | None,
         *,
-        route_of: Callable[[MetricWindow], str] = lambda w: "r00",
+        route_of: Callable[[MetricWindow], str] | None = None,
     ) -> None:
         self._cfg = config
-        self._route_of = route_of
-        self._step = config.step_s
         self._routes = tuple(routes)
+        first = self._routes[0]
+        self._route_of = route_of or (lambda w: first)
+        self._step = config.step_s
         self._ticks: dict[str, float] = {}
         self._done = -math.inf  # every step ending at or before this is stepped
         self._series: dict[str, _Series] = {}
@@ -478,16 +480,14 @@ def _only(kind: type[Any]) -> Callable[[Any], Any]:
     return lambda item: item if isinstance(item, kind) else None
 
 
-def _to_routes(routes: tuple[str, ...]) -> Any:
-    keys = [f"s{i:02d}" for i in range(SCORING_ROUTES)]
+_SCORING_KEYS = [f"s{i:02d}" for i in range(SCORING_ROUTES)]
 
-    def spread(item: tuple[str, TimelineItem]) -> list[tuple[str, TimelineItem]]:
-        value = item[1]
-        if isinstance(value, RouteTick):
-            return [(k, value) for k in keys]  # every scoring route hears every clock
-        return [(scoring_route(value.tenant), value)]
 
-    return spread
+def _to_scoring_routes(item: tuple[str, TimelineItem]) -> list[tuple[str, TimelineItem]]:
+    value = item[1]
+    if isinstance(value, RouteTick):
+        return [(k, value) for k in _SCORING_KEYS]  # every scoring route hears every clock
+    return [(scoring_route(value.tenant), value)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,7 +507,7 @@ class ScoringBranch:
             lambda kv: isinstance(kv[1], RouteTick) or (kv[1].final and kv[1].window == window),
         )
         # (route, MetricWindow final of the scored window | RouteTick)
-        keyed = op.flat_map("scoring_by_tenant", wanted, _to_routes(routes))
+        keyed = op.flat_map("scoring_by_tenant", wanted, _to_scoring_routes)
         # (scoring route, MetricWindow | RouteTick): ticks to every scoring route
         scored = op.stateful_batch(
             "scoring", keyed, lambda s: ScoringLogic(cfg, routes, s, route_of=route_of)
