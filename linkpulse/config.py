@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     stream_revalidate_s: float = Field(10, gt=0, description="open streams re-check their key")
     audit_flush_s: float = Field(1.0, gt=0, description="audit log batch interval")
 
+    # alerting: acknowledgements from PagerDuty (docs/notifications.md)
+    pagerduty_webhook_secret: str = Field(
+        "", description="signing secret of the PagerDuty v3 webhook; empty refuses the webhook"
+    )
+
     # logging
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_json: bool = Field(False, description="JSON log lines instead of console rendering")

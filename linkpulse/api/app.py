@@ -6,7 +6,9 @@ error leaves as problem+json through one handler.
 
 >>> app = create_app(Settings())
 >>> sorted(app.openapi()["paths"])  # doctest: +NORMALIZE_WHITESPACE
-['/healthz', '/metrics', '/readyz', '/v1/audit', '/v1/events', '/v1/stream/alerts',
+['/healthz', '/metrics', '/readyz', '/v1/alerts', '/v1/alerts/{alert_id}',
+ '/v1/alerts/{alert_id}/ack', '/v1/audit', '/v1/events', '/v1/integrations/pagerduty',
+ '/v1/notifications', '/v1/silences', '/v1/silences/{silence_id}', '/v1/stream/alerts',
  '/v1/stream/anomalies', '/v1/stream/metrics']
 """
 
@@ -23,7 +25,7 @@ from linkpulse.api.broker import BrokerLink
 from linkpulse.api.metrics import ApiMetrics, LatencyMiddleware
 from linkpulse.api.openapi import install_openapi
 from linkpulse.api.problems import install_problem_handler
-from linkpulse.api.routes import audit, health, ingest, stream
+from linkpulse.api.routes import alerts, audit, health, ingest, silences, stream
 from linkpulse.config import Settings
 
 __all__ = ["create_app"]
@@ -68,5 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(stream.router)
     app.include_router(audit.router)
+    app.include_router(alerts.router)
+    app.include_router(silences.router)
     install_openapi(app, max_batch=settings.ingest_max_batch)
     return app
