@@ -544,8 +544,9 @@ def brute_force_windows(
     """Count and sum of every window of the orders and gmv series, from the events sent.
 
     Every window starts and ends on a multiple of the pane (10 s), so events
-    are first summed per pane, then each pane is added to the windows that
-    contain it: the same result as adding each event to each of its windows.
+    are first summed per pane; a window is then the sum of the panes it
+    covers (by prefix sums over each series' panes): the same result as adding
+    each event to each of its windows, in a fraction of the time.
 
     >>> w = brute_force_windows([Sent("t0", "e1", "order_placed", "s0", 65.0, 5.0)])
     >>> w[("t0", "orders", "", "1m", 60.0)], w[("t0", "orders", "seller_id=s0", "1h", 0.0)]
@@ -554,22 +555,37 @@ def brute_force_windows(
     90
     """
     pane_s = config.pane_s
-    panes: dict[tuple[str, str, str, float], list[float]] = defaultdict(lambda: [0, 0.0])
+    seller_dims = {seller: dims_key({"seller_id": seller}) for seller in SELLERS}
+    # series (tenant, metric, dims) -> pane index -> [count, sum]
+    series: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(dict)
     for ev in sent:
-        start = math.floor(ev.t / pane_s) * pane_s
-        for dims in ("", dims_key({"seller_id": ev.seller})):
-            acc = panes[(ev.tenant, _metric(ev.kind), dims, start)]
+        pane = math.floor(ev.t / pane_s)
+        seller = seller_dims.get(ev.seller) or dims_key({"seller_id": ev.seller})
+        for dims in ("", seller):
+            acc = series[(ev.tenant, _metric(ev.kind), dims)].setdefault(pane, [0, 0.0])
             acc[0] += 1
             acc[1] += ev.amount
-    out: dict[WindowKey, list[float]] = defaultdict(lambda: [0, 0.0])
-    for (tenant, metric, dims, pane), (count, total) in panes.items():
+    out: dict[WindowKey, tuple[int, float]] = {}
+    for (tenant, metric, dims), panes in series.items():
+        first, last = min(panes), max(panes)
+        counts = [0] * (last - first + 2)  # prefix sums: counts[i] = panes first..first+i-1
+        sums = [0.0] * (last - first + 2)
+        for i in range(last - first + 1):
+            c, v = panes.get(first + i, (0, 0.0))
+            counts[i + 1] = counts[i] + int(c)
+            sums[i + 1] = sums[i] + v
         specs = config.window_specs if dims == "" else config.dimension_window_specs
         for spec in specs:
-            for start in spec.starts_containing(pane):
-                acc = out[(tenant, metric, dims, spec.name, float(start))]
-                acc[0] += count
-                acc[1] += total
-    return {k: (int(v[0]), v[1]) for k, v in out.items()}
+            name, size, step = spec.name, spec.size_s // pane_s, spec.step_s // pane_s
+            # every window start (a multiple of the step) whose window holds a pane
+            lo = -(-(first - size + 1) // step) * step
+            for start in range(lo, last + 1, step):
+                a = min(max(start - first, 0), last - first + 1)
+                b = min(max(start + size - first, 0), last - first + 1)
+                if counts[b] > counts[a]:
+                    key = (tenant, metric, dims, name, float(start * pane_s))
+                    out[key] = (counts[b] - counts[a], sums[b] - sums[a])
+    return out
 
 
 def _epoch(text: str) -> float:

@@ -17,6 +17,7 @@ Set ``LINKPULSE_FAULT_SEED`` to replay a run's random choices (the seed is print
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import shutil
@@ -331,27 +332,27 @@ def test_stream_idle_for_minutes_of_event_time(rig: Rig) -> None:
     rig.pub.pause()
     sent, _ = rig.pub.snapshot()
     newest = max(s.t for s in sent)
-    quiet = 20.0
-    time.sleep(quiet)
     # After `quiet` s without a newer event the watermark has moved on with the
-    # stream's clock by quiet - idle_timeout (minus the reader's idle-chunk
-    # cadence, ~1.25 s): the windows ending by then must be closed too.
+    # stream's clock by quiet - idle_timeout (less the reader's idle-chunk
+    # cadence, ~1.25 s), so the windows ending by then must close too. `quiet`
+    # is long enough for that clock alone to pass the next pane boundary, where
+    # windows end; the check waits for them (and prints when they closed).
     cfg = FLOW_METRICS
     assert cfg.idle_timeout_s is not None
-    due = newest - cfg.allowed_lateness_s + (quiet - cfg.idle_timeout_s) - 2.5
+    by_events = newest - cfg.allowed_lateness_s
+    boundary = (math.floor(by_events / cfg.pane_s) + 1) * cfg.pane_s
+    margin = 2.5
+    quiet = boundary - by_events + cfg.idle_timeout_s + margin + 0.5
+    due = by_events + (quiet - cfg.idle_timeout_s) - margin
     # What this checks: windows that only the idle clock closes (the events alone
-    # move the watermark to newest - lateness). With 10 s steps there is always one.
+    # move the watermark to newest - lateness).
     sizes = {spec.name: spec.size_s for spec in cfg.window_specs}
-    idle_only = [
-        k
-        for k in brute_force_windows(sent)
-        if newest - cfg.allowed_lateness_s < k[4] + sizes[k[3]] <= due
-    ]
+    idle_only = [k for k in brute_force_windows(sent) if by_events < k[4] + sizes[k[3]] <= due]
     assert idle_only, "no window ends in the idle clock's stretch: the check would be empty"
-    res_idle, took = rig.settle("quiet stream (idle clock)", timeout=30, due_until=due)
+    res_idle, took = rig.settle("quiet stream (idle clock)", timeout=quiet + 30, due_until=due)
     if not res_idle.problems and took is not None:
         rig.say(
-            f"  quiet stream: due windows closed {quiet + took:.1f}s into the quiet "
+            f"  quiet stream: due windows closed {took:.1f}s into the quiet (due by {quiet:.1f}s) "
             f"({len(idle_only)} of them closed by the idle clock alone)"
         )
     rig.pub.pause()
@@ -359,7 +360,7 @@ def test_stream_idle_for_minutes_of_event_time(rig: Rig) -> None:
     rig.pub.jump(gap)
     rig.pub.resume()
     jumped = time.monotonic()
-    rig.traffic(4, 6)  # ~90 s of event time past the gap
+    rig.traffic(3, 4)  # over a minute of event time past the gap
     problem = rig.recovery("event time jump", jumped)
     res, _ = rig.settle("after a 7-minute gap in event time")
     rig.verdict("a stream idle for minutes of event time", [problem, *res_idle.problems], res)
