@@ -7,12 +7,14 @@ stream with short retention (``LINKPULSE_UPDATES_MAX_AGE_S``, default 15
 minutes) captures those subjects, so nothing in the dataflow changes. The
 anomalies (``{prefix}.anomalies.<tenant>``) and alerts
 (``{prefix}.alerts.<tenant>``) subjects keep the events stream's retention.
-If another stream already holds a channel's subjects (the scoring flow may
-create its own), that stream is used as it is.
+Anomalies live on the scoring flow's ``<name>_SCORES`` stream (with the
+forecasts): whichever process starts first creates it, with the configuration
+of ``linkpulse.dataflows.score_sinks``. If another stream already holds a
+channel's subjects, that stream is used as it is.
 
 >>> [(c.kind, c.stream, c.subjects) for c in live_channels(Settings(stream_name="EV",
 ...     subject_prefix="lp"))]  # doctest: +NORMALIZE_WHITESPACE
-[('metrics', 'EV_UPDATES', 'lp.metrics.>'), ('anomalies', 'EV_ANOMALIES', 'lp.anomalies.>'),
+[('metrics', 'EV_UPDATES', 'lp.metrics.>'), ('anomalies', 'EV_SCORES', 'lp.anomalies.>'),
  ('alerts', 'EV_ALERTS', 'lp.alerts.>')]
 >>> tenant_of_subject("lp", "metrics", "lp.metrics.gmv.acme.5m_10s")
 'acme'
@@ -57,6 +59,7 @@ class Channel:
     stream: str
     subjects: str
     max_age_s: float
+    also: tuple[str, ...] = ()  # other subjects of the same stream (the scores' forecasts)
 
 
 def live_channels(settings: Settings) -> tuple[Channel, ...]:
@@ -64,7 +67,13 @@ def live_channels(settings: Settings) -> tuple[Channel, ...]:
     p, name = settings.subject_prefix, settings.stream_name
     return (
         Channel("metrics", f"{name}_UPDATES", f"{p}.metrics.>", settings.updates_max_age_s),
-        Channel("anomalies", f"{name}_ANOMALIES", f"{p}.anomalies.>", settings.stream_max_age_s),
+        Channel(
+            "anomalies",
+            f"{name}_SCORES",
+            f"{p}.anomalies.>",
+            settings.stream_max_age_s,
+            also=(f"{p}.forecasts.>",),
+        ),
         Channel("alerts", f"{name}_ALERTS", f"{p}.alerts.>", settings.stream_max_age_s),
     )
 
@@ -108,10 +117,12 @@ async def ensure_live_streams(js: JetStreamContext, settings: Settings) -> dict[
                     StreamConfig(
                         name=ch.stream,
                         description=f"linkpulse live {ch.kind}, kept for SSE resume",
-                        subjects=[ch.subjects],
+                        subjects=[ch.subjects, *ch.also],
                         retention=RetentionPolicy.LIMITS,
                         storage=StorageType.FILE,
                         max_age=ch.max_age_s,
+                        max_bytes=settings.stream_max_bytes,
+                        duplicate_window=min(settings.stream_duplicate_window_s, ch.max_age_s),
                         discard=DiscardPolicy.OLD,
                     )
                 )

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from linkpulse.bus.connection import connect_nats
 from linkpulse.bus.stream import ensure_streams
+from linkpulse.cli.demo_stream import StreamWatch, demo_keys
 from linkpulse.cli.live_panel import TILES, tile_rows
 from linkpulse.config import Settings, load_settings
 from linkpulse.errors import LinkpulseError
@@ -107,10 +108,12 @@ def _step(title: str, *args: str) -> None:
         raise typer.Exit(done.returncode)
 
 
-async def _spawn(name: str, logs: Path, *args: str) -> asyncio.subprocess.Process:
+async def _spawn(
+    name: str, logs: Path, *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     log = (logs / f"{name}.log").open("ab")
     return await asyncio.create_subprocess_exec(
-        *_linkpulse(*args), stdout=log, stderr=log, env=os.environ.copy()
+        *_linkpulse(*args), stdout=log, stderr=log, env={**os.environ, **(env or {})}
     )
 
 
@@ -151,8 +154,13 @@ async def _read(
     return counts
 
 
-def _panel(c: Counts, base: Counts, started: float, since: datetime, api_url: str) -> Group:
-    flow = Table(title=f"pipeline ({time.monotonic() - started:,.0f} s)   API: {api_url}/docs")
+def _panel(
+    c: Counts, base: Counts, started: float, since: datetime, api_url: str, sse: int
+) -> Group:
+    flow = Table(
+        title=f"pipeline ({time.monotonic() - started:,.0f} s)   API: {api_url}/docs   "
+        f"SSE updates received: {sse:,}"
+    )
     for col in ("in JetStream", "stored", "dead letters", "metric windows", "final 1m windows"):
         flow.add_column(col, justify="right")
     flow.add_row(
@@ -214,6 +222,7 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
     pg = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
     rd = aioredis.from_url(settings.redis_url, socket_timeout=2)
     procs: list[asyncio.subprocess.Process] = []
+    watch_task: asyncio.Task[None] | None = None
     try:
         await ensure_streams(js, settings)
         base = await _read(settings, js, pg, rd)
@@ -229,7 +238,25 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
                 redis_prefix(settings),
             )
         )
-        procs.append(await _spawn("api", logs, "serve", "--port", str(api_port)))
+        # The API as deployed: auth on, keys made for this run; it reads the
+        # dataflow's Redis keys for stream snapshots.
+        keys = await demo_keys(pg)
+        procs.append(
+            await _spawn(
+                "api",
+                logs,
+                "serve",
+                "--port",
+                str(api_port),
+                env={"LINKPULSE_REDIS_KEY_PREFIX": redis_prefix(settings), "LINKPULSE_AUTH": "on"},
+            )
+        )
+        watch = StreamWatch(api_url, keys["admin"])
+        watch_task = asyncio.create_task(watch.run())
+        console.print(
+            f"API keys for this run (valid a day): admin {keys['admin']}  ingest {keys['ingest']}\n"
+            f"  try: curl -N -H 'Authorization: Bearer {keys['admin']}' {api_url}/v1/stream/metrics"
+        )
         since = datetime.now(UTC).replace(second=0, microsecond=0)
         sim = await _spawn("simulate", logs, "simulate", "--quiet", *sim_args)
         started = time.monotonic()
@@ -245,7 +272,7 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
                         raise DemoError(msg)
                 counts = await _read(settings, js, pg, rd)
                 if isinstance(live, Live):
-                    live.update(_panel(counts, base, started, since, api_url))
+                    live.update(_panel(counts, base, started, since, api_url, watch.updates))
                 else:
                     live.show(counts, base, started)
                 return counts
@@ -287,6 +314,10 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
             f"published {published:,} events; stored {stored:,}; "
             f"{current.final_1m:,} final 1-minute windows; logs in {logs}"
         )
+        console.print(
+            f"{watch.updates:,} window updates received live over SSE (/v1/stream/metrics)"
+            + (f"; last stream error: {watch.error}" if watch.error else "")
+        )
         cur = await pg.execute(_WINDOW_CHECK, {"since": since})
         checked, wrong = (await cur.fetchone()) or (0, 0)
         console.print(
@@ -302,6 +333,10 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
         console.print("[green]every published event was stored exactly once; windows match")
         return 0
     finally:
+        if watch_task is not None:
+            watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch_task
         for proc in procs:
             await _stop(proc)
         await rd.aclose()

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from linkpulse.api.audit import AuditEntry
 from linkpulse.api.auth.authenticator import AuthError
@@ -27,8 +29,10 @@ from linkpulse.api.auth.roles import Principal
 from linkpulse.api.hub import STOP, Client, Plan, StreamHub
 from linkpulse.api.problems import ProblemError, problem_responses
 from linkpulse.api.stream_filter import FilterError, format_event_id, parse_event_id, scoped_filter
+from linkpulse.logging import get_logger
 
 router = APIRouter(tags=["streams"])
+log = get_logger(__name__)
 
 RETRY_MS = 3000
 SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is disconnected
@@ -40,6 +44,16 @@ _RESPONSES = {
     },
     **problem_responses(400, 401, 403, 429, 503),
 }
+
+
+class _EventStream(EventSourceResponse):
+    """An SSE response for which a client that stopped reading is routine, not an error."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.info("stream client accepted nothing for a while: disconnected", path=scope["path"])
 
 
 def _token(request: Request) -> str | None:
@@ -145,6 +159,11 @@ async def _open(
     **filters: str | None,
 ) -> EventSourceResponse:
     hub: StreamHub = request.app.state.hub
+    unknown = sorted(set(request.query_params) - set(filters))
+    if unknown:  # a filter we don't know must not open a stream that ignores it
+        known = ", ".join(sorted(filters))
+        detail = f"unknown query parameter {unknown[0]!r} on this stream; its filters: {known}"
+        raise ProblemError(400, "invalid-filter", "Invalid stream filter", detail, field=unknown[0])
     try:
         flt = scoped_filter(principal, kind, **filters)
         resume = parse_event_id(kind, last_event_id) if last_event_id else None
@@ -169,7 +188,7 @@ async def _open(
             status=200,
         )
     )
-    return EventSourceResponse(
+    return _EventStream(
         _events(request, hub, client, plan, _token(request)),
         ping=hub.settings.stream_heartbeat_s,
         ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
