@@ -219,12 +219,13 @@ def _killed_helper(rig: Rig, module: str, what: str) -> None:
     problems: list[str | None] = []
     code = rig.flow.wait_exit(20)
     if code is not None:
-        last_run = rig.flow.last_run_log()
-        if code == 0 or f"{what} of" not in last_run:
+        named = code != 0 and f"{what} of" in rig.flow.last_run_log()
+        if not named:
             problems.append(
                 f"the flow exited with code {code} without naming its {what}: {rig.flow.log_tail()}"
             )
-        rig.say(f"  {what} SIGKILLed: the flow stopped (exit {code}) naming it; restarting it")
+        how = "naming it" if named else "WITHOUT naming it"
+        rig.say(f"  {what} SIGKILLed: the flow stopped (exit {code}) {how}; restarting it")
         rig.flow.start()
     else:
         rig.say(f"  {what} SIGKILLed: the flow carried on by itself")
