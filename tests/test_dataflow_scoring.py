@@ -289,3 +289,9 @@ def test_detector_specs_file_is_read_and_checked_by_name(tmp_path: Path) -> None
     not_a_mapping.write_text("- gmv\n")
     with pytest.raises(ValueError, match="expected a mapping"):
         scoring_config(not_a_mapping)
+
+
+def test_a_tick_from_an_unknown_route_completes_nothing() -> None:
+    logic = ScoringLogic(CFG, ("r00", "r01"), None, route_of=lambda w: "r00")
+    assert feed(logic, [window(0, 1.0), tick(1, "r00"), tick(1, ""), tick(1, "r99")]) == []
+    assert len(feed(logic, [tick(1, "r01")])) == 1

@@ -217,8 +217,8 @@ class WindowLogic(StatefulBatchLogic[RouteBatch, TimelineItem, bytes]):
 
     def _tick(self, out: list[TimelineItem]) -> None:
         wm = self._agg.watermark
-        if not math.isfinite(wm):
-            return
+        if not math.isfinite(wm) or not self._route:
+            return  # no event yet, or resumed and not yet told which route it is
         at = math.floor(wm / self._tick_s) * self._tick_s
         if at > self._last_tick:
             self._last_tick = at

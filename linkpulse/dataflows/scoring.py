@@ -203,6 +203,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, Scored, bytes]):
     ) -> None:
         self._cfg = config
         self._routes = tuple(routes)
+        self._sources = frozenset(self._routes)
         first = self._routes[0]
         self._route_of = route_of or (lambda w: first)
         self._step = config.step_s
@@ -223,7 +224,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, Scored, bytes]):
         out: list[Scored] = []
         for item in values:
             if isinstance(item, RouteTick):
-                if item.at > self._ticks.get(item.route, -math.inf):
+                if item.route in self._sources and item.at > self._ticks.get(item.route, -math.inf):
                     self._ticks[item.route] = item.at
                     self._advance(out)
             else:
