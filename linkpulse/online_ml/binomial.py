@@ -109,7 +109,8 @@ class BinomialRate(ScalarDetector):
         if q2 < q:
             q, d, feature = q2, d2, "long_mean"
         sigmas = (x - p) / sd if sd > 0.0 else None
-        return Verdict(min(1.0, 3.0 * q), d, p, lower, upper, sigmas, feature, self.name)
+        raw = (p, p0, p1, p2)
+        return Verdict(min(1.0, 3.0 * q), d, p, lower, upper, sigmas, feature, self.name, raw=raw)
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
         if x is None:
@@ -118,7 +119,10 @@ class BinomialRate(ScalarDetector):
         k = min(max(x, 0.0), 1.0) * n
         w = 1.0
         if self._m > 0.0:
-            p, p0, p1, p2, _, _, _ = self._tests(x, n)
+            if verdict.raw is not None:
+                p, p0, p1, p2 = verdict.raw
+            else:
+                p, p0, p1, p2, _, _, _ = self._tests(x, n)
             c0, c1, c2 = self._cal
             c0.learn(p0)
             c1.learn(p1)

@@ -78,6 +78,7 @@ class Verdict:
         "novel",
         "gap_steps",
         "detector",
+        "raw",
     )
 
     def __init__(
@@ -92,6 +93,7 @@ class Verdict:
         detector: str,
         novel: bool = False,
         gap_steps: int = 0,
+        raw: tuple[float, ...] | None = None,
     ) -> None:
         self.p = p
         self.direction = direction
@@ -103,6 +105,8 @@ class Verdict:
         self.detector = detector
         self.novel = novel
         self.gap_steps = gap_steps
+        # what assess computed that learn needs again (so a step is tested once)
+        self.raw = raw
 
 
 class ScalarDetector(Versioned):

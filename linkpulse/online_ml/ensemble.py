@@ -16,7 +16,7 @@ member that has one (the value model), whoever drove the score.
 ...     _ = ens.update(t0 + timedelta(minutes=i), 500.0 + (i % 7))
 >>> [(s.details.detector, round(s.score, 2)) for s in
 ...  [ens.update(t0 + timedelta(minutes=600 + k), None) for k in range(3)]]
-[('silence', 0.0), ('silence', 0.0), ('silence', 0.59)]
+[('silence', 0.0), ('silence', 0.0), ('silence', 0.39)]
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ class Ensemble(ScalarDetector):
     def assess(self, ts: float, x: float | None) -> Verdict:
         best: Verdict | None = None
         band: Verdict | None = None
+        gap = 0
         for m in self._members:
             m._trials = self._trials
             v = m._verdict(ts, x)
+            gap = max(gap, v.gap_steps)
             if best is None or v.p < best.p:
                 best = v
             if band is None and v.expected is not None:
@@ -78,7 +80,7 @@ class Ensemble(ScalarDetector):
             best.feature,
             best.detector,
             best.novel or band.novel,
-            best.gap_steps,
+            gap,
         )
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from typing import Final
@@ -33,6 +34,7 @@ LABELS: Final = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def slot_label(ts: float) -> str:
     """``"Tuesday 14:00"`` for Unix seconds (UTC).
 
@@ -44,6 +46,7 @@ def slot_label(ts: float) -> str:
     return f"{DAY_NAMES[weekday]} {minute // 60:02d}:{minute % 60:02d}"
 
 
+@functools.lru_cache(maxsize=65536)
 def series_label(series: str) -> str:
     """A person's name for a series key ``tenant|metric|dims[|window]``.
 

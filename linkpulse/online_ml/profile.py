@@ -38,11 +38,19 @@ def slot_of(ts: float) -> tuple[int, int, float]:
     >>> slot_of(0.0)  # 1970-01-01 00:00 UTC, a Thursday: between 23:30 and 00:30
     (3, 23, 0.5)
     """
+    global _last_ts, _last_slot
+    if ts == _last_ts:  # every detector of a step asks for the same slot, several times
+        return _last_slot
     day, sec = divmod(ts, DAY_S)
     weekday = (int(day) + 3) % 7
     h = sec / HOUR_S - 0.5
     left = math.floor(h)
-    return weekday, left % 24, h - left
+    _last_ts, _last_slot = ts, (weekday, left % 24, h - left)
+    return _last_slot
+
+
+_last_ts = math.nan
+_last_slot = (0, 0, 0.0)
 
 
 class SeasonalProfile(Versioned):
@@ -101,6 +109,11 @@ class SeasonalProfile(Versioned):
     def n(self) -> int:
         """Values learned so far."""
         return self._n
+
+    @property
+    def level(self) -> float:
+        """The deseasonalised level (the mean for a multiplicative profile)."""
+        return self._level
 
     def _season(self, ts: float) -> tuple[int, int, float, float, float]:
         wd, i, f = slot_of(ts)

@@ -26,7 +26,7 @@ from typing import ClassVar, Final
 
 from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict
 from linkpulse.online_ml.profile import SeasonalProfile
-from linkpulse.online_ml.stats import normal_sf
+from linkpulse.online_ml.stats import normal_sf, t3_sf
 
 _Z_CAP: Final = 4.0  # what one step adds to the recent means, in sigmas
 
@@ -37,7 +37,9 @@ class SeasonalBaseline(ScalarDetector):
     ``gap_value`` is what an empty step means for the value (0 for counts and
     sums: no events; None for ratios: undefined, the step is skipped).
     ``band_sigmas`` sets ``lower``/``upper``; ``nonnegative`` clips ``lower``
-    at 0.
+    at 0. ``point_tail="t3"`` scores the point with Student-t (3 dof) tails:
+    sums of a few amounts (GMV of a small seller) are far from normal, and one
+    big order is not an incident; lasting shifts still page through the means.
     """
 
     name: ClassVar[str] = "seasonal"
@@ -53,6 +55,7 @@ class SeasonalBaseline(ScalarDetector):
         "_cal",
         "_lo",
         "_hi",
+        "_t3",
     )
 
     def __init__(
@@ -72,8 +75,13 @@ class SeasonalBaseline(ScalarDetector):
         daily_half_life_days: float = 4.0,
         weekly_half_life_days: float = 21.0,
         clip: float = 3.0,
+        point_tail: str = "normal",
     ) -> None:
         super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
+        if point_tail not in ("normal", "t3"):
+            msg = f"point_tail must be 'normal' or 't3' (heavy-tailed sums), got {point_tail!r}"
+            raise ValueError(msg)
+        self._t3 = point_tail == "t3"
         for name, a in (("fast_alpha", fast_alpha), ("slow_alpha", slow_alpha)):
             if not 0.0 < a <= 1.0:
                 msg = f"{name} must be in (0, 1], got {a!r}"
@@ -123,13 +131,15 @@ class SeasonalBaseline(ScalarDetector):
         zf = fast / math.sqrt(af / (2.0 - af))
         zs = slow / math.sqrt(as_ / (2.0 - as_))
         c0, c1, c2 = self._cal
-        raw_point = min(1.0, 2.0 * normal_sf(abs(z)))
+        raw_point = self._point_p(z)
         novel = self._n > 0 and (v > self._hi + s or v < self._lo - s)
         p_point = c0.calibrate(raw_point)
         if novel:
             p_point = min(p_point, raw_point)
-        p_fast = c1.calibrate(min(1.0, 2.0 * normal_sf(abs(zf))))
-        p_slow = c2.calibrate(min(1.0, 2.0 * normal_sf(abs(zs))))
+        raw_fast = min(1.0, 2.0 * normal_sf(abs(zf)))
+        raw_slow = min(1.0, 2.0 * normal_sf(abs(zs)))
+        p_fast = c1.calibrate(raw_fast)
+        p_slow = c2.calibrate(raw_slow)
         p, feature, sign = p_point, "value", z
         if p_fast < p:
             p, feature, sign = p_fast, "recent_mean", zf
@@ -145,25 +155,25 @@ class SeasonalBaseline(ScalarDetector):
             feature,
             self.name,
             novel,
+            raw=(mu, s, fast, slow, raw_point, raw_fast, raw_slow),
         )
+
+    def _point_p(self, z: float) -> float:
+        tail = t3_sf(abs(z)) if self._t3 else normal_sf(abs(z))
+        return min(1.0, 2.0 * tail)
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
         v = self._value(x)
         if v is None:
             return
         prof = self._profile
-        if prof.n > 0:
-            mu, s = prof.expected_and_scale(ts)
-            z = (v - mu) / s
-            zc = _Z_CAP if z > _Z_CAP else -_Z_CAP if z < -_Z_CAP else z
-            self._fast = (1.0 - self._af) * self._fast + self._af * zc
-            self._slow = (1.0 - self._as) * self._slow + self._as * zc
-            zf = self._fast / math.sqrt(self._af / (2.0 - self._af))
-            zs = self._slow / math.sqrt(self._as / (2.0 - self._as))
+        raw = verdict.raw
+        if raw is not None:
+            _, _, self._fast, self._slow, p0, p1, p2 = raw
             c0, c1, c2 = self._cal
-            c0.learn(min(1.0, 2.0 * normal_sf(abs(z))))
-            c1.learn(min(1.0, 2.0 * normal_sf(abs(zf))))
-            c2.learn(min(1.0, 2.0 * normal_sf(abs(zs))))
+            c0.learn(p0)
+            c1.learn(p1)
+            c2.learn(p2)
         prof.learn(ts, v)
         if v < self._lo:
             self._lo = v

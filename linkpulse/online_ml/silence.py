@@ -14,7 +14,7 @@ third empty minute; one present half the time needs some twenty.
 >>> for i in range(24 * 28):
 ...     _ = det.update(t0 + timedelta(hours=i), 100.0)
 >>> [round(det.update(t0 + timedelta(hours=24 * 28 + k), None).score, 3) for k in range(3)]
-[0.138, 0.849, 0.987]
+[0.124, 0.688, 0.914]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class SilentStream(ScalarDetector):
     """Probability of the current run of empty steps given the hour's usual presence."""
 
     name: ClassVar[str] = "silence"
-    __slots__ = ("_presence", "_seen", "_alpha", "_run_log", "_run", "_zero_is_empty", "_memory")
+    __slots__ = ("_hits", "_misses", "_keep", "_run_log", "_run", "_zero_is_empty")
 
     def __init__(
         self,
@@ -43,10 +43,10 @@ class SilentStream(ScalarDetector):
         half_life_days: float = 7.0,
     ) -> None:
         super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
-        self._presence = [0.5] * 24
-        self._seen = [0.0] * 24
-        self._alpha = LN2 / max(1.0, half_life_days * self.steps_per_day / 24.0)
-        self._memory = 1.0 / self._alpha  # steps an EW mean remembers: caps the evidence
+        # per hour of day: exponentially weighted counts of steps with and without data
+        self._hits = [0.0] * 24
+        self._misses = [0.0] * 24
+        self._keep = 1.0 - LN2 / max(1.0, half_life_days * self.steps_per_day / 24.0)
         self._run_log = 0.0  # log P(the current run of empty steps)
         self._run = 0
         self._zero_is_empty = zero_is_empty
@@ -54,42 +54,41 @@ class SilentStream(ScalarDetector):
     def _empty(self, x: float | None) -> bool:
         return x is None or (self._zero_is_empty and x == 0.0)
 
-    def _log_absent(self, ts: float) -> float:
+    def _log_next_absent(self, ts: float) -> float:
+        """log P(this step is empty | the run so far), Beta(1 + hits, 1 + misses) predictive.
+
+        The posterior predictive of a run (a Polya urn) is less extreme than
+        ``(1 - presence) ** run``: a presence estimated from a few days cannot
+        claim more certainty than those days give.
+        """
         _, i, f = slot_of(ts)
-        pres = self._presence[i] * (1.0 - f) + self._presence[(i + 1) % 24] * f
-        # a slot seen n times cannot claim presence above (n + 1) / (n + 2)
-        n = min(self._seen[i], self._memory)
-        cap = (n + 1.0) / (n + 2.0)
-        return math.log(1.0 - min(pres, cap, 1.0 - 1e-12))
+        j = (i + 1) % 24
+        a = 1.0 + self._hits[i] * (1.0 - f) + self._hits[j] * f
+        b = 1.0 + self._misses[i] * (1.0 - f) + self._misses[j] * f
+        k = self._run
+        return math.log((b + k) / (a + b + k))
 
     def assess(self, ts: float, x: float | None) -> Verdict:
         if not self._empty(x):
             return Verdict(1.0, "none", None, None, None, None, "gap", self.name)
-        log_p = self._run_log + self._log_absent(ts)
+        log_p = self._run_log + self._log_next_absent(ts)
+        run = self._run + 1
         return Verdict(
-            math.exp(log_p),
-            "down",
-            None,
-            None,
-            None,
-            None,
-            "gap",
-            self.name,
-            gap_steps=self._run + 1,
+            math.exp(log_p), "down", None, None, None, None, "gap", self.name, False, run
         )
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
         empty = self._empty(x)
         if empty:
-            self._run_log += self._log_absent(ts)
+            self._run_log += self._log_next_absent(ts)
             self._run += 1
         else:
             self._run_log = 0.0
             self._run = 0
         _, i, f = slot_of(ts)
-        hit = 0.0 if empty else 1.0
+        keep = self._keep
         for k, wk in ((i, 1.0 - f), ((i + 1) % 24, f)):
             if wk > 0.0:
-                a = max(wk / (self._seen[k] + 1.0), self._alpha * wk)
-                self._presence[k] += a * (hit - self._presence[k])
-                self._seen[k] += wk
+                d = 1.0 - (1.0 - keep) * wk  # a slot decays as much as it is updated
+                self._hits[k] = self._hits[k] * d + (0.0 if empty else wk)
+                self._misses[k] = self._misses[k] * d + (wk if empty else 0.0)

@@ -94,10 +94,17 @@ class SparseCounts(ScalarDetector):
     def profile(self) -> SeasonalProfile:
         return self._profile
 
+    def _rate(self, ts: float) -> float:
+        """The expected count: the seasonal profile, floored at a fifth of the mean rate.
+
+        An hour in which a sparse series happened to see nothing would otherwise
+        expect 0, and its first event would look impossible.
+        """
+        prof = self._profile
+        return max(prof.expected(ts), 0.2 * prof.level, 1e-4)
+
     def _tests(self, ts: float, x: float) -> tuple[float, float, float, float, str, str, str]:
-        lam = self._profile.expected(ts)
-        if lam < 0.0:
-            lam = 0.0
+        lam = self._rate(ts)
         phi = self._phi
         p0, d0 = _two_sided(x, lam, phi)
         sx, sl, lx, ll = self._windows.sums
@@ -122,13 +129,17 @@ class SparseCounts(ScalarDetector):
         if q < p:
             p, d, feature = q, d2, "long_mean"
         sigmas = (v - lam) / sd if sd > 0.0 else None
-        return Verdict(min(1.0, 3.0 * p), d, lam, lower, upper, sigmas, feature, self.name)
+        raw = (lam, p0, p1, p2)
+        return Verdict(min(1.0, 3.0 * p), d, lam, lower, upper, sigmas, feature, self.name, raw=raw)
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
         v = 0.0 if x is None else max(x, 0.0)
         prof = self._profile
         if prof.n > 0:
-            lam, p0, p1, p2, _, _, _ = self._tests(ts, v)
+            if verdict.raw is not None:
+                lam, p0, p1, p2 = verdict.raw
+            else:
+                lam, p0, p1, p2, _, _, _ = self._tests(ts, v)
             c0, c1, c2 = self._cal
             c0.learn(p0)
             c1.learn(p1)

@@ -17,7 +17,7 @@ Traceback (most recent call last):
 ...
 ValueError: spec: detector 'seasonal' has no option 'colour'; options: additive, band_sigmas, \
 clip, daily_half_life_days, fast_alpha, gap_value, grace, level_half_life_days, nonnegative, \
-percent, period_s, series, slow_alpha, weekly_half_life_days
+percent, period_s, point_tail, series, slow_alpha, weekly_half_life_days
 """
 
 from __future__ import annotations
@@ -54,9 +54,12 @@ COMMON: Final = ("series", "period_s", "grace", "percent")
 KIND_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
     # events per step: counts, Poisson-like, 0 when the window is missing
     "count": {"detector": "ensemble", "members": ["poisson", "silence"]},
-    # sums of amounts: Gaussian-like after the profile, 0 when no events
-    "sum": {"detector": "ensemble", "members": ["seasonal", "silence"]},
-    # distinct counts: like sums
+    # sums of amounts: heavy-tailed (a few orders of log-normal size), 0 when no events
+    "sum": {
+        "detector": "ensemble",
+        "members": [{"detector": "seasonal", "point_tail": "t3"}, "silence"],
+    },
+    # distinct counts: like sums, but no single event moves them much
     "distinct": {"detector": "ensemble", "members": ["seasonal", "silence"]},
     # ratios of counts: binomial in the step's trials (pass n=), undefined without trials
     "ratio": {

@@ -20,13 +20,30 @@ TINY: Final = 1e-300  # smallest p we report: surprise 300 digits
 LN10: Final = math.log(10.0)
 # Above this mean the Poisson tails use the normal approximation (Wilson-Hilferty-like error
 # is far below what a detector's threshold can tell apart, and the loops stay short).
-_POISSON_NORMAL_ABOVE: Final = 60.0
+_POISSON_NORMAL_ABOVE: Final = 30.0
+# Within this many sigmas of the mean the tail is large (> 1%) and only feeds the
+# calibrators' long-run mean: the normal approximation is plenty, and 20x cheaper.
+_NEAR_SIGMAS: Final = 2.5
 _MAX_TERMS: Final = 400
 
 
 def normal_sf(z: float) -> float:
     """P(Z > z) for a standard normal Z."""
     return 0.5 * math.erfc(z / SQRT2)
+
+
+def t3_sf(t: float) -> float:
+    """P(T > t) for a Student t with 3 degrees of freedom (closed form; heavy tails).
+
+    >>> round(t3_sf(3.182446), 4), t3_sf(1e6) < 1e-12
+    (0.025, True)
+    """
+    if t < 0.0:
+        return 1.0 - t3_sf(-t)
+    if t > 1e4:  # the tail's leading term, where the closed form cancels to noise
+        return 2.0 * math.sqrt(3.0) / (math.pi * t**3)
+    u = t / math.sqrt(3.0)
+    return max(0.0, 0.5 - (u / (1.0 + u * u) + math.atan(u)) / math.pi)
 
 
 def surprise(p: float) -> float:
@@ -46,7 +63,7 @@ def poisson_sf(k: int, lam: float) -> float:
         return 1.0
     if lam <= 0.0:
         return 0.0
-    if lam > _POISSON_NORMAL_ABOVE:
+    if lam > _POISSON_NORMAL_ABOVE or (lam > 3.0 and abs(k - lam) < _NEAR_SIGMAS * math.sqrt(lam)):
         # continuity correction; sqrt transform keeps the skew roughly right
         return normal_sf(2.0 * (math.sqrt(k - 0.5 + 0.375) - math.sqrt(lam + 0.375)))
     if k <= lam:
@@ -67,7 +84,7 @@ def poisson_cdf(k: int, lam: float) -> float:
         return 0.0
     if lam <= 0.0:
         return 1.0
-    if lam > _POISSON_NORMAL_ABOVE:
+    if lam > _POISSON_NORMAL_ABOVE or (lam > 3.0 and abs(k - lam) < _NEAR_SIGMAS * math.sqrt(lam)):
         return normal_sf(2.0 * (math.sqrt(lam + 0.375) - math.sqrt(k + 0.5 + 0.375)))
     if k >= lam:
         return max(0.0, 1.0 - poisson_sf(k + 1, lam))
