@@ -70,6 +70,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.time)  # arrival (wall clock: benchmarks compare)
 
     @property
     def json(self) -> Any:

@@ -120,6 +120,10 @@ async def test_ack_through_the_api_reaches_pagerduty_and_the_stream_and_pagerdut
         await until(
             lambda: rx.pd_incidents()[firing.alert_id][-1] == "resolve", "the resolve notification"
         )
+        await until(
+            lambda: all(r["status"] == "delivered" for r in outbox(s.database_url)),
+            "every delivery recorded",
+        )
     hist = await http.get(f"/v1/alerts/{firing.alert_id}", headers=keys.headers("analyst"))
     assert [h["state"] for h in hist.json()["history"]] == ["firing", "acknowledged", "resolved"]
     assert rx.state.pd_problems == []

@@ -121,7 +121,12 @@ class Notifier:
         s = self.settings
         async with await psycopg.AsyncConnection.connect(s.database_url) as conn:
             state = await store.load_state(conn, self.name)
+            orphans = await store.orphan_pending(
+                conn, self.name, sorted(self.config.contact_points), datetime.now(UTC)
+            )
             await conn.commit()
+        for key in orphans:
+            log.error("notification dead: its receiver is no longer configured", key=key)
         self._dispatcher = Dispatcher(self.config.policy, state)
         self._nc = await connect_nats(s, name=f"linkpulse-{self.name}")
         try:
@@ -148,12 +153,20 @@ class Notifier:
                 ),
             ]
             log.info("notifier running", name=self.name, receivers=sorted(self._wake))
-            await stop.wait()
-            for t in tasks:
+            stopping = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in [stopping, *tasks]:
                 t.cancel()
-            for t in tasks:
+            for t in [stopping, *tasks]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            for t in done:
+                failure = None if t is stopping or t.cancelled() else t.exception()
+                if failure is not None:
+                    # a task died of something unforeseen: stop whole (a restart resumes
+                    # from the saved state and the outbox) rather than run half a notifier
+                    log.error("notifier task failed", task=t.get_name(), error=repr(failure))
+                    raise failure
         finally:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await self._nc.close()
@@ -275,6 +288,10 @@ class Notifier:
             items = [notify_item(n) for n in notes]
             for n in notes:
                 d.delivered(n)  # queued durably below = told: the outbox sends it
+            if not items:
+                # only group timers moved: not worth a write (restored, a group is just
+                # looked at once more, and the dedup log keeps it from re-sending)
+                return
             try:
                 await store.queue(conn, self.name, items)
                 await store.save_state(conn, self.name, d.state)
@@ -297,31 +314,46 @@ class Notifier:
 
     async def _worker(self, cp: ContactPoint, js: JetStreamContext, stop: asyncio.Event) -> None:
         wake = self._wake[cp.name]
-        retry = self.config.retry
-        timeout = httpx.Timeout(retry.timeout_s)
-        conn = await self._connect()
+        timeout = httpx.Timeout(self.config.retry.timeout_s)
+        # autocommit: each outcome is one statement, durable when it returns
+        conn = await self._connect(autocommit=True)
         async with httpx.AsyncClient(timeout=timeout) as client:
             try:
                 while not stop.is_set():
                     try:
-                        row = await store.next_pending(conn, self.name, cp.name)
-                        await conn.commit()
+                        wait = await self._send_queue(conn, cp, client, js)
                     except psycopg.OperationalError as e:
+                        # an outcome not recorded leaves its row pending: it is sent again
+                        # with the same key (at least once, deduped by the receiver)
                         log.warning("delivery: store unreachable", receiver=cp.name, error=str(e))
                         await asyncio.sleep(self.poll_s)
-                        conn = await self._connect()
+                        conn = await self._connect(autocommit=True)
                         continue
-                    wait = self.poll_s
-                    if row is not None:
-                        wait = (row.next_attempt_at - self.clock()).total_seconds()
-                    if row is None or wait > 0:
+                    if wait > 0:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(wake.wait(), timeout=min(self.poll_s, wait))
                         wake.clear()
-                        continue
-                    await self._attempt(conn, cp, client, js, row)
             finally:
                 await conn.close()
+
+    async def _send_queue(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        cp: ContactPoint,
+        client: httpx.AsyncClient,
+        js: JetStreamContext,
+    ) -> float:
+        """Send the receiver's due notifications in order; seconds until the next is due."""
+        rows = await store.pending(conn, self.name, cp.name, limit=100)
+        if not rows:
+            return self.poll_s
+        for row in rows:
+            wait = (row.next_attempt_at - self.clock()).total_seconds()
+            if wait > 0:
+                return wait
+            if not await self._attempt(conn, cp, client, js, row):
+                return 0.0  # re-read: its retry time is set, the ones behind it wait
+        return 0.0
 
     async def _attempt(
         self,
@@ -330,20 +362,20 @@ class Notifier:
         client: httpx.AsyncClient,
         js: JetStreamContext,
         row: store.PendingRow,
-    ) -> None:
+    ) -> bool:
         item = row.item
         try:
             await asyncio.wait_for(cp.deliver(item, client), timeout=self.config.retry.timeout_s)
         except DeliveryError as e:
             await self._failed(conn, js, row, str(e), e.retryable, e.status)
-            return
+            return False
         except TimeoutError:
             await self._failed(conn, js, row, f"{cp.name}: no answer in time", True, None)
-            return
+            return False
         except Exception as e:  # a contact point's own bug must not stop its queue for good
             log.exception("delivery: unexpected error", receiver=cp.name, key=item.key)
             await self._failed(conn, js, row, f"{cp.name}: {type(e).__name__}: {e}", True, None)
-            return
+            return False
         now = self.clock()
         await store.mark_attempt(conn, item.key, status="delivered", now=now)
         await conn.commit()
@@ -355,6 +387,7 @@ class Notifier:
             kind=item.kind,
             attempts=row.attempts + 1,
         )
+        return True
 
     async def _failed(
         self,
@@ -411,11 +444,11 @@ class Notifier:
         self.dead += 1
         log.error("notification dead-lettered", receiver=item.receiver, key=item.key, error=why)
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    async def _connect(self, *, autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
         while True:
             try:
                 return await psycopg.AsyncConnection.connect(
-                    self.settings.database_url, connect_timeout=5
+                    self.settings.database_url, connect_timeout=5, autocommit=autocommit
                 )
             except psycopg.OperationalError as e:
                 log.warning("notifier: store unreachable, retrying", error=str(e))

@@ -32,6 +32,8 @@ __all__ = [
     "load_state",
     "mark_attempt",
     "next_pending",
+    "orphan_pending",
+    "pending",
     "queue",
     "save_state",
 ]
@@ -88,20 +90,28 @@ class PendingRow:
     next_attempt_at: datetime
 
 
-async def next_pending(
-    conn: psycopg.AsyncConnection[Any], notifier: str, receiver: str
-) -> PendingRow | None:
-    """The oldest pending notification of ``receiver`` (a receiver's queue is in order)."""
+async def pending(
+    conn: psycopg.AsyncConnection[Any], notifier: str, receiver: str, *, limit: int = 100
+) -> list[PendingRow]:
+    """The oldest pending notifications of ``receiver``, in order (a receiver's queue)."""
     cur = await conn.execute(
         "SELECT payload::text, attempts, next_attempt_at FROM notifications "
         "WHERE notifier = %s AND receiver = %s AND status = 'pending' "
-        "ORDER BY created_at, key LIMIT 1",
-        (notifier, receiver),
+        "ORDER BY created_at, key LIMIT %s",
+        (notifier, receiver, limit),
     )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    return PendingRow(msgspec.json.decode(row[0], type=Outgoing), int(row[1]), row[2])
+    return [
+        PendingRow(msgspec.json.decode(text, type=Outgoing), int(attempts), at)
+        for text, attempts, at in await cur.fetchall()
+    ]
+
+
+async def next_pending(
+    conn: psycopg.AsyncConnection[Any], notifier: str, receiver: str
+) -> PendingRow | None:
+    """The oldest pending notification of ``receiver``."""
+    rows = await pending(conn, notifier, receiver, limit=1)
+    return rows[0] if rows else None
 
 
 async def mark_attempt(
@@ -121,6 +131,19 @@ async def mark_attempt(
         "delivered_at = CASE WHEN %s = 'delivered' THEN %s ELSE delivered_at END WHERE key = %s",
         (status, next_attempt_at, last_status, error[:2000], status, now, key),
     )
+
+
+async def orphan_pending(
+    conn: psycopg.AsyncConnection[Any], notifier: str, receivers: Sequence[str], now: datetime
+) -> list[str]:
+    """Mark dead the pending notifications of receivers no longer configured; their keys."""
+    cur = await conn.execute(
+        "UPDATE notifications SET status = 'dead', last_error = 'receiver ' || receiver || "
+        "' is no longer in the notifier configuration', next_attempt_at = %s "
+        "WHERE notifier = %s AND status = 'pending' AND NOT (receiver = ANY(%s)) RETURNING key",
+        (now, notifier, list(receivers)),
+    )
+    return [r[0] for r in await cur.fetchall()]
 
 
 # -- silences ---------------------------------------------------------------------------------
