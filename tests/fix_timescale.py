@@ -147,20 +147,21 @@ class TimescaleServer:
         deadline = self.started + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                    break
+            # Read what is there even past the deadline: a spare server started
+            # during a long test printed READY long ago (its line is waiting).
+            while sel.select(timeout=max(0.0, deadline - time.monotonic())):
                 line = self.proc.stdout.readline()
                 if not line:  # EOF: the process died
                     break
                 if line.startswith("READY port="):
                     self.port = int(line.strip().split("=", 1)[1])
                     return self.dsn
+        log = self.log_tail()  # before stop(), which closes the log
         self.stop()
         msg = (
             f"the TimescaleDB test server did not become ready within {timeout:.0f} s "
             f"(exit code {self.proc.returncode}); if packages are broken, run "
-            f"'{INSTALL_CMD}'. Server log:\n{self.log_tail()}"
+            f"'{INSTALL_CMD}'. Server log:\n{log}"
         )
         raise TimescaleServerError(msg)
 
