@@ -132,7 +132,7 @@ def test_without_hysteresis_it_resolves_at_the_threshold() -> None:
 def test_keep_firing_for_damps_flapping_into_one_incident() -> None:
     flapping = [0.06, 0.01, 0.06, 0.01, 0.06, 0.01, 0.01, 0.01]
     damped = feed(thresh(keep="2m"), flapping)
-    assert states(damped) == [("firing", 1), ("resolved", 7)]
+    assert states(damped) == [("firing", 1), ("resolved", 8)]  # 2m after the first clear (6)
     assert len({c.alert_id for c in damped}) == 1
     raw = feed(thresh(), flapping)
     # undamped: three incidents, each with its own id (a new PagerDuty dedup_key)

@@ -131,7 +131,7 @@ class _Machine:
     state: AlertState = AlertState.INACTIVE
     active_at: float | None = None
     fired_at: float | None = None
-    last_held: float | None = None
+    clear_since: float | None = None  # firing, but not held since then (keep_firing_for)
 
 
 def _advance(m: _Machine, s: Sample, rule: Rule) -> _Machine:
@@ -141,22 +141,23 @@ def _advance(m: _Machine, s: Sample, rule: Rule) -> _Machine:
         if not s.cond:
             return m
         if rule.for_s <= 0:
-            return _Machine(AlertState.FIRING, s.at, s.at, s.at)
-        return _Machine(AlertState.PENDING, s.at, None, s.at)
+            return _Machine(AlertState.FIRING, s.at, s.at)
+        return _Machine(AlertState.PENDING, s.at)
     if st is AlertState.PENDING:
         if not s.cond:
-            return _Machine(AlertState.INACTIVE, m.active_at, None, m.last_held)
+            return _Machine(AlertState.INACTIVE, m.active_at)
         assert m.active_at is not None
         if s.at - m.active_at >= rule.for_s:
-            return _Machine(AlertState.FIRING, m.active_at, s.at, s.at)
-        return dataclasses.replace(m, last_held=s.at)
-    # firing (or acknowledged: the track keeps that apart)
+            return _Machine(AlertState.FIRING, m.active_at, s.at)
+        return m
+    # firing (or acknowledged: the track keeps that apart). As Prometheus does,
+    # keep_firing_for counts from the first evaluation that no longer held.
     if s.held:
-        return dataclasses.replace(m, last_held=s.at)
-    last = m.last_held if m.last_held is not None else s.at
-    if s.at - last >= rule.keep_firing_for_s:
-        return _Machine(AlertState.RESOLVED, m.active_at, m.fired_at, m.last_held)
-    return m
+        return m if m.clear_since is None else dataclasses.replace(m, clear_since=None)
+    since = m.clear_since if m.clear_since is not None else s.at
+    if s.at - since >= rule.keep_firing_for_s:
+        return _Machine(AlertState.RESOLVED, m.active_at, m.fired_at)
+    return m if m.clear_since == since else dataclasses.replace(m, clear_since=since)
 
 
 class Track:
@@ -168,6 +169,7 @@ class Track:
         "fp",
         "history",
         "labels",
+        "last",
         "last_at",
         "machine",
         "route",
@@ -197,6 +199,7 @@ class Track:
         self.history: deque[Sample] = deque()
         self.acked: set[str] = set()
         self.last_at = -math.inf
+        self.last: Sample | None = None  # the newest sample (context of the changes)
 
 
 class RuleEngine:
@@ -239,7 +242,7 @@ class RuleEngine:
                     closed = (
                         AlertState.RESOLVED if t.machine.state in _ACTIVE else AlertState.INACTIVE
                     )
-                    last = t.history[-1] if t.history else Sample(t.last_at, False, False)
+                    last = t.last or Sample(t.last_at, False, False)
                     last = dataclasses.replace(last, explanation="the rule was removed or changed")
                     out.append(self._change(old_rule, t, t.machine, closed, last, t.last_at))
                 del self._tracks[key]
@@ -382,7 +385,7 @@ class RuleEngine:
                 rule = self._by_name[t.rule]
                 t.acked.add(alert_id)
                 t.machine = dataclasses.replace(m, state=AlertState.ACKNOWLEDGED)
-                last = t.history[-1] if t.history else Sample(at, True, True)
+                last = t.last or Sample(at, True, True)
                 return self._change(rule, t, t.machine, AlertState.ACKNOWLEDGED, last, at, m.state)
         return None
 
@@ -393,27 +396,29 @@ class RuleEngine:
             rule = self._by_name.get(t.rule)
             if rule is None or t.machine.state not in _OPEN:
                 continue
-            last = t.history[-1] if t.history else Sample(t.last_at, True, True)
+            last = t.last or Sample(t.last_at, True, True)
             out.append(self._change(rule, t, t.machine, t.machine.state, last, t.last_at))
         return sorted(out, key=lambda c: c.alert_id)
 
     # -- snapshot --------------------------------------------------------------------------
 
+    _FIELDS = (
+        "series",
+        "tenant",
+        "route",
+        "labels",
+        "fp",
+        "machine",
+        "base",
+        "acked",
+        "last_at",
+        "last",
+    )
+
     def snapshot(self) -> bytes:
         """The whole state, for the dataflow's recovery store."""
         tracks = {
-            k: (
-                t.series,
-                t.tenant,
-                t.route,
-                dict(t.labels),
-                t.fp,
-                t.machine,
-                t.base,
-                list(t.history),
-                set(t.acked),
-                t.last_at,
-            )
+            k: {**{f: getattr(t, f) for f in self._FIELDS}, "history": list(t.history)}
             for k, t in self._tracks.items()
         }
         state = {
@@ -430,32 +435,18 @@ class RuleEngine:
         """Resume from ``snapshot()``'s bytes; False (and a fresh start) if they are unusable."""
         try:
             state: Any = pickle.loads(blob)  # noqa: S301 - our own snapshot from the recovery store
-        except (pickle.UnpicklingError, AttributeError, ValueError, EOFError):
+        except (pickle.UnpicklingError, AttributeError, ValueError, EOFError, TypeError):
             return False
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             return False
-        for key, (series, tenant, route, labels, fp, machine, base, hist, acked, last_at) in state[
-            "tracks"
-        ].items():
-            rule = self._by_name.get(key[0])
-            if rule is None:
-                continue
+        for key, saved in state["tracks"].items():
+            if key[0] not in self._by_name:
+                continue  # a rule that is gone: its alerts are not carried over
             t = Track.__new__(Track)
-            t.rule, t.series, t.tenant, t.route, t.labels, t.fp = (
-                key[0],
-                series,
-                tenant,
-                route,
-                labels,
-                fp,
-            )
-            t.machine, t.base, t.history, t.acked, t.last_at = (
-                machine,
-                base,
-                deque(hist),
-                acked,
-                last_at,
-            )
+            t.rule = key[0]
+            for f in self._FIELDS:
+                setattr(t, f, saved[f])
+            t.history = deque(saved["history"])
             self._tracks[key] = t
         self._values = state["values"]
         self._forecasts = state["forecasts"]
@@ -551,6 +542,7 @@ class RuleEngine:
                 after = dataclasses.replace(after, state=AlertState.ACKNOWLEDGED)
             t.machine = after
             t.last_at = max(t.last_at, s.at)
+            t.last = s
             if keep:
                 hist.append(s)
                 horizon = s.at - self.config.revision_horizon_s
@@ -581,6 +573,7 @@ class RuleEngine:
         if m == before:
             return []
         latest = hist[-1]
+        t.last = latest
         ctx = dataclasses.replace(latest, revision=max(s.revision, latest.revision))
         return self._diff(rule, t, before, m, ctx, latest.at)
 

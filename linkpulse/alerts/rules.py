@@ -550,7 +550,7 @@ def _parse(text: str, file: str) -> tuple[list[Rule], list[Problem]]:
             continue
         seen[rule.name] = line
         rules.append(rule)
-    return rules, c.problems
+    return rules, sorted(c.problems, key=lambda p: p.line)  # in file order (stable)
 
 
 def parse_rules(text: str, file: str = "<rules>") -> RuleSet:

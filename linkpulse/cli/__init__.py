@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "keys",
     "eval",
     "notifier",
+    "alerts",
 )
 
 
