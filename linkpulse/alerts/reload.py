@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -53,6 +54,7 @@ class RuleSetHolder:
         self._stamp = self._fingerprint()
         self.version = 1
         self.last_problems: list[Problem] = []
+        self._looked = time.monotonic()
 
     @property
     def current(self) -> RuleSet:
@@ -97,6 +99,18 @@ class RuleSetHolder:
         before = self.version
         self.reload()
         return self.version != before
+
+    def refresh(self, every_s: float) -> RuleSet:
+        """``current``, looking for changed files at most once every ``every_s`` seconds.
+
+        The monotonic clock only decides when to look at the files; which
+        rules are in force never depends on it otherwise.
+        """
+        now = time.monotonic()
+        if every_s >= 0 and now - self._looked >= every_s:
+            self._looked = now
+            self.poll()
+        return self.current
 
     def request_reload(self) -> None:
         """Ask for a reload at the next ``current`` (safe from a signal handler)."""
