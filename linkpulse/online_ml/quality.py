@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from linkpulse.online_ml.base import PAGE_THRESHOLD
 from linkpulse.online_ml.joint import TENANT_FEATURES, build_joint_detector
-from linkpulse.online_ml.spec import build_detector, metric_kind
+from linkpulse.online_ml.spec import build_detector, series_kind
 from linkpulse.schemas.outputs import AnomalyScore
 
 JOINT: Final = "joint"
@@ -92,9 +92,9 @@ def score_series(
     out = Scored({}, {})
     times = None
     for key, values in series.items():
-        metric = key.split("|")[1]
+        metric, dims = key.split("|")[1:3]
         spec = dict((specs or {}).get(metric, {}))
-        spec.setdefault("kind", metric_kind(metric))
+        spec.setdefault("kind", series_kind(metric, dims))
         det = build_detector(spec, series=key)
         n = len(values)
         if times is None or len(times) != n:

@@ -135,7 +135,8 @@ class SeasonalBaseline(ScalarDetector):
         novel = self._n > 0 and (v > self._hi + s or v < self._lo - s)
         p_point = c0.calibrate(raw_point)
         if novel:
-            p_point = min(p_point, raw_point)
+            # outside everything seen: no smoothing, no heavy tail, may hide it
+            p_point = min(p_point, raw_point, 2.0 * normal_sf(abs(z)))
         raw_fast = min(1.0, 2.0 * normal_sf(abs(zf)))
         raw_slow = min(1.0, 2.0 * normal_sf(abs(zs)))
         p_fast = c1.calibrate(raw_fast)

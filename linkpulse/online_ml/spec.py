@@ -54,8 +54,10 @@ COMMON: Final = ("series", "period_s", "grace", "percent")
 KIND_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
     # events per step: counts, Poisson-like, 0 when the window is missing
     "count": {"detector": "ensemble", "members": ["poisson", "silence"]},
-    # sums of amounts: heavy-tailed (a few orders of log-normal size), 0 when no events
-    "sum": {
+    # sums of amounts, 0 when no events
+    "sum": {"detector": "ensemble", "members": ["seasonal", "silence"]},
+    # sums of a few amounts (one seller's GMV): heavy-tailed, one big order is no incident
+    "sparse_sum": {
         "detector": "ensemble",
         "members": [{"detector": "seasonal", "point_tail": "t3"}, "silence"],
     },
@@ -196,6 +198,16 @@ def metric_kind(metric: str, registry: Registry = REGISTRY) -> str:
     return VALUE_KIND[registry.get(metric).value]
 
 
+def series_kind(metric: str, dims_key: str, registry: Registry = REGISTRY) -> str:
+    """The kind of one series: its metric's kind, ``sparse_sum`` for a sum per dimension value.
+
+    >>> series_kind("gmv", ""), series_kind("gmv", "seller_id=s1"), series_kind("orders", "x=1")
+    ('sum', 'sparse_sum', 'count')
+    """
+    kind = metric_kind(metric, registry)
+    return "sparse_sum" if kind == "sum" and dims_key else kind
+
+
 def detector_for_window(
     window: MetricWindow,
     specs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -215,7 +227,7 @@ def detector_for_window(
     ('acme|gmv||1m', ['seasonal', 'silence'])
     """
     spec = load_spec((specs or {}).get(window.metric))
-    spec.setdefault("kind", metric_kind(window.metric, registry))
+    spec.setdefault("kind", series_kind(window.metric, window.dims_key, registry))
     spec.setdefault("period_s", float(WindowSpec.parse(window.window).step_s))
     spec["series"] = window.series_key
     return _build(spec, f"spec[{window.metric!r}]", {})
