@@ -70,6 +70,12 @@ def dataflow(
         min=1.0,
         help="Seconds without a window after which a series' detector is forgotten.",
     ),
+    alert_rules: list[Path] | None = typer.Option(
+        None,
+        "--alert-rules",
+        help="Alert rule file or directory (repeatable; see docs/alerting.md); none: no alerting.",
+    ),
+    alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="Evaluate the alert rules."),
 ) -> None:
     """Run the live-metrics dataflow: JetStream in; store, Redis and NATS out.
 
@@ -77,6 +83,8 @@ def dataflow(
     effect). Prometheus metrics are served on LINKPULSE_METRICS_PORT.
     """
     # Imported here so `linkpulse --help` does not load Bytewax.
+    from linkpulse.alerts.reload import install_sighup
+    from linkpulse.dataflows.alerting import AlertingConfig
     from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
     from linkpulse.dataflows.runner import prepare_recovery, run_flow, spawn_local_cluster
     from linkpulse.dataflows.scoring import scoring_config
@@ -107,7 +115,11 @@ def dataflow(
             stop_at_seq=stop_at_seq,
             redis_key_prefix=redis_prefix,
             scoring=scoring_config(detectors, idle_expiry) if scoring else None,
+            # a bad rule file stops the start here, naming file, line and field
+            alerting=AlertingConfig(tuple(alert_rules)) if alerts and alert_rules else None,
         )
+        if opts.alerting is not None:
+            install_sighup([opts.alerting.holder])  # SIGHUP reloads; a bad file keeps the old
         run_flow(
             build_flow(settings, opts),
             workers=workers,

@@ -43,6 +43,7 @@ from bytewax.outputs import Sink
 
 from linkpulse.config import Settings, get_settings
 from linkpulse.dataflows import instrumentation as metrics
+from linkpulse.dataflows.alerting import AlertingBranch, AlertingConfig, AlertingSinks
 from linkpulse.dataflows.branch import Branch, Core, RouteTick, TimelineItem
 from linkpulse.dataflows.chunks import Chunk
 from linkpulse.dataflows.decode import decode_message, stream_time
@@ -105,6 +106,8 @@ class FlowOptions:
     # The scoring branch (anomaly scores and forecasts of the final 1m windows);
     # None leaves it out.
     scoring: ScoringConfig | None = dataclasses.field(default_factory=ScoringConfig)
+    # The alerting branch (rules on windows and scores, after scoring); None leaves it out.
+    alerting: AlertingConfig | None = None
     # Granularity of the stream clock the windows step hands to branches
     # (``RouteTick``): the finest window a branch steps on.
     tick_s: float = 60.0
@@ -337,6 +340,8 @@ def default_branches(
             settings, redis_key_prefix=options.redis_key_prefix, redis_ttl_s=options.redis_ttl_s
         )
         branches.append(ScoringBranch(options.scoring, sinks))
+    if options.alerting is not None:
+        branches.append(AlertingBranch(options.alerting, AlertingSinks.from_settings(settings)))
     return branches
 
 
