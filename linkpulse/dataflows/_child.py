@@ -187,7 +187,7 @@ class Child:
         if stdin is not None and not stdin.closed:
             try:
                 stdin.close()
-            except BrokenPipeError:
+            except OSError:  # a dead child's pipe; close() must not raise (Bytewax's destructors)
                 pass
         try:
             self._proc.wait(timeout=timeout_s)

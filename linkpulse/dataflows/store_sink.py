@@ -39,11 +39,14 @@ from linkpulse.dataflows._child import Child
 from linkpulse.dataflows.events_writer import ACK_DECODER, WriterArgs
 from linkpulse.dataflows.instrumentation import SINK_BATCH, SINK_LATENCY, timed_sink
 from linkpulse.errors import DataflowError, StoreError
+from linkpulse.logging import get_logger
 from linkpulse.schemas.codec import encode_event
 
 __all__ = ["PipelinedEventsSink", "StoreKind", "StoreSink", "Writer"]
 
 StoreKind = Literal["events", "dead_letters", "metric_windows"]
+
+log = get_logger(__name__)
 
 
 class Writer(Protocol):
@@ -96,7 +99,11 @@ class _StorePartition(StatelessSinkPartition[Any]):
             self._write(rows)
 
     def close(self) -> None:
-        self._writer.close()
+        # Never raise from close(): see _PipelinedPartition.close.
+        try:
+            self._writer.close()
+        except Exception as e:  # noqa: BLE001 - logged; nothing is left to write
+            log.warning("closing a store writer failed", sink=f"store_{self._kind}", error=str(e))
 
 
 class StoreSink(DynamicSink[Any]):
@@ -204,8 +211,27 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
         self._wait(0)
 
     def close(self) -> None:
+        """Let the writer finish what it was sent, then stop it; never raises.
+
+        Bytewax calls close() from a Rust destructor, also while it unwinds
+        from an error raised by this or any other step; an exception here
+        then is a panic during a panic, and the whole flow aborts (SIGABRT)
+        without the first error's message. Nothing is lost by not raising:
+        Bytewax takes a snapshot (which waits for every batch) before it
+        closes a flow that ends normally, and a failed flow resumes from its
+        last snapshot, so the unacknowledged batches are written again.
+        """
         try:
-            self._wait(0)
+            if self._error is None and not self._child.eof:
+                self._wait(0)
+        except Exception as e:  # noqa: BLE001 - logged, and the restart replays them
+            log.error(
+                "raw-events writer: batches not acknowledged at close; "
+                "a restart of the flow writes them again from its last snapshot",
+                writer=self._child.what,
+                unacknowledged=self._sent - self._stored,
+                error=str(e),
+            )
         finally:
             self._child.close(timeout_s=30)
 
