@@ -1,0 +1,171 @@
+"""A real Bytewax flow whose raw-events writer is SIGKILLed again and again.
+
+The fault suite found the flow dying by SIGABRT (exit -6) after "panic in a
+destructor during cleanup", without the error naming the writer, about once
+in six kills: the sink partition's ``close()`` raised the writer's death a
+second time while Bytewax was already unwinding from it. Here a small flow
+(a seeded, resumable source into ``PipelinedEventsSink``, with recovery) is
+started, its writer killed at a seeded moment, the outcome judged and the
+flow restarted, ten times; then it runs to its end and every event must be
+stored exactly once.
+
+``LINKPULSE_KILL_SEED`` replays a run's choices (the seed is printed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from linkpulse.store.migrate import migrate
+from tests.proc_helpers import wait_until
+from tests.test_dataflow_events_writer import (
+    REPO,
+    WRITER_MODULE,
+    expected,
+    make_events,
+    stored,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TOTAL = 8_000
+KILLS = 10
+
+# The flow: events ev-0 .. ev-<TOTAL - 1> in batches of 10 (slowly, so that a
+# kill finds batches in flight; at full speed with "fast"), resumable by index.
+FLOW_SCRIPT = """
+import sys, time
+from datetime import timedelta
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.recovery import RecoveryConfig
+from bytewax.testing import run_main
+from linkpulse.dataflows.store_sink import PipelinedEventsSink
+from tests.test_dataflow_events_writer import make_events
+
+dsn, recovery, total, pace = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+class Part(StatefulSourcePartition):
+    def __init__(self, at):
+        self.at = at
+    def next_batch(self):
+        if self.at >= total:
+            raise StopIteration
+        if pace == "slow":
+            time.sleep(0.02)
+        batch = make_events(self.at, min(total, self.at + 10))
+        self.at += len(batch)
+        return [("p", batch)]
+    def snapshot(self):
+        return self.at
+
+class Source(FixedPartitionedSource):
+    def list_parts(self):
+        return ["p"]
+    def build_part(self, step_id, for_part, resume_state):
+        return Part(resume_state or 0)
+
+flow = Dataflow("writer_kills")
+events = op.input("in", flow, Source())
+op.output("events", events, PipelinedEventsSink(dsn, ["p"], max_in_flight=4, outage_s=0))
+run_main(flow, epoch_interval=timedelta(milliseconds=100), recovery_config=RecoveryConfig(recovery))
+"""
+
+
+class KillRig:
+    """The flow subprocess on a recovery folder, its log, and the steps of each kill."""
+
+    def __init__(self, dsn: str, work: Path) -> None:
+        self.dsn = dsn
+        self.recovery = work / "recovery"
+        self.recovery.mkdir()
+        subprocess.run(  # noqa: S603 - bytewax's own tool: one recovery partition
+            [sys.executable, "-m", "bytewax.recovery", str(self.recovery), "1"], check=True
+        )
+        self.log = work / "flow.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, pace: str = "slow") -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as out:
+            out.write(b"\n=== start\n")
+            self.proc = subprocess.Popen(  # noqa: S603 - our own script
+                [sys.executable, "-c", FLOW_SCRIPT, self.dsn, str(self.recovery), str(TOTAL), pace],
+                cwd=REPO,
+                stdout=out,
+                stderr=out,
+            )
+        return self.proc
+
+    def writer(self) -> psutil.Process | None:
+        assert self.proc is not None
+        try:
+            for child in psutil.Process(self.proc.pid).children():
+                if WRITER_MODULE in child.cmdline():
+                    return child
+        except psutil.NoSuchProcess:
+            pass
+        return None
+
+    def last_run(self) -> str:
+        text = self.log.read_text(errors="replace")
+        return text[text.rfind("\n=== start") :]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def rig(pg_dsn: str, tmp_path: Path) -> Iterator[KillRig]:
+    migrate(pg_dsn)
+    made = KillRig(pg_dsn, tmp_path)
+    yield made
+    made.stop()
+
+
+def test_sigkilled_writer_stops_the_flow_cleanly_and_a_restart_stores_everything_once(
+    rig: KillRig,
+) -> None:
+    seed = int(os.environ.get("LINKPULSE_KILL_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    print(f"writer-kill seed {seed} (LINKPULSE_KILL_SEED={seed} replays it); log {rig.log}")
+    outcomes: list[str] = []
+    for kill in range(KILLS):
+        proc = rig.start()
+        before = stored(rig.dsn)[0]
+        # Wait for this run's writer to be storing, then kill it at a seeded moment.
+        assert wait_until(
+            lambda b=before: rig.writer() is not None and stored(rig.dsn)[0] > b, timeout=60
+        ), f"kill {kill}: the flow stored nothing (seed {seed}): {rig.last_run()[-2000:]}"
+        time.sleep(rng.uniform(0.0, 0.4))
+        writer = rig.writer()
+        assert writer is not None, f"kill {kill}: the writer went (seed {seed})"
+        writer.kill()
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"kill {kill}: the flow neither stopped nor said why (seed {seed})")
+        said = rig.last_run()
+        outcomes.append(f"kill {kill}: exit {code}")
+        assert code not in (-6, 134), f"kill {kill}: SIGABRT (seed {seed}): {said[-3000:]}"
+        assert "panic in a destructor" not in said, f"kill {kill} (seed {seed}): {said[-3000:]}"
+        assert code != 0, f"kill {kill}: the flow exited 0 after losing its writer (seed {seed})"
+        assert "the raw-events writer of p exited" in said, f"kill {kill}: {said[-3000:]}"
+        assert "restart the flow" in said, f"kill {kill}: {said[-3000:]}"
+    print("; ".join(outcomes))
+    # The last restart runs to the end: each event stored once, whatever was replayed.
+    proc = rig.start(pace="fast")
+    code = proc.wait(timeout=120)
+    assert code == 0, f"the final run failed (seed {seed}): {rig.last_run()[-3000:]}"
+    assert stored(rig.dsn) == expected(make_events(0, TOTAL)), f"seed {seed}"
