@@ -139,3 +139,54 @@ def test_rows_keep_the_newest_revision_per_key() -> None:
     rows = alert_rows([newer, first])
     assert len(rows) == 1 and json.loads(rows[0][6])["summary"] == "newer"
     assert rows[0][:4] == (first.alert_id, "failures_high", first.series, "firing")
+
+
+@pytest.mark.integration
+async def test_changes_reach_the_alerts_table_and_the_alerts_stream(
+    pg_dsn: str, nats_settings: Settings, nc: object
+) -> None:
+    import asyncio
+
+    import msgspec
+    import nats.errors
+    import psycopg
+
+    from linkpulse.bus.live import alert_subject
+    from linkpulse.dataflows.alerting import AlertsNatsSink, AlertsStoreSink
+    from linkpulse.store.migrate import migrate
+    from tests.test_alerts_engine import thresh, win
+
+    migrate(pg_dsn)
+    eng = thresh()
+    changes = eng.on_window(win(0, 0.09)) + eng.on_window(win(1, 0.01))
+    assert [c.state.value for c in changes] == ["firing", "resolved"]
+
+    def write() -> None:
+        store = AlertsStoreSink(pg_dsn).build("alerts_store", 0, 1)
+        store.write_batch(changes)
+        store.write_batch(changes)  # a replay: idempotent
+        store.close()
+        out = AlertsNatsSink(nats_settings).build("alerts_nats", 0, 1)
+        out.write_batch(changes)
+        out.write_batch(changes)  # a replay: dropped by the stream (Nats-Msg-Id)
+        out.close()
+
+    await asyncio.to_thread(write)
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT alert_id, rule, state, tenant, details->>'summary' FROM alerts ORDER BY at"
+        ).fetchall()
+    assert rows == [
+        (c.alert_id, "failures_high", c.state.value, "acme", c.summary) for c in changes
+    ]
+    js = nc.jetstream()  # type: ignore[attr-defined]
+    sub = await js.subscribe(
+        alert_subject(nats_settings.subject_prefix, "acme"), ordered_consumer=True
+    )
+    got = []
+    for _ in changes:
+        msg = await sub.next_msg(timeout=10)
+        got.append(msgspec.json.decode(msg.data, type=AlertChange))
+    assert got == changes
+    with pytest.raises(nats.errors.TimeoutError):  # nothing more: the replay was dropped
+        await sub.next_msg(timeout=1)
