@@ -274,6 +274,12 @@ async def test_ack_is_mirrored_to_pagerduty_and_stops_repeats(
             lambda: rx.pd_incidents().get(firing.alert_id) == ["trigger", "acknowledge"],
             "the acknowledge at PagerDuty",
         )
+        # the flow's resolve is stamped with stream time, older than the ack's wall clock
+        await publish(nc, s, change(state=AlertState.RESOLVED))
+        await until(
+            lambda: rx.pd_incidents()[firing.alert_id] == ["trigger", "acknowledge", "resolve"],
+            "the resolve after the ack",
+        )
     ack = [r for r in outbox(s.database_url) if r["kind"] == "ack"]
     assert [r["receiver"] for r in ack] == ["pd"]  # Slack is not sent a mirror
 

@@ -87,6 +87,23 @@ def notify_item(n: Notification) -> Outgoing:
     return Outgoing(key=key, receiver=n.receiver, kind="notify", notification=n, created_at=n.at)
 
 
+def _after_held(d: Dispatcher, c: AlertChange) -> AlertChange:
+    """A resolve placed after what the dispatcher holds of its incident.
+
+    An acknowledgement from the API is stamped with the wall clock, the flow's
+    changes with stream time; when the stream runs behind (a replay, a lagging
+    flow) the flow's resolve would look older than the ack and be dropped, and
+    the incident would never resolve. A resolve ends its incident whatever
+    its stamp says.
+    """
+    if c.state is not AlertState.RESOLVED:
+        return c
+    held = [g.alerts[c.alert_id].at for g in d.state.groups.values() if c.alert_id in g.alerts]
+    if not held or max(held) < c.at:
+        return c
+    return msgspec.structs.replace(c, at=max(held) + timedelta(microseconds=1))
+
+
 class Notifier:
     """The service; ``await run(stop)`` until ``stop`` is set."""
 
@@ -218,7 +235,7 @@ class Notifier:
             now = self.clock()
             acks = []
             for c in changes:
-                d.ingest(c, now)
+                d.ingest(_after_held(d, c), now)
                 if c.state is AlertState.ACKNOWLEDGED:
                     acks.extend(self._ack_mirrors(d, c))
             try:
