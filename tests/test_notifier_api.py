@@ -225,6 +225,13 @@ async def test_alert_reads_filter_and_scope(
     crit = change("payment_failures")
     warn = change("slow_checkout", severity="warning", metric="checkout_p95")
     beta = change("payment_failures", tenant="beta")
+    gone = change("refund_burst", metric="refunds")
+    _store(
+        api_settings.database_url,
+        gone,
+        change("refund_burst", AlertState.ACKNOWLEDGED, metric="refunds", at=datetime.now(UTC)),
+        change("refund_burst", AlertState.RESOLVED, metric="refunds"),
+    )
     _store(
         api_settings.database_url,
         crit,
@@ -234,7 +241,8 @@ async def test_alert_reads_filter_and_scope(
     )
     h = keys.headers("viewer")
     everything = (await http.get("/v1/alerts", headers=h)).json()
-    assert {a["alert_id"] for a in everything} == {crit.alert_id, warn.alert_id}
+    assert {a["alert_id"] for a in everything} == {crit.alert_id, warn.alert_id, gone.alert_id}
+    assert {a["state"] for a in everything if a["alert_id"] == gone.alert_id} == {"resolved"}
     firing = (await http.get("/v1/alerts", params={"state": "firing"}, headers=h)).json()
     assert [a["alert_id"] for a in firing] == [crit.alert_id]
     by_sev = (await http.get("/v1/alerts", params={"severity": "warning"}, headers=h)).json()

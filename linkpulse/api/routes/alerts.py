@@ -38,7 +38,8 @@ from linkpulse.api.routes._alerting import (
 router = APIRouter(tags=["alerts"], lifespan=alerting_lifespan)
 
 STATES = [s.value for s in AlertState]
-# the later state wins when two changes of one alert share a timestamp
+# the later state wins when two changes of one alert share a timestamp; a resolve ends the
+# incident even when stamped (stream time) before an ack made on the wall clock
 _RANK = "array_position(ARRAY['resolved','acknowledged','firing','pending','inactive'], state)"
 
 
@@ -116,7 +117,7 @@ SELECT details::text FROM (
   WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
     AND (%(rule)s::text IS NULL OR rule = %(rule)s)
     AND (%(alert_id)s::text IS NULL OR alert_id = %(alert_id)s)
-  ORDER BY alert_id, at DESC, {_RANK}
+  ORDER BY alert_id, state = 'resolved' DESC, at DESC, {_RANK}
 ) latest
 WHERE (%(state)s::text IS NULL OR state = %(state)s)
   AND (%(severity)s::text IS NULL OR details->>'severity' = %(severity)s)
