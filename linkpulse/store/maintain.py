@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,7 +19,7 @@ from linkpulse.config import Settings, get_settings
 from linkpulse.errors import StoreError
 from linkpulse.logging import get_logger
 from linkpulse.store.capabilities import Tier
-from linkpulse.store.jobs import MAINTAIN, recorded
+from linkpulse.store.jobs import MAINTAIN, record_run, recorded
 from linkpulse.store.migrate import stored_tier
 from linkpulse.store.partitions import create_ahead
 from linkpulse.store.retention import RetentionReport, apply_retention
@@ -106,30 +108,94 @@ def run_once(
     return report
 
 
+CONNECT_TIMEOUT_S = 10
+# Failed passes kept for the job record while the store is unreachable (a week
+# of one-minute passes); older ones are forgotten, the newest kept.
+MAX_MISSED = 10_000
+
+
+@dataclass(frozen=True)
+class _Missed:
+    """A pass that failed where its failure could not be recorded (no store to write to)."""
+
+    started: datetime
+    finished: datetime
+    error: str
+
+
 def run_forever(
     dsn: str,
     settings: Settings | None = None,
     *,
     interval_s: float | None = None,
     stop: threading.Event | None = None,
+    max_passes: int | None = None,
+    wait: Callable[[float], object] | None = None,
 ) -> int:
-    """Run ``run_once`` every ``interval_s`` until ``stop`` is set; return the passes run.
+    """Run a pass every ``interval_s`` until ``stop`` is set (or ``max_passes`` ran).
 
-    A failed pass is logged and retried at the next interval (the database may
-    be restarting); the loop itself never dies of it.
+    Returns the passes run. A failed pass, the store being unreachable
+    included, is logged and retried at the next interval (the database may be
+    restarting); the loop itself never dies of it. Passes that failed while the
+    store was unreachable are added to the job record (``linkpulse doctor``)
+    by the first pass that reaches it again, so an outage shows in the
+    failure counts. ``wait(seconds)`` sleeps between passes (default: wait on
+    ``stop``, so setting it ends the sleep at once).
     """
     settings = settings or get_settings()
     interval = interval_s if interval_s is not None else settings.store_maintain_interval_s
     if interval <= 0:
         msg = f"interval_s must be positive, got {interval}"
         raise ValueError(msg)
+    if max_passes is not None and max_passes < 1:
+        msg = f"max_passes must be at least 1, got {max_passes}"
+        raise ValueError(msg)
     stop = stop or threading.Event()
-    passes = 0
+    pause = wait or stop.wait
+    missed: deque[_Missed] = deque(maxlen=MAX_MISSED)
+    passes = failed_in_a_row = 0
     while not stop.is_set():
-        try:
-            run_once(dsn, settings)
-        except StoreError as e:
-            log.error("store_maintain_failed", error=str(e))
+        error = _one_pass(dsn, settings, missed)
         passes += 1
-        stop.wait(interval)
+        if error is None:
+            failed_in_a_row = 0
+        else:
+            failed_in_a_row += 1
+            log.error(
+                "store_maintain_failed",
+                error=error,
+                failed_in_a_row=failed_in_a_row,
+                retry_in_s=interval,
+            )
+        if max_passes is not None and passes >= max_passes:
+            break
+        pause(interval)
     return passes
+
+
+def _one_pass(dsn: str, settings: Settings, missed: deque[_Missed]) -> str | None:
+    """Run one pass on a connection of its own; the error's text if it failed."""
+    started = datetime.now(UTC)
+    conn: psycopg.Connection | None = None
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        with conn:
+            _record_missed(conn, missed)
+            run_once(conn, settings)  # records its own run on conn (jobs.recorded)
+        return None
+    except (psycopg.Error, StoreError) as e:
+        error = " ".join(str(e).split()) or type(e).__name__
+        if conn is None or conn.broken:
+            # No connection to record it on (never made, or lost mid-pass):
+            # keep it for the next pass that reaches the store.
+            missed.append(_Missed(started, datetime.now(UTC), error))
+        return error
+
+
+def _record_missed(conn: psycopg.Connection, missed: deque[_Missed]) -> None:
+    """Add the passes that failed unrecorded to the job record, oldest first."""
+    while missed:
+        m = missed[0]
+        if not record_run(conn, MAINTAIN, m.started, m.finished, m.error):
+            return  # not migrated yet: nowhere to record them, keep them
+        missed.popleft()
