@@ -10,6 +10,7 @@ import psycopg
 from linkpulse.config import load_settings
 from linkpulse.schemas.outputs import MetricWindow
 from linkpulse.store import EventWriter, Tier, migrate, refresh, run_forever, run_once, stored_tier
+from linkpulse.store.jobs import MAINTAIN, read_jobs
 from linkpulse.store.partitions import list_partitions, partition_name
 from linkpulse.store.retention import apply_retention
 from tests.test_store_writer import ROLLUP_SQL, make_events, rollup_rows
@@ -107,16 +108,16 @@ def test_maintain_makes_partitions_ahead_refreshes_and_loops(pg_dsn: str) -> Non
         ahead = partition_name("events", (datetime.now(UTC) + timedelta(days=3)).date())
         assert ahead in names
         assert conn.execute("SELECT sum(events) FROM events_1d").fetchone() == (200,)
+    # The loop: a pass counter and an injected sleep instead of a wall-clock bound.
+    waits: list[float] = []
+    assert run_forever(pg_dsn, settings, interval_s=60, max_passes=3, wait=waits.append) == 3
+    assert waits == [60, 60]  # slept between passes, not after the last
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        job = next(j for j in read_jobs(conn) if j.name == MAINTAIN)
+    assert (job.runs, job.failures, job.last_status) == (4, 0, "success")  # run_once + 3
+    # stop ends the loop before the next pass, even with no pass limit
     stop = threading.Event()
-    passes: list[int] = []
-    t = threading.Thread(
-        target=lambda: passes.append(run_forever(pg_dsn, settings, interval_s=0.05, stop=stop))
-    )
-    t.start()
-    stop.wait(0.3)
-    stop.set()
-    t.join(timeout=10)
-    assert passes and passes[0] >= 2
+    assert run_forever(pg_dsn, settings, interval_s=60, stop=stop, wait=lambda _: stop.set()) == 1
 
 
 # -- on both lanes: the tier is the database's --------------------------------------------------
