@@ -105,3 +105,36 @@ async def test_a_simulated_payment_failure_spike_pages_once_and_resolves(
     trigger = rx.pd_events()[0]
     assert trigger["payload"]["severity"] == "critical"
     assert "of payments fail (pages above 20%)" in trigger["payload"]["summary"]
+
+
+async def test_a_flapping_series_is_one_incident_and_one_page(
+    notifier_settings: Settings, nc: Client, rx: HttpReceivers
+) -> None:
+    s = notifier_settings
+    engine = RuleEngine(parse_rules(RULES))
+    t0 = datetime.fromtimestamp(START, UTC)
+    # an hour above and below the threshold in turns of one or two minutes, then calm
+    values = [0.3 if (i // (1 + i % 2)) % 2 == 0 else 0.05 for i in range(60)] + [0.0] * 10
+    async with running(Notifier(s, config(rx, receivers=("pd",)), poll_s=0.2)):
+        for i, value in enumerate(values):
+            begin = t0 + timedelta(minutes=i)
+            w = MetricWindow(
+                metric="payment_failure_rate",
+                tenant="acme",
+                dims_key="",
+                dimensions={},
+                window="1m",
+                window_start=begin,
+                window_end=begin + timedelta(minutes=1),
+                value=value,
+                count=100,
+                final=True,
+            )
+            changes = engine.on_window(w)
+            await publish(nc, s, *changes)
+            if any(c.state is AlertState.FIRING for c in changes):  # paged in real time
+                await until(lambda: len(rx.pd_events()) >= 1, "the page")
+        await until(
+            lambda: any(e["event_action"] == "resolve" for e in rx.pd_events()), "the resolve"
+        )
+    assert [e["event_action"] for e in rx.pd_events()] == ["trigger", "resolve"]
