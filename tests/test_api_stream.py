@@ -290,6 +290,18 @@ async def test_bad_stream_requests_are_4xx_naming_what_is_wrong(
         # an admin may pick any tenant
         resp, _ = await _open(c, "/v1/stream/metrics", keys.headers("admin"), tenant="beta")
         await resp.aclose()
+        # and every refusal above is in the audit log, with its reason
+        params = {"action": "refused", "principal": keys.ids["viewer"]}
+        deadline = time.monotonic() + 20
+        while True:
+            r = await c.get("/v1/audit", headers=keys.headers("admin"), params=params)
+            refused = r.json()["entries"]
+            if len(refused) >= 7:
+                break
+            assert time.monotonic() < deadline, refused
+            await asyncio.sleep(0.2)
+        assert {e["status"] for e in refused} == {400, 403}
+        assert any("unknown metric 'nope'" in e["detail"] for e in refused)
 
 
 async def test_a_revoked_key_has_its_open_stream_closed(

@@ -28,7 +28,13 @@ from linkpulse.api.auth.guard import StreamPrincipal
 from linkpulse.api.auth.roles import Principal
 from linkpulse.api.hub import STOP, Client, Plan, StreamHub
 from linkpulse.api.problems import ProblemError, problem_responses
-from linkpulse.api.stream_filter import FilterError, format_event_id, parse_event_id, scoped_filter
+from linkpulse.api.stream_filter import (
+    FilterError,
+    StreamFilter,
+    format_event_id,
+    parse_event_id,
+    scoped_filter,
+)
 from linkpulse.logging import get_logger
 
 router = APIRouter(tags=["streams"])
@@ -151,14 +157,14 @@ async def _events(
         )
 
 
-async def _open(
+def _checked(
     request: Request,
     principal: Principal,
     kind: str,
     last_event_id: str | None,
-    **filters: str | None,
-) -> EventSourceResponse:
-    hub: StreamHub = request.app.state.hub
+    filters: dict[str, str | None],
+) -> tuple[StreamFilter, int | None]:
+    """The client's filter and resume position, or a 400/403 problem naming the field."""
     unknown = sorted(set(request.query_params) - set(filters))
     if unknown:  # a filter we don't know must not open a stream that ignores it
         known = ", ".join(sorted(filters))
@@ -171,7 +177,32 @@ async def _open(
         slug = "forbidden-scope" if e.status == 403 else "invalid-filter"
         title = "Out of scope" if e.status == 403 else "Invalid stream filter"
         raise ProblemError(e.status, slug, title, e.detail, field=e.field) from e
-    hub.admit(principal)
+    return flt, resume
+
+
+async def _open(
+    request: Request,
+    principal: Principal,
+    kind: str,
+    last_event_id: str | None,
+    **filters: str | None,
+) -> EventSourceResponse:
+    hub: StreamHub = request.app.state.hub
+    try:
+        flt, resume = _checked(request, principal, kind, last_event_id, filters)
+        hub.admit(principal)
+    except ProblemError as e:  # refused requests are audited like the guard's refusals
+        hub.guard.audit.record(
+            AuditEntry.of(
+                principal,
+                "refused",
+                resource=f"{request.method} {request.url.path}",
+                outcome="refused",
+                status=e.status_code,
+                detail=str(e.detail),
+            )
+        )
+        raise
     client = hub.register(principal, flt)
     try:
         plan = await hub.plan(kind, resume)
