@@ -237,6 +237,17 @@ def timescale_dsn(_timescale_pool: ServerPool) -> Iterator[str]:
 
 
 @pytest.fixture
+def ts_dsn(timescale_dsn: str) -> str:
+    """The WASM TimescaleDB for the full tier: ``timescale_dsn``, by the name the store tests use.
+
+    Its cluster snapshot loads the library and keeps ``search_path = public``
+    across sessions (tests/timescale/server.mjs). A plugin fixture (see
+    tests/conftest.py): use it by name, never import it.
+    """
+    return timescale_dsn
+
+
+@pytest.fixture
 def timescale_conn(timescale_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit psycopg connection to a fresh TimescaleDB server."""
     with timescale_connect(timescale_dsn) as conn:

@@ -32,7 +32,6 @@ from linkpulse.store.jobs import Job, Level, classify, next_record, read_jobs
 from linkpulse.store.maintain import run_once
 from linkpulse.store.migrate import migrate
 from linkpulse.store.tiers import apply_policies
-from tests.test_store_timescale import ts_dsn  # noqa: F401 - the TimescaleDB lane's fixture
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -302,7 +301,7 @@ def scheduler_failed_every_job(conn: psycopg.Connection[Any], error: str) -> lis
 @pytest.mark.timescale
 @pytest.mark.integration
 def test_doctor_lists_timescaledb_jobs_and_fails_when_they_fail(
-    ts_dsn: str,  # noqa: F811 - the fixture imported above
+    ts_dsn: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Any,
 ) -> None:

@@ -29,13 +29,6 @@ ROLLUP_QUERY = (
 )
 
 
-@pytest.fixture
-def ts_dsn(timescale_dsn: str) -> str:
-    """The WASM TimescaleDB (full tier). Its cluster snapshot loads the library
-    and keeps ``search_path = public`` across sessions (tests/timescale/server.mjs)."""
-    return timescale_dsn
-
-
 def rollups(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
     return {
         name: conn.execute(ROLLUP_QUERY.format(name)).fetchall()  # type: ignore[arg-type]
