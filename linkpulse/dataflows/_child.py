@@ -167,14 +167,18 @@ class Child:
             out += self._frames.feed(data)
         return out
 
+    def exit_code(self, timeout_s: float = 5.0) -> int | None:
+        """Its exit code once it has exited (negative: the signal); None if it has not yet."""
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def exit_error(self) -> DataflowError:
         """The error to raise once the child has gone without being asked to."""
-        try:
-            code = self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
         msg = (
-            f"{self.what} exited (code {code}); restart the flow: it resumes from its last snapshot"
+            f"{self.what} exited (code {self.exit_code()}); "
+            "restart the flow: it resumes from its last snapshot"
         )
         return DataflowError(msg)
 

@@ -24,6 +24,7 @@ so there is nothing else to retry.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -47,6 +48,8 @@ __all__ = ["PipelinedEventsSink", "StoreKind", "StoreSink", "Writer"]
 StoreKind = Literal["events", "dead_letters", "metric_windows"]
 
 log = get_logger(__name__)
+
+_MAX_REVIVALS = 3  # writers started in a row that stored nothing before the flow stops
 
 
 class Writer(Protocol):
@@ -142,6 +145,14 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
     is stored. Bytewax takes that snapshot before it commits the epoch, so a
     committed epoch never has unwritten rows; a write error surfaces at the
     next call and stops the flow, which then resumes from the last commit.
+
+    A writer that dies without a write error (killed: OOM, an operator) is
+    replaced: the partition keeps every batch until it is acknowledged and
+    sends them all again to the new writer, in order. That is exactly-once
+    still, because the writes are idempotent (``ON CONFLICT DO NOTHING`` on
+    the event key) and the snapshot still waits for every acknowledgement.
+    A writer that dies ``_MAX_REVIVALS`` times in a row without storing a
+    batch (it cannot start, say) stops the flow with an error naming it.
     """
 
     def __init__(self, args: WriterArgs, max_in_flight: int, *, what: str, stall_s: float) -> None:
@@ -149,10 +160,15 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
         self._stall_s = stall_s
         self._sent = 0  # frames sent
         self._stored = 0  # frames the writer acknowledged
+        self._unacked: deque[bytes] = deque()  # frames sent, not yet acknowledged, in order
+        self._revivals = 0  # writers started since the last acknowledgement
         self._error: str | None = None
-        self._child = Child(
-            "linkpulse.dataflows.events_writer", msgspec.json.encode(args), what=what
-        )
+        self._args = msgspec.json.encode(args)
+        self._what = what
+        self._child = self._spawn()
+
+    def _spawn(self) -> Child:
+        return Child("linkpulse.dataflows.events_writer", self._args, what=self._what)
 
     def _collect(self, timeout_s: float = 0.0) -> None:
         for body in self._child.receive(timeout_s):
@@ -161,6 +177,9 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
                 self._error = ack.error
                 continue
             self._stored += ack.batches
+            for _ in range(ack.batches):
+                self._unacked.popleft()
+            self._revivals = 0
             SINK_BATCH.labels("store_events").observe(ack.rows)
             SINK_LATENCY.labels("store_events").observe(ack.seconds)
 
@@ -168,8 +187,29 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
         if self._error is not None:
             msg = f"writing events to the store failed: {self._error}"
             raise StoreError(msg)
-        if self._child.eof and self._stored < self._sent:
-            raise self._child.exit_error()
+        while self._child.eof:  # it died: everything it wrote has been collected
+            self._revive()
+
+    def _revive(self) -> None:
+        """Replace the dead writer and send it every unacknowledged batch again."""
+        gone = self._child
+        if self._revivals >= _MAX_REVIVALS:
+            error = gone.exit_error()
+            msg = f"{error} (it died {self._revivals + 1} times in a row without storing a batch)"
+            raise DataflowError(msg)
+        code = gone.exit_code()
+        gone.close(timeout_s=5)
+        self._revivals += 1
+        log.warning(
+            "raw-events writer died; started a new one and sent it the unacknowledged batches",
+            writer=self._what,
+            code=code,
+            resent=len(self._unacked),
+        )
+        self._child = self._spawn()
+        for body in self._unacked:
+            if not self._child.send(body):
+                break  # dead already: the caller's loop sees eof and tries again
 
     def _wait(self, in_flight: int) -> None:
         """Until at most ``in_flight`` batches are unacknowledged (or it failed).
@@ -201,11 +241,12 @@ class _PipelinedPartition(StatefulSinkPartition[list[Any], None]):
         if not lines:
             return
         self._wait(self._max_in_flight - 1)
-        if not self._child.send(b"\n".join(lines)):
-            self._collect(timeout_s=1.0)  # it said why before it went, most likely
-            self._check()
-            raise self._child.exit_error()
+        body = b"\n".join(lines)
+        self._unacked.append(body)
         self._sent += 1
+        if not self._child.send(body):
+            self._collect(timeout_s=1.0)  # a write error: it said why before it went
+            self._check()  # or killed: a new writer gets this batch with the others
 
     def snapshot(self) -> None:
         self._wait(0)
