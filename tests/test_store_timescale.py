@@ -19,6 +19,7 @@ import pytest
 from linkpulse.config import load_settings
 from linkpulse.store import EventWriter, Tier, migrate, refresh, roles, run_once, stored_tier
 from linkpulse.store.tiers import apply_policies
+from tests.fix_timescale import TimescaleServer, TimescaleServerError, ensure_installed
 from tests.test_store_writer import BASE, make_events
 
 pytestmark = [pytest.mark.timescale, pytest.mark.integration]
@@ -208,3 +209,18 @@ def test_forced_apache_tier_uses_hypertables_and_rollup_tables(ts_dsn: str) -> N
         assert conn.execute(
             "SELECT count(*) FROM events WHERE event_time < now() - interval '2 days'"
         ).fetchone() == (0,)
+
+
+def test_a_server_that_never_gets_ready_is_reported_with_its_exit_code_and_log() -> None:
+    """The fixture's own failure path: the timeout message and the server log,
+    not "I/O operation on closed file" (the log was once read after stop() closed it)."""
+    ensure_installed()
+    server = TimescaleServer()
+    server.proc.kill()  # dies before printing READY, as a crashed or hung start would
+    server.proc.wait(timeout=30)
+    with pytest.raises(TimescaleServerError) as failed:
+        server.wait_ready(timeout=30)
+    text = str(failed.value)
+    assert "did not become ready within 30 s (exit code -9)" in text, text
+    assert "Server log:" in text, text
+    assert server.proc.stdout is not None and server.proc.stdout.closed  # stopped, cleaned up
