@@ -32,6 +32,7 @@ from linkpulse.operators.windows import DEFAULT_WINDOWS
 from linkpulse.schemas.outputs import MetricWindow
 
 __all__ = [
+    "EVENT_NAMES",
     "FilterError",
     "StreamFilter",
     "Update",
@@ -39,6 +40,7 @@ __all__ = [
     "parse_event_id",
     "parse_update",
     "scoped_filter",
+    "sse_frame",
 ]
 
 METRIC_NAMES = frozenset(m.name for m in REGISTRY)
@@ -67,6 +69,7 @@ class Update:
     metric: str | None
     window: str | None
     data: bytes
+    frame: bytes = b""  # the SSE frame, encoded once for every client (see sse_frame)
 
 
 def parse_update(kind: str, tenant: str, seq: int, data: bytes) -> Update:
@@ -81,7 +84,8 @@ def parse_update(kind: str, tenant: str, seq: int, data: bytes) -> Update:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             msg = f"not a MetricWindow: {e}"
             raise ValueError(msg) from e
-        return Update(seq, w.tenant, w.dimensions.get("seller_id"), w.metric, w.window, data)
+        seller = w.dimensions.get("seller_id")
+        return Update(seq, w.tenant, seller, w.metric, w.window, data, sse_frame(kind, seq, data))
     try:
         obj: Any = msgspec.json.decode(data)
     except msgspec.DecodeError as e:
@@ -95,7 +99,21 @@ def parse_update(kind: str, tenant: str, seq: int, data: bytes) -> Update:
             seller = dims.get("seller_id")
         except ValueError:
             pass  # a series key we can't read: tenant-wide for scope (sellers don't see it)
-    return Update(seq, tenant, seller, metric, None, data)
+    return Update(seq, tenant, seller, metric, None, data, sse_frame(kind, seq, data))
+
+
+EVENT_NAMES = {"metrics": "metric", "anomalies": "anomaly", "alerts": "alert"}
+
+
+def sse_frame(kind: str, seq: int, data: bytes) -> bytes:
+    """The SSE frame of one update (id, event, data; one data line per line of JSON).
+
+    >>> sse_frame("metrics", 7, b'{"a": 1}')
+    b'id: metrics-7\\r\\nevent: metric\\r\\ndata: {"a": 1}\\r\\n\\r\\n'
+    """
+    lines = b"".join(b"data: " + line + b"\r\n" for line in data.splitlines() or [b""])
+    head = f"id: {format_event_id(kind, seq)}\r\nevent: {EVENT_NAMES[kind]}\r\n".encode()
+    return head + lines + b"\r\n"
 
 
 def format_event_id(kind: str, seq: int) -> str:

@@ -42,7 +42,6 @@ log = get_logger(__name__)
 
 RETRY_MS = 3000
 SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is disconnected
-_EVENT_NAME = {"metrics": "metric", "anomalies": "anomaly", "alerts": "alert"}
 _RESPONSES = {
     200: {
         "description": "an SSE stream (text/event-stream); see docs/streams.md",
@@ -86,9 +85,8 @@ async def _still_valid(hub: StreamHub, token: str | None) -> str | None:
 
 async def _events(
     request: Request, hub: StreamHub, client: Client, plan: Plan, token: str | None
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[ServerSentEvent | bytes]:
     kind = client.filter.kind
-    name = _EVENT_NAME[kind]
     settings = hub.settings
     sent, outcome, last = 0, "closed", plan.position
     try:
@@ -108,9 +106,7 @@ async def _events(
             async for u in hub.replay(client.filter, plan.replay_from):
                 last = max(last, u.seq)
                 sent += 1
-                yield ServerSentEvent(
-                    id=format_event_id(kind, u.seq), event=name, data=u.data.decode()
-                )
+                yield u.frame  # encoded once by the hub, shared by every client
         next_check = time.monotonic() + settings.stream_revalidate_s
         while True:
             timeout = next_check - time.monotonic()
@@ -141,7 +137,7 @@ async def _events(
                 continue
             last = u.seq
             sent += 1
-            yield ServerSentEvent(id=format_event_id(kind, u.seq), event=name, data=u.data.decode())
+            yield u.frame
     finally:
         hub.unregister(client)
         hub.guard.audit.record(
