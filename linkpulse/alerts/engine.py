@@ -550,7 +550,7 @@ class RuleEngine:
                     t.base = _advance(t.base, hist.popleft(), rule)
             else:
                 t.base = after
-            if before == after:
+            if after is before or after == before:
                 return []
             return self._diff(rule, t, before, after, s, s.at)
         # a revision of a step already evaluated (or a late first one inside the horizon)

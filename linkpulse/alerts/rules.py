@@ -182,7 +182,7 @@ class Rule:
         """Whether this rule covers a series of ``tenant`` with dimension ``labels``."""
         if self.tenant is not None and tenant != self.tenant:
             return False
-        return matches_all(self.where, labels)
+        return not self.where or matches_all(self.where, labels)
 
 
 @dataclasses.dataclass(frozen=True)
