@@ -576,3 +576,62 @@ async def test_ctrl_c_stops_a_live_run_cleanly(tmp_path: Path) -> None:
     end = datetime.fromisoformat(label["end"])
     assert end < datetime.now(UTC)  # cut where the run stopped, not an hour later
     assert decode_event(lines[-1]).event_time <= end + timedelta(seconds=1)
+
+
+# -- the anomaly kinds made for the detector evaluation --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shifted() -> tuple[list[BaseEvent], float]:
+    """Three hours from 06:00 with a drift on acme, a seller shift on globex, a moved curve on
+    initech (each from the first hour to the end)."""
+    start = datetime(2026, 11, 16, 6, tzinfo=UTC).timestamp()
+    traffic = TrafficConfig(rate=20, start=start, duration=3 * 3600, seed=3)
+    market = build_marketplace(traffic.market)
+    specs = (
+        "gradual_drift@1h+2h:acme=0.6",
+        "seller_shift@1h+2h:globex/globex-s0000=0.9",
+        "pattern_change@1h+2h:initech=6",
+    )
+    resolved = [resolve(parse_anomaly(s), start, traffic.duration, market) for s in specs]
+    return list(generate(traffic, market, resolved)), start
+
+
+def _per_hour(events: list[BaseEvent], start: float, pred: Any) -> list[int]:
+    c = Counter(int((_ts(e) - start) // 3600) for e in events if pred(e))
+    return [c[h] for h in range(3)]
+
+
+def test_gradual_drift_thins_the_tenant_more_and_more(shifted) -> None:
+    events, start = shifted
+    acme = _per_hour(events, start, lambda e: e.tenant == "acme" and e.type == "page_view")
+    globex = _per_hour(events, start, lambda e: e.tenant == "globex" and e.type == "page_view")
+    # relative to an untouched tenant: hour 1 loses ~15%, hour 2 ~45% (ramp to 60%)
+    r = [a / g for a, g in zip(acme, globex, strict=True)]
+    assert r[2] < 0.75 * r[1] < 0.75 * 0.95 * r[0], (acme, globex)
+
+
+def test_seller_shift_removes_that_sellers_orders_only(shifted) -> None:
+    events, start = shifted
+    target = _per_hour(events, start, lambda e: e.type == "order_placed"
+                       and e.seller_id == "globex-s0000")  # fmt: skip
+    other = _per_hour(events, start, lambda e: e.type == "order_placed"
+                      and e.seller_id == "globex-s0001")  # fmt: skip
+    assert target[1] + target[2] < 0.5 * 2 * target[0], target  # traffic rises, orders fall
+    assert other[1] > 0.6 * other[0], other
+
+
+def test_pattern_change_moves_the_daily_curve(shifted) -> None:
+    events, start = shifted
+    initech = _per_hour(events, start, lambda e: e.tenant == "initech" and e.type == "page_view")
+    globex = _per_hour(events, start, lambda e: e.tenant == "globex" and e.type == "page_view")
+    # 08:00-09:00 now follows the curve of 02:00-03:00, the night trough
+    assert initech[2] / globex[2] < 0.6 * initech[0] / globex[0], (initech, globex)
+
+
+def test_new_kinds_parse_and_check_their_magnitude() -> None:
+    assert parse_anomaly("seller_shift@1h+1h:acme/acme-s0003=0.5").seller_id == "acme-s0003"
+    with pytest.raises(ValueError, match="in \\(0, 24\\)"):
+        parse_anomaly("pattern_change=30")
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        parse_anomaly("gradual_drift=1.5")

@@ -132,8 +132,9 @@ def binom_sf(k: int, n: int, p: float) -> float:
         return 1.0
     if k > n:
         return 0.0
-    if n > _BINOM_NORMAL_ABOVE:
-        sd = math.sqrt(n * p * (1.0 - p))
+    var = n * p * (1.0 - p)
+    if n > _BINOM_NORMAL_ABOVE or (var > 3.0 and abs(k - n * p) < _NEAR_SIGMAS * math.sqrt(var)):
+        sd = math.sqrt(var)
         return normal_sf((k - 0.5 - n * p) / sd) if sd > 0 else float(k <= n * p)
     if k <= n * p:  # the upper tail is big: sum the short lower side instead
         return max(0.0, 1.0 - binom_cdf(k - 1, n, p))
@@ -146,8 +147,9 @@ def binom_cdf(k: int, n: int, p: float) -> float:
         return 0.0
     if k >= n:
         return 1.0
-    if n > _BINOM_NORMAL_ABOVE:
-        sd = math.sqrt(n * p * (1.0 - p))
+    var = n * p * (1.0 - p)
+    if n > _BINOM_NORMAL_ABOVE or (var > 3.0 and abs(k - n * p) < _NEAR_SIGMAS * math.sqrt(var)):
+        sd = math.sqrt(var)
         return normal_sf((n * p - k - 0.5) / sd) if sd > 0 else float(k >= n * p)
     if k >= n * p:
         return max(0.0, 1.0 - binom_sf(k + 1, n, p))
