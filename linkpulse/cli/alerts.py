@@ -42,7 +42,7 @@ def check(
 
 
 @alerts_app.command("test")
-def test(
+def run_tests(
     files: list[Path] = typer.Argument(..., help="Rule test files (YAML: rule_files, tests)."),
 ) -> None:
     """Run rule unit tests: input series and scores, expected alerts at given times."""
