@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
+from linkpulse.cli import app
+from linkpulse.config import get_settings
 from linkpulse.errors import MigrationError, StoreError
 from linkpulse.store import EventWriter, Tier, detect, migrate, refresh, status, stored_tier
 from linkpulse.store.capabilities import server_tier
@@ -182,3 +187,64 @@ def test_rollup_series_are_index_only_scans_on_every_tier(lane_dsn: str) -> None
             )
             assert "Index Only Scan" in plan, plan
             assert "Heap" not in plan and "Seq Scan" not in plan, plan
+
+
+def db_status(monkeypatch: pytest.MonkeyPatch, dsn: str, *args: str) -> tuple[int, str]:
+    """`linkpulse db status` in-process against ``dsn``: exit code and stdout."""
+    monkeypatch.setenv("LINKPULSE_DATABASE_URL", dsn)
+    get_settings.cache_clear()  # the CLI reads the settings once per process
+    try:
+        result = CliRunner().invoke(app, ["db", "status", *args])
+    finally:
+        get_settings.cache_clear()  # no later test sees this database
+    return result.exit_code, result.stdout
+
+
+def test_db_status_json_before_and_after_migrating(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = discover()
+    code, out = db_status(monkeypatch, pg_dsn, "--json")
+    assert code == 0, out
+    body = json.loads(out)
+    assert body["ok"] is True and body["tier"] is None
+    assert body["server_tier"] in {t.value for t in Tier}
+    assert (body["applied"], body["pending"], body["changed"]) == (0, len(files), 0)
+    assert [m["version"] for m in body["migrations"]] == [m.version for m in files]
+    assert {m["state"] for m in body["migrations"]} == {"pending"}
+    assert body["tables"] == []
+
+    migrate(pg_dsn, tier="plain")
+    with EventWriter(pg_dsn) as w:
+        w.write_events(make_events(300, seed=51))
+    code, out = db_status(monkeypatch, pg_dsn, "--json")
+    assert code == 0, out
+    body = json.loads(out)
+    assert body["tier"] == "plain"
+    assert (body["applied"], body["pending"], body["changed"]) == (len(files), 0, 0)
+    first = body["migrations"][0]
+    assert first["state"] == "applied" and len(first["checksum"]) == 64
+    assert datetime.fromisoformat(first["applied_at"]).tzinfo is not None
+    by_name = {t["name"]: t for t in body["tables"]}
+    assert EXPECTED_TABLES <= set(by_name)
+    events = by_name["events"]
+    assert events["kind"] == "partitioned" and events["parts"] > 0 and events["bytes"] > 0
+    meta = by_name["lp_schema_migrations"]
+    assert meta["kind"] == "table" and meta["parts"] == 0 and meta["bytes"] > 0
+
+    # the table form shows the same, one row per line under a pipe
+    code, out = db_status(monkeypatch, pg_dsn)
+    assert code == 0, out
+    assert "tier in use: plain" in out
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()]
+    assert any(row[:2] == ["events", "partitioned"] and row[3] != "0 bytes" for row in rows), out
+
+
+def test_db_status_json_when_the_store_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # bound, never listening: the connect is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        code, out = db_status(monkeypatch, f"postgresql://postgres@127.0.0.1:{port}/x", "--json")
+    assert code == 1
+    body = json.loads(out)
+    assert body["ok"] is False and str(port) in body["error"] and body["hint"]

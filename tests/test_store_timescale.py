@@ -18,6 +18,7 @@ import pytest
 
 from linkpulse.config import load_settings
 from linkpulse.store import EventWriter, Tier, migrate, refresh, roles, run_once, stored_tier
+from linkpulse.store.migrate import table_sizes
 from linkpulse.store.tiers import apply_policies
 from tests.fix_timescale import TimescaleServer, TimescaleServerError, ensure_installed
 from tests.test_store_writer import BASE, make_events
@@ -125,6 +126,13 @@ def test_full_tier_matches_plain_tier(ts_dsn: str, pg_dsn: str) -> None:
     assert report.tier == "full_timescale" and report.retention.dropped == []
     with psycopg.connect(ts_dsn, autocommit=True) as conn:
         assert rollups(conn) == plain
+        # what `db status` lists: hypertables with their chunks (the compressed one
+        # included), continuous aggregates with their materialized chunks
+        sizes = {t.name: t for t in table_sizes(conn)}
+    assert sizes["events"].kind == "hypertable"
+    assert sizes["events"].parts >= 3 and sizes["events"].bytes > 0
+    assert sizes["events_1h"].kind == "continuous aggregate" and sizes["events_1h"].bytes > 0
+    assert sizes["lp_schema_migrations"].kind == "table"
 
 
 def test_analyst_views_and_grants_on_timescaledb(ts_dsn: str) -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import psycopg
 import typer
-from rich.console import Console
+from rich import filesize
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+# doctor's and up's --json conventions (one document on stdout, same help text).
+from linkpulse.cli.console import make_console
+from linkpulse.cli.stack import JSON_HELP
+from linkpulse.cli.stack import _fail as fail_json
+from linkpulse.cli.stack import _print_json as print_json
 from linkpulse.config import get_settings
 from linkpulse.errors import LinkpulseError
 
 db_app = typer.Typer(
     help="The time-series store: migrations, maintenance, backfill, roles.", no_args_is_help=True
 )
-console = Console()
+console = make_console()  # tables stay one row per line when piped
 
 
 def _fail(e: Exception) -> typer.Exit:
@@ -58,29 +64,62 @@ def migrate_cmd(
 @db_app.command("status")
 def status_cmd(
     directory: Path | None = typer.Option(None, "--dir", help="migrations folder (tests)"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """List migrations (applied or pending, checksum, applied_at) and the tier."""
+    """List migrations (applied or pending, checksum, applied_at), the tier and table sizes."""
     from linkpulse.store.capabilities import server_tier
-    from linkpulse.store.migrate import status, stored_tier
+    from linkpulse.store.migrate import status, stored_tier, table_sizes
 
     s = get_settings()
     try:
-        with psycopg.connect(s.database_url, autocommit=True) as conn:
+        with psycopg.connect(s.database_url, autocommit=True, connect_timeout=10) as conn:
             rows = status(conn, directory)
             stored, best = stored_tier(conn), server_tier(conn)
+            tables = table_sizes(conn)
     except (LinkpulseError, psycopg.Error) as e:
+        if as_json:
+            # One document on stdout, the message on stderr, exit 1 (as doctor --json).
+            hint = "is LINKPULSE_DATABASE_URL right? (`linkpulse doctor` checks it)"
+            fail_json(" ".join(str(e).split()), hint, as_json=True)
         raise _fail(e) from e
+    if as_json:
+        print_json(
+            {
+                "ok": True,
+                "tier": stored.value if stored else None,
+                "server_tier": best.value,
+                "migrations": [
+                    {
+                        "version": r.version,
+                        "name": r.name,
+                        "state": r.state,
+                        "checksum": r.checksum,
+                        "applied_at": r.applied_at,
+                    }
+                    for r in rows
+                ],
+                "applied": sum(1 for r in rows if r.applied_at),
+                "pending": sum(1 for r in rows if not r.applied_at),
+                "changed": sum(1 for r in rows if r.changed),
+                "tables": [asdict(t) for t in tables],
+            }
+        )
+        return
     table = Table("version", "name", "state", "checksum", "applied_at")
     for r in rows:
-        state = "CHANGED" if r.changed else ("applied" if r.applied_at else "pending")
         table.add_row(
             f"{r.version:04d}",
             r.name,
-            state,
+            r.state,
             r.checksum[:12],
             r.applied_at.isoformat() if r.applied_at else "",
         )
     console.print(table)
+    if tables:
+        sizes = Table("table", "kind", "parts", "size")
+        for t in tables:
+            sizes.add_row(t.name, t.kind, str(t.parts or ""), filesize.decimal(t.bytes))
+        console.print(sizes)
     console.print(
         f"tier in use: {stored.value if stored else '(not migrated)'}; server offers: {best.value}"
     )

@@ -30,11 +30,13 @@ __all__ = [
     "MIGRATIONS_DIR",
     "Migration",
     "MigrationStatus",
+    "TableSize",
     "discover",
     "migrate",
     "render",
     "status",
     "stored_tier",
+    "table_sizes",
 ]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -74,6 +76,17 @@ class MigrationStatus:
     checksum: str
     applied_at: datetime | None
     changed: bool = False
+
+    @property
+    def state(self) -> str:
+        """``applied``, ``pending``, or ``CHANGED`` (applied, but the file differs since).
+
+        >>> MigrationStatus(1, "init", "ab", None).state
+        'pending'
+        """
+        if self.changed:
+            return "CHANGED"
+        return "applied" if self.applied_at else "pending"
 
 
 def discover(directory: Path | None = None) -> list[Migration]:
@@ -250,3 +263,59 @@ def status(conn: psycopg.Connection, directory: Path | None = None) -> list[Migr
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class TableSize:
+    """One of the store's tables (or rollups) and its size on disk, parts included."""
+
+    name: str
+    kind: str  # "table", "partitioned", "hypertable" or "continuous aggregate"
+    parts: int  # partitions or chunks (0 for a plain table)
+    bytes: int  # data, indexes and TOAST of it and all its parts (compressed chunks included)
+
+
+# Top-level tables of the public schema. A partitioned table's size is its
+# partitions' (pg_partition_tree, which lists nothing for a plain table); a
+# hypertable's is replaced below by hypertable_size (its chunks inherit, and
+# compressed ones live elsewhere).
+_TABLES = """
+SELECT c.relname,
+       CASE c.relkind WHEN 'p' THEN 'partitioned' ELSE 'table' END,
+       (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid),
+       CASE c.relkind WHEN 'p' THEN
+           (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint
+              FROM pg_partition_tree(c.oid) t)
+       ELSE pg_total_relation_size(c.oid) END
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname
+"""
+_HYPERTABLES = """
+SELECT hypertable_name, num_chunks,
+       hypertable_size(format('%I.%I', hypertable_schema, hypertable_name)::regclass)
+FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'
+"""
+_CAGGS = """
+SELECT view_name,
+       (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = format('%I.%I',
+            materialization_hypertable_schema, materialization_hypertable_name)::regclass),
+       hypertable_size(format('%I.%I', materialization_hypertable_schema,
+                              materialization_hypertable_name)::regclass)
+FROM timescaledb_information.continuous_aggregates WHERE view_schema = 'public'
+"""
+
+
+def table_sizes(conn: psycopg.Connection) -> list[TableSize]:
+    """The public schema's tables and rollups with their sizes, by name (``db status``)."""
+    out = {
+        name: TableSize(name, kind, int(parts), int(size or 0))
+        for name, kind, parts, size in conn.execute(_TABLES).fetchall()
+    }
+    has_ts = conn.execute("SELECT to_regclass('timescaledb_information.hypertables')").fetchone()
+    if has_ts and has_ts[0] is not None:
+        for name, chunks, size in conn.execute(_HYPERTABLES).fetchall():
+            out[name] = TableSize(name, "hypertable", int(chunks or 0), int(size or 0))
+        for name, chunks, size in conn.execute(_CAGGS).fetchall():
+            out[name] = TableSize(name, "continuous aggregate", int(chunks or 0), int(size or 0))
+    return sorted(out.values(), key=lambda t: t.name)
