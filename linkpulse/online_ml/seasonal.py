@@ -25,7 +25,7 @@ import math
 from typing import ClassVar, Final
 
 from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict
-from linkpulse.online_ml.profile import SeasonalProfile
+from linkpulse.online_ml.profile import LN2, SeasonalProfile
 from linkpulse.online_ml.stats import normal_sf, t3_sf
 
 _Z_CAP: Final = 4.0  # what one step adds to the recent means, in sigmas
@@ -56,6 +56,9 @@ class SeasonalBaseline(ScalarDetector):
         "_lo",
         "_hi",
         "_t3",
+        "_vf",
+        "_vs",
+        "_a_var",
     )
 
     def __init__(
@@ -104,6 +107,11 @@ class SeasonalBaseline(ScalarDetector):
         self._cal = (Calibrator(), Calibrator(), Calibrator())
         self._lo = math.inf
         self._hi = -math.inf
+        # Empirical variances of the two means: z is neither unit-variance (skewed sums) nor
+        # independent (profile errors last an hour), so the iid a / (2 - a) is only the prior.
+        self._vf = fast_alpha / (2.0 - fast_alpha)
+        self._vs = slow_alpha / (2.0 - slow_alpha)
+        self._a_var = LN2 / max(1.0, 3.0 * self.steps_per_day)
 
     @property
     def profile(self) -> SeasonalProfile:
@@ -127,9 +135,8 @@ class SeasonalBaseline(ScalarDetector):
         af, as_ = self._af, self._as
         fast = (1.0 - af) * self._fast + af * zc
         slow = (1.0 - as_) * self._slow + as_ * zc
-        # a mean of iid unit-variance z's with EW weight a has variance a / (2 - a)
-        zf = fast / math.sqrt(af / (2.0 - af))
-        zs = slow / math.sqrt(as_ / (2.0 - as_))
+        zf = fast / math.sqrt(self._vf)
+        zs = slow / math.sqrt(self._vs)
         c0, c1, c2 = self._cal
         raw_point = self._point_p(z)
         novel = self._n > 0 and (v > self._hi + s or v < self._lo - s)
@@ -171,6 +178,13 @@ class SeasonalBaseline(ScalarDetector):
         raw = verdict.raw
         if raw is not None:
             _, _, self._fast, self._slow, p0, p1, p2 = raw
+            # the means' variances learn from winsorised squares (an incident bends them little)
+            a = max(1.0 / (self._n + 300.0), self._a_var)
+            iid_f = self._af / (2.0 - self._af)
+            iid_s = self._as / (2.0 - self._as)
+            self._vf += a * (min(self._fast**2, 9.0 * self._vf) - self._vf)
+            self._vs += a * (min(self._slow**2, 9.0 * self._vs) - self._vs)
+            self._vf, self._vs = max(self._vf, 0.5 * iid_f), max(self._vs, 0.5 * iid_s)
             c0, c1, c2 = self._cal
             c0.learn(p0)
             c1.learn(p1)

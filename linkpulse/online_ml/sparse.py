@@ -57,6 +57,7 @@ class SparseCounts(ScalarDetector):
         "_phi",
         "_a_phi",
         "_windows",
+        "_phi_w",
         "_cal",
         "_band",
     )
@@ -78,6 +79,9 @@ class SparseCounts(ScalarDetector):
     ) -> None:
         super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
         self._windows = WindowSums(short, long)  # (counts, rates) of the recent steps
+        # dispersion of the window sums: rate errors last longer than a step, so sums spread
+        # more than phi alone says
+        self._phi_w = [1.0, 1.0]
         self._profile = SeasonalProfile(
             steps_per_day=self.steps_per_day,
             level_half_life_days=level_half_life_days,
@@ -108,8 +112,8 @@ class SparseCounts(ScalarDetector):
         phi = self._phi
         p0, d0 = _two_sided(x, lam, phi)
         sx, sl, lx, ll = self._windows.sums
-        p1, d1 = _two_sided(sx + x, sl + lam, phi)
-        p2, d2 = _two_sided(lx + x, ll + lam, phi)
+        p1, d1 = _two_sided(sx + x, sl + lam, max(phi, self._phi_w[0]))
+        p2, d2 = _two_sided(lx + x, ll + lam, max(phi, self._phi_w[1]))
         return lam, p0, p1, p2, d0, d1, d2
 
     def assess(self, ts: float, x: float | None) -> Verdict:
@@ -150,6 +154,12 @@ class SparseCounts(ScalarDetector):
                 ratio = min(ratio, 4.0 * self._phi + 4.0)
                 a = max(1.0 / (prof.n + 10.0), self._a_phi)
                 self._phi = min(_PHI_MAX, max(1.0, self._phi + a * (ratio - self._phi)))
+                sx, sl, lx, ll = self._windows.sums
+                for k, (wx, wl) in enumerate(((sx + v, sl + lam), (lx + v, ll + lam))):
+                    if wl > 0.5:
+                        pw = self._phi_w[k]
+                        r = min((wx - wl) ** 2 / wl, 4.0 * pw + 4.0)
+                        self._phi_w[k] = min(_PHI_MAX, max(1.0, pw + a * (r - pw)))
         else:
             lam = v
         self._windows.push(v, max(lam, 0.0))

@@ -54,8 +54,12 @@ COMMON: Final = ("series", "period_s", "grace", "percent")
 KIND_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
     # events per step: counts, Poisson-like, 0 when the window is missing
     "count": {"detector": "ensemble", "members": ["poisson", "silence"]},
-    # sums of amounts, 0 when no events
-    "sum": {"detector": "ensemble", "members": ["seasonal", "silence"]},
+    # sums of amounts, 0 when no events: a few log-normal orders a minute are heavy-tailed,
+    # so one big order is no incident (Student-t point tail); drops page through the means
+    "sum": {
+        "detector": "ensemble",
+        "members": [{"detector": "seasonal", "point_tail": "t3"}, "silence"],
+    },
     # sums of a few amounts (one seller's GMV): heavy-tailed, one big order is no incident
     "sparse_sum": {
         "detector": "ensemble",
