@@ -217,6 +217,9 @@ class RuleEngine:
         # absence: (rule, series) -> end of the newest window seen
         self._seen: dict[tuple[str, str], float] = {}
         self._clock = -math.inf
+        # windows route ("" for score-fed tracks) -> its tracks' keys (ticks look at theirs)
+        self._by_route: dict[str, set[tuple[str, str]]] = {}
+        self._scores_looked = -math.inf
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -245,7 +248,7 @@ class RuleEngine:
                     last = t.last or Sample(t.last_at, False, False)
                     last = dataclasses.replace(last, explanation="the rule was removed or changed")
                     out.append(self._change(old_rule, t, t.machine, closed, last, t.last_at))
-                del self._tracks[key]
+                self._drop(key)
         self._seen = {k: v for k, v in self._seen.items() if k[0] in new}
         self._rules, self._by_name = rules, new
         return out
@@ -342,38 +345,53 @@ class RuleEngine:
         out: list[AlertChange] = []
         self._clock = max(self._clock, at)
         cfg = self.config
-        for (name, key), last in list(self._seen.items()):
-            t = self._tracks.get((name, key))
-            rule = self._by_name.get(name)
-            if t is None or rule is None or (route is not None and t.route != route):
+        if route is None:
+            keys = list(self._tracks)
+        else:
+            # only the tracks of that route: a tick costs its route's series, not all
+            keys = list(self._by_route.get(route, ()))
+            if at - self._scores_looked >= 60.0:
+                # score-fed tracks follow no windows route: looked at once a minute
+                self._scores_looked = at
+                keys.extend(self._by_route.get("", ()))
+        for key in keys:
+            t = self._tracks.get(key)
+            rule = self._by_name.get(key[0])
+            if t is None or rule is None:
                 continue
-            gap = at - last
-            if gap > cfg.idle_expiry_s + rule.absent_for_s:
-                closing = Sample(at, False, False, value=gap, explanation="series forgotten")
-                out.extend(self._offer(rule, t, closing))
-                del self._seen[(name, key)], self._tracks[(name, key)]
-                continue
-            absent = gap >= rule.absent_for_s
-            why = f"no {rule.metric} data for {format_duration(gap)}" if absent else ""
-            out.extend(self._offer(rule, t, Sample(at, absent, absent, value=gap, explanation=why)))
-        for tkey, t in list(self._tracks.items()):
-            rule = self._by_name.get(t.rule)
-            if rule is None or rule.kind is RuleKind.ABSENCE:
+            if rule.kind is RuleKind.ABSENCE:
+                last = self._seen.get(key)
+                if last is None:
+                    continue
+                gap = at - last
+                if gap > cfg.idle_expiry_s + rule.absent_for_s:
+                    closing = Sample(at, False, False, value=gap, explanation="series forgotten")
+                    out.extend(self._offer(rule, t, closing))
+                    del self._seen[key]
+                    self._drop(key)
+                    continue
+                absent = gap >= rule.absent_for_s
+                why = f"no {rule.metric} data for {format_duration(gap)}" if absent else ""
+                sample = Sample(at, absent, absent, value=gap, explanation=why)
+                out.extend(self._offer(rule, t, sample))
                 continue
             if rule.kind is RuleKind.ANOMALY:
                 stale_s = cfg.score_stale_s
             else:
-                if route is not None and t.route != route:
-                    continue
                 stale_s = max(cfg.stale_steps * rule.step_s, cfg.stale_min_s)
             quiet = at - t.last_at
             if t.machine.state in _OPEN and quiet >= stale_s:
                 why = f"no data for {format_duration(quiet)}"
                 out.extend(self._offer(rule, t, Sample(at, False, False, explanation=why)))
             elif t.machine.state not in _OPEN and quiet >= cfg.idle_expiry_s:
-                del self._tracks[tkey]
+                self._drop(key)
                 self._values.pop(t.series, None)
         return out
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        t = self._tracks.pop(key, None)
+        if t is not None:
+            self._by_route.get(t.route, set()).discard(key)
 
     def acknowledge(self, alert_id: str, at: float) -> AlertChange | None:
         """Acknowledge a firing alert (None when no firing alert has that id)."""
@@ -428,6 +446,7 @@ class RuleEngine:
             "forecasts": self._forecasts,
             "seen": self._seen,
             "clock": self._clock,
+            "scores_looked": self._scores_looked,
         }
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -448,10 +467,12 @@ class RuleEngine:
                 setattr(t, f, saved[f])
             t.history = deque(saved["history"])
             self._tracks[key] = t
+            self._by_route.setdefault(t.route, set()).add(key)
         self._values = state["values"]
         self._forecasts = state["forecasts"]
         self._seen = {k: v for k, v in state["seen"].items() if k[0] in self._by_name}
         self._clock = state["clock"]
+        self._scores_looked = state["scores_looked"]
         return True
 
     # -- internals -------------------------------------------------------------------------
@@ -463,6 +484,7 @@ class RuleEngine:
         t = self._tracks.get(key)
         if t is None:
             t = self._tracks[key] = Track(rule, series, tenant, dims, route)
+            self._by_route.setdefault(route, set()).add(key)
         return t
 
     def _saw(self, rule: Rule, w: MetricWindow, route: str, end: float) -> list[AlertChange]:
