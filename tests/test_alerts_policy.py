@@ -120,10 +120,10 @@ def test_group_wait_then_one_notification_per_incident_and_a_resolve() -> None:
     assert t == 1000.0  # the group was due at 930 (30 + 3 group intervals): the first poll after
 
 
-def run_from(d: Dispatcher, start: float, until: float, step: float = 10.0):
+def run_from(d: Dispatcher, start: float, until: float, step: float = 10.0, **kw: object):
     t = start
     while t <= until:
-        for n in d.due(at(t)):
+        for n in d.due(at(t), **kw):  # type: ignore[arg-type]
             d.delivered(n)
             yield t, n
         t += step
@@ -194,6 +194,29 @@ def test_silence_suppresses_and_expires() -> None:
     # muted until the silence ends, then paged at the next flush
     assert [t for t, _ in sent] == [630.0]
     assert not s.mutes({"tenant": "other", "alertname": "high"}, at(10))
+
+
+def test_a_silence_over_a_paged_alert_sends_nothing_until_it_resolves() -> None:
+    d = Dispatcher(load_policy(BASIC))
+    d.ingest(alert(), at(0))
+    assert [t for t, _ in run(d, 40)] == [30.0]
+    s = Silence(
+        id="1",
+        matchers=['tenant="acme"'],
+        starts_at=at(40),
+        ends_at=at(8000),
+        created_by="ops",
+        comment="known",
+    )
+    # muted while firing: no empty notification, no repeat
+    assert list(run_from(d, 40, 7200, step=60, silences=[s])) == []
+    # it resolves under the silence: the resolve is muted too (Alertmanager does the same)
+    d.ingest(alert(state=AlertState.RESOLVED, when=7300), at(7300))
+    assert list(run_from(d, 7300, 7900, step=60, silences=[s])) == []
+    # the silence ends: the receiver that was paged gets its resolve (its incident closes)
+    after = list(run_from(d, 7960, 8400, step=60, silences=[s]))
+    assert [(n.firing, len(n.resolved)) for _, n in after] == [([], 1)]
+    assert d.state.groups == {}
 
 
 def test_silence_validation_names_each_field() -> None:

@@ -700,6 +700,10 @@ class Dispatcher:
         resolved = sorted(
             (a for a in shown if not a.is_active and a.alert_id in told), key=lambda a: a.alert_id
         )
+        if not firing and not resolved and len(shown) < len(g.alerts):
+            return (
+                None  # everything left is muted (silenced, inhibited): as Alertmanager, say nothing
+            )
         if not self._needs_update(route, entry, firing, resolved, now):
             self._forget_resolved(g, gkey, entry)
             return None
