@@ -165,3 +165,21 @@ def test_default_score_threshold_is_the_detectors_page_threshold() -> None:
     from linkpulse.online_ml import PAGE_THRESHOLD
 
     assert DEFAULT_SCORE_THRESHOLD == PAGE_THRESHOLD
+
+
+def test_sighup_reloads_at_the_next_look(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from linkpulse.alerts.reload import install_sighup
+
+    f = write(tmp_path, "r.yaml", "rules:\n  - {name: a, kind: anomaly, metric: gmv}\n")
+    holder = RuleSetHolder([tmp_path])
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        assert install_sighup([holder])
+        f.write_text("rules:\n  - {name: b, kind: anomaly, metric: gmv}\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert [r.name for r in holder.current.rules] == ["b"]
+    finally:
+        signal.signal(signal.SIGHUP, before)
