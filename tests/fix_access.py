@@ -1,5 +1,6 @@
 """Fixtures for the access and stream tests: a migrated database, keys of every role,
-the real API under uvicorn with auth on, and a small SSE reader over httpx.
+the real API under uvicorn with auth on, the dataflow's sinks as a publisher of window
+updates, and a small SSE reader over httpx.
 
 Import the fixtures by name in a test module (``from tests.fix_access import ...``).
 """
@@ -19,7 +20,12 @@ import pytest
 
 from linkpulse.api.auth.keys import KeyStore
 from linkpulse.api.auth.roles import Role
+from linkpulse.api.hub import StreamHub
 from linkpulse.config import Settings
+from linkpulse.dataflows.nats_sink import MetricUpdatesSink
+from linkpulse.dataflows.redis_sink import RedisLatestSink
+from linkpulse.operators.metrics import dims_key
+from linkpulse.schemas.outputs import MetricWindow
 from linkpulse.store.migrate import migrate
 from tests.api_server import ApiServer
 from tests.fix_redis import REDIS_URL
@@ -108,6 +114,73 @@ def wait_streams_ready(url: str, headers: dict[str, str]) -> None:
                 assert resp.status_code == 503, resp.read()
             assert time.monotonic() < deadline, "the stream hub never connected to NATS"
             time.sleep(0.1)
+
+
+T0 = datetime(2026, 11, 24, 10, tzinfo=UTC)
+
+
+def window(
+    i: int, *, seller: str | None = None, tenant: str = "acme", pad: int = 0
+) -> MetricWindow:
+    """Window update number ``i`` of gmv/1m (value i), optionally a seller's."""
+    dims = {"seller_id": seller} if seller else {}
+    if pad:
+        dims["currency"] = "x" * pad  # bulk, for the slow-client test
+    start = T0 + timedelta(minutes=i)
+    return MetricWindow(
+        metric="gmv",
+        tenant=tenant,
+        dims_key=dims_key(dims),
+        dimensions=dims,
+        window="1m",
+        window_start=start,
+        window_end=start + timedelta(minutes=1),
+        value=float(i),
+        count=i,
+    )
+
+
+class Publisher:
+    """The dataflow's sinks, used as the dataflow uses them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.nats = MetricUpdatesSink(settings).build("metrics", 0, 1)
+        self.redis = RedisLatestSink(
+            settings.redis_url, key_prefix=settings.redis_key_prefix
+        ).build("redis", 0, 1)
+
+    def send(self, windows: list[MetricWindow]) -> None:
+        self.nats.write_batch(windows)
+        self.redis.write_batch(windows)
+
+    def close(self) -> None:
+        self.nats.close()
+        self.redis.close()
+
+
+@pytest.fixture
+def publisher(access_settings: Settings) -> Iterator[Publisher]:
+    """The dataflow's NATS and Redis sinks, on the test's subjects and prefix."""
+    p = Publisher(access_settings)
+    yield p
+    p.close()
+
+
+def hub_of(server: ApiServer) -> StreamHub:
+    """The stream hub of a running test server (leak checks look at it)."""
+    hub: StreamHub = server.server.config.app.state.hub
+    return hub
+
+
+@pytest.fixture
+def served(
+    access_settings: Settings, keys: Keys, unused_tcp_port: int, nc: object, redis_client: object
+) -> Iterator[tuple[str, ApiServer]]:
+    """The API (auth on, hub connected) and its server object; yields (base URL, server)."""
+    server = ApiServer(access_settings, unused_tcp_port)
+    with server as url:
+        wait_streams_ready(url, keys.headers("admin"))
+        yield url, server
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from linkpulse.api import create_app
 from linkpulse.api.auth.guard import Need
@@ -51,6 +53,7 @@ EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/v1/stream/anomalies"): STREAM_ROLES,
     ("GET", "/v1/stream/alerts"): STREAM_ROLES,
     ("GET", "/v1/audit"): AUDIT_ROLES,
+    ("WS", "/v1/ws"): STREAM_ROLES,  # the WebSocket stream (101 counts as allowed)
 }
 # Alerting routes: their own role matrix, with real bodies, is in tests/test_notifier_api.py.
 ALERTING: dict[tuple[str, str], frozenset[Role]] = {
@@ -65,16 +68,16 @@ ALERTING: dict[tuple[str, str], frozenset[Role]] = {
 ROLE_KEYS = ["admin", "operator", "analyst", "viewer", "ingest", "seller"]
 
 
-def api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
-    """Every APIRoute, also inside included routers (FastAPI wraps those)."""
+def api_routes(routes: Iterable[Any]) -> Iterator[APIRoute | APIWebSocketRoute]:
+    """Every APIRoute and WebSocket route, also inside included routers (FastAPI wraps those)."""
     for route in routes:
-        if isinstance(route, APIRoute):
+        if isinstance(route, APIRoute | APIWebSocketRoute):
             yield route
         elif hasattr(route, "original_router"):
             yield from api_routes(route.original_router.routes)
 
 
-def _needs(route: APIRoute) -> list[Need]:
+def _needs(route: APIRoute | APIWebSocketRoute) -> list[Need]:
     return [d.call for d in route.dependant.dependencies if isinstance(d.call, Need)]
 
 
@@ -85,7 +88,7 @@ def test_every_route_declares_its_roles_or_is_public() -> None:
     app = create_app(Settings())
     seen = {}
     for route in api_routes(app.routes):  # the docs are Starlette routes: public by design
-        for method in route.methods:
+        for method in getattr(route, "methods", None) or {"WS"}:
             needs = _needs(route)
             if route.path in PUBLIC:
                 assert needs == [], f"{route.path} is public but declares a role"
@@ -227,6 +230,13 @@ def test_a_jwks_file_picks_the_key_by_kid(rsa_keys: tuple[Any, str], tmp_path: P
 
 async def _status(http: httpx.AsyncClient, method: str, path: str, headers: dict[str, str]) -> int:
     """The status of one request; a stream is opened and closed at once."""
+    if method == "WS":
+        url = str(http.base_url).replace("http", "ws", 1).rstrip("/") + path
+        try:
+            async with connect(url, additional_headers=headers, open_timeout=20):
+                return 200
+        except InvalidStatus as e:
+            return e.response.status_code
     if method == "POST":
         return (await http.post(path, headers=headers, json=[example("user_signup")])).status_code
     async with http.stream(method, path, headers=headers) as resp:

@@ -13,8 +13,6 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -29,77 +27,21 @@ from linkpulse.api.hub import STOP, StreamHub
 from linkpulse.api.stream_filter import StreamFilter, Update
 from linkpulse.bus.live import anomaly_subject, live_channels
 from linkpulse.config import Settings
-from linkpulse.dataflows.nats_sink import MetricUpdatesSink
-from linkpulse.dataflows.redis_sink import RedisLatestSink
-from linkpulse.operators.metrics import dims_key
 from linkpulse.schemas.outputs import MetricWindow
 from tests.api_server import ApiServer
-from tests.fix_access import Keys, SseReader, make_key, wait_streams_ready
+from tests.fix_access import (
+    Keys,
+    Publisher,
+    SseReader,
+    hub_of,
+    make_key,
+    wait_streams_ready,
+    window,
+)
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 24, 10, tzinfo=UTC)
 _encoder = msgspec.json.Encoder()
-
-
-def window(
-    i: int, *, seller: str | None = None, tenant: str = "acme", pad: int = 0
-) -> MetricWindow:
-    dims = {"seller_id": seller} if seller else {}
-    if pad:
-        dims["currency"] = "x" * pad  # bulk, for the slow-client test
-    start = T0 + timedelta(minutes=i)
-    return MetricWindow(
-        metric="gmv",
-        tenant=tenant,
-        dims_key=dims_key(dims),
-        dimensions=dims,
-        window="1m",
-        window_start=start,
-        window_end=start + timedelta(minutes=1),
-        value=float(i),
-        count=i,
-    )
-
-
-class Publisher:
-    """The dataflow's sinks, used as the dataflow uses them."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.nats = MetricUpdatesSink(settings).build("metrics", 0, 1)
-        self.redis = RedisLatestSink(
-            settings.redis_url, key_prefix=settings.redis_key_prefix
-        ).build("redis", 0, 1)
-
-    def send(self, windows: list[MetricWindow]) -> None:
-        self.nats.write_batch(windows)
-        self.redis.write_batch(windows)
-
-    def close(self) -> None:
-        self.nats.close()
-        self.redis.close()
-
-
-@pytest.fixture
-def publisher(access_settings: Settings) -> Iterator[Publisher]:
-    p = Publisher(access_settings)
-    yield p
-    p.close()
-
-
-def _hub(server: ApiServer) -> StreamHub:
-    hub: StreamHub = server.server.config.app.state.hub
-    return hub
-
-
-@pytest.fixture
-def served(
-    access_settings: Settings, keys: Keys, unused_tcp_port: int, nc: object, redis_client: object
-) -> Iterator[tuple[str, ApiServer]]:
-    server = ApiServer(access_settings, unused_tcp_port)
-    with server as url:
-        wait_streams_ready(url, keys.headers("admin"))
-        yield url, server
 
 
 async def _open(
@@ -378,7 +320,7 @@ async def test_a_slow_client_is_cut_off_while_others_keep_receiving(
     publisher = Publisher(settings)
     with server as url:
         wait_streams_ready(url, keys.headers("admin"))
-        hub = _hub(server)
+        hub = hub_of(server)
         slow = _raw_get(unused_tcp_port, "/v1/stream/metrics", keys.secrets["viewer"], rcvbuf=4096)
         try:
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
@@ -437,7 +379,7 @@ async def test_caps_on_open_streams_and_heartbeats(
                     await sse.next(timeout=0.5)
             for r, _ in opened:
                 await r.aclose()
-            await _wait(lambda: _hub(server).stats()["clients"] == 0, "streams left open")
+            await _wait(lambda: hub_of(server).stats()["clients"] == 0, "streams left open")
             # the caps count open streams only: closed ones make room again
             r, _ = await _open(c, "/v1/stream/alerts", keys.headers("viewer"))
             await r.aclose()
@@ -459,7 +401,7 @@ async def test_no_leak_after_many_connects_and_disconnects(
     nc: Client,
 ) -> None:
     url, server = served
-    hub = _hub(server)
+    hub = hub_of(server)
     port = int(url.rsplit(":", 1)[1])
     stream = live_channels(access_settings)[0].stream
     await asyncio.to_thread(publisher.send, [window(i) for i in range(5)])

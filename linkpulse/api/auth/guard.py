@@ -1,6 +1,8 @@
 """The FastAPI side of access: ``Need(roles)``, the dependency every route declares.
 
-``Need`` reads the credentials (``Authorization: Bearer`` or ``X-API-Key``),
+``Need`` reads the credentials (``Authorization: Bearer`` or ``X-API-Key``;
+``WsNeed``, the WebSocket route's, also a ``token`` query parameter, since a
+browser's ``WebSocket`` can't set headers),
 resolves the principal, checks its role against the route's, takes a token
 from its rate-limit bucket, and hands the ``Principal`` to the handler. Each
 refusal is problem+json (401 with ``WWW-Authenticate``, 403, 429 with
@@ -11,6 +13,9 @@ log. The aliases below are what routes use:
 
 >>> sorted(r.value for r in Need(INGEST_ROLES).roles)
 ['admin', 'ingest']
+>>> resource_of(Request({"type": "http", "method": "GET", "path": "/v1/x", "headers": []}))
+'GET /v1/x'
+
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, NoReturn
 
-from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request, WebSocket
+from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from linkpulse.api.audit import AuditEntry, AuditLog
 from linkpulse.api.auth.authenticator import LOCAL_PRINCIPAL, Authenticator, AuthError
@@ -34,11 +40,19 @@ __all__ = [
     "IngestPrincipal",
     "Need",
     "StreamPrincipal",
+    "WsNeed",
+    "WsStreamPrincipal",
     "request_token",
+    "resource_of",
 ]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key or a JWT")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
+_query_token = APIKeyQuery(
+    name="token",
+    auto_error=False,
+    description="an API key or a JWT (WebSocket only: browsers can't set headers there)",
+)
 
 
 @dataclass
@@ -64,14 +78,19 @@ def request_token(bearer: HTTPAuthorizationCredentials | None, api_key: str | No
     return api_key.strip() if api_key else None
 
 
+def resource_of(conn: HTTPConnection) -> str:
+    """How the audit log names a request: method and path (``WS`` for a WebSocket)."""
+    return f"{conn.scope.get('method', 'WS')} {conn.url.path}"
+
+
 def _refuse(
-    guard: Guard, request: Request, principal: Principal | None, exc: ProblemError
+    guard: Guard, request: HTTPConnection, principal: Principal | None, exc: ProblemError
 ) -> NoReturn:
     guard.audit.record(
         AuditEntry.of(
             principal,
             "refused",
-            resource=f"{request.method} {request.url.path}",
+            resource=resource_of(request),
             outcome="refused",
             status=exc.status_code,
             detail=str(exc.detail),
@@ -92,9 +111,13 @@ class Need:
         bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
         api_key: str | None = Depends(_api_key),
     ) -> Principal:
+        return await self.check(request, request_token(bearer, api_key))
+
+    async def check(self, request: HTTPConnection, token: str | None) -> Principal:
+        """Resolve ``token``, check role and rate limit; refuse (and audit) otherwise."""
         guard: Guard = request.app.state.guard
         try:
-            principal = await guard.principal(request_token(bearer, api_key))
+            principal = await guard.principal(token)
         except AuthError as e:
             headers = {"WWW-Authenticate": 'Bearer realm="linkpulse"'}
             if e.status == 503:
@@ -132,6 +155,23 @@ class Need:
         return principal
 
 
+class WsNeed(Need):
+    """``Need`` for a WebSocket route: the same checks, and a ``token`` query parameter
+    is accepted when no header carries credentials. Refusals happen before the
+    upgrade, as problem+json HTTP responses."""
+
+    async def __call__(  # type: ignore[override]
+        self,
+        websocket: WebSocket,
+        bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+        api_key: str | None = Depends(_api_key),
+        token: str | None = Depends(_query_token),
+    ) -> Principal:
+        found = request_token(bearer, api_key) or (token.strip() if token else None)
+        return await self.check(websocket, found)
+
+
 IngestPrincipal = Annotated[Principal, Depends(Need(INGEST_ROLES))]
 StreamPrincipal = Annotated[Principal, Depends(Need(STREAM_ROLES))]
 AdminPrincipal = Annotated[Principal, Depends(Need(AUDIT_ROLES))]
+WsStreamPrincipal = Annotated[Principal, Depends(WsNeed(STREAM_ROLES))]

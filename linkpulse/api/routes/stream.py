@@ -1,4 +1,4 @@
-"""Live streams over SSE: ``/v1/stream/metrics``, ``/v1/stream/anomalies``, ``/v1/stream/alerts``.
+"""Live streams: SSE at ``/v1/stream/{metrics,anomalies,alerts}``, WebSocket at ``/v1/ws``.
 
 Standard SSE (see docs/streams.md): the first frame sets ``retry:``; every
 update has ``id: <kind>-<sequence>``; a heartbeat comment goes out every
@@ -7,34 +7,32 @@ exactly what it missed, or ``event: reset`` then ``event: snapshot`` when
 that is no longer retained. ``event: overflow`` (the client was too slow) and
 ``event: revoked`` (its key or token is no longer valid) end a stream.
 Everything a client sends that is wrong is refused before the stream opens,
-as problem+json.
+as problem+json (for ``/v1/ws``: an HTTP response instead of the upgrade).
+Both transports carry the same ``stream_session.messages``; ``/v1/ws`` sends
+each as one JSON text message ``{"event", "id", "data"}``.
+
+>>> sorted(WS_CLOSE)
+['overflow', 'revoked', 'shutdown']
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections.abc import AsyncIterator
 
-import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, WebSocket
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
+from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
 
-from linkpulse.api.audit import AuditEntry
-from linkpulse.api.auth.authenticator import AuthError
-from linkpulse.api.auth.guard import StreamPrincipal
+from linkpulse.api.auth.guard import StreamPrincipal, WsStreamPrincipal
 from linkpulse.api.auth.roles import Principal
-from linkpulse.api.hub import STOP, Client, Plan, StreamHub
 from linkpulse.api.problems import ProblemError, problem_responses
-from linkpulse.api.stream_filter import (
-    FilterError,
-    StreamFilter,
-    format_event_id,
-    parse_event_id,
-    scoped_filter,
-)
+from linkpulse.api.stream_filter import EVENT_NAMES
+from linkpulse.api.stream_session import Session, messages, open_session
 from linkpulse.logging import get_logger
 
 router = APIRouter(tags=["streams"])
@@ -61,119 +59,22 @@ class _EventStream(EventSourceResponse):
             log.info("stream client accepted nothing for a while: disconnected", path=scope["path"])
 
 
-def _token(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+def _token(conn: HTTPConnection) -> str | None:
+    """The credential the stream re-checks: the header's, else (WebSocket) ``?token=``."""
+    auth = conn.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return request.headers.get("x-api-key")
+    return conn.headers.get("x-api-key") or conn.query_params.get("token")
 
 
-def _json(obj: object) -> str:
-    return orjson.dumps(obj).decode()
-
-
-async def _still_valid(hub: StreamHub, token: str | None) -> str | None:
-    """Why the stream's credentials no longer hold, or None while they do."""
-    try:
-        await hub.guard.principal(token)
-    except AuthError as e:
-        if e.status == 503:  # can't check right now: keep serving, check again later
-            return None
-        return e.detail
-    return None
-
-
-async def _events(
-    request: Request, hub: StreamHub, client: Client, plan: Plan, token: str | None
-) -> AsyncIterator[ServerSentEvent | bytes]:
-    kind = client.filter.kind
-    settings = hub.settings
-    sent, outcome, last = 0, "closed", plan.position
-    try:
-        yield ServerSentEvent(comment="linkpulse stream", retry=RETRY_MS)
-        if plan.reset_reason is not None:
-            yield ServerSentEvent(event="reset", data=_json({"reason": plan.reset_reason}))
-        if plan.replay_from is None:
-            items = await hub.snapshot(client.filter)
-            data = b'{"position":"%s","items":[%s]}' % (
-                format_event_id(kind, plan.position).encode(),
-                b",".join(items),
-            )
-            yield ServerSentEvent(
-                event="snapshot", id=format_event_id(kind, plan.position), data=data.decode()
-            )
-        else:
-            async for u in hub.replay(client.filter, plan.replay_from):
-                last = max(last, u.seq)
-                sent += 1
-                yield u.frame  # encoded once by the hub, shared by every client
-        next_check = time.monotonic() + settings.stream_revalidate_s
-        while True:
-            timeout = next_check - time.monotonic()
-            if timeout <= 0:
-                reason = await _still_valid(hub, token)
-                if reason is not None:
-                    outcome = "revoked"
-                    yield ServerSentEvent(event="revoked", data=_json({"reason": reason}))
-                    return
-                next_check = time.monotonic() + settings.stream_revalidate_s
-                continue
-            try:
-                u = await asyncio.wait_for(client.queue.get(), timeout)
-            except TimeoutError:
-                continue
-            if u is STOP:
-                if client.overflowed:
-                    outcome = "overflow"
-                    detail = (
-                        f"this client fell {settings.stream_queue_size} updates behind and was "
-                        "disconnected; reconnect with Last-Event-ID to get what it missed"
-                    )
-                    yield ServerSentEvent(event="overflow", data=_json({"reason": detail}))
-                else:
-                    outcome = client.closing or "closed"
-                return
-            if u.seq <= last:  # already sent by the replay (hand-over overlap)
-                continue
-            last = u.seq
-            sent += 1
-            yield u.frame
-    finally:
-        hub.unregister(client)
-        hub.guard.audit.record(
-            AuditEntry.of(
-                client.principal,
-                f"stream.{kind}",
-                resource=request.url.path,
-                scope=client.filter.describe(),
-                outcome=outcome,
-                status=200,
-                items=sent,
-            )
-        )
-
-
-def _checked(
-    request: Request,
-    principal: Principal,
-    kind: str,
-    last_event_id: str | None,
-    filters: dict[str, str | None],
-) -> tuple[StreamFilter, int | None]:
-    """The client's filter and resume position, or a 400/403 problem naming the field."""
-    unknown = sorted(set(request.query_params) - set(filters))
-    if unknown:  # a filter we don't know must not open a stream that ignores it
-        known = ", ".join(sorted(filters))
-        detail = f"unknown query parameter {unknown[0]!r} on this stream; its filters: {known}"
-        raise ProblemError(400, "invalid-filter", "Invalid stream filter", detail, field=unknown[0])
-    try:
-        flt = scoped_filter(principal, kind, **filters)
-        resume = parse_event_id(kind, last_event_id) if last_event_id else None
-    except FilterError as e:
-        slug = "forbidden-scope" if e.status == 403 else "invalid-filter"
-        title = "Out of scope" if e.status == 403 else "Invalid stream filter"
-        raise ProblemError(e.status, slug, title, e.detail, field=e.field) from e
-    return flt, resume
+async def _sse(session: Session) -> AsyncIterator[ServerSentEvent | bytes]:
+    yield ServerSentEvent(comment="linkpulse stream", retry=RETRY_MS)
+    async with contextlib.aclosing(messages(session)) as it:
+        async for m in it:
+            if m.update is not None:
+                yield m.update.frame  # encoded once by the hub, shared by every client
+            else:
+                yield ServerSentEvent(event=m.event, id=m.id, data=m.data.decode())
 
 
 async def _open(
@@ -183,41 +84,12 @@ async def _open(
     last_event_id: str | None,
     **filters: str | None,
 ) -> EventSourceResponse:
-    hub: StreamHub = request.app.state.hub
-    try:
-        flt, resume = _checked(request, principal, kind, last_event_id, filters)
-        hub.admit(principal)
-    except ProblemError as e:  # refused requests are audited like the guard's refusals
-        hub.guard.audit.record(
-            AuditEntry.of(
-                principal,
-                "refused",
-                resource=f"{request.method} {request.url.path}",
-                outcome="refused",
-                status=e.status_code,
-                detail=str(e.detail),
-            )
-        )
-        raise
-    client = hub.register(principal, flt)
-    try:
-        plan = await hub.plan(kind, resume)
-    except BaseException:
-        hub.unregister(client)
-        raise
-    hub.guard.audit.record(
-        AuditEntry.of(
-            principal,
-            f"stream.{kind}",
-            resource=request.url.path,
-            scope={**flt.describe(), **({"last_event_id": last_event_id} if last_event_id else {})},
-            outcome="open",
-            status=200,
-        )
+    session = await open_session(
+        request, principal, kind, last_event_id, filters, token=_token(request)
     )
     return _EventStream(
-        _events(request, hub, client, plan, _token(request)),
-        ping=hub.settings.stream_heartbeat_s,
+        _sse(session),
+        ping=session.hub.settings.stream_heartbeat_s,
         ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
         send_timeout=SEND_TIMEOUT_S,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -298,3 +170,91 @@ async def stream_alerts(
     return await _open(
         request, principal, "alerts", last_event_id, metric=metric, tenant=tenant, seller=seller
     )
+
+
+# How /v1/ws ends (docs/streams.md): the close code and reason per ending event.
+WS_CLOSE = {
+    "overflow": (4008, "overflow: reconnect with last_event_id"),
+    "revoked": (4001, "revoked: the key or token is no longer valid"),
+    "shutdown": (1001, "the API is shutting down: reconnect with last_event_id"),
+}
+WS_PARAMS = ("channel", "token", "last_event_id")  # beside the channel's filters
+
+
+async def _ws_send(websocket: WebSocket, session: Session) -> str | None:
+    """Send the session's messages; the ending event's name, or None if the client went."""
+    ending: str | None = None
+    async with contextlib.aclosing(messages(session)) as it:
+        async for m in it:
+            if m.event in WS_CLOSE:
+                ending = m.event
+            try:
+                await asyncio.wait_for(websocket.send_text(m.json().decode()), SEND_TIMEOUT_S)
+            except TimeoutError:
+                log.info("ws client accepted nothing for a while: disconnected")
+                return None
+            except (WebSocketDisconnect, OSError, RuntimeError):  # gone mid-send
+                return None
+    return ending or session.client.closing
+
+
+async def _ws_gone(websocket: WebSocket) -> None:
+    """Return when the client closes (messages it sends are ignored)."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+@router.websocket("/v1/ws", name="stream_ws")
+async def stream_ws(
+    websocket: WebSocket,
+    principal: WsStreamPrincipal,
+    channel: str | None = Query(None, description="metrics (default), anomalies or alerts"),
+    metric: str | None = Query(None),
+    window: str | None = Query(None),
+    tenant: str | None = Query(None),
+    seller: str | None = Query(None),
+    last_event_id: str | None = Query(None),
+) -> None:
+    """One channel's live stream over a WebSocket: the SSE streams' filters, scope and resume.
+
+    Credentials: ``Authorization: Bearer``/``X-API-Key`` or ``?token=`` (browsers
+    can't set headers on a WebSocket). Resume: ``?last_event_id=metrics-41``.
+    """
+    kind = channel or "metrics"
+    if kind not in EVENT_NAMES:
+        known = ", ".join(EVENT_NAMES)
+        detail = f"unknown channel {kind!r}; channels: {known}"
+        raise ProblemError(400, "invalid-filter", "Invalid stream filter", detail, field="channel")
+    filters: dict[str, str | None] = {"metric": metric, "tenant": tenant, "seller": seller}
+    if kind == "metrics" or window is not None:  # the window filter is refused off metrics
+        filters["window"] = window
+    session = await open_session(
+        websocket,
+        principal,
+        kind,
+        last_event_id,
+        filters,
+        token=_token(websocket),
+        other_params=WS_PARAMS,
+        resume_field="last_event_id",
+    )
+    try:
+        await websocket.accept()
+    except BaseException:
+        session.hub.unregister(session.client)
+        raise
+    sender = asyncio.create_task(_ws_send(websocket, session), name="ws-send")
+    watcher = asyncio.create_task(_ws_gone(websocket), name="ws-gone")
+    done: set[asyncio.Task[object]] = set()
+    try:
+        done, _ = await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, watcher):
+            task.cancel()
+        await asyncio.gather(sender, watcher, return_exceptions=True)
+        session.hub.unregister(session.client)  # in case the sender never got to run
+    if watcher in done or sender not in done or sender.exception() is not None:
+        return  # the client went (or the send failed): nothing to close
+    code, reason = WS_CLOSE.get(sender.result() or "", (1000, "closed"))
+    with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
+        await asyncio.wait_for(websocket.close(code, reason), SEND_TIMEOUT_S)
