@@ -61,7 +61,7 @@ from typing import Any
 from linkpulse.alerts.durations import format_duration
 from linkpulse.alerts.rules import Rule, RuleKind, RuleSet, render
 from linkpulse.alerts.types import AlertChange, AlertState, fingerprint, incident_id
-from linkpulse.operators.metrics import parse_series_key
+from linkpulse.operators.metrics import parse_window_series_key
 from linkpulse.schemas.outputs import AnomalyScore, Forecast, MetricWindow
 
 __all__ = ["EngineConfig", "RuleEngine", "Sample", "Track", "series_parts"]
@@ -75,18 +75,8 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def series_parts(series: str) -> tuple[str, str, dict[str, str], str]:
-    """``tenant|metric|dims_key|window`` -> (tenant, metric, dimensions, window).
-
-    >>> series_parts("acme|gmv|seller_id=s-1|1m")
-    ('acme', 'gmv', {'seller_id': 's-1'}, '1m')
-    """
-    head, sep, window = series.rpartition("|")
-    if not sep:
-        msg = f"series key must be 'tenant|metric|dims_key|window', got {series!r}"
-        raise ValueError(msg)
-    tenant, metric, dims = parse_series_key(head)
-    return tenant, metric, dims, window
+# The window series key's parser lives with the key's definition (operators.metrics).
+series_parts = parse_window_series_key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import msgspec
 
 from linkpulse.api.auth.roles import Principal, Role
 from linkpulse.bus.subjects import window_token
-from linkpulse.operators.metrics import REGISTRY, parse_series_key
+from linkpulse.operators.metrics import REGISTRY, parse_window_series_key
 from linkpulse.operators.windows import DEFAULT_WINDOWS
 from linkpulse.schemas.outputs import MetricWindow
 
@@ -76,7 +76,13 @@ def parse_update(kind: str, tenant: str, seq: int, data: bytes) -> Update:
     """The ``Update`` of a message (ValueError if its payload is unusable).
 
     A window update carries its seller in ``dimensions``; an anomaly or alert
-    in its series key (``tenant|metric|seller_id=...``).
+    in its series key (``tenant|metric|seller_id=...|window``).
+
+    >>> u = parse_update("alerts", "acme", 3, b'{"series": "acme|orders|seller_id=s1|1m"}')
+    >>> (u.seller, u.metric, u.window)
+    ('s1', 'orders', '1m')
+    >>> parse_update("anomalies", "acme", 4, b'{"series": "acme|gmv||1m"}').metric
+    'gmv'
     """
     if kind == "metrics":
         try:
@@ -91,15 +97,15 @@ def parse_update(kind: str, tenant: str, seq: int, data: bytes) -> Update:
     except msgspec.DecodeError as e:
         msg = f"not JSON: {e}"
         raise ValueError(msg) from e
-    metric = seller = None
+    metric = seller = window = None
     series = obj.get("series") if isinstance(obj, dict) else None
     if isinstance(series, str):
         try:
-            _, metric, dims = parse_series_key(series)
+            _, metric, dims, window = parse_window_series_key(series)
             seller = dims.get("seller_id")
         except ValueError:
             pass  # a series key we can't read: tenant-wide for scope (sellers don't see it)
-    return Update(seq, tenant, seller, metric, None, data, sse_frame(kind, seq, data))
+    return Update(seq, tenant, seller, metric, window, data, sse_frame(kind, seq, data))
 
 
 EVENT_NAMES = {"metrics": "metric", "anomalies": "anomaly", "alerts": "alert"}

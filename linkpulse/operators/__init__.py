@@ -25,6 +25,7 @@ from linkpulse.operators.metrics import (
     Term,
     dims_key,
     parse_series_key,
+    parse_window_series_key,
     prop_equals,
     series_key,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "dims_key",
     "merge_partials",
     "parse_series_key",
+    "parse_window_series_key",
     "preaggregate",
     "prop_equals",
     "route",

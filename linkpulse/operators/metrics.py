@@ -256,3 +256,21 @@ def parse_series_key(key: str) -> tuple[str, str, dict[str, str]]:
                 raise ValueError(msg)
             dims[k] = unquote(v)
     return tenant, metric, dims
+
+
+def parse_window_series_key(key: str) -> tuple[str, str, dict[str, str], str]:
+    """``tenant|metric|dims_key|window`` (``MetricWindow.series_key``) -> its four parts.
+
+    Anomaly scores and alerts name their series this way.
+
+    >>> parse_window_series_key("acme|gmv|seller_id=s-1|1m")
+    ('acme', 'gmv', {'seller_id': 's-1'}, '1m')
+    >>> parse_window_series_key("acme|orders||5m/10s")
+    ('acme', 'orders', {}, '5m/10s')
+    """
+    head, sep, window = key.rpartition("|")
+    if not sep or head.count("|") != 2:
+        msg = f"series key must be 'tenant|metric|dims_key|window', got {key!r}"
+        raise ValueError(msg)
+    tenant, metric, dims = parse_series_key(head)
+    return tenant, metric, dims, window
