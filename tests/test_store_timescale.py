@@ -19,6 +19,8 @@ import pytest
 from linkpulse.config import load_settings
 from linkpulse.store import EventWriter, Tier, migrate, refresh, roles, run_once, stored_tier
 from linkpulse.store.migrate import table_sizes
+from linkpulse.store.partitions import PARTITIONED
+from linkpulse.store.retention import ROLLUPS
 from linkpulse.store.tiers import apply_policies
 from tests.fix_timescale import TimescaleServer, TimescaleServerError, ensure_installed
 from tests.test_store_writer import BASE, make_events
@@ -77,7 +79,8 @@ def test_full_tier_matches_plain_tier(ts_dsn: str, pg_dsn: str) -> None:
         assert dict(jobs) == {
             "policy_compression": 1,
             "policy_refresh_continuous_aggregate": 3,
-            "policy_retention": 8,
+            # one per time-partitioned table and one per rollup
+            "policy_retention": len(PARTITIONED) + len(ROLLUPS),
         }
 
     with EventWriter(ts_dsn, batch_size=1000) as w:

@@ -34,6 +34,7 @@ PARTITIONED: dict[str, str] = {
     "events": "event_time",
     "metric_windows": "window_start",
     "anomaly_scores": "time",
+    "forecasts": "time",
     "alerts": "at",
     "dead_letters": "received_at",
 }

@@ -1,6 +1,6 @@
 """Retention: raw data and rollups each kept for their own horizon.
 
-Raw events, dead letters and anomaly scores follow the raw horizon; metric
+Raw events, dead letters, anomaly scores and forecasts follow the raw horizon; metric
 windows, alerts and the rollups the (longer) rollup horizon. Plain PostgreSQL
 drops whole daily partitions (and deletes old rollup rows); TimescaleDB drops
 chunks with ``drop_chunks`` (the full tier also has retention policies, which
@@ -27,6 +27,7 @@ HORIZON_OF: dict[str, str] = {
     "events": "raw",
     "dead_letters": "raw",
     "anomaly_scores": "raw",
+    "forecasts": "raw",
     "metric_windows": "rollup",
     "alerts": "rollup",
 }

@@ -9,7 +9,7 @@ setting takes effect. The Apache-only and plain tiers have no policies:
 []
 >>> len(policy_statements(Tier.FULL_TIMESCALE, raw_days=90, rollup_days=730,
 ...                       compress_after_days=7))
-24
+26
 """
 
 from __future__ import annotations
