@@ -23,6 +23,7 @@ from linkpulse import __version__
 from linkpulse.api.access import AccessLayer
 from linkpulse.api.broker import BrokerLink
 from linkpulse.api.metrics import ApiMetrics, LatencyMiddleware
+from linkpulse.api.nul_guard import RejectNul
 from linkpulse.api.openapi import install_openapi
 from linkpulse.api.problems import install_problem_handler
 from linkpulse.api.routes import alerts, audit, health, ingest, silences, stream
@@ -64,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.access = access
+    app.add_middleware(RejectNul)  # a NUL in path or query: 400, never a database error
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     install_problem_handler(app)
     app.include_router(ingest.router)

@@ -57,11 +57,15 @@ LIMIT %(limit)s
 """
 
 
+# Text PostgreSQL can compare: no NUL (a NUL is a DataError there, not "no match").
+_TEXT = r"^[^\x00]*$"
+
+
 @router.get(
     "/v1/audit",
     summary="Read the audit log (admins)",
     response_model=AuditPage,
-    responses=problem_responses(401, 403, 422, 429, 503),
+    responses=problem_responses(400, 401, 403, 422, 429, 503),
 )
 async def read_audit(
     request: Request,
@@ -70,8 +74,15 @@ async def read_audit(
         None, description="entries at or after (ISO 8601, with zone)"
     ),
     until: AwareDatetime | None = Query(None, description="entries before (ISO 8601, with zone)"),
-    principal_id: str | None = Query(None, alias="principal", description="key id or jwt:<sub>"),
-    action: str | None = Query(None, description="action, or its prefix: stream, key.create..."),
+    principal_id: str | None = Query(
+        None, alias="principal", description="key id or jwt:<sub>", pattern=_TEXT, max_length=200
+    ),
+    action: str | None = Query(
+        None,
+        description="action, or its prefix: stream, key.create...",
+        pattern=_TEXT,
+        max_length=200,
+    ),
     before_id: int | None = Query(None, ge=1, description="page: entries older than this id"),
     limit: int = Query(100, ge=1, le=1000),
 ) -> AuditPage:
