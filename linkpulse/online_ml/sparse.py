@@ -87,7 +87,9 @@ class SparseCounts(ScalarDetector):
             level_half_life_days=level_half_life_days,
             daily_half_life_days=daily_half_life_days,
             weekly_half_life_days=weekly_half_life_days,
-            clip=4.0,
+            # counts of 0-3 have a tiny MAD: winsorising at a few of them would learn every
+            # event as a fraction of one and bias the rate low
+            clip=30.0,
         )
         self._phi = 1.0
         self._a_phi = LN2 / max(1.0, dispersion_half_life_days * self.steps_per_day)

@@ -58,12 +58,12 @@ KIND_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
     # so one big order is no incident (Student-t point tail); drops page through the means
     "sum": {
         "detector": "ensemble",
-        "members": [{"detector": "seasonal", "point_tail": "t3"}, "silence"],
+        "members": [{"detector": "seasonal", "point_tail": "t3", "clip": 8.0}, "silence"],
     },
     # sums of a few amounts (one seller's GMV): heavy-tailed, one big order is no incident
     "sparse_sum": {
         "detector": "ensemble",
-        "members": [{"detector": "seasonal", "point_tail": "t3"}, "silence"],
+        "members": [{"detector": "seasonal", "point_tail": "t3", "clip": 8.0}, "silence"],
     },
     # distinct counts: like sums, but no single event moves them much
     "distinct": {"detector": "ensemble", "members": ["seasonal", "silence"]},
