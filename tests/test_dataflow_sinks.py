@@ -167,3 +167,19 @@ def test_pipelined_sink_stores_the_rows_write_events_stores(pg_dsn: str) -> None
         assert conn.execute(rows_sql).fetchall() == by_sink
     part.close()
     assert len(by_sink) == len(evs)
+
+
+def test_settings_reach_the_sinks_only_through_build_flow() -> None:
+    """No sink reads the environment behind the flow's back (issue 10 §3)."""
+    import pathlib
+
+    from linkpulse.config import Settings
+    from linkpulse.dataflows import store_sink
+
+    assert Settings().store_outage_s == store_sink.DEFAULT_OUTAGE_S
+    root = pathlib.Path(store_sink.__file__).parent
+    readers = sorted(
+        p.name for p in root.glob("*.py") if "get_settings()" in p.read_text(encoding="utf-8")
+    )
+    # Only the module-level `flow` of `python -m bytewax.run ...:flow` builds settings.
+    assert readers == ["live_metrics.py"]

@@ -278,7 +278,13 @@ class MetricsSinks:
             dead_letters_store=StoreSink(dsn, "dead_letters", writer_factory=writer),
             dead_letters_nats=DeadLetterNatsSink(settings),
             events_store=(
-                PipelinedEventsSink(dsn, list(parts), outage_s=settings.store_outage_s)
+                PipelinedEventsSink(
+                    dsn,
+                    list(parts),
+                    outage_s=settings.store_outage_s,
+                    log_level=settings.log_level,
+                    log_json=settings.log_json,
+                )
                 if options.raw_events
                 else None
             ),

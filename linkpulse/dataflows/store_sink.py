@@ -62,18 +62,22 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
+# The default of LINKPULSE_STORE_OUTAGE_S; the flow passes the setting itself
+# (settings reach the flow one way: build_flow's arguments, never read here).
+DEFAULT_OUTAGE_S = 300.0
+
+
 def _outage_budget(outage_s: float | None = None) -> tuple[float, int]:
     """(seconds, retries) a writer rides out an unreachable store for.
 
     While the store is unreachable the writer keeps retrying, so the flow
     pauses (its bounded source stops reading) instead of stopping; past the
-    budget (``LINKPULSE_STORE_OUTAGE_S`` unless given) it gives up and a
-    restart resumes from the snapshot.
+    budget (``outage_s``, 300 s unless given) it gives up and a restart
+    resumes from the snapshot.
     """
-    from linkpulse.config import get_settings
     from linkpulse.store.writer import retries_for  # optional at import time
 
-    budget = get_settings().store_outage_s if outage_s is None else outage_s
+    budget = DEFAULT_OUTAGE_S if outage_s is None else outage_s
     return budget, retries_for(budget)
 
 
@@ -283,10 +287,11 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
     Items are ``(source partition, [events])``; there is one sink partition
     per source partition (so the writes stay on the worker that decoded
     them), each with its own writer process (``events_writer``) and at most
-    ``max_in_flight`` batches unacknowledged. ``outage_s`` (default
+    ``max_in_flight`` batches unacknowledged. ``outage_s`` (the flow passes
     ``LINKPULSE_STORE_OUTAGE_S``) is how long the writer rides out a store
     that does not answer before the flow stops; a writer that acknowledges
     nothing for that long plus ``stall_margin_s`` stops the flow too.
+    ``log_level`` and ``log_json`` configure the writer processes' logs.
     """
 
     def __init__(
@@ -297,6 +302,8 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         max_in_flight: int = 8,
         outage_s: float | None = None,
         stall_margin_s: float = 60.0,
+        log_level: str = "INFO",
+        log_json: bool = False,
     ) -> None:
         if not parts or max_in_flight < 1:
             msg = f"need partitions and max_in_flight >= 1, got {parts!r}, {max_in_flight}"
@@ -312,6 +319,8 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         self._max_in_flight = max_in_flight
         self._outage_s = outage_s
         self._stall_margin_s = stall_margin_s
+        self._log_level = log_level
+        self._log_json = log_json
 
     def list_parts(self) -> list[str]:
         return list(self._parts)
@@ -321,15 +330,12 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         return self._parts.index(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PipelinedPartition:
-        from linkpulse.config import get_settings
-
-        settings = get_settings()
         outage_s, retries = _outage_budget(self._outage_s)
         args = WriterArgs(
             dsn=self._dsn,
             max_retries=retries,
-            log_level=settings.log_level,
-            log_json=settings.log_json,
+            log_level=self._log_level,
+            log_json=self._log_json,
         )
         what = f"the raw-events writer of {for_part}"
         stall_s = outage_s + self._stall_margin_s
