@@ -96,9 +96,7 @@ class _JointBase(Versioned):
         self._features = tuple(features)
         self._spd = DAY_S / period_s
         self._profiles = [
-            # clip 8: sparse and skewed features (refunds, GMV) must not be learned biased low
-            SeasonalProfile(additive=f in ratios, steps_per_day=self._spd, clip=8.0)
-            for f in self._features
+            SeasonalProfile(additive=f in ratios, steps_per_day=self._spd) for f in self._features
         ]
         self._gap_zero = [f not in ratios for f in self._features]
         self._grace = int(self._spd) if grace is None else int(grace)
