@@ -267,6 +267,18 @@ def _assert_problem(resp: httpx.Response, status: int, *words: str) -> dict[str,
     return body
 
 
+async def _ws_refusal(
+    http: httpx.AsyncClient, path: str, headers: dict[str, str]
+) -> httpx.Response:
+    """The HTTP response refusing a WebSocket upgrade, as an httpx.Response."""
+    url = str(http.base_url).replace("http", "ws", 1).rstrip("/") + path
+    with pytest.raises(InvalidStatus) as info:
+        await connect(url, additional_headers=headers, open_timeout=20)
+    r = info.value.response
+    body = bytes(r.body or b"")
+    return httpx.Response(r.status_code, headers=list(r.headers.raw_items()), content=body)
+
+
 @pytest.mark.integration
 async def test_no_unknown_revoked_expired_or_malformed_credentials_give_401(
     http: httpx.AsyncClient, keys: Keys
@@ -284,7 +296,9 @@ async def test_no_unknown_revoked_expired_or_malformed_credentials_give_401(
     ]
     for method, path in EXPECTED:
         for headers, words in cases:
-            if method == "POST":
+            if method == "WS":  # refused before the upgrade, with the same HTTP answer
+                resp = await _ws_refusal(http, path, headers)
+            elif method == "POST":
                 resp = await http.post(path, headers=headers, json=[])
             else:
                 resp = await http.get(path, headers=headers)

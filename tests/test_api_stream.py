@@ -163,12 +163,12 @@ async def test_a_seller_never_receives_another_sellers_updates(
             mixed.append(window(4, seller="s1", tenant="beta"))
             await asyncio.to_thread(publisher.send, mixed)
             prefix = access_settings.subject_prefix
-            for series in ("acme|gmv|seller_id=s2", "acme|gmv|seller_id=s1", "acme|gmv|"):
+            for series in ("acme|gmv|seller_id=s2|1m", "acme|gmv|seller_id=s1|1m", "acme|gmv||1m"):
                 await nc.publish(
                     anomaly_subject(prefix, "acme"), _encoder.encode({"series": series})
                 )
             await nc.publish(
-                anomaly_subject(prefix, "beta"), _encoder.encode({"series": "beta|gmv|"})
+                anomaly_subject(prefix, "beta"), _encoder.encode({"series": "beta|gmv||1m"})
             )
             await nc.flush()
             s1 = streams[("seller", "/v1/stream/metrics")][1]
@@ -178,11 +178,11 @@ async def test_a_seller_never_receives_another_sellers_updates(
             beta = streams[("beta_viewer", "/v1/stream/metrics")][1]
             assert _decode(await beta.until("metric")).value == 4.0
             a1 = streams[("seller", "/v1/stream/anomalies")][1]
-            assert (await a1.until("anomaly")).json()["series"] == "acme|gmv|seller_id=s1"
+            assert (await a1.until("anomaly")).json()["series"] == "acme|gmv|seller_id=s1|1m"
             a2 = streams[("seller2", "/v1/stream/anomalies")][1]
-            assert (await a2.until("anomaly")).json()["series"] == "acme|gmv|seller_id=s2"
+            assert (await a2.until("anomaly")).json()["series"] == "acme|gmv|seller_id=s2|1m"
             ab = streams[("beta_viewer", "/v1/stream/anomalies")][1]
-            assert (await ab.until("anomaly")).json()["series"] == "beta|gmv|"
+            assert (await ab.until("anomaly")).json()["series"] == "beta|gmv||1m"
             # a marker each must see next proves nothing else was queued before it
             await asyncio.to_thread(
                 publisher.send,
