@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from linkpulse.api.auth.keys import KeyStore
 from linkpulse.api.stream_filter import parse_update
-from linkpulse.bus.live import live_channels
+from linkpulse.bus.live import anomaly_subject, live_channels
 from linkpulse.config import Settings
 from linkpulse.schemas.outputs import MetricWindow
 from tests.api_server import ApiServer
@@ -146,7 +146,11 @@ async def test_ws_resume_past_retention_gives_reset_then_snapshot(
 
 
 async def test_ws_a_seller_never_receives_another_sellers_updates(
-    served: tuple[str, ApiServer], keys: Keys, publisher: Publisher
+    served: tuple[str, ApiServer],
+    keys: Keys,
+    publisher: Publisher,
+    nc: Client,
+    access_settings: Settings,
 ) -> None:
     url, _ = served
     async with (
@@ -173,6 +177,22 @@ async def test_ws_a_seller_never_receives_another_sellers_updates(
         assert _window(await recv(s1, "metric")).value == 7.0
         assert _window(await recv(s2, "metric")).value == 8.0
         assert _window(await recv(beta, "metric")).value == 9.0
+    # anomaly scores, scoped by their series key, on the anomalies channel
+    async with (
+        ws(url, keys.headers("seller"), channel="anomalies") as a1,
+        ws(url, keys.headers("seller2"), channel="anomalies") as a2,
+    ):
+        for conn in (a1, a2):
+            await recv(conn, "snapshot")
+        subject = anomaly_subject(access_settings.subject_prefix, "acme")
+        for series in ("acme|gmv|seller_id=s2|1m", "acme|gmv||1m", "acme|gmv|seller_id=s1|1m"):
+            await nc.publish(subject, orjson.dumps({"series": series}))
+        await nc.flush()
+        assert (await recv(a1, "anomaly"))["data"]["series"] == "acme|gmv|seller_id=s1|1m"
+        assert (await recv(a2, "anomaly"))["data"]["series"] == "acme|gmv|seller_id=s2|1m"
+        await nc.publish(subject, orjson.dumps({"series": "acme|gmv|seller_id=s2|5m"}))
+        await nc.flush()  # the marker s2 sees next: nothing tenant-wide was queued before it
+        assert (await recv(a2, "anomaly"))["data"]["series"] == "acme|gmv|seller_id=s2|5m"
 
 
 async def test_ws_bad_requests_are_refused_before_the_upgrade_naming_the_field(
