@@ -149,8 +149,14 @@ class WindowAggregator(SeriesWindows):
         if max_event_time is None:
             max_event_time = max((pane for _, pane in partials), default=-math.inf)
         now = self._now()
-        wm = self._wm.observe(max_event_time, now) if max_event_time > -math.inf else None
-        return self._advance(now, self._wm.current(now) if wm is None else wm)
+        # The batch's partials are judged against the watermark at the start of the batch,
+        # as the pre-aggregator judged its events late or not: committed against the
+        # watermark the batch's own newest event set, a chunk spanning more than the
+        # revision horizon (a backlog of sparse traffic) had its older windows discarded
+        # as past the horizon, never emitted and never counted late.
+        before = self._wm.current(now)
+        wm = self._wm.observe(max_event_time, now) if max_event_time > -math.inf else before
+        return self._advance(now, wm, commit_wm=before)
 
     def tick(self) -> list[MetricWindow]:
         """Advance by the clock alone: idle watermark advance and due live updates."""
@@ -244,7 +250,15 @@ class WindowAggregator(SeriesWindows):
                     self._live_pending[d["level"]].add(skey)
         self._min_due = min((s.due for s in self._series.values()), default=math.inf)
 
-    def _advance(self, now: float, wm: float, force: bool = False) -> list[MetricWindow]:
+    def _advance(
+        self, now: float, wm: float, force: bool = False, commit_wm: float | None = None
+    ) -> list[MetricWindow]:
+        """Commit, close, revise, emit live values and expire, at watermark ``wm``.
+
+        ``commit_wm`` (at most ``wm``) decides which committed windows are still
+        open and which are past the horizon; the windows it leaves open that
+        ``wm`` passed close right after, as finals.
+        """
         out: list[MetricWindow] = []
         live_due = [
             force or now - self._last_live[level] >= layout.interval
@@ -256,7 +270,10 @@ class WindowAggregator(SeriesWindows):
         # Series with dimensions commit on their own (slower) cadence: pending partials
         # coalesce meanwhile. Any closing needs everything committed first.
         committed: list[str] = []
-        commit_wm = self._wm.current(now) if force else wm  # close() commits, then ends all
+        if force:  # close() commits at the clock's watermark, then ends all
+            commit_wm = self._wm.current(now)
+        elif commit_wm is None or commit_wm > wm:
+            commit_wm = wm
         for level, dirty in enumerate(self._dirty):
             if live_due[level] or boundary:
                 # sorted: set order depends on insertion history, which a restore
