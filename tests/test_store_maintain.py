@@ -29,6 +29,18 @@ pytestmark = pytest.mark.integration
 SETTINGS = load_settings(store_partitions_ahead_days=1)
 
 
+@pytest.fixture(autouse=True)
+def _uncached_maintain_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    # configure_logging caches each logger on first use, so after another test
+    # (or the CLI) has logged, maintain's module logger no longer sees
+    # structlog's capture_logs: give it a fresh one for the test.
+    import structlog
+
+    from linkpulse.store import maintain
+
+    monkeypatch.setattr(maintain, "log", structlog.get_logger("linkpulse.store.maintain"))
+
+
 def failures_logged(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == "store_maintain_failed"]
 
