@@ -116,7 +116,10 @@ async def test_sigkill_three_times_then_resume_equals_one_clean_run(
     # Kill the flow when the store has seen random fractions of the events, so
     # each SIGKILL lands mid-stream (between snapshots, mid-write, ...).
     cmd, env = flow_command(nats_settings, second_dsn, tmp_path / "crashy", last)
-    rng = random.Random()
+    # Seeded: LINKPULSE_TEST_SEED replays a run; the seed is printed (shown on failure).
+    seed = int(os.environ.get("LINKPULSE_TEST_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"kill-point seed {seed} (replay with LINKPULSE_TEST_SEED={seed})")
+    rng = random.Random(seed)
     thresholds = sorted(rng.uniform(0.1, 0.85) * len(events.valid) for _ in range(3))
     kills = 0
     with psycopg.connect(second_dsn, autocommit=True) as conn:

@@ -225,7 +225,10 @@ async def test_revenue_drop_is_scored_revised_and_survives_sigkill(
     cmd, env = flow_command(
         nats_settings, second_dsn, tmp_path / "crashy", last, "--detectors", str(detectors)
     )
-    rng = random.Random()
+    # Seeded: LINKPULSE_TEST_SEED replays a run; the seed is printed (shown on failure).
+    seed = int(os.environ.get("LINKPULSE_TEST_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"kill-point seed {seed} (replay with LINKPULSE_TEST_SEED={seed})")
+    rng = random.Random(seed)
     total = len(scores)
     thresholds = sorted(rng.uniform(0.1, 0.85) * total for _ in range(3))
     with psycopg.connect(second_dsn, autocommit=True) as conn:
