@@ -222,3 +222,22 @@ def test_unmapped_login_sees_nothing(scoped: Scoped) -> None:
 def test_role_names_are_validated() -> None:
     with pytest.raises(ValueError, match="role name"):
         roles._role('x"; DROP TABLE events; --')
+
+
+async def test_async_session_scopes_like_the_sync_one(scoped: Scoped) -> None:
+    with psycopg.connect(scoped.dsn, autocommit=True) as owner:
+        secret = roles.scope_secret(owner)
+        expected = owner.execute(
+            "SELECT count(*) FROM events WHERE tenant = 'globex' AND seller_id = 's2'"
+        ).fetchone()
+    conninfo = psycopg.conninfo.make_conninfo(scoped.dsn, user=scoped.sql_login)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        async with roles.analyst_session_async(
+            conn, analyst_role=scoped.analyst, secret=secret, tenant="globex", seller_id="s2"
+        ) as c:
+            cur = await c.execute("SELECT count(*) FROM analyst.events")
+            assert await cur.fetchone() == expected
+            cur = await c.execute("SELECT DISTINCT tenant, seller_id FROM analyst.events")
+            assert await cur.fetchall() == [("globex", "s2")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # rolled back: the login again
+            await conn.execute("SELECT count(*) FROM analyst.events")

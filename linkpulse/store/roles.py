@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import psycopg
 from psycopg import sql
@@ -29,6 +29,7 @@ from linkpulse.errors import StoreError
 
 __all__ = [
     "analyst_session",
+    "analyst_session_async",
     "create_analyst_login",
     "drop_roles",
     "scope_secret",
@@ -155,6 +156,31 @@ def sign_scope(secret: str, tenant: str, seller_id: str | None, *, pid: int, exp
     return f"{pid}.{expires}.{_sha(secret + inner)}"
 
 
+def _session_statements(
+    *, analyst_role: str, secret: str, tenant: str, seller_id: str | None, pid: int, ttl_s: int
+) -> list[tuple[sql.Composed | sql.SQL, tuple[str, ...]]]:
+    """What an analyst session runs after ``BEGIN READ ONLY``, for either driver flavour."""
+    token = sign_scope(secret, tenant, seller_id, pid=pid, expires=int(time.time()) + ttl_s)
+    return [
+        (sql.SQL("SET LOCAL ROLE {}").format(_role(analyst_role)), ()),
+        # Bound parameters: the token never appears in pg_stat_activity's query text.
+        (
+            sql.SQL(
+                "SELECT set_config('linkpulse.tenant', %s, true), "
+                "set_config('linkpulse.seller', %s, true), "
+                "set_config('linkpulse.scope_token', %s, true)"
+            ),
+            (tenant, seller_id or "", token),
+        ),
+    ]
+
+
+def _check_idle(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        msg = "analyst_session needs an idle autocommit connection"
+        raise StoreError(msg)
+
+
 @contextmanager
 def analyst_session(
     conn: psycopg.Connection,
@@ -170,23 +196,50 @@ def analyst_session(
     ``conn`` is the SQL endpoint's login (see ``setup``), autocommit. The
     transaction is rolled back at the end, so nothing the block does stays.
     """
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        msg = "analyst_session needs an idle autocommit connection"
-        raise StoreError(msg)
-    token = sign_scope(
-        secret, tenant, seller_id, pid=conn.info.backend_pid, expires=int(time.time()) + ttl_s
+    _check_idle(conn)
+    statements = _session_statements(
+        analyst_role=analyst_role,
+        secret=secret,
+        tenant=tenant,
+        seller_id=seller_id,
+        pid=conn.info.backend_pid,
+        ttl_s=ttl_s,
     )
     conn.execute("BEGIN READ ONLY")
     try:
-        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(_role(analyst_role)))
-        # Bound parameters: the token never appears in pg_stat_activity's query text.
-        conn.execute(
-            "SELECT set_config('linkpulse.tenant', %s, true), "
-            "set_config('linkpulse.seller', %s, true), "
-            "set_config('linkpulse.scope_token', %s, true)",
-            (tenant, seller_id or "", token),
-        )
+        for statement, params in statements:
+            conn.execute(statement, params)
         yield conn
     finally:
         if not conn.closed:
             conn.execute("ROLLBACK")
+
+
+@asynccontextmanager
+async def analyst_session_async(
+    conn: psycopg.AsyncConnection,
+    *,
+    analyst_role: str,
+    secret: str,
+    tenant: str,
+    seller_id: str | None = None,
+    ttl_s: int = 300,
+) -> AsyncIterator[psycopg.AsyncConnection]:
+    """``analyst_session`` for an async connection (the API's query routes and SQL endpoint)."""
+    _check_idle(conn)
+    statements = _session_statements(
+        analyst_role=analyst_role,
+        secret=secret,
+        tenant=tenant,
+        seller_id=seller_id,
+        pid=conn.info.backend_pid,
+        ttl_s=ttl_s,
+    )
+    await conn.execute("BEGIN READ ONLY")
+    try:
+        for statement, params in statements:
+            await conn.execute(statement, params)
+        yield conn
+    finally:
+        if not conn.closed:
+            await conn.execute("ROLLBACK")
