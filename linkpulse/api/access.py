@@ -1,4 +1,4 @@
-"""The access layer's lifecycle: database pool, Redis, guard, audit log, stream hub.
+"""The access layer's lifecycle: database pools, Redis, guard, audit log, stream hub.
 
 ``create_app`` builds one ``AccessLayer`` and starts it in the lifespan; it
 puts the ``Guard`` (for ``Need``) and the stream hub on ``app.state``. Nothing
@@ -21,6 +21,7 @@ import psycopg_pool
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from linkpulse.api.analyst_db import AnalystDb
 from linkpulse.api.audit import AuditLog
 from linkpulse.api.auth.authenticator import Authenticator
 from linkpulse.api.auth.guard import Guard
@@ -75,6 +76,7 @@ class AccessLayer:
         self.redis: aioredis.Redis | None = None
         self.audit: AuditLog | None = None
         self.hub: StreamHub | None = None
+        self.analyst_db: AnalystDb | None = None
 
     async def start(self, app: FastAPI) -> None:
         """Open the pool and Redis (lazily), start the audit flusher and the hub."""
@@ -91,6 +93,9 @@ class AccessLayer:
         self.redis = aioredis.from_url(s.redis_url, socket_connect_timeout=1, socket_timeout=1)
         self.audit = AuditLog(self.pool, flush_s=s.audit_flush_s)
         self.audit.start()
+        self.analyst_db = AnalystDb(s, self.pool)  # scoped reads: queries, SQL, exports
+        await self.analyst_db.start()
+        app.state.analyst_db = self.analyst_db
         authenticator = Authenticator(
             pool=self.pool, verifier=self._verifier, cache_s=s.auth_cache_s
         )
@@ -109,6 +114,8 @@ class AccessLayer:
             await self.hub.stop()
         if self.audit is not None:
             await self.audit.stop()
+        if self.analyst_db is not None:
+            await self.analyst_db.stop()
         if self.redis is not None:
             await self.redis.aclose()
         if self.pool is not None:
