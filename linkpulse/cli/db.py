@@ -34,8 +34,15 @@ def _fail(e: Exception) -> typer.Exit:
 def migrate_cmd(
     directory: Path | None = typer.Option(None, "--dir", help="migrations folder (tests)"),
     tier: str | None = typer.Option(None, help="force a lower tier (default: setting)"),
+    with_roles: bool = typer.Option(
+        True,
+        "--roles/--no-roles",
+        help="also set up the analyst roles the API's queries and SQL endpoint read through "
+        "(`linkpulse db roles` without logins; needs CREATEROLE)",
+    ),
 ) -> None:
     """Apply pending migrations (safe to run from several processes at once)."""
+    from linkpulse.store import roles
     from linkpulse.store.migrate import migrate
     from linkpulse.store.tiers import apply_policies
 
@@ -54,6 +61,8 @@ def migrate_cmd(
                     rollup_days=s.store_rollup_retention_days,
                     compress_after_days=s.store_compress_after_days,
                 )
+            if with_roles:
+                roles.setup(conn, analyst_role=s.analyst_role, sql_login=s.analyst_sql_login)
     except (LinkpulseError, psycopg.Error) as e:
         raise _fail(e) from e
     for m in done:
