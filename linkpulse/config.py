@@ -14,7 +14,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from linkpulse.errors import ConfigError
@@ -102,9 +102,45 @@ class Settings(BaseSettings):
     stream_revalidate_s: float = Field(10, gt=0, description="open streams re-check their key")
     audit_flush_s: float = Field(1.0, gt=0, description="audit log batch interval")
 
+    # exports and archiving (docs/exports.md)
+    export_dir: Path = Field(
+        Path(".linkpulse/exports"), description="where export jobs write their files"
+    )
+    export_link_ttl_s: float = Field(
+        3600, gt=0, le=7 * 24 * 3600, description="an export's download link is valid this long"
+    )
+    export_max_running: int = Field(2, gt=0, le=64, description="export jobs run at once per API")
+    archive_target: str = Field(
+        "",
+        description="archive partitions/chunks to Parquet before retention drops them: "
+        "a folder, file:///path or s3://bucket/prefix; empty: no archive",
+    )
+    archive_tables: str = Field("events", description="tables archived, comma-separated")
+
     # alerting: acknowledgements from PagerDuty (docs/notifications.md)
     pagerduty_webhook_secret: str = Field(
         "", description="signing secret of the PagerDuty v3 webhook; empty refuses the webhook"
+    )
+
+    # privacy: PII pseudonymised at ingest (docs/privacy.md); fields before the key (validated in order)
+    privacy_pii_fields: str = Field(
+        "",
+        description="PII fields pseudonymised at ingest, comma-separated: user_id and/or "
+        "properties.<key>[.<key>] (e.g. properties.email,properties.ip); empty: none",
+    )
+    privacy_keep_raw: bool = Field(
+        False, description="store the PII fields as sent (opt-in; no pseudonymisation)"
+    )
+    privacy_key: SecretStr = Field(
+        SecretStr(""),
+        validate_default=True,
+        description="HMAC-SHA256 key of the pseudonyms (at least 16 characters); "
+        "required when PII fields are set",
+    )
+    privacy_previous_keys: SecretStr = Field(
+        SecretStr(""),
+        description="earlier keys, comma-separated: privacy erase/export also find "
+        "pseudonyms made with them (key rotation)",
     )
 
     # logging
@@ -143,6 +179,34 @@ class Settings(BaseSettings):
             msg = f"expected on or off, got {v!r}"
             raise ValueError(msg)
         return v.lower()
+
+    @field_validator("privacy_pii_fields")
+    @classmethod
+    def _pii_fields(cls, v: str) -> str:
+        for name in (f.strip() for f in v.split(",") if f.strip()):
+            path = name.split(".")
+            if name != "user_id" and not (
+                len(path) >= 2 and path[0] == "properties" and all(path[1:])
+            ):
+                msg = (
+                    f"expected user_id or properties.<key> (comma-separated), got {name!r}; "
+                    "seller_id, tenant and event_id are not pseudonymised (scope and keys use them)"
+                )
+                raise ValueError(msg)
+        return v
+
+    @field_validator("privacy_key")
+    @classmethod
+    def _privacy_key(cls, v: SecretStr, info: ValidationInfo) -> SecretStr:
+        fields = info.data.get("privacy_pii_fields", "")
+        needed = fields.strip(", ") and not info.data.get("privacy_keep_raw", False)
+        if needed and len(v.get_secret_value()) < 16:
+            msg = (
+                "required (at least 16 characters) when LINKPULSE_PRIVACY_PII_FIELDS is set "
+                f"({fields!r}), unless LINKPULSE_PRIVACY_KEEP_RAW=true"
+            )
+            raise ValueError(msg)
+        return v
 
     @field_validator("log_level")
     @classmethod
