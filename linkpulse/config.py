@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         "", description="signing secret of the PagerDuty v3 webhook; empty refuses the webhook"
     )
 
-    # privacy: PII pseudonymised at ingest (docs/privacy.md); fields before the key (validated in order)
+    # privacy: PII pseudonymised at ingest (docs/privacy.md); the key validates after the fields
     privacy_pii_fields: str = Field(
         "",
         description="PII fields pseudonymised at ingest, comma-separated: user_id and/or "
