@@ -151,10 +151,8 @@ def test_a_missing_stream_fails_the_start_clearly_and_leaves_no_reader(
     nats_settings: Settings,
 ) -> None:
     before = reader_children()
-    start = time.monotonic()
     with pytest.raises(DataflowError) as err:
         build(nats_settings, None)  # nobody made this test's stream
-    assert time.monotonic() - start < 15  # the partition's start timeout
     message = str(err.value)
     assert nats_settings.stream_name in message
     assert events_filter(nats_settings.subject_prefix) in message
@@ -166,7 +164,6 @@ def test_unreachable_nats_fails_the_start_clearly_and_leaves_no_reader() -> None
     url = f"nats://127.0.0.1:{free_port()}"
     settings = Settings(nats_url=url, stream_name="LPTEST_NOWHERE", subject_prefix="lptnowhere")
     before = reader_children()
-    start = time.monotonic()
     with pytest.raises(DataflowError) as err:
         JetStreamPartition(
             settings,
@@ -178,9 +175,8 @@ def test_unreachable_nats_fails_the_start_clearly_and_leaves_no_reader() -> None
             idle_wake=timedelta(milliseconds=5),
             start_timeout_s=7.5,
         )
-    # The reader gives up and says why before the partition stops waiting (and
-    # then exits by itself: close() kills a reader only after waiting 5 s).
-    assert time.monotonic() - start < 7.5 + 3
+    # The reader gives up and says why ("not reachable") before the partition
+    # stops waiting, which would say it timed out instead.
     message = str(err.value)
     assert "not reachable" in message and url in message, message
     assert "LPTEST_NOWHERE" in message

@@ -61,10 +61,8 @@ async def test_a_signal_stops_the_flow_and_a_restart_stores_every_event_once(
         assert proc.poll() is None, "the flow ended before the signal"
         helpers = helpers_of(flow)
         assert len(helpers) == 2  # its reader and its writer
-        sent = time.monotonic()
         proc.send_signal(sig)
-        code = proc.wait(timeout=15)
-        assert time.monotonic() - sent < 10
+        code = proc.wait(timeout=60)  # a guard against a hang, not a speed bound
         assert code == 128 + sig
         assert "dataflow stopping" in (proc.stderr.read() if proc.stderr else "")
         assert gone(helpers, timeout=15)

@@ -9,7 +9,6 @@ NATS: deliveries, unsubscribe, the server's ``-ERR`` and a lost connection.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -291,21 +290,20 @@ async def test_an_empty_subject_drops_the_connection_and_says_so_once() -> None:
             await conn.ping()
         await got.wait_for(lambda: got.lost > 0)
         assert conn.closed
-        # A closed connection fails at once instead of waiting out the timeout.
-        start = time.monotonic()
-        with pytest.raises(NatsWireError):
-            await conn.ping(timeout_s=10)
-        assert time.monotonic() - start < 5
+        # A closed connection fails at once ("closed") instead of waiting out the timeout
+        # (which would end in TimeoutError, not NatsWireError).
+        with pytest.raises(NatsWireError, match="connection closed"):
+            await conn.ping(timeout_s=3600)
     assert got.lost == 1
 
 
 @pytest.mark.integration
 async def test_opening_a_port_where_nothing_listens_fails_fast_and_names_it() -> None:
     port = free_port()
-    start = time.monotonic()
-    with pytest.raises(OSError, match=str(port)):
-        await DataConnection.open(f"nats://127.0.0.1:{port}", Received().on_msg, lambda: None)
-    assert time.monotonic() - start < 3
+    with pytest.raises(OSError, match=str(port)):  # refused: not a TimeoutError
+        await DataConnection.open(
+            f"nats://127.0.0.1:{port}", Received().on_msg, lambda: None, timeout_s=3600
+        )
 
 
 @asynccontextmanager
@@ -335,24 +333,21 @@ async def silent_server(hang_up: bool) -> AsyncIterator[tuple[int, list[bytes]]]
 
 async def test_a_server_that_never_says_info_times_out_and_is_hung_up_on() -> None:
     async with silent_server(hang_up=False) as (port, heard):
-        start = time.monotonic()
         with pytest.raises(TimeoutError):
             await DataConnection.open(
                 f"nats://127.0.0.1:{port}", Received().on_msg, lambda: None, timeout_s=0.5
             )
-        assert time.monotonic() - start < 3
     assert heard == [b""]  # the client closed the connection without a word
 
 
 async def test_a_server_that_hangs_up_before_info_fails_at_once() -> None:
     got = Received()
     async with silent_server(hang_up=True) as (port, _):
-        start = time.monotonic()
+        # "connection lost" at once; waiting out timeout_s would end in TimeoutError
         with pytest.raises(NatsWireError, match="connection lost"):
             await DataConnection.open(
-                f"nats://127.0.0.1:{port}", got.on_msg, got.on_lost, timeout_s=10
+                f"nats://127.0.0.1:{port}", got.on_msg, got.on_lost, timeout_s=3600
             )
-        assert time.monotonic() - start < 5
     assert got.lost == 0  # a failed open raises; on_lost is for a connection that was up
 
 
