@@ -117,6 +117,24 @@ class Settings(BaseSettings):
     )
     archive_tables: str = Field("events", description="tables archived, comma-separated")
 
+    # query cache and slow-query log (docs/caching.md)
+    query_cache_ttl_s: float = Field(
+        3600, ge=0, description="query answers kept in Redis this long, 0 to cache nothing"
+    )
+    query_cache_bucket_s: int = Field(
+        3600,
+        ge=60,
+        le=86400,
+        description="fine time bucket of the cache's data watermarks (divides a day; "
+        "invalidation is exact to it)",
+    )
+    query_cache_max_entry_bytes: int = Field(
+        1 << 20, ge=0, description="answers larger than this are served but not cached"
+    )
+    query_slow_s: float = Field(
+        0.5, ge=0, description="queries slower than this go to the slow-query log"
+    )
+
     # alerting: acknowledgements from PagerDuty (docs/notifications.md)
     pagerduty_webhook_secret: str = Field(
         "", description="signing secret of the PagerDuty v3 webhook; empty refuses the webhook"
@@ -169,6 +187,14 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, v: str) -> str:
         if not v.startswith(("redis://", "rediss://", "unix://")):
             msg = f"expected redis://host:port/db, got {v!r}"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("query_cache_bucket_s")
+    @classmethod
+    def _bucket_divides_day(cls, v: int) -> int:
+        if v % 60 or 86400 % v:
+            msg = f"expected a multiple of 60 that divides 86400 (e.g. 900, 3600), got {v}"
             raise ValueError(msg)
         return v
 
