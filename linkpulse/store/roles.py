@@ -38,7 +38,10 @@ __all__ = [
 ]
 
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-VIEWS = ("events", "events_1m", "events_1h", "events_1d", "metric_windows")
+VIEWS = (
+    "events", "events_1m", "events_1h", "events_1d", "metric_windows",
+    "anomaly_scores", "forecasts",
+)  # fmt: skip
 # Server-side functions PUBLIC may run by default that write (large objects).
 _WRITING_FUNCTIONS = (
     "lo_create(oid)", "lo_creat(integer)", "lo_from_bytea(oid, bytea)",
