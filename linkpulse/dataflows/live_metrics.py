@@ -55,6 +55,7 @@ from linkpulse.dataflows.store_sink import PipelinedEventsSink, StoreSink, Write
 from linkpulse.operators import MetricsConfig, route, series_key, split_by_route
 from linkpulse.operators.aggregator import WindowAggregator
 from linkpulse.operators.pipeline import PreAggregator
+from linkpulse.privacy import Pseudonymiser, pseudonymiser_for
 from linkpulse.schemas import BaseEvent
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 
@@ -136,8 +137,12 @@ class RouteBatch(NamedTuple):
     route: str = ""
 
 
-def decode_chunk(chunk: Chunk) -> DecodedChunk:
-    """Split a chunk into valid events and dead letters (never raises on bad input)."""
+def decode_chunk(chunk: Chunk, privacy: Pseudonymiser | None = None) -> DecodedChunk:
+    """Split a chunk into valid events and dead letters (never raises on bad input).
+
+    With ``privacy``, their PII fields are pseudonymised here, before any
+    branch sees them (producers publishing to NATS send them raw).
+    """
     events: list[BaseEvent] = []
     letters: list[DeadLetter] = []
     now = stream_time(chunk.now_ns)  # the chunk's clock, for the future-skew rule
@@ -148,6 +153,8 @@ def decode_chunk(chunk: Chunk) -> DecodedChunk:
             metrics.DEAD_LETTERS.labels(out.field).inc()
         else:
             events.append(out)
+    if privacy is not None:
+        events, letters = privacy.events(events), privacy.letters(letters)
     return DecodedChunk(chunk.part, chunk.now_ns, events, letters)
 
 
@@ -385,7 +392,9 @@ def build_flow(
     flow = Dataflow("live_metrics")
     chunks = op.input("jetstream", flow, source)
     # Chunk(part, now_ns, messages=[(payload, subject, seq, stream_ns)])
-    decoded = op.map("decode", chunks, decode_chunk)
+    privacy = pseudonymiser_for(settings)  # None: no PII field configured, no extra step
+    decode = decode_chunk if privacy is None else functools.partial(decode_chunk, privacy=privacy)
+    decoded = op.map("decode", chunks, decode)
     # DecodedChunk(part, now_ns, events, letters)
     by_part = op.key_on("by_partition", decoded, lambda d: d.part)
     # (partition, DecodedChunk)

@@ -26,6 +26,7 @@ from linkpulse.api.batch import (
 from linkpulse.api.deps import BrokerDep, MetricsDep, SettingsDep
 from linkpulse.api.openapi import ingest_request_body
 from linkpulse.api.problems import problem_responses
+from linkpulse.privacy import pseudonymiser_for
 from linkpulse.schemas.codec import utcnow
 from linkpulse.schemas.outputs import DeadLetter
 
@@ -68,7 +69,10 @@ async def ingest_events(
     checked = confine_to_tenant(check_items(items, now=received_at), items, principal)
 
     publisher = broker.require()  # 503 (via the problem handler) when NATS is down
-    messages = publisher.prepare([ev for _, ev in checked.valid])
+    # PII fields are pseudonymised before publishing: the stream never holds them raw.
+    privacy = pseudonymiser_for(settings)
+    valid = [ev for _, ev in checked.valid]
+    messages = publisher.prepare(valid if privacy is None else privacy.events(valid))
     # An event over the broker's message size limit can never be published: it is
     # rejected by itself (a 503 would have the client retry it forever).
     checked, messages = set_aside_unsendable(
@@ -76,18 +80,17 @@ async def ingest_events(
     )
     published = await publisher.send(messages)
     if checked.rejected:
-        await publisher.dead_letter_many(
-            [
-                DeadLetter(
-                    payload=r.raw.decode("utf-8", errors="replace"),
-                    field=r.field,
-                    problem=r.problem,
-                    source="http",
-                    received_at=received_at,
-                )
-                for r in checked.rejected
-            ]
-        )
+        letters = [
+            DeadLetter(
+                payload=r.raw.decode("utf-8", errors="replace"),
+                field=r.field,
+                problem=r.problem,
+                source="http",
+                received_at=received_at,
+            )
+            for r in checked.rejected
+        ]
+        await publisher.dead_letter_many(letters if privacy is None else privacy.letters(letters))
 
     metrics.batch_size.observe(len(items))
     for (_, ev), pub in zip(checked.valid, published, strict=True):
