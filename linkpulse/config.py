@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     query_slow_s: float = Field(
         0.5, ge=0, description="queries slower than this go to the slow-query log"
     )
+    query_max_points: int = Field(
+        10_000,
+        ge=10,
+        le=1_000_000,
+        description="points a series (or a query's time grain) has at most",
+    )
 
     # alerting: acknowledgements from PagerDuty (docs/notifications.md)
     pagerduty_webhook_secret: str = Field(
