@@ -496,14 +496,16 @@ class RuleEngine:
             return None
         if rule.kind is RuleKind.THRESHOLD:
             band = (rule.threshold, None) if rule.op in ("<", "<=") else (None, rule.threshold)
+            breached = rule.breaches(v)
             return Sample(
                 end,
-                rule.breaches(v),
+                breached,
                 rule.holds(v),
                 value=v,
                 observed=v,
                 lower=band[0],
                 upper=band[1],
+                explanation=_threshold_why(rule, v) if breached else "",
                 revision=w.revision,
             )
         if rule.kind is RuleKind.RATE_OF_CHANGE:
@@ -663,6 +665,24 @@ class RuleEngine:
             explanation=s.explanation,
             revision=s.revision,
         )
+
+
+_OP_WORDS = {">": "above", ">=": "at or above", "<": "below", "<=": "at or below"}
+
+
+def _threshold_why(rule: Rule, v: float) -> str:
+    """One sentence for a breached threshold, with the hysteresis when there is one.
+
+    >>> from linkpulse.alerts.rules import parse_rules
+    >>> (r,) = parse_rules("rules: [{name: f, kind: threshold, metric: payment_failure_rate,"
+    ...                    " op: '>', threshold: 0.2, recovery: 0.1}]").rules
+    >>> _threshold_why(r, 0.35)
+    'payment_failure_rate 0.35 is above the threshold 0.2 (the alert holds until 0.1)'
+    """
+    why = f"{rule.metric} {v:.4g} is {_OP_WORDS[rule.op]} the threshold {rule.threshold:.4g}"
+    if rule.recovery is not None:
+        why += f" (the alert holds until {rule.recovery:.4g})"
+    return why
 
 
 def _rate_sample(rule: Rule, v: float, prev: float, end: float, revision: int) -> Sample | None:
