@@ -1,4 +1,4 @@
-"""Prometheus metrics of the API: ingest outcomes and request latency.
+"""Prometheus metrics of the API: ingest outcomes, request latency, the query cache.
 
 Each app gets its own ``CollectorRegistry`` so two apps in one process (tests,
 embedding) never collide. Labels are bounded on purpose: no tenant, and a
@@ -85,6 +85,34 @@ class ApiMetrics:
             "HTTP request latency, by method, route template and status",
             ["method", "route", "status"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        # The query cache and slow-query log (linkpulse/query/, docs/caching.md).
+        self.cache_requests = Counter(
+            "linkpulse_query_cache_requests",
+            "Query answers by cache result: hit, miss, error (Redis failed: computed), "
+            "bypass (Redis away or caching off: computed)",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.cache_entry_bytes = Histogram(
+            "linkpulse_query_cache_entry_bytes",
+            "Sizes of the answers stored in the query cache",
+            ["kind"],
+            buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304),
+            registry=self.registry,
+        )
+        self.query_seconds = Histogram(
+            "linkpulse_query_duration_seconds",
+            "Time computing query answers (cache misses and uncached answers), by kind",
+            ["kind"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.slow_queries = Counter(
+            "linkpulse_query_slow",
+            "Queries slower than LINKPULSE_QUERY_SLOW_S (kept in the slow-query log), by kind",
+            ["kind"],
             registry=self.registry,
         )
 
