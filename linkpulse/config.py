@@ -141,6 +141,19 @@ class Settings(BaseSettings):
         description="points a series (or a query's time grain) has at most",
     )
 
+    # the SQL endpoint (docs/sql-endpoint.md)
+    sql_limits: str = Field(
+        "admin=60/1000000,operator=30/200000,analyst=60/1000000,seller=15/100000",
+        description="per-role SQL endpoint limits: role=timeout_s/max_rows, comma-separated "
+        "(roles not named: 30/100000)",
+    )
+    sql_fetch_rows: int = Field(
+        5000, gt=0, le=100_000, description="rows the SQL endpoint fetches per batch"
+    )
+    sql_idle_timeout_s: float = Field(
+        60, gt=0, description="a SQL result whose client stops reading this long is ended"
+    )
+
     # alerting: acknowledgements from PagerDuty (docs/notifications.md)
     pagerduty_webhook_secret: str = Field(
         "", description="signing secret of the PagerDuty v3 webhook; empty refuses the webhook"
@@ -194,6 +207,14 @@ class Settings(BaseSettings):
         if not v.startswith(("redis://", "rediss://", "unix://")):
             msg = f"expected redis://host:port/db, got {v!r}"
             raise ValueError(msg)
+        return v
+
+    @field_validator("sql_limits")
+    @classmethod
+    def _sql_limits(cls, v: str) -> str:
+        from linkpulse.sqlapi.limits import parse_sql_limits  # noqa: PLC0415 (config loads first)
+
+        parse_sql_limits(v)
         return v
 
     @field_validator("query_cache_bucket_s")
