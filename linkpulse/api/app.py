@@ -7,9 +7,10 @@ error leaves as problem+json through one handler.
 >>> app = create_app(Settings())
 >>> sorted(app.openapi()["paths"])  # doctest: +NORMALIZE_WHITESPACE
 ['/healthz', '/metrics', '/readyz', '/v1/alerts', '/v1/alerts/{alert_id}',
- '/v1/alerts/{alert_id}/ack', '/v1/audit', '/v1/events', '/v1/integrations/pagerduty',
- '/v1/notifications', '/v1/silences', '/v1/silences/{silence_id}', '/v1/stream/alerts',
- '/v1/stream/anomalies', '/v1/stream/metrics']
+ '/v1/alerts/{alert_id}/ack', '/v1/audit', '/v1/events', '/v1/exports', '/v1/exports/{export_id}',
+ '/v1/exports/{export_id}/download', '/v1/exports/{export_id}/events', '/v1/integrations/pagerduty',
+ '/v1/layouts', '/v1/layouts/{layout_id}', '/v1/me', '/v1/notifications', '/v1/silences',
+ '/v1/silences/{silence_id}', '/v1/stream/alerts', '/v1/stream/anomalies', '/v1/stream/metrics']
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from linkpulse.api.metrics import ApiMetrics, LatencyMiddleware
 from linkpulse.api.nul_guard import RejectNul
 from linkpulse.api.openapi import install_openapi
 from linkpulse.api.problems import install_problem_handler
-from linkpulse.api.routes import alerts, audit, health, ingest, silences, stream
+from linkpulse.api.routes import (
+    alerts,
+    audit,
+    dashboard,
+    exports,
+    health,
+    ingest,
+    layouts,
+    silences,
+    stream,
+)
 from linkpulse.config import Settings
 
 __all__ = ["create_app"]
@@ -74,5 +85,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(alerts.router)
     app.include_router(silences.router)
+    app.include_router(exports.router)
+    app.include_router(layouts.router)
+    app.include_router(dashboard.router)  # the page at / and its assets (docs/dashboard.md)
     install_openapi(app, max_batch=settings.ingest_max_batch)
     return app
