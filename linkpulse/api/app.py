@@ -7,10 +7,12 @@ error leaves as problem+json through one handler.
 >>> app = create_app(Settings())
 >>> sorted(app.openapi()["paths"])  # doctest: +NORMALIZE_WHITESPACE
 ['/healthz', '/metrics', '/readyz', '/v1/alerts', '/v1/alerts/{alert_id}',
- '/v1/alerts/{alert_id}/ack', '/v1/audit', '/v1/events', '/v1/exports', '/v1/exports/{export_id}',
- '/v1/exports/{export_id}/download', '/v1/exports/{export_id}/events', '/v1/integrations/pagerduty',
- '/v1/layouts', '/v1/layouts/{layout_id}', '/v1/me', '/v1/notifications', '/v1/silences',
- '/v1/silences/{silence_id}', '/v1/stream/alerts', '/v1/stream/anomalies', '/v1/stream/metrics']
+ '/v1/alerts/{alert_id}/ack', '/v1/anomalies', '/v1/audit', '/v1/catalog', '/v1/events',
+ '/v1/exports', '/v1/exports/{export_id}', '/v1/exports/{export_id}/download',
+ '/v1/exports/{export_id}/events', '/v1/forecasts', '/v1/integrations/pagerduty', '/v1/kpis',
+ '/v1/layouts', '/v1/layouts/{layout_id}', '/v1/me', '/v1/notifications', '/v1/query',
+ '/v1/series', '/v1/silences', '/v1/silences/{silence_id}', '/v1/stream/alerts',
+ '/v1/stream/anomalies', '/v1/stream/metrics', '/v1/top']
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from linkpulse.api.routes import (
     health,
     ingest,
     layouts,
+    query,
     silences,
     stream,
 )
@@ -87,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(silences.router)
     app.include_router(exports.router)
     app.include_router(layouts.router)
+    app.include_router(query.router)
     app.include_router(dashboard.router)  # the page at / and its assets (docs/dashboard.md)
     install_openapi(app, max_batch=settings.ingest_max_batch)
     return app

@@ -1,0 +1,194 @@
+"""The query answers equal a GROUP BY on the raw events, on both store lanes.
+
+``/v1/series`` and ``/v1/kpis`` are computed by ``linkpulse.query.answers``
+on a scoped analyst session; these tests run those functions on each lane
+(plain PostgreSQL and the WASM TimescaleDB, where the rollups are continuous
+aggregates) and compare every number with the test's own GROUP BY over
+``events``. The API's HTTP path over the same functions is tested on the
+server lane in ``test_api_query.py`` (the WASM server serves one connection
+at a time, and the API holds pools of several). The helpers here (seeding,
+the raw expectations) are shared with that module.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from linkpulse.config import Settings
+from linkpulse.query import answers
+from linkpulse.store import EventWriter, migrate, refresh, roles, stored_tier
+from tests.test_store_writer import BASE, make_events
+
+pytestmark = pytest.mark.integration
+
+SEED = 1313
+START, END = BASE, BASE + timedelta(hours=3)
+# The test's own definitions, written apart from the catalogue.
+RAW: dict[str, str] = {
+    "gmv": "coalesce(sum(amount) FILTER (WHERE type = 'payment_settled'), 0)::float8",
+    "orders": "count(*) FILTER (WHERE type = 'order_placed')",
+    "page_views": "count(*) FILTER (WHERE type = 'page_view')",
+    "active_users": "count(DISTINCT user_id)",
+    "conversion": "(count(*) FILTER (WHERE type = 'order_placed'))::float8"
+    " / nullif(count(*) FILTER (WHERE type = 'page_view'), 0)",
+    "payment_failure_rate": "(count(*) FILTER (WHERE type = 'payment_failed'))::float8"
+    " / nullif(count(*) FILTER (WHERE type IN ('payment_failed', 'payment_settled')), 0)",
+    "refunds": "count(*) FILTER (WHERE type = 'refund_issued')",
+}
+
+
+def seed_store(dsn: str, n: int = 800) -> None:
+    """``n`` events of tenants acme and globex (sellers s0..s4) over 3 h, rolled up."""
+    with EventWriter(dsn) as w:
+        w.write_events(make_events(n, seed=SEED, start=BASE))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        refresh(conn)
+
+
+def raw_series(
+    conn: psycopg.Connection[Any],
+    metric: str,
+    step_s: int,
+    *,
+    tenant: str = "acme",
+    seller: str | None = None,
+    start: datetime = START,
+    end: datetime = END,
+) -> dict[datetime, float]:
+    """The metric per step bucket, by a GROUP BY over the raw events."""
+    rows = conn.execute(
+        f"SELECT date_bin(make_interval(secs => %s), event_time, '2000-01-01Z'), {RAW[metric]}"
+        " FROM events WHERE tenant = %s AND event_time >= %s AND event_time < %s"
+        " AND (%s::text IS NULL OR seller_id = %s) GROUP BY 1",
+        (step_s, tenant, start, end, seller, seller),
+    ).fetchall()
+    return {t: float(v) for t, v in rows if v is not None}
+
+
+def raw_total(
+    conn: psycopg.Connection[Any],
+    metric: str,
+    start: datetime,
+    end: datetime,
+    *,
+    tenant: str = "acme",
+    seller: str | None = None,
+) -> float | None:
+    """The metric over [start, end) by an aggregate over the raw events."""
+    row = conn.execute(
+        f"SELECT {RAW[metric]} FROM events WHERE tenant = %s AND event_time >= %s"
+        " AND event_time < %s AND (%s::text IS NULL OR seller_id = %s)",
+        (tenant, start, end, seller, seller),
+    ).fetchone()
+    assert row is not None
+    return None if row[0] is None else float(row[0])
+
+
+def check_series(body: dict[str, Any], expected: dict[datetime, float]) -> None:
+    """Every point equals the raw GROUP BY (0 where it has no row), and not all are 0."""
+    got = {datetime.fromisoformat(p["t"]): p["value"] for p in body["points"]}
+    assert set(expected) <= set(got), sorted(set(expected) - set(got))
+    for t, value in got.items():
+        assert value == pytest.approx(expected.get(t, 0.0), rel=1e-12), (t, body["source"])
+    assert any(v for v in expected.values()), "the seed gave nothing to compare"
+
+
+def check_kpis(conn: psycopg.Connection[Any], body: dict[str, Any], seller: str | None) -> None:
+    """value / previous / week_ago of every KPI equal raw aggregates of those periods."""
+    start, end = datetime.fromisoformat(body["start"]), datetime.fromisoformat(body["end"])
+    length, week = end - start, timedelta(days=7)
+    nonzero = 0
+    for k in body["kpis"]:
+        for field, (s, e) in (
+            ("value", (start, end)),
+            ("previous", (start - length, start)),
+            ("week_ago", (start - week, end - week)),
+        ):
+            raw = raw_total(conn, k["name"], s, e, seller=seller)
+            want = 0.0 if raw is None and k["unit"] != "ratio" else raw
+            if want is None:  # a ratio of nothing
+                assert k[field] is None, (k["name"], field)
+            else:
+                assert k[field] == pytest.approx(want, rel=1e-12), (k["name"], field)
+            nonzero += bool(k[field])
+    assert nonzero >= 4, body
+
+
+async def _answer(dsn: str, fn: Any, *, seller: str | None = None, **kw: Any) -> dict[str, Any]:
+    settings = Settings()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        secret = roles.scope_secret(conn)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+        async with roles.analyst_session_async(
+            aconn, analyst_role=settings.analyst_role, secret=secret, tenant="acme",
+            seller_id=seller,
+        ) as scoped:  # fmt: skip
+            body: dict[str, Any] = await fn(scoped, tenant="acme", seller=seller, **kw)
+    return body
+
+
+@pytest.fixture
+def seeded(lane_dsn: str) -> str:
+    migrate(lane_dsn)
+    with psycopg.connect(lane_dsn, autocommit=True) as conn:
+        s = Settings()
+        roles.setup(conn, analyst_role=s.analyst_role, sql_login=s.analyst_sql_login)
+    seed_store(lane_dsn)
+    return lane_dsn
+
+
+@pytest.mark.parametrize(
+    ("metric", "step", "source"),
+    [
+        ("gmv", "1h", "events_1h"),
+        ("orders", "5m", "events_1m"),
+        ("active_users", "1h", "events"),
+        ("conversion", "15m", "events_1m"),
+    ],
+)
+async def test_series_equal_the_raw_group_by(
+    seeded: str, metric: str, step: str, source: str
+) -> None:
+    step_s = {"5m": 300, "15m": 900, "1h": 3600}[step]
+    body = await _answer(
+        seeded, answers.series, metric=metric, start=START, end=END, step=step, event_type=None,
+        max_points=10_000, now=END + timedelta(days=1),
+    )  # fmt: skip
+    with psycopg.connect(seeded) as conn:
+        tier = stored_tier(conn)
+        check_series(body, raw_series(conn, metric, step_s))
+    assert body["source"] == source, tier
+    assert body["final_before"] == answers.iso(END)
+
+
+async def test_a_seller_series_and_kpis_equal_its_raw_rows(seeded: str) -> None:
+    body = await _answer(
+        seeded, answers.series, seller="s1", metric="gmv", start=START, end=END, step="1h",
+        event_type=None, max_points=10_000, now=END,
+    )  # fmt: skip
+    kpis = await _answer(
+        seeded, answers.kpis, seller="s1", start=START + timedelta(hours=1), end=END
+    )
+    with psycopg.connect(seeded) as conn:  # one connection at a time (the WASM server)
+        check_series(body, raw_series(conn, "gmv", 3600, seller="s1"))
+        check_kpis(conn, kpis, "s1")
+
+
+async def test_kpis_equal_raw_aggregates_of_each_period(seeded: str) -> None:
+    body = await _answer(seeded, answers.kpis, start=START + timedelta(hours=1), end=END)
+    assert [k["name"] for k in body["kpis"]] == [
+        "gmv", "orders", "conversion", "active_users", "payment_failure_rate", "refunds",
+    ]  # fmt: skip
+    by_name = {k["name"]: k for k in body["kpis"]}
+    assert by_name["gmv"]["source"] == "events_1h"
+    assert by_name["active_users"]["source"] == "events"
+    assert by_name["orders"]["week_ago"] == 0 and by_name["orders"]["change_week"] is None
+    assert by_name["orders"]["change"] == pytest.approx(
+        by_name["orders"]["value"] / by_name["orders"]["previous"] - 1
+    )
+    with psycopg.connect(seeded) as conn:
+        check_kpis(conn, body, None)
