@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "eval",
     "notifier",
     "alerts",
+    "export",
 )
 
 
