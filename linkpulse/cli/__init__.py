@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "notifier",
     "alerts",
     "export",
+    "privacy",
 )
 
 
