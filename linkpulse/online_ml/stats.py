@@ -138,7 +138,16 @@ def binom_sf(k: int, n: int, p: float) -> float:
         return normal_sf((k - 0.5 - n * p) / sd) if sd > 0 else float(k <= n * p)
     if k <= n * p:  # the upper tail is big: sum the short lower side instead
         return max(0.0, 1.0 - binom_cdf(k - 1, n, p))
-    return min(1.0, sum(_binom_pmf(i, n, p) for i in range(k, n + 1)))
+    # one pmf, then the ratio recurrence upwards (no lgamma per term), until the terms vanish
+    term = _binom_pmf(k, n, p)
+    total = term
+    odds = p / (1.0 - p)
+    i = k
+    while i < n and term > total * 1e-12:
+        term *= (n - i) / (i + 1.0) * odds
+        i += 1
+        total += term
+    return min(1.0, total)
 
 
 def binom_cdf(k: int, n: int, p: float) -> float:
@@ -153,4 +162,12 @@ def binom_cdf(k: int, n: int, p: float) -> float:
         return normal_sf((n * p - k - 0.5) / sd) if sd > 0 else float(k >= n * p)
     if k >= n * p:
         return max(0.0, 1.0 - binom_sf(k + 1, n, p))
-    return min(1.0, sum(_binom_pmf(i, n, p) for i in range(0, k + 1)))
+    term = _binom_pmf(k, n, p)
+    total = term
+    odds = (1.0 - p) / p if p > 0.0 else 0.0
+    i = k
+    while i > 0 and term > total * 1e-12:
+        term *= i / (n - i + 1.0) * odds
+        i -= 1
+        total += term
+    return min(1.0, total)
