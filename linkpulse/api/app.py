@@ -11,8 +11,8 @@ error leaves as problem+json through one handler.
  '/v1/exports', '/v1/exports/{export_id}', '/v1/exports/{export_id}/download',
  '/v1/exports/{export_id}/events', '/v1/forecasts', '/v1/integrations/pagerduty', '/v1/kpis',
  '/v1/layouts', '/v1/layouts/{layout_id}', '/v1/me', '/v1/notifications', '/v1/query',
- '/v1/series', '/v1/silences', '/v1/silences/{silence_id}', '/v1/stream/alerts',
- '/v1/stream/anomalies', '/v1/stream/metrics', '/v1/top']
+ '/v1/series', '/v1/silences', '/v1/silences/{silence_id}', '/v1/sql', '/v1/sql/explain',
+ '/v1/stream/alerts', '/v1/stream/anomalies', '/v1/stream/metrics', '/v1/top']
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from linkpulse.api.routes import (
     layouts,
     query,
     silences,
+    sql,
     stream,
 )
 from linkpulse.config import Settings
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(exports.router)
     app.include_router(layouts.router)
     app.include_router(query.router)
+    app.include_router(sql.router)  # the SQL endpoint (docs/sql-endpoint.md)
     app.include_router(dashboard.router)  # the page at / and its assets (docs/dashboard.md)
     install_openapi(app, max_batch=settings.ingest_max_batch)
     return app
