@@ -2,37 +2,47 @@
 
 simulator → NATS JetStream → dataflow → store/Redis/NATS, checked by the demo
 itself (every published event stored once, closed windows equal a GROUP BY)
-and again here from the database.
+and again here from the database; open-ended, it prints the dashboard's URL
+with a viewer key and runs until Ctrl-C, then checks the same.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import psycopg
 import pytest
 
 from linkpulse.cli.live_panel import tile_rows
 from linkpulse.config import Settings
+from tests.proc_helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_demo_runs_the_whole_pipeline(
-    pg_dsn: str, nats_settings: Settings, nc: object, redis_client: object, tmp_path: Path
-) -> None:
-    env = {
+def _demo_env(pg_dsn: str, nats_settings: Settings, state: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "LINKPULSE_DATABASE_URL": pg_dsn,
         "LINKPULSE_NATS_URL": nats_settings.nats_url,
         "LINKPULSE_STREAM_NAME": nats_settings.stream_name,
         "LINKPULSE_SUBJECT_PREFIX": nats_settings.subject_prefix,
-        "LINKPULSE_STATE_DIR": str(tmp_path / "state"),
+        "LINKPULSE_STATE_DIR": str(state),
         "LINKPULSE_METRICS_PORT": "0",
     }
+
+
+def test_demo_runs_the_whole_pipeline(
+    pg_dsn: str, nats_settings: Settings, nc: object, redis_client: object, tmp_path: Path
+) -> None:
+    env = _demo_env(pg_dsn, nats_settings, tmp_path / "state")
     done = subprocess.run(
         [
             sys.executable,
@@ -69,6 +79,69 @@ def test_demo_runs_the_whole_pipeline(
         assert finals and finals[0] > 0
     labels = (tmp_path / "state" / "labels.json").read_text()
     assert "failure_spike" in labels
+
+
+def test_demo_opens_on_the_dashboard_and_runs_until_ctrl_c(
+    pg_dsn: str, nats_settings: Settings, nc: object, redis_client: object, tmp_path: Path
+) -> None:
+    env = _demo_env(pg_dsn, nats_settings, tmp_path / "state")
+    out = tmp_path / "demo.out"
+    cmd = [sys.executable, "-m", "linkpulse", "demo", "--no-stack", "--rate", "150"]
+    with out.open("wb") as sink:
+        proc = subprocess.Popen([*cmd, "--drain", "1"], env=env, stdout=sink, stderr=sink)
+    try:
+        found: list[str] = []
+
+        def dashboard_line() -> bool:
+            found[:] = re.findall(r"Dashboard: (\S+)", out.read_text(errors="replace"))
+            return bool(found) or proc.poll() is not None
+
+        assert wait_until(dashboard_line, 120, 0.2), out.read_text()[-3000:]
+        assert found, out.read_text()[-3000:]
+        url = urlsplit(found[0])
+        (key,) = parse_qs(url.query)["key"]
+        base = f"{url.scheme}://{url.netloc}"
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert wait_until(lambda: _answers(client), 60, 0.2), out.read_text()[-3000:]
+            page = client.get(url.path or "/")
+            assert page.status_code == 200, page.text[:500]
+            assert "text/html" in page.headers["content-type"]
+            # the URL's key is a viewer's: it reads the streams, it may not acknowledge alerts
+            with client.stream("GET", "/v1/stream/alerts", headers=headers) as resp:
+                assert resp.status_code == 200
+            ack = client.post("/v1/alerts/nope/ack", headers=headers)
+            assert ack.status_code == 403, ack.text
+
+        def stored_some() -> bool:
+            with psycopg.connect(pg_dsn) as conn:
+                row = conn.execute("select count(*) from events").fetchone()
+            return bool(row and row[0] > 300)
+
+        assert wait_until(stored_some, 120, 0.5), out.read_text()[-3000:]
+        assert proc.poll() is None, "open-ended, the demo keeps running: " + out.read_text()[-3000:]
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(300) == 0, out.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.read_text()
+    assert "every published event was stored exactly once; windows match" in text, text[-3000:]
+    with psycopg.connect(pg_dsn) as conn:
+        stored = conn.execute("select count(*), count(distinct (tenant, event_id)) from events")
+        total, distinct = stored.fetchone() or (0, 0)
+    published = re.search(r"published ([\d,]+) events; stored ([\d,]+)", text)
+    assert published, text[-3000:]
+    assert int(published[1].replace(",", "")) == int(published[2].replace(",", "")) == total
+    assert total == distinct
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_tiles_pick_the_newest_tenant_wide_value() -> None:

@@ -1,8 +1,18 @@
 """CLI command: ``linkpulse demo`` runs the whole pipeline on this machine.
 
 simulator → NATS JetStream → dataflow → store, Redis and NATS metrics, with
-the API beside it; a live panel shows what arrives, then a summary checks that
+the API and its dashboard beside it: the demo prints the dashboard's URL with
+a viewer key, a live panel shows what arrives, and the simulator keeps the
+pipeline fed until Ctrl-C (or for ``--duration``); then a summary checks that
 every published event was stored exactly once. This is the README's main job.
+
+The commands it starts are built by :func:`dataflow_args` and
+:func:`api_args`, which the browser tests use too (the same pipeline).
+
+>>> dataflow_args(Path("st"), "lp:", rules=[Path("deploy/rules")])[:4]
+['run', 'dataflow', '--recovery-dir', 'st/recovery']
+>>> api_args(8123), api_env("lp:")["LINKPULSE_AUTH"]
+(['serve', '--port', '8123'], 'on')
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +54,7 @@ console = Console() if sys.stdout.isatty() else Console(width=240, force_termina
 PLAIN_PROGRESS_EVERY_S = 5.0
 CATCH_UP_S = 120.0  # how long the flow may take to store what was published
 CLOSE_TIMEOUT_S = 150.0  # how long to wait for the last minute's windows to close
+DEFAULT_RULES = Path("deploy/rules")  # the example alert rules, when run from a checkout
 
 
 class DemoError(LinkpulseError):
@@ -108,12 +120,57 @@ def _step(title: str, *args: str) -> None:
         raise typer.Exit(done.returncode)
 
 
+def dataflow_args(
+    state_dir: Path,
+    redis_key_prefix: str,
+    *,
+    rules: Sequence[Path] = (),
+    detectors: Path | None = None,
+    snapshot_interval_s: float | None = None,
+) -> list[str]:
+    """``linkpulse`` arguments of the demo's dataflow (recovery under ``state_dir``)."""
+    args = ["run", "dataflow", "--recovery-dir", str(state_dir / "recovery")]
+    args += ["--redis-prefix", redis_key_prefix]
+    for rule in rules:
+        args += ["--alert-rules", str(rule)]
+    if detectors is not None:
+        args += ["--detectors", str(detectors)]
+    if snapshot_interval_s is not None:
+        args += ["--snapshot-interval", f"{snapshot_interval_s:g}"]
+    return args
+
+
+def api_args(port: int) -> list[str]:
+    """``linkpulse`` arguments of the demo's API (and dashboard) on loopback ``port``."""
+    return ["serve", "--port", str(port)]
+
+
+def api_env(redis_key_prefix: str) -> dict[str, str]:
+    """The API's environment as deployed: auth on, the dataflow's Redis keys for snapshots."""
+    return {"LINKPULSE_REDIS_KEY_PREFIX": redis_key_prefix, "LINKPULSE_AUTH": "on"}
+
+
+def dashboard_url(api_url: str, viewer_key: str) -> str:
+    """The dashboard's address with a viewer key (the page reads ``?key=``).
+
+    >>> dashboard_url("http://127.0.0.1:8000", "lpk_x")
+    'http://127.0.0.1:8000/?key=lpk_x'
+    """
+    return f"{api_url}/?key={viewer_key}"
+
+
 async def _spawn(
     name: str, logs: Path, *args: str, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
     log = (logs / f"{name}.log").open("ab")
+    # A session of its own: the terminal's Ctrl-C reaches the demo alone, which then
+    # stops the simulator first and the rest after the checks.
     return await asyncio.create_subprocess_exec(
-        *_linkpulse(*args), stdout=log, stderr=log, env={**os.environ, **(env or {})}
+        *_linkpulse(*args),
+        stdout=log,
+        stderr=log,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
     )
 
 
@@ -212,53 +269,53 @@ class _PlainProgress:
             print(progress_line(c, base, now - started), flush=True)
 
 
-async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s: float) -> int:
-    logs = state_dir / "logs"
+@dataclass(frozen=True)
+class DemoRun:
+    """What one demo run starts: the simulator's arguments, rules, port, drain."""
+
+    sim_args: list[str]
+    state_dir: Path
+    drain_s: float
+    rules: tuple[Path, ...] = ()
+    port: int | None = None
+
+
+async def _run(settings: Settings, run: DemoRun) -> int:
+    logs = run.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    api_port = _free_port()
+    api_port = run.port or _free_port()
     api_url = f"http://127.0.0.1:{api_port}"
+    prefix = redis_prefix(settings)
     nc = await connect_nats(settings, name="linkpulse-demo")
     js = nc.jetstream()
     pg = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
     rd = aioredis.from_url(settings.redis_url, socket_timeout=2)
     procs: list[asyncio.subprocess.Process] = []
     watch_task: asyncio.Task[None] | None = None
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    loop.add_signal_handler(signal.SIGTERM, interrupted.set)
     try:
         await ensure_streams(js, settings)
         base = await _read(settings, js, pg, rd)
         procs.append(
-            await _spawn(
-                "dataflow",
-                logs,
-                "run",
-                "dataflow",
-                "--recovery-dir",
-                str(state_dir / "recovery"),
-                "--redis-prefix",
-                redis_prefix(settings),
-            )
+            await _spawn("dataflow", logs, *dataflow_args(run.state_dir, prefix, rules=run.rules))
         )
         # The API as deployed: auth on, keys made for this run; it reads the
-        # dataflow's Redis keys for stream snapshots.
+        # dataflow's Redis keys for stream snapshots and serves the dashboard.
         keys = await demo_keys(pg)
-        procs.append(
-            await _spawn(
-                "api",
-                logs,
-                "serve",
-                "--port",
-                str(api_port),
-                env={"LINKPULSE_REDIS_KEY_PREFIX": redis_prefix(settings), "LINKPULSE_AUTH": "on"},
-            )
-        )
+        procs.append(await _spawn("api", logs, *api_args(api_port), env=api_env(prefix)))
         watch = StreamWatch(api_url, keys["admin"])
         watch_task = asyncio.create_task(watch.run())
         console.print(
-            f"API keys for this run (valid a day): admin {keys['admin']}  ingest {keys['ingest']}\n"
+            f"[bold]Dashboard: {dashboard_url(api_url, keys['viewer'])}[/bold]\n"
+            f"API keys for this run (valid a day): admin {keys['admin']}  "
+            f"viewer {keys['viewer']}  ingest {keys['ingest']}\n"
             f"  try: curl -N -H 'Authorization: Bearer {keys['admin']}' {api_url}/v1/stream/metrics"
         )
         since = datetime.now(UTC).replace(second=0, microsecond=0)
-        sim = await _spawn("simulate", logs, "simulate", "--quiet", *sim_args)
+        sim = await _spawn("simulate", logs, "simulate", "--quiet", *run.sim_args)
         started = time.monotonic()
         live: Live | _PlainProgress = (
             Live(console=console, refresh_per_second=2) if console.is_terminal else _PlainProgress()
@@ -277,62 +334,25 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
                     live.show(counts, base, started)
                 return counts
 
-            # 1. traffic flows
+            # 1. traffic flows, until the simulator's --duration ends or Ctrl-C
             current = base
             while sim.returncode is None:
+                if interrupted.is_set() and sim.returncode is None:
+                    console.print("stopping the simulator; then the checks (Ctrl-C again: quit)")
+                    loop.add_signal_handler(signal.SIGINT, _quit)
+                    sim.send_signal(signal.SIGINT)
+                    interrupted.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(sim.wait()), 1.0)
                 current = await refresh()
             if sim.returncode != 0:
                 msg = f"the simulator failed; see {logs}/simulate.log"
                 raise DemoError(msg)
-            # 2. the flow catches up with what was published
-            deadline = time.monotonic() + CATCH_UP_S
-            while current.stored - base.stored < current.stream - base.stream:
-                if time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(1)
-                current = await refresh()
-            # 3. traffic has stopped: the idle watermark closes the last windows.
-            # Wait (bounded) until the minute the traffic ended in is closed, so
-            # the summary checks every closed window, then at least --drain.
-            last_minute_end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(
-                minutes=1
-            )
-            drain_until = time.monotonic() + drain_s
-            give_up = time.monotonic() + CLOSE_TIMEOUT_S
-            while time.monotonic() < give_up:
-                closed = (current.last_final_1m_end or since) >= last_minute_end
-                if closed and time.monotonic() >= drain_until:
-                    break
-                await asyncio.sleep(1)
-                current = await refresh()
-        published = current.stream - base.stream
-        stored = current.stored - base.stored
-        console.rule("summary")
-        console.print(
-            f"published {published:,} events; stored {stored:,}; "
-            f"{current.final_1m:,} final 1-minute windows; logs in {logs}"
-        )
-        console.print(
-            f"{watch.updates:,} window updates received live over SSE (/v1/stream/metrics)"
-            + (f"; last stream error: {watch.error}" if watch.error else "")
-        )
-        cur = await pg.execute(_WINDOW_CHECK, {"since": since})
-        checked, wrong = (await cur.fetchone()) or (0, 0)
-        console.print(
-            f"{checked:,} closed 1-minute orders/GMV windows compared with a GROUP BY over "
-            f"the raw events: {wrong:,} differ"
-        )
-        if stored != published:
-            console.print("[red]stored != published: the pipeline lost or doubled events")
-            return 1
-        if wrong or not checked:
-            console.print("[red]closed windows do not match the raw events")
-            return 1
-        console.print("[green]every published event was stored exactly once; windows match")
-        return 0
+            current = await _settle(current, base, since, run.drain_s, refresh)
+        return await _summary(pg, current, base, since, logs, watch)
     finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
         if watch_task is not None:
             watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -344,30 +364,116 @@ async def _run(settings: Settings, sim_args: list[str], state_dir: Path, drain_s
         await nc.close()
 
 
+def _quit() -> None:
+    """A second Ctrl-C: leave now (the ``finally`` blocks still stop the processes)."""
+    raise KeyboardInterrupt
+
+
+async def _settle(
+    current: Counts,
+    base: Counts,
+    since: datetime,
+    drain_s: float,
+    refresh: Callable[[], Awaitable[Counts]],
+) -> Counts:
+    """Traffic has stopped: let the flow store it all and close the last minute's windows."""
+    # the flow catches up with what was published
+    deadline = time.monotonic() + CATCH_UP_S
+    while current.stored - base.stored < current.stream - base.stream:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+        current = await refresh()
+    # The idle watermark closes the last windows. Wait (bounded) until the
+    # minute the traffic ended in is closed, so the summary checks every closed
+    # window, then at least --drain.
+    last_minute_end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    drain_until = time.monotonic() + drain_s
+    give_up = time.monotonic() + CLOSE_TIMEOUT_S
+    while time.monotonic() < give_up:
+        closed = (current.last_final_1m_end or since) >= last_minute_end
+        if closed and time.monotonic() >= drain_until:
+            break
+        await asyncio.sleep(1)
+        current = await refresh()
+    return current
+
+
+async def _summary(
+    pg: psycopg.AsyncConnection,
+    current: Counts,
+    base: Counts,
+    since: datetime,
+    logs: Path,
+    watch: StreamWatch,
+) -> int:
+    """Print what was published, stored and streamed; 0 when exactly once and windows match."""
+    published = current.stream - base.stream
+    stored = current.stored - base.stored
+    console.rule("summary")
+    console.print(
+        f"published {published:,} events; stored {stored:,}; "
+        f"{current.final_1m:,} final 1-minute windows; logs in {logs}"
+    )
+    console.print(
+        f"{watch.updates:,} window updates received live over SSE (/v1/stream/metrics)"
+        + (f"; last stream error: {watch.error}" if watch.error else "")
+    )
+    cur = await pg.execute(_WINDOW_CHECK, {"since": since})
+    checked, wrong = (await cur.fetchone()) or (0, 0)
+    console.print(
+        f"{checked:,} closed 1-minute orders/GMV windows compared with a GROUP BY over "
+        f"the raw events: {wrong:,} differ"
+    )
+    if stored != published:
+        console.print("[red]stored != published: the pipeline lost or doubled events")
+        return 1
+    if wrong or not checked:
+        console.print("[red]closed windows do not match the raw events")
+        return 1
+    console.print("[green]every published event was stored exactly once; windows match")
+    return 0
+
+
 def demo(
-    duration: str = typer.Option("2m", help="how long the simulator publishes, e.g. 90s, 5m"),
+    duration: str | None = typer.Option(
+        None,
+        help="how long the simulator publishes, e.g. 90s, 5m (default: until Ctrl-C); "
+        "either way the run ends with the exactly-once checks",
+    ),
     rate: float = typer.Option(300.0, help="mean events/s the simulator publishes"),
     anomaly: list[str] = typer.Option(
         [],
         help="anomalies to inject (see `linkpulse simulate --help`); default: a payment "
-        "failure spike over the middle quarter of the run",
+        "failure spike over the middle quarter of a --duration run, or from 2 to 6 minutes "
+        "into an open-ended one",
     ),
     drain: float = typer.Option(20.0, help="seconds to keep the flow running after traffic stops"),
     seed: int | None = typer.Option(
         None, help="simulator seed (default: a new one each run, so event ids never repeat)"
     ),
+    rules: list[Path] = typer.Option(
+        [],
+        "--rules",
+        help="alert rule files or folders for the dataflow (default: deploy/rules when "
+        "run from a checkout)",
+    ),
+    port: int | None = typer.Option(
+        None, "--port", min=1, max=65535, help="the API's and dashboard's port (default: free)"
+    ),
     stack: bool = typer.Option(True, "--stack/--no-stack", help="run `linkpulse up` first"),
 ) -> None:
-    """Run the whole pipeline here: simulator → NATS → dataflow → store, with live numbers.
+    """Run the whole pipeline here: simulator → NATS → dataflow → store, with the dashboard.
 
     Starts (or reuses) the local stack, applies migrations, runs the dataflow and
-    the API, publishes simulated traffic for --duration, shows live tiles while
-    it flows, and ends with a check that every published event was stored once.
+    the API, prints the dashboard's URL (with a viewer key) and publishes
+    simulated traffic until Ctrl-C (or for --duration), with live numbers; then
+    checks that every published event was stored exactly once.
     """
     if rate <= 0:
         typer.secho(f"--rate must be > 0, got {rate}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-    seconds = parse_duration(duration)
+    seconds = parse_duration(duration) if duration is not None else None
     if stack:
         _step("local stack", "up")
     _step("migrations", "db", "migrate")
@@ -376,17 +482,35 @@ def demo(
         seed = time.time_ns() % 2**31
     console.print(f"simulator seed {seed}")
     # No seasonality: --rate is what flows whatever the hour the demo runs at.
-    sim_args = ["--rate", str(rate), "--duration", f"{seconds:g}s", "--seed", str(seed)]
-    sim_args.append("--no-seasonality")
-    for spec in anomaly or [f"failure_spike@{seconds * 0.4:.0f}s+{max(seconds * 0.25, 1):.0f}s"]:
+    sim_args = ["--rate", str(rate), "--seed", str(seed), "--no-seasonality"]
+    if seconds is not None:
+        sim_args += ["--duration", f"{seconds:g}s"]
+    for spec in anomaly or [default_anomaly(seconds)]:
         sim_args += ["--anomaly", spec]
     sim_args += ["--labels", str(settings.state_dir / "labels.json")]
+    if not rules and DEFAULT_RULES.is_dir():
+        rules = [DEFAULT_RULES]
+    run = DemoRun(sim_args, settings.state_dir, drain, tuple(rules), port)
     try:
-        code = asyncio.run(_run(settings, sim_args, settings.state_dir, drain))
+        code = asyncio.run(_run(settings, run))
     except LinkpulseError as e:
         typer.secho(f"demo failed: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from e
+    except KeyboardInterrupt:
+        typer.secho("demo interrupted before its checks", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     raise typer.Exit(code)
+
+
+def default_anomaly(seconds: float | None) -> str:
+    """The demo's payment failure spike: the middle quarter of a bounded run, else minutes 2-6.
+
+    >>> default_anomaly(120), default_anomaly(None)
+    ('failure_spike@48s+30s', 'failure_spike@2m+4m')
+    """
+    if seconds is None:
+        return "failure_spike@2m+4m"
+    return f"failure_spike@{seconds * 0.4:.0f}s+{max(seconds * 0.25, 1):.0f}s"
 
 
 def register(app: typer.Typer) -> None:

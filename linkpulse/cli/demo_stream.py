@@ -1,10 +1,10 @@
 """The demo's API client: keys made for the run, and a live SSE subscriber.
 
-``linkpulse demo`` creates an admin key and an ingest key (expiring in a day,
-named ``demo``) so the API it starts is used the way a deployment uses it,
-and follows ``/v1/stream/metrics`` with the admin key, resuming with
-``Last-Event-ID`` when the connection drops: the panel shows how many window
-updates arrived over SSE.
+``linkpulse demo`` creates an admin, a viewer (for the dashboard's URL) and
+an ingest key (expiring in a day, named ``demo``) so the API it starts is
+used the way a deployment uses it, and follows ``/v1/stream/metrics`` with
+the admin key, resuming with ``Last-Event-ID`` when the connection drops: the
+panel shows how many window updates arrived over SSE.
 
 >>> w = StreamWatch("http://127.0.0.1:1", "k")
 >>> w.feed("id: metrics-7"), w.feed("event: metric"), w.feed("data: {}"), w.feed("")
@@ -30,10 +30,10 @@ _RECONNECT_S = 1.0
 
 
 async def demo_keys(conn: psycopg.AsyncConnection, tenant: str = "acme") -> dict[str, str]:
-    """An admin and an ingest key for this run (secrets by role), valid for a day."""
+    """An admin, a viewer and an ingest key for this run (secrets by role), valid for a day."""
     until = datetime.now(UTC) + timedelta(days=1)
     out = {}
-    for role in (Role.ADMIN, Role.INGEST):
+    for role in (Role.ADMIN, Role.VIEWER, Role.INGEST):
         key, _ = await KeyStore(conn).create(
             role=role, tenant=tenant, name="demo", expires_at=until
         )
