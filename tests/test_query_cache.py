@@ -37,6 +37,7 @@ def reads(tenant: str = "acme", days: int = 1, source: str = "events_1h") -> lis
 
 
 def make_cache(client: aioredis.Redis | None, prefix: str, **kw: object) -> QueryCache:
+    kw.setdefault("op_timeout_s", 10.0)  # a loaded test machine must not look like an outage
     return QueryCache(client, prefix=prefix, ttl_s=60, **kw)  # type: ignore[arg-type]
 
 
@@ -58,7 +59,7 @@ async def ask(
 
 @pytest.fixture
 def bumper(redis_prefix: str) -> Iterator[WatermarkBumper]:
-    b = WatermarkBumper(REDIS_URL, redis_prefix, bucket_s=3600)
+    b = WatermarkBumper(REDIS_URL, redis_prefix, bucket_s=3600, timeout_s=10)
     yield b
     b.close()
 

@@ -165,11 +165,13 @@ def backfill_cmd(
     batch_size: int = typer.Option(5000, min=1, max=100_000),
 ) -> None:
     """Load events from a file through the writer; invalid lines go to dead_letters."""
+    from linkpulse.query.watermarks import WatermarkTarget
     from linkpulse.store.backfill import Invalid, backfill
     from linkpulse.store.writer import EventWriter
 
     s = get_settings()
     shown = 0
+    watermarks = WatermarkTarget.from_settings(s).bumper()  # what it loads, for the query cache
 
     def show(bad: Invalid) -> None:
         nonlocal shown
@@ -179,7 +181,7 @@ def backfill_cmd(
 
     try:
         with (
-            EventWriter(s.database_url, batch_size=batch_size) as writer,
+            EventWriter(s.database_url, batch_size=batch_size, watermarks=watermarks) as writer,
             Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -27,6 +27,7 @@ import msgspec
 
 from linkpulse.dataflows._child import child_stdio, read_frame, write_frame
 from linkpulse.logging import configure_logging, get_logger
+from linkpulse.query.watermarks import WatermarkTarget
 
 __all__ = ["ACK_DECODER", "ACK_ENCODER", "Ack", "WriterArgs"]
 
@@ -41,6 +42,7 @@ class WriterArgs(msgspec.Struct, frozen=True):
     coalesce_rows: int = 20_000
     log_level: str = "INFO"
     log_json: bool = False
+    watermarks: WatermarkTarget | None = None  # touched after each write (the query cache)
 
 
 class Ack(msgspec.Struct, array_like=True):
@@ -103,7 +105,8 @@ def main() -> None:
     configure_logging(args.log_level, args.log_json)
     inbox: queue.Queue[bytes | None] = queue.Queue()
     threading.Thread(target=_read_input, args=(in_fd, inbox), daemon=True).start()
-    writer = EventWriter(args.dsn, max_retries=args.max_retries)
+    bumper = args.watermarks.bumper() if args.watermarks is not None else None
+    writer = EventWriter(args.dsn, max_retries=args.max_retries, watermarks=bumper)
     flow_alive = True
     try:
         done = False

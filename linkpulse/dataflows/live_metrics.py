@@ -56,6 +56,7 @@ from linkpulse.operators import MetricsConfig, route, series_key, split_by_route
 from linkpulse.operators.aggregator import WindowAggregator
 from linkpulse.operators.pipeline import PreAggregator
 from linkpulse.privacy import Pseudonymiser, pseudonymiser_for
+from linkpulse.query.watermarks import WatermarkTarget
 from linkpulse.schemas import BaseEvent
 from linkpulse.schemas.outputs import DeadLetter, MetricWindow
 
@@ -280,7 +281,9 @@ class MetricsSinks:
     ) -> MetricsSinks:
         """Production's sinks: the store, Redis and NATS of ``settings``."""
         dsn = settings.database_url
-        writer = functools.partial(_store_writer, outage_s=settings.store_outage_s)
+        # Writers touch what they store for the query cache (linkpulse/query/watermarks.py).
+        wm = WatermarkTarget.from_settings(settings, options.redis_key_prefix)
+        writer = functools.partial(_store_writer, outage_s=settings.store_outage_s, watermarks=wm)
         return cls(
             dead_letters_store=StoreSink(dsn, "dead_letters", writer_factory=writer),
             dead_letters_nats=DeadLetterNatsSink(settings),
@@ -291,6 +294,7 @@ class MetricsSinks:
                     outage_s=settings.store_outage_s,
                     log_level=settings.log_level,
                     log_json=settings.log_json,
+                    watermarks=wm,
                 )
                 if options.raw_events
                 else None
@@ -303,10 +307,13 @@ class MetricsSinks:
         )
 
 
-def _store_writer(dsn: str, *, outage_s: float) -> Writer:
+def _store_writer(
+    dsn: str, *, outage_s: float, watermarks: WatermarkTarget | None = None
+) -> Writer:
     from linkpulse.store.writer import EventWriter, retries_for  # the store loads on demand
 
-    return EventWriter(dsn, max_retries=retries_for(outage_s))
+    bumper = watermarks.bumper() if watermarks is not None else None
+    return EventWriter(dsn, max_retries=retries_for(outage_s), watermarks=bumper)
 
 
 @dataclasses.dataclass(frozen=True)

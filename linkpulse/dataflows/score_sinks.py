@@ -46,6 +46,7 @@ from linkpulse.dataflows._loop import LoopThread
 from linkpulse.dataflows.instrumentation import timed_sink
 from linkpulse.errors import DataflowError, StoreError
 from linkpulse.logging import get_logger
+from linkpulse.query.watermarks import WatermarkTarget
 from linkpulse.schemas.outputs import AnomalyScore, Forecast
 
 __all__ = [
@@ -135,10 +136,13 @@ _ROWS: dict[str, tuple[Callable[[Sequence[Any]], list[tuple[Any, ...]]], int]] =
     "anomaly_scores": (score_rows, 1),
     "forecasts": (forecast_rows, 3),
 }
+_TENANT_COL = {"anomaly_scores": 4, "forecasts": 5}  # for the query cache's watermarks
 
 
 class _UpsertPartition(StatelessSinkPartition[Any]):
-    def __init__(self, dsn: str, table: Table, outage_s: float) -> None:
+    def __init__(
+        self, dsn: str, table: Table, outage_s: float, watermarks: WatermarkTarget | None = None
+    ) -> None:
         from linkpulse.store.writer import retries_for  # the store loads on demand
 
         self._dsn = dsn
@@ -147,6 +151,7 @@ class _UpsertPartition(StatelessSinkPartition[Any]):
         self._rows, self._time_col = _ROWS[table]
         self._retries = retries_for(outage_s)
         self._conn: psycopg.Connection[Any] | None = None
+        self._bumper = watermarks.bumper() if watermarks is not None else None
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -180,6 +185,9 @@ class _UpsertPartition(StatelessSinkPartition[Any]):
             for attempt in range(1, self._retries + 2):
                 try:
                     self._write(rows)
+                    if self._bumper is not None:  # after the commit; fire and forget
+                        tenant, at = _TENANT_COL[self._table], self._time_col
+                        self._bumper.touch_rows([self._table], rows, tenant=tenant, at=at)
                     return
                 except psycopg.OperationalError as e:
                     self.close()
@@ -196,15 +204,25 @@ class _UpsertPartition(StatelessSinkPartition[Any]):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._bumper is not None:
+            self._bumper.close()
 
 
 class UpsertSink(DynamicSink[Any]):
     """``AnomalyScore``s into ``anomaly_scores`` or ``Forecast``s into ``forecasts``, idempotently.
 
-    ``outage_s`` is how long an unreachable store is retried before the flow stops.
+    ``outage_s`` is how long an unreachable store is retried before the flow stops;
+    ``watermarks`` is where each write touches what it stored (the query cache).
     """
 
-    def __init__(self, dsn: str, table: Table, *, outage_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        table: Table,
+        *,
+        outage_s: float = 300.0,
+        watermarks: WatermarkTarget | None = None,
+    ) -> None:
         if table not in _UPSERT:
             msg = f"table must be anomaly_scores or forecasts, got {table!r}"
             raise ValueError(msg)
@@ -214,11 +232,12 @@ class UpsertSink(DynamicSink[Any]):
         self._dsn = dsn
         self.table: Table = table
         self._outage_s = outage_s
+        self._watermarks = watermarks
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition[Any]:
-        return _UpsertPartition(self._dsn, self.table, self._outage_s)
+        return _UpsertPartition(self._dsn, self.table, self._outage_s, self._watermarks)
 
 
 def scores_stream_name(settings: Settings) -> str:

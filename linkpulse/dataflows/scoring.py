@@ -77,6 +77,7 @@ from linkpulse.online_ml import (
 )
 from linkpulse.operators import REGISTRY, route
 from linkpulse.operators.windows import WindowSpec
+from linkpulse.query.watermarks import WatermarkTarget
 from linkpulse.schemas.outputs import AnomalyScore, Forecast, MetricWindow
 
 __all__ = [
@@ -463,16 +464,20 @@ class ScoringSinks:
         cls, settings: Settings, *, redis_key_prefix: str = "linkpulse:", redis_ttl_s: int = 7200
     ) -> ScoringSinks:
         """Production's: ``anomaly_scores``, the scores stream, the latest score in Redis."""
+        wm = WatermarkTarget.from_settings(settings, redis_key_prefix)  # the query cache's
         return cls(
             scores_store=UpsertSink(
-                settings.database_url, "anomaly_scores", outage_s=settings.store_outage_s
+                settings.database_url,
+                "anomaly_scores",
+                outage_s=settings.store_outage_s,
+                watermarks=wm,
             ),
             scores_nats=ScoresNatsSink(settings),
             scores_redis=RedisLatestSink(
                 settings.redis_url, key_prefix=redis_key_prefix, ttl_s=redis_ttl_s, kind="score"
             ),
             forecasts_store=UpsertSink(
-                settings.database_url, "forecasts", outage_s=settings.store_outage_s
+                settings.database_url, "forecasts", outage_s=settings.store_outage_s, watermarks=wm
             ),
         )
 

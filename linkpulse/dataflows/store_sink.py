@@ -41,6 +41,7 @@ from linkpulse.dataflows.events_writer import ACK_DECODER, WriterArgs
 from linkpulse.dataflows.instrumentation import SINK_BATCH, SINK_LATENCY, timed_sink
 from linkpulse.errors import DataflowError, StoreError
 from linkpulse.logging import get_logger
+from linkpulse.query.watermarks import WatermarkTarget
 from linkpulse.schemas.codec import encode_event
 
 __all__ = ["PipelinedEventsSink", "StoreKind", "StoreSink", "Writer"]
@@ -291,7 +292,8 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
     ``LINKPULSE_STORE_OUTAGE_S``) is how long the writer rides out a store
     that does not answer before the flow stops; a writer that acknowledges
     nothing for that long plus ``stall_margin_s`` stops the flow too.
-    ``log_level`` and ``log_json`` configure the writer processes' logs.
+    ``log_level`` and ``log_json`` configure the writer processes' logs;
+    ``watermarks`` is where they touch what they stored (the query cache).
     """
 
     def __init__(
@@ -304,6 +306,7 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         stall_margin_s: float = 60.0,
         log_level: str = "INFO",
         log_json: bool = False,
+        watermarks: WatermarkTarget | None = None,
     ) -> None:
         if not parts or max_in_flight < 1:
             msg = f"need partitions and max_in_flight >= 1, got {parts!r}, {max_in_flight}"
@@ -321,6 +324,7 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
         self._stall_margin_s = stall_margin_s
         self._log_level = log_level
         self._log_json = log_json
+        self._watermarks = watermarks
 
     def list_parts(self) -> list[str]:
         return list(self._parts)
@@ -336,6 +340,7 @@ class PipelinedEventsSink(FixedPartitionedSink[list[Any], None]):
             max_retries=retries,
             log_level=self._log_level,
             log_json=self._log_json,
+            watermarks=self._watermarks,
         )
         what = f"the raw-events writer of {for_part}"
         stall_s = outage_s + self._stall_margin_s

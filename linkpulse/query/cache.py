@@ -216,21 +216,20 @@ class QueryCache:
 
     # -- keys ----------------------------------------------------------------------------------
 
-    async def versions(self, reads: Sequence[Reads]) -> list[tuple[str, bytes]]:
-        """(version key, version) of every bucket ``reads`` cover; missing ones are set fresh."""
-        assert self.redis is not None
-        return await self._versions(self.redis, reads)
-
-    async def _versions(
-        self, client: aioredis.Redis, reads: Sequence[Reads]
-    ) -> list[tuple[str, bytes]]:
-        keys = sorted(
+    def version_keys(self, reads: Sequence[Reads]) -> list[str]:
+        """The version keys of every bucket ``reads`` cover, sorted (what a lookup reads)."""
+        return sorted(
             {
                 version_key(self.prefix, r.source, r.tenant, b)
                 for r in reads
                 for b in covering(r.start, r.end, self.bucket_s)
             }
         )
+
+    async def _versions(
+        self, client: aioredis.Redis, reads: Sequence[Reads]
+    ) -> list[tuple[str, bytes]]:
+        keys = self.version_keys(reads)
         if not keys:
             return []
         values = cast(list[bytes | None], await client.mget(keys))

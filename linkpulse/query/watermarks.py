@@ -41,7 +41,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -53,15 +53,19 @@ from linkpulse.logging import get_logger
 
 __all__ = [
     "DAY_S",
+    "NOTIFY_CHANNEL",
     "EVENT_SOURCES",
     "ROLLUP_SOURCES",
     "SOURCES",
     "VERSION_TTL_S",
     "Bucket",
     "WatermarkBumper",
+    "WatermarkTarget",
+    "after_refresh",
     "check_bucket_s",
     "covering",
     "new_token",
+    "refresh_payload",
     "touched",
     "version_key",
 ]
@@ -192,6 +196,33 @@ class _Job:
     pending: bool = False  # also note the fine buckets for the next cagg refresh
 
 
+class WatermarkTarget(msgspec.Struct, frozen=True):
+    """Where writers touch watermarks: what a process needs to build its ``WatermarkBumper``.
+
+    Plain data, so it crosses into sink partitions and writer processes.
+
+    >>> WatermarkTarget("redis://127.0.0.1:6379/0", "lp:").bucket_s
+    3600
+    """
+
+    url: str
+    prefix: str
+    bucket_s: int = 3600
+
+    def bumper(self) -> WatermarkBumper:
+        """A new bumper for this target (one per writer: it owns a thread and a connection)."""
+        return WatermarkBumper(self.url, self.prefix, bucket_s=self.bucket_s)
+
+    @classmethod
+    def from_settings(cls, settings: Any, prefix: str | None = None) -> WatermarkTarget:
+        """``settings``' Redis and bucket size, under ``prefix`` (default: the settings')."""
+        return cls(
+            settings.redis_url,
+            settings.redis_key_prefix if prefix is None else prefix,
+            settings.query_cache_bucket_s,
+        )
+
+
 class WatermarkBumper:
     """Touches version keys after writes, off the caller's thread (see the module doc).
 
@@ -206,10 +237,12 @@ class WatermarkBumper:
         prefix: str,
         *,
         bucket_s: int = 3600,
-        timeout_s: float = 0.1,
+        timeout_s: float = 0.5,
+        retry_after_s: float = 0.5,
         max_queued: int = 10_000,
     ) -> None:
         self.prefix = prefix
+        self.retry_after_s = retry_after_s
         self.bucket_s = check_bucket_s(bucket_s)
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
@@ -222,15 +255,6 @@ class WatermarkBumper:
         self._last_warning = 0.0
         self.sent = 0
         self.failed = 0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> WatermarkBumper:
-        """A bumper for ``settings``' Redis, key prefix and bucket size."""
-        return cls(
-            settings.redis_url,
-            settings.redis_key_prefix,
-            bucket_s=settings.query_cache_bucket_s,
-        )
 
     # -- what writers call -------------------------------------------------------------------
 
@@ -255,14 +279,34 @@ class WatermarkBumper:
         *,
         tenant: int,
         at: int,
+        end: int | None = None,
         pending: bool = False,
     ) -> None:
-        """Rows were stored; column ``tenant`` holds the tenant, column ``at`` the time."""
+        """Rows were stored; column ``tenant`` holds the tenant, column ``at`` the time.
+
+        ``end``: the column ending each row's span (a window's end), if any.
+        """
         if rows:
             batch = list(rows)
-            self._put(
-                _Job(tuple(sources), lambda: ((r[tenant], r[at], None) for r in batch), pending)
-            )
+
+            def spans() -> Iterable[tuple[str, datetime, datetime | None]]:
+                return ((r[tenant], r[at], None if end is None else r[end]) for r in batch)
+
+            self._put(_Job(tuple(sources), spans, pending))
+
+    def events_stored(self, items: Sequence[Any], *, as_json: bool, realtime: bool) -> None:
+        """Events were stored: rows (``EVENT_COLUMNS``) or canonical JSON (``as_json``).
+
+        ``realtime``: the rollups are real-time continuous aggregates (the full
+        tier), whose answers change with the raw events at once; their buckets
+        are also noted for the next refresh (``take_pending``), which
+        materialises late ones.
+        """
+        sources = EVENT_SOURCES if realtime else ("events",)
+        if as_json:
+            self.touch_json(sources, items, pending=realtime)
+        else:
+            self.touch_rows(sources, items, tenant=0, at=2, pending=realtime)
 
     def touch_spans(
         self, sources: Sequence[str], spans: Iterable[tuple[str, datetime, datetime | None]]
@@ -368,13 +412,13 @@ class WatermarkBumper:
                     if job.pending:
                         pending.update(f"{tenant}\x1f{n}" for g, n in buckets if g == "b")
             token = new_token()
-            pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                pipe.set(key, token, ex=VERSION_TTL_S)
-            if pending:
-                pipe.sadd(self.prefix + _PENDING, *pending)
-                pipe.expire(self.prefix + _PENDING, VERSION_TTL_S)
-            pipe.execute()
+            try:
+                self._set(keys, pending, token)
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Once more after a pause: a blip (or a busy server) must not
+                # leave answers stale; the writer never waits for this thread.
+                time.sleep(self.retry_after_s)
+                self._set(keys, pending, token)
             self.sent += len(keys)
         except Exception as e:  # noqa: BLE001 - never let a touch break anything; logged
             self.failed += len(jobs)
@@ -382,8 +426,62 @@ class WatermarkBumper:
         finally:
             self._done(len(jobs))
 
+    def _set(self, keys: set[str], pending: set[str], token: bytes) -> None:
+        pipe = self._client.pipeline(transaction=False)  # a pipeline is spent by execute()
+        for key in keys:
+            pipe.set(key, token, ex=VERSION_TTL_S)
+        if pending:
+            pipe.sadd(self.prefix + _PENDING, *pending)
+            pipe.expire(self.prefix + _PENDING, VERSION_TTL_S)
+        pipe.execute()
+
     def _warn(self, what: str, e: BaseException | None) -> None:
         now = time.monotonic()
         if now - self._last_warning >= 10:  # an outage logs once per 10 s, not per batch
             self._last_warning = now
             log.warning(what, error=None if e is None else str(e), lost=self.failed)
+
+
+NOTIFY_CHANNEL: Final = "linkpulse_rollups"
+_NOTIFY_MAX_TENANTS: Final = 200  # NOTIFY payloads stop at 8000 bytes: more means "all"
+
+Span = tuple[str, datetime, datetime]
+
+
+def refresh_payload(rollups: Iterable[str], tenants: Iterable[str] | None) -> str:
+    """The ``linkpulse_rollups`` NOTIFY payload: rollups refreshed, tenants touched (null: any).
+
+    >>> refresh_payload(["events_1m"], ["b", "a", "a"])
+    '{"rollups":["events_1m"],"tenants":["a","b"]}'
+    """
+    names = sorted(set(tenants)) if tenants is not None else None
+    if names is not None and len(names) > _NOTIFY_MAX_TENANTS:
+        names = None
+    return msgspec.json.encode({"rollups": list(rollups), "tenants": names}).decode()
+
+
+def after_refresh(
+    conn: Any,
+    bumper: WatermarkBumper | None,
+    touched: Mapping[str, Sequence[Span]] | None,
+) -> None:
+    """After a rollup refresh committed: touch what it recomputed and NOTIFY the API.
+
+    ``touched``: rollup name -> (tenant, start, end) spans it recomputed; None
+    when unknown (the full tier without a bumper): the payload then says any
+    tenant. ``conn`` must be in autocommit mode; a failed NOTIFY is logged,
+    never raised (the refresh itself succeeded).
+    """
+    if bumper is not None and touched:
+        for name, spans in touched.items():
+            bumper.touch_spans([name], spans)
+    if touched is not None and not any(touched.values()):
+        return  # nothing changed: nothing to warm
+    rollups = sorted(touched) if touched is not None else list(ROLLUP_SOURCES)
+    tenants = {t for spans in touched.values() for t, _, _ in spans} if touched else None
+    try:
+        conn.execute(
+            "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, refresh_payload(rollups, tenants))
+        )
+    except Exception as e:  # noqa: BLE001 - the refresh committed; warming is a nicety
+        log.warning("announcing a rollup refresh failed", error=str(e))

@@ -18,6 +18,7 @@ import psycopg
 from linkpulse.config import Settings, get_settings
 from linkpulse.errors import StoreError
 from linkpulse.logging import get_logger
+from linkpulse.query.watermarks import WatermarkBumper, WatermarkTarget
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.jobs import MAINTAIN, record_run, recorded
 from linkpulse.store.migrate import stored_tier
@@ -54,12 +55,16 @@ def run_once(
     settings: Settings | None = None,
     *,
     now: datetime | None = None,
+    watermarks: WatermarkBumper | None = None,
 ) -> MaintainReport:
-    """Run every maintenance step once; ``conn`` (if given) must be autocommit."""
+    """Run every maintenance step once; ``conn`` (if given) must be autocommit.
+
+    ``watermarks``: where the refresh touches the buckets it recomputed (the query cache).
+    """
     settings = settings or get_settings()
     if isinstance(conn_or_dsn, str):
         with psycopg.connect(conn_or_dsn, autocommit=True) as conn:
-            return run_once(conn, settings, now=now)
+            return run_once(conn, settings, now=now, watermarks=watermarks)
     conn = conn_or_dsn
     started = time.perf_counter()
     try:
@@ -77,7 +82,9 @@ def run_once(
         # Refresh first (the rollups take in what retention is about to drop),
         # then retention, then compression of what is left, so a chunk is
         # never compressed only to be dropped.
-        report.refresh = refresh(conn, tier, min_interval_s=DEFAULT_MIN_INTERVAL_S)
+        report.refresh = refresh(
+            conn, tier, min_interval_s=DEFAULT_MIN_INTERVAL_S, watermarks=watermarks
+        )
         with conn.transaction():
             report.retention = apply_retention(
                 conn,
@@ -154,8 +161,9 @@ def run_forever(
     pause = wait or stop.wait
     missed: deque[_Missed] = deque(maxlen=MAX_MISSED)
     passes = failed_in_a_row = 0
+    watermarks = WatermarkTarget.from_settings(settings).bumper()  # the query cache's
     while not stop.is_set():
-        error = _one_pass(dsn, settings, missed)
+        error = _one_pass(dsn, settings, missed, watermarks)
         passes += 1
         if error is None:
             failed_in_a_row = 0
@@ -170,10 +178,13 @@ def run_forever(
         if max_passes is not None and passes >= max_passes:
             break
         pause(interval)
+    watermarks.close()
     return passes
 
 
-def _one_pass(dsn: str, settings: Settings, missed: deque[_Missed]) -> str | None:
+def _one_pass(
+    dsn: str, settings: Settings, missed: deque[_Missed], watermarks: WatermarkBumper | None = None
+) -> str | None:
     """Run one pass on a connection of its own; the error's text if it failed."""
     started = datetime.now(UTC)
     conn: psycopg.Connection | None = None
@@ -181,7 +192,7 @@ def _one_pass(dsn: str, settings: Settings, missed: deque[_Missed]) -> str | Non
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         with conn:
             _record_missed(conn, missed)
-            run_once(conn, settings)  # records its own run on conn (jobs.recorded)
+            run_once(conn, settings, watermarks=watermarks)  # records its run (jobs.recorded)
         return None
     except (psycopg.Error, StoreError) as e:
         error = " ".join(str(e).split()) or type(e).__name__

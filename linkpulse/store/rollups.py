@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -35,6 +36,9 @@ from psycopg import sql
 from linkpulse.errors import StoreError
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.migrate import stored_tier
+
+if TYPE_CHECKING:
+    from linkpulse.query.watermarks import Span, WatermarkBumper
 
 __all__ = [
     "BUCKET_ORIGIN",
@@ -131,6 +135,7 @@ def refresh(
     tier: Tier | None = None,
     *,
     min_interval_s: Mapping[str, float] | None = None,
+    watermarks: WatermarkBumper | None = None,
 ) -> RefreshReport:
     """Bring the rollups up to date; ``conn`` must be in autocommit mode.
 
@@ -140,10 +145,22 @@ def refresh(
     than that long ago; its touched buckets stay pending for a later pass
     (``maintain`` uses ``DEFAULT_MIN_INTERVAL_S``). By default every rollup is
     refreshed.
+
+    After the commit, the buckets recomputed are touched in ``watermarks``
+    (the query cache's invalidation) and ``NOTIFY linkpulse_rollups`` says
+    which rollups and tenants changed (the API warms its dashboard queries).
     """
+    from linkpulse.query.watermarks import after_refresh
+
     tier = tier or _stored(conn)
     if tier is Tier.FULL_TIMESCALE:
-        return _refresh_caggs(conn)
+        # Buckets written since the last refresh (noted by the writers): the ones it may change.
+        pending = watermarks.take_pending() if watermarks is not None else None
+        report = _refresh_caggs(conn)
+        after_refresh(conn, watermarks, None if pending is None else dict.fromkeys(_NAMES, pending))
+        return report
+    touched: dict[str, list[Span]] = {}
+    fine = timedelta(seconds=watermarks.bucket_s if watermarks is not None else 3600)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         conn.execute(_CLAIM)
@@ -179,13 +196,27 @@ def refresh(
                 )
             )
             buckets[spec.name] = n
+            touched[spec.name] = _touched_spans(conn, max(spec.width, fine)) if n else []
             conn.execute(
                 "UPDATE lp_rollup_state SET refreshed_at = now(), last_buckets = %s, "
                 "total_buckets = total_buckets + %s, watermark = greatest(watermark, "
                 "(SELECT max(marked_at) FROM lp_touched_buckets)) WHERE rollup = %s",
                 (n, n, spec.name),
             )
+    after_refresh(conn, watermarks, touched)
     return RefreshReport(claimed, buckets, watermark)
+
+
+_NAMES = tuple(spec.name for spec in ROLLUP_SPECS)
+
+
+def _touched_spans(conn: psycopg.Connection, width: timedelta) -> list[Span]:
+    """The (tenant, start, end) spans of width ``width`` holding this rollup's touched buckets."""
+    rows = conn.execute(
+        "SELECT DISTINCT tenant, date_bin(%s, bucket, %s::timestamptz) FROM lp_touched_buckets",
+        (width, BUCKET_ORIGIN),
+    ).fetchall()
+    return [(tenant, start, start + width) for tenant, start in rows]
 
 
 _RAW_CHUNKS = """

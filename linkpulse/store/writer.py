@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from functools import partial
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import psycopg
 from psycopg import sql
@@ -56,6 +56,9 @@ from linkpulse.store._sql import (
 )
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.partitions import PARTITIONED, ensure_partitions
+
+if TYPE_CHECKING:
+    from linkpulse.query.watermarks import WatermarkBumper
 
 __all__ = ["EventWriter"]
 
@@ -143,6 +146,7 @@ class EventWriter:
         batch_size: int = 5000,
         max_retries: int = 5,
         use_copy: bool | None = None,
+        watermarks: WatermarkBumper | None = None,
     ) -> None:
         if not 1 <= batch_size <= 100_000:
             msg = f"batch_size must be between 1 and 100000, got {batch_size}"
@@ -154,6 +158,8 @@ class EventWriter:
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.use_copy = use_copy
+        # Touched after each write's commit, for the query cache (fire and forget).
+        self.watermarks = watermarks
         self._conns: list[psycopg.Connection | None] = [None, None]
         self._tier: Tier | None = None
         self._copy: bool = False
@@ -166,7 +172,11 @@ class EventWriter:
 
     def write_events(self, events: Sequence[BaseEvent]) -> int:
         """Store ``events``; return how many were new (replays are skipped)."""
-        return self._write_batches(_ROW_FORM, [_rows.event_row(ev) for ev in events])
+        rows = [_rows.event_row(ev) for ev in events]
+        inserted = self._write_batches(_ROW_FORM, rows)
+        if inserted:  # replays change nothing
+            self._touch_events(rows, as_json=False)
+        return inserted
 
     def write_event_json(self, payloads: Sequence[bytes]) -> int:
         """Store events given as their canonical JSON; return how many were new.
@@ -178,7 +188,10 @@ class EventWriter:
         """
         if not self._uses_copy():
             return self.write_events([decode_event(p) for p in payloads])
-        return self._write_batches(_JSON_FORM, list(payloads))
+        inserted = self._write_batches(_JSON_FORM, list(payloads))
+        if inserted:
+            self._touch_events(payloads, as_json=True)
+        return inserted
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Store dead letters; return how many rows were written."""
@@ -191,10 +204,13 @@ class EventWriter:
     def upsert_metric_windows(self, windows: Sequence[MetricWindow]) -> int:
         """Insert or replace windows (a newer or equal revision wins); return rows changed."""
         rows = [_rows.window_row(w) for w in _rows.dedupe_windows(windows)]
-        return sum(
+        changed = sum(
             self._write("metric_windows", self._upsert_windows, chunk)
             for chunk in self._chunks(rows)
         )
+        if self.watermarks is not None and changed:  # a revision lands in its window's buckets
+            self.watermarks.touch_rows(["metric_windows"], rows, tenant=1, at=5, end=6)
+        return changed
 
     @property
     def tier(self) -> Tier:
@@ -207,12 +223,19 @@ class EventWriter:
         """Close the connection; the writer reconnects if used again."""
         for side in range(len(self._conns)):
             self._drop_connection(side)
+        if self.watermarks is not None:
+            self.watermarks.close()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _touch_events(self, items: Sequence[Any], *, as_json: bool) -> None:
+        if self.watermarks is not None:
+            realtime = self._tier is Tier.FULL_TIMESCALE  # real-time continuous aggregates
+            self.watermarks.events_stored(items, as_json=as_json, realtime=realtime)
 
     # -- batches and retries -----------------------------------------------------------------
 
