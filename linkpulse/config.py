@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     stream_heartbeat_s: float = Field(15, gt=0, description="SSE heartbeat comment interval")
     stream_revalidate_s: float = Field(10, gt=0, description="open streams re-check their key")
     audit_flush_s: float = Field(1.0, gt=0, description="audit log batch interval")
+    audit_watch: bool = Field(
+        True,
+        description="score each principal's audit volumes (requests, rows, refusals) per "
+        "minute with the anomaly detectors; one API process leads (docs/api-access.md)",
+    )
 
     # exports and archiving (docs/exports.md)
     export_dir: Path = Field(

@@ -16,6 +16,7 @@ linkpulse.errors.ConfigError: LINKPULSE_AUTH=off is only allowed on a loopback a
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
 import psycopg_pool
 import redis.asyncio as aioredis
@@ -31,6 +32,9 @@ from linkpulse.api.hub import StreamHub
 from linkpulse.config import Settings
 from linkpulse.errors import ConfigError
 from linkpulse.logging import get_logger
+
+if TYPE_CHECKING:
+    from linkpulse.api.audit_watch import AuditWatch
 
 __all__ = ["AccessLayer", "check_auth_bind", "is_loopback"]
 
@@ -77,6 +81,7 @@ class AccessLayer:
         self.audit: AuditLog | None = None
         self.hub: StreamHub | None = None
         self.analyst_db: AnalystDb | None = None
+        self.audit_watch: AuditWatch | None = None
 
     async def start(self, app: FastAPI) -> None:
         """Open the pool and Redis (lazily), start the audit flusher and the hub."""
@@ -105,11 +110,18 @@ class AccessLayer:
         self.hub = StreamHub(s, guard=guard, redis=self.redis)
         app.state.hub = self.hub
         await self.hub.start()
+        if s.audit_watch:  # the audit log's volumes scored like any other series
+            from linkpulse.api.audit_watch import AuditWatch  # loads the detectors: only if on
+
+            self.audit_watch = AuditWatch(s, self.pool, self.hub.publish)
+            self.audit_watch.start()
         if s.auth == "off":
             log.warning("authentication is off: every caller is admin (loopback only)")
 
     async def stop(self) -> None:
         """Close streams, write the last audit rows, close the connections."""
+        if self.audit_watch is not None:
+            await self.audit_watch.stop()
         if self.hub is not None:
             await self.hub.stop()
         if self.audit is not None:

@@ -144,6 +144,17 @@ class StreamHub:
             raise IngestError(msg) from e
         log.info("stream hub connected", streams=self._streams)
 
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> None:
+        """Publish on a live stream (the audit watch's scores); dropped while NATS is away."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            log.warning("live update dropped: NATS is not connected", subject=subject)
+            return
+        try:
+            await nc.jetstream().publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+        except (nats.errors.Error, TimeoutError) as e:
+            log.warning("live update dropped", subject=subject, error=repr(e))
+
     async def _close_nats(self) -> None:
         nc, self._nc = self._nc, None
         self._subs.clear()

@@ -13,8 +13,9 @@ datetime.date(2026, 11, 24)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -97,6 +98,29 @@ def ensure_partitions(conn: psycopg.Connection, table: str, days: Iterable[date]
         )
         made += 1
     return made
+
+
+def insert_rows(
+    conn: psycopg.Connection,
+    table: str,
+    statement: str,
+    rows: Sequence[Sequence[Any]],
+    days: Iterable[date],
+) -> None:
+    """``executemany(statement, rows)`` in one transaction; a missing day partition is made once.
+
+    ``days`` are the days the rows fall in. On the plain tier a row of a day with
+    no partition fails the batch with CheckViolation: make the partitions, retry.
+    A hypertable never raises it (TimescaleDB makes chunks itself).
+    """
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(statement, rows)
+    except psycopg.errors.CheckViolation:
+        with conn.transaction():
+            ensure_partitions(conn, table, days)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(statement, rows)
 
 
 def create_ahead(
