@@ -31,7 +31,7 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import psycopg
@@ -39,10 +39,11 @@ import psycopg_pool
 
 from linkpulse.bus.subjects import anomaly_subject
 from linkpulse.config import Settings
-from linkpulse.dataflows.score_sinks import score_msg_id, score_rows
 from linkpulse.logging import get_logger
-from linkpulse.online_ml import ScalarDetector, build_detector
 from linkpulse.schemas.outputs import AnomalyScore
+
+if TYPE_CHECKING:
+    from linkpulse.online_ml import ScalarDetector
 from linkpulse.store.partitions import insert_rows
 
 __all__ = ["VOLUMES", "AuditWatch", "Volume", "VolumeScorer", "volume_series"]
@@ -84,6 +85,10 @@ class VolumeScorer:
     """
 
     def __init__(self, spec: dict[str, Any] | None = None) -> None:
+        # The detectors (River) load here, not when the API imports this module.
+        from linkpulse.online_ml import build_detector
+
+        self._build = build_detector
         self._spec = spec or {"kind": "count", "period_s": 60.0}
         self._detectors: dict[tuple[str, str], dict[str, ScalarDetector]] = {}
         self._last_seen: dict[tuple[str, str], datetime] = {}
@@ -99,7 +104,7 @@ class VolumeScorer:
             self._last_seen[key] = minute
             if key not in self._detectors:
                 self._detectors[key] = {
-                    name: build_detector(self._spec, series=volume_series(key[0], name, key[1]))
+                    name: self._build(self._spec, series=volume_series(key[0], name, key[1]))
                     for name in VOLUMES
                 }
         out: list[AnomalyScore] = []
@@ -171,7 +176,7 @@ class AuditWatch:
         self._history = history
         self._poll_s = poll_s
         self._settle_s = settle_s  # audit rows of a minute are flushed by then
-        self.scorer = VolumeScorer()
+        self._scorer: VolumeScorer | None = None  # made when first needed (it loads River)
         self.scored = 0  # scores written (tests, logs)
         self._task: asyncio.Task[None] | None = None
 
@@ -184,8 +189,15 @@ class AuditWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    @property
+    def scorer(self) -> VolumeScorer:
+        if self._scorer is None:
+            self._scorer = VolumeScorer()
+        return self._scorer
+
     async def _run(self) -> None:
         while True:
+            await asyncio.sleep(self._poll_s)  # a first poll later: the API starts light
             try:
                 # Its own connection: the lock lives as long as this session, and the
                 # shared pool stays free for requests.
@@ -201,7 +213,6 @@ class AuditWatch:
                 raise
             except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as e:
                 log.warning("audit watch paused", error=str(e))
-            await asyncio.sleep(self._poll_s)
 
     async def _lead(self) -> None:
         """Score closed minutes as they close, while this process holds the lock."""
@@ -244,6 +255,8 @@ class AuditWatch:
     async def _write(self, scores: Sequence[AnomalyScore]) -> None:
         if not scores:
             return
+        from linkpulse.dataflows.score_sinks import score_msg_id, score_rows  # the flow's format
+
         rows = score_rows(scores)
         await asyncio.to_thread(self._insert, rows, {sc.time.date() for sc in scores})
         self.scored += len(scores)
