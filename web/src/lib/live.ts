@@ -69,10 +69,14 @@ export class LiveData {
     return true;
   }
 
-  /** History from GET /v1/series: merged with what the stream already brought. */
+  /** History from GET /v1/series, behind what the stream brought: a window the stream
+   * already delivered keeps the stream's value (it is at least as new as the store's). */
   applyHistory(metric: string, points: { t: string; value: number | null }[]): void {
     const b = this.buffer(metric);
-    for (const p of points) b.upsert(Date.parse(p.t), p.value);
+    for (const p of points) {
+      const t = Date.parse(p.t);
+      if (!b.has(t)) b.upsert(t, p.value);
+    }
     this.lastAt.set(metric, this.now());
   }
 

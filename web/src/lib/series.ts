@@ -38,12 +38,16 @@ export class SeriesBuffer {
     return this.pts[this.pts.length - 1];
   }
 
-  clear(): void {
-    this.pts = [];
+  has(t: number): boolean {
+    return this.index(t) >= 0;
   }
 
-  /** Insert or replace the point at ``t`` (kept sorted; the oldest dropped past maxPoints). */
-  upsert(t: number, v: number | null): void {
+  private index(t: number): number {
+    const i = this.lowerBound(t);
+    return i < this.pts.length && this.pts[i].t === t ? i : -1;
+  }
+
+  private lowerBound(t: number): number {
     let lo = 0;
     let hi = this.pts.length;
     while (lo < hi) {
@@ -51,6 +55,16 @@ export class SeriesBuffer {
       if (this.pts[mid].t < t) lo = mid + 1;
       else hi = mid;
     }
+    return lo;
+  }
+
+  clear(): void {
+    this.pts = [];
+  }
+
+  /** Insert or replace the point at ``t`` (kept sorted; the oldest dropped past maxPoints). */
+  upsert(t: number, v: number | null): void {
+    const lo = this.lowerBound(t);
     if (lo < this.pts.length && this.pts[lo].t === t) this.pts[lo] = { t, v };
     else this.pts.splice(lo, 0, { t, v });
     if (this.pts.length > this.maxPoints) this.pts.splice(0, this.pts.length - this.maxPoints);

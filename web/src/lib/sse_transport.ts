@@ -28,6 +28,9 @@ export const fetchTransport: Transport = (url, headers, handlers, signal) =>
       throw new FatalStreamError(resp.status, detail);
     },
     onmessage(ev) {
+      // the parser dispatches at every blank line, also after a comment-only block (the
+      // opening comment, heartbeats): those carry nothing
+      if (!ev.event && !ev.data && !ev.id) return;
       handlers.onMessage({ event: ev.event || "message", id: ev.id || undefined, data: ev.data });
     },
     onerror(err) {

@@ -150,7 +150,13 @@ export class StreamClient {
             this.setState("live", "live");
           },
           onMessage: (m) => {
-            const end = this.handle(m);
+            let end: FatalStreamError | null = null;
+            try {
+              end = this.handle(m);
+            } catch (e) {
+              // one event the page cannot use is skipped (and said), not a reason to reconnect
+              console.warn(`stream ${this.url}: event ${m.event} ${m.id ?? ""} skipped:`, e);
+            }
             if (end !== null) {
               fatal = end;
               controller.abort();
@@ -162,6 +168,7 @@ export class StreamClient {
     } catch (e) {
       if (e instanceof FatalStreamError) fatal = e;
       else why = e instanceof Error ? e.message : String(e);
+      console.warn(`stream ${this.url}:`, e); // for the browser's console: why it dropped
     }
     if (this.stopped || controller !== this.controller) return;
     if (fatal !== null) {
