@@ -57,7 +57,7 @@ def iso(t: datetime) -> str:
 
 
 def _num(v: Any) -> Any:
-    if v is None or isinstance(v, int | float):
+    if v is None or isinstance(v, int | float | str):
         return v
     if isinstance(v, datetime):
         return iso(v)
@@ -381,7 +381,7 @@ async def anomalies(
             }
         )
     last = rows[-1] if rows else None
-    next_cursor = cursors.encode(fp, [last[0], last[1], last[3]]) if more and last else None
+    next_cursor = cursors.encode(fp, [last[1], last[0], last[3]]) if more and last else None
     return {"tenant": tenant, "seller": seller, "source": "anomaly_scores", "items": items,
             "next_cursor": next_cursor}  # fmt: skip
 
