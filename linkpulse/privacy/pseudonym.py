@@ -95,13 +95,15 @@ class Pseudonymiser:
     starts over): ids repeat, and a dict lookup is ~10x cheaper than the HMAC.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_mac", "_paths", "_user", "fields")
+    __slots__ = ("_cache", "_cache_size", "_flat", "_mac", "_nested", "_paths", "_user", "fields")
 
     def __init__(self, key: bytes, fields: str | Iterable[str], *, cache_size: int = 100_000):
         if len(key) < 16:
             msg = "the pseudonym key must be at least 16 bytes"
             raise ValueError(msg)
         self._user, self._paths = parse_fields(fields)
+        self._flat = tuple(p[0] for p in self._paths if len(p) == 1)
+        self._nested = tuple(p for p in self._paths if len(p) > 1)
         self.fields: tuple[str, ...] = ((_USER,) if self._user else ()) + tuple(
             "properties." + ".".join(p) for p in self._paths
         )
@@ -140,11 +142,21 @@ class Pseudonymiser:
         return out
 
     def _properties(self, props: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``props`` with the PII paths replaced (copied only along a changed path)."""
-        out: Mapping[str, Any] = props
-        for path in self._paths:
-            out = self._replace(out, path)
-        return out
+        """``props`` with the PII paths replaced (copied once, only when something changes)."""
+        out: dict[str, Any] | None = None
+        for key in self._flat:  # top-level keys, the usual case: one lookup each
+            value = props.get(key)
+            if value is None:
+                continue
+            new = self.pseudonym(value)
+            if new != value:
+                if out is None:
+                    out = dict(props)
+                out[key] = new
+        result: Mapping[str, Any] = props if out is None else out
+        for path in self._nested:
+            result = self._replace(result, path)
+        return result
 
     def _replace(self, node: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
         head = path[0]
