@@ -1,8 +1,10 @@
-"""CLI commands: ``linkpulse db migrate | status | maintain | backfill | roles``."""
+"""CLI commands: ``linkpulse db migrate | status | maintain | backfill | roles |
+restore-archive``."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -23,6 +25,7 @@ db_app = typer.Typer(
     help="The time-series store: migrations, maintenance, backfill, roles.", no_args_is_help=True
 )
 console = make_console()  # tables stay one row per line when piped
+_DAY_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
 
 
 def _fail(e: Exception) -> typer.Exit:
@@ -246,6 +249,64 @@ def roles_cmd(
     console.print(
         f"role {s.analyst_role} and login {s.analyst_sql_login} ready"
         + (f"; login {login} scoped to {tenant}/{seller or '*'}" if login else "")
+    )
+
+
+@db_app.command("restore-archive")
+def restore_archive_cmd(
+    table: str = typer.Option("events", help="the archived table to load back"),
+    since: datetime | None = typer.Option(
+        None, "--from", formats=_DAY_FORMATS, help="only pieces ending after this (UTC)"
+    ),
+    until: datetime | None = typer.Option(
+        None, "--to", formats=_DAY_FORMATS, help="only pieces starting before this (UTC)"
+    ),
+    target: str | None = typer.Option(
+        None, help="the archive's location (default: LINKPULSE_ARCHIVE_TARGET)"
+    ),
+) -> None:
+    """Load archived partitions/chunks back from Parquet (idempotent: the table's key
+    de-duplicates). The next `db maintain` archives and drops them again if they are
+    still past retention: raise LINKPULSE_STORE_RAW_RETENTION_DAYS to keep them."""
+    from linkpulse.store.archive import ArchiveTarget, restore
+    from linkpulse.store.migrate import stored_tier
+
+    s = get_settings()
+    where = target or s.archive_target
+    if not where.strip():
+        raise _fail(ValueError("no archive: pass --target or set LINKPULSE_ARCHIVE_TARGET"))
+    start, end = (t.replace(tzinfo=t.tzinfo or UTC) if t else None for t in (since, until))
+    if start and end and end <= start:
+        raise _fail(ValueError("--to must be after --from"))
+    try:
+        with (
+            psycopg.connect(s.database_url, autocommit=True) as conn,
+            Progress(
+                TextColumn("restore {task.completed:,.0f} rows"),
+                BarColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar,
+        ):
+            tier = stored_tier(conn)
+            if tier is None:
+                raise _fail(ValueError("the store has no schema: run `linkpulse db migrate`"))
+            task = bar.add_task("restore", total=None)
+            report = restore(
+                conn,
+                ArchiveTarget(where),
+                table,
+                tier,
+                start=start,
+                end=end,
+                progress=lambda n: bar.advance(task, n),
+            )
+    except (LinkpulseError, OSError, psycopg.Error) as e:
+        raise _fail(e) from e
+    console.print(
+        f"{len(report.pieces)} piece(s) of {table} read: {report.rows_read:,} row(s), "
+        f"{report.rows_inserted:,} inserted, {report.rows_read - report.rows_inserted:,} "
+        "already present"
     )
 
 

@@ -19,6 +19,7 @@ from linkpulse.config import Settings, get_settings
 from linkpulse.errors import StoreError
 from linkpulse.logging import get_logger
 from linkpulse.query.watermarks import WatermarkBumper, WatermarkTarget
+from linkpulse.store.archive import ArchiveReport, archiver_of, horizons_of
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.jobs import MAINTAIN, record_run, recorded
 from linkpulse.store.migrate import stored_tier
@@ -41,6 +42,7 @@ class MaintainReport:
     partitions_made: int = 0
     compressed: list[str] = field(default_factory=list)
     retention: RetentionReport = field(default_factory=RetentionReport)
+    archive: ArchiveReport | None = None  # with LINKPULSE_ARCHIVE_TARGET set
     seconds: float = 0.0
 
     @property
@@ -85,6 +87,15 @@ def run_once(
         report.refresh = refresh(
             conn, tier, min_interval_s=DEFAULT_MIN_INTERVAL_S, watermarks=watermarks
         )
+        # Archive what retention is about to drop (it then drops only what checks out).
+        archiver = archiver_of(settings)
+        if archiver is not None:
+            horizons = horizons_of(
+                now,
+                raw_days=settings.store_raw_retention_days,
+                rollup_days=settings.store_rollup_retention_days,
+            )
+            report.archive = archiver.archive_due(conn, tier, horizons)
         with conn.transaction():
             report.retention = apply_retention(
                 conn,
@@ -92,6 +103,7 @@ def run_once(
                 raw_days=settings.store_raw_retention_days,
                 rollup_days=settings.store_rollup_retention_days,
                 now=now,
+                archive=archiver,
             )
         if tier is Tier.FULL_TIMESCALE:
             report.compressed = compress_old_chunks(

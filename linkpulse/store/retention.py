@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.partitions import PARTITIONED, drop_older_than
+
+if TYPE_CHECKING:
+    from linkpulse.store.archive import Archiver
 
 __all__ = ["HORIZON_OF", "ROLLUPS", "RetentionReport", "apply_retention"]
 
@@ -45,6 +49,7 @@ class RetentionReport:
 
     dropped: list[str] = field(default_factory=list)
     rollup_rows_deleted: int = 0
+    kept: list[str] = field(default_factory=list)  # due, but their archive did not check out
 
 
 def apply_retention(
@@ -54,14 +59,23 @@ def apply_retention(
     raw_days: int,
     rollup_days: int,
     now: datetime | None = None,
+    archive: Archiver | None = None,
 ) -> RetentionReport:
-    """Remove what is older than each table's horizon; keep everything newer."""
+    """Remove what is older than each table's horizon; keep everything newer.
+
+    With ``archive``, its tables lose only the pieces whose archive checks out
+    (store/archive.py; ``linkpulse db maintain`` archives them first).
+    """
     now = now or datetime.now(UTC)
     horizons = {"raw": now - timedelta(days=raw_days), "rollup": now - timedelta(days=rollup_days)}
     report = RetentionReport()
     for table in PARTITIONED:
         horizon = horizons[HORIZON_OF[table]]
-        if tier.is_timescale:
+        if archive is not None and table in archive.tables:
+            dropped, kept = archive.drop_verified(conn, tier, table, horizon)
+            report.dropped += dropped
+            report.kept += kept
+        elif tier.is_timescale:
             rows = conn.execute(
                 "SELECT drop_chunks(%s::regclass, older_than => %s)", (table, horizon)
             ).fetchall()
