@@ -32,6 +32,7 @@ def test_admits_one_select(sql: str) -> None:
     ("sql", "slug", "position"),
     [
         ("SELECT FROM WHERE", "sql-syntax", 13),
+        ("SELECT * FROM events WHERE", "sql-syntax", 27),  # at end of input
         ("SELECT 'éé', FROM x", "sql-syntax", 14),  # characters, not bytes
         ("SELECT 1; SELECT 2", "sql-multiple-statements", 11),
         ("SELECT 1; DROP TABLE events", "sql-multiple-statements", 11),

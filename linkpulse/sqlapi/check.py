@@ -186,6 +186,8 @@ def check_statement(text: str) -> CheckedStatement:
         stmts = pglast.parse_sql(text)
     except ParseError as e:
         loc = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], int) else -1
+        if loc < 0 and "end of input" in str(e.args[0]):
+            loc = len(text)  # where PostgreSQL puts it: just past the last character
         _refuse("sql-syntax", f"syntax error: {e.args[0]}", char_position(text, loc))
     if not stmts:
         _refuse("sql-empty", f"no statement to run: {_ONLY}")
