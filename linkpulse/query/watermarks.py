@@ -47,7 +47,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
-import redis
 
 from linkpulse.logging import get_logger
 
@@ -244,6 +243,12 @@ class WatermarkBumper:
         self.prefix = prefix
         self.retry_after_s = retry_after_s
         self.bucket_s = check_bucket_s(bucket_s)
+        # Imported here: the raw-events writer process imports this module at start,
+        # and redis costs it a noticeable part of its start-up.
+        import redis
+
+        self._retryable: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
@@ -328,7 +333,7 @@ class WatermarkBumper:
             pipe.smembers(key)
             pipe.delete(key)
             members, _ = pipe.execute()
-        except (redis.RedisError, OSError) as e:
+        except self._errors as e:
             self._warn("taking pending watermarks failed", e)
             return []
         width = timedelta(seconds=self.bucket_s)
@@ -414,7 +419,7 @@ class WatermarkBumper:
             token = new_token()
             try:
                 self._set(keys, pending, token)
-            except (redis.ConnectionError, redis.TimeoutError):
+            except self._retryable:
                 # Once more after a pause: a blip (or a busy server) must not
                 # leave answers stale; the writer never waits for this thread.
                 time.sleep(self.retry_after_s)
