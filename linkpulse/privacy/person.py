@@ -75,7 +75,8 @@ def person_of(user_id: str, tenant: str | None, settings: Settings) -> Person:
         )
         raise ValueError(msg)
     ids = [user_id]
-    for p in search_pseudonymisers(settings):
+    keys = search_pseudonymisers(settings)
+    for p in keys:
         if p.user_is_pii and p.pseudonym(user_id) not in ids:
             ids.append(p.pseudonym(user_id))
-    return Person(user_id, tenant, tuple(ids), ids[1] if len(ids) > 1 else user_id)
+    return Person(user_id, tenant, tuple(ids), keys[0].pseudonym(user_id) if keys else user_id)
