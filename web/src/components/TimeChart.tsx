@@ -48,7 +48,6 @@ export function TimeChart({ metric, unit, points, anomalies, forecast, stale, ve
   const plot = useRef<uPlot | null>(null);
   const marks = useRef<Mark[]>([]);
   const follow = useRef(true);
-  const internal = useRef(false);
   const [zoomed, setZoomed] = useState(false);
   // eslint-disable-next-line react-hooks/exhaustive-deps
   const data = useMemo(() => chartData(points, anomalies, forecast), [version, points, anomalies, forecast]);
@@ -62,7 +61,14 @@ export function TimeChart({ metric, unit, points, anomalies, forecast, stale, ve
       legend: { show: false },
       cursor: { drag: { x: true, y: false, setScale: true } },
       scales: { x: { time: true } },
-      axes: [{}, { values: (_u, vals) => vals.map((v) => formatValue(v, unit)), size: 64 }],
+      axes: [
+        {},
+        {
+          values: (_u, vals) => vals.map((v) => formatValue(v, unit)),
+          // wide enough for the longest label (7 px a character at the axis font)
+          size: (_u, vals) => (vals ? Math.max(...vals.map((v) => String(v).length)) * 7 + 18 : 48),
+        },
+      ],
       series: [
         {},
         { label: metric, stroke: SERIES_COLOUR, width: 2, points: { show: true, size: 4 } },
@@ -78,9 +84,10 @@ export function TimeChart({ metric, unit, points, anomalies, forecast, stale, ve
       ],
       hooks: {
         draw: [(u) => drawMarks(u, marks.current, unit)],
-        setScale: [
-          (_u, key) => {
-            if (key === "x" && !internal.current) {
+        // a drag over the chart zooms (uPlot's own select-to-zoom): stop following the live edge
+        setSelect: [
+          (u) => {
+            if (u.select.width > 0) {
               follow.current = false;
               setZoomed(true);
             }
@@ -88,14 +95,10 @@ export function TimeChart({ metric, unit, points, anomalies, forecast, stale, ve
         ],
       },
     };
-    internal.current = true;
     const u = new uPlot(opts, data.aligned as uPlot.AlignedData, el);
-    internal.current = false;
     plot.current = u;
     const ro = new ResizeObserver(() => {
-      internal.current = true;
       u.setSize({ width: Math.max(200, el.clientWidth), height: Math.max(120, el.clientHeight) });
-      internal.current = false;
     });
     ro.observe(el);
     return () => {
@@ -111,9 +114,7 @@ export function TimeChart({ metric, unit, points, anomalies, forecast, stale, ve
     const u = plot.current;
     if (!u) return;
     marks.current = data.marks;
-    internal.current = true;
     u.setData(data.aligned as uPlot.AlignedData, follow.current);
-    internal.current = false;
   }, [data]);
 
   const move = (factor: number, shift: number) => {
@@ -122,16 +123,16 @@ export function TimeChart({ metric, unit, points, anomalies, forecast, stale, ve
     const { min, max } = u.scales.x;
     if (min === undefined || max === undefined) return;
     const [a, b] = moveRange(min, max, factor, shift);
-    u.setScale("x", { min: a, max: b }); // a user action: stops following the live edge
+    follow.current = false; // a user action: stop following the live edge
+    setZoomed(true);
+    u.setScale("x", { min: a, max: b });
   };
   const live = () => {
     follow.current = true;
     setZoomed(false);
     const u = plot.current;
     if (u) {
-      internal.current = true;
       u.setData(data.aligned as uPlot.AlignedData, true);
-      internal.current = false;
     }
   };
   const last = points[points.length - 1];
