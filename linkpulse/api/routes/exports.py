@@ -242,7 +242,7 @@ async def create_export(
     "/v1/exports/{export_id}",
     summary="An export's state, progress and download link",
     response_model=ExportStatus,
-    responses=problem_responses(401, 403, 404, 422, 429, 503),
+    responses=problem_responses(400, 401, 403, 404, 422, 429, 503),
 )
 async def get_export(
     request: Request, principal: ExportPrincipal, export_id: str = _ID
@@ -281,7 +281,7 @@ async def _events(request: Request, job: Job) -> AsyncIterator[ServerSentEvent]:
             "``failed`` or ``expired`` (data: the export's status), then the stream ends",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **problem_responses(401, 403, 404, 422, 429, 503),
+        **problem_responses(400, 401, 403, 404, 422, 429, 503),
     },
 )
 async def export_events(
@@ -303,7 +303,7 @@ async def export_events(
     response_class=FileResponse,
     responses={
         200: {"description": "the file (text/csv, application/json, ndjson or Parquet)"},
-        **problem_responses(403, 404, 410, 422, 503),
+        **problem_responses(400, 403, 404, 410, 422, 503),
     },
 )
 async def download_export(
