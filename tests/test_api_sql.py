@@ -412,15 +412,45 @@ async def _every_query_is_in_the_audit_log(
     ]
 
 
+async def _an_error_after_the_first_rows_ends_the_stream_saying_so(
+    http: httpx.AsyncClient, keys: Keys
+) -> None:
+    sql = "SELECT n, 1 / (n - 700) AS boom FROM generate_series(1, 2000) n"
+    _, rows, summary = _rows(await _sql(http, keys, "analyst", sql))
+    assert len(rows) == summary["rows"] and 0 < len(rows) < 700
+    assert summary["complete"] is False
+    assert summary["error"]["status"] == 400 and "division by zero" in summary["error"]["detail"]
+    # the same error in the first batch is a plain 400 problem
+    _problem(await _sql(http, keys, "analyst", sql.replace("700", "7")), 400, "sql-error")
+
+
+async def _a_client_that_leaves_gives_its_connection_back(
+    http: httpx.AsyncClient, keys: Keys, base_url: str
+) -> None:
+    sql = "SELECT n FROM generate_series(1, 1000000) n"
+    for _ in range(6):  # more than the analyst pool's 4 connections
+        async with httpx.AsyncClient(base_url=base_url, timeout=20) as c:
+            async with c.stream(
+                "POST", "/v1/sql", json={"sql": sql}, headers=keys.headers("analyst")
+            ) as resp:
+                assert resp.status_code == 200
+                async for _ in resp.aiter_bytes():
+                    break  # leave after the first chunk
+    _, rows, _ = _rows(await _sql(http, keys, "analyst", "SELECT 1 AS one"))
+    assert rows == [{"one": 1}]
+
+
 # Each running-API fixture costs seconds to start: one per group of checks.
 
 
 async def test_answers_in_every_format_and_their_limits(
-    shttp: httpx.AsyncClient, keys: Keys, access_settings: Settings
+    shttp: httpx.AsyncClient, keys: Keys, access_settings: Settings, access_api: str
 ) -> None:
     await _jsonl_csv_parquet_read_back_equal_to_the_owners_read(shttp, keys, access_settings)
     await _the_row_cap_cuts_and_says_so(shttp, keys)
     await _too_long_is_a_422_naming_the_limit(shttp, keys)
+    await _an_error_after_the_first_rows_ends_the_stream_saying_so(shttp, keys)
+    await _a_client_that_leaves_gives_its_connection_back(shttp, keys, access_api)
 
 
 async def test_bad_input_is_refused_and_changes_nothing(
