@@ -18,9 +18,12 @@ import orjson
 import psycopg
 import pytest
 
+from linkpulse.query.watermarks import WatermarkBumper
+from linkpulse.store import EventWriter, refresh
 from linkpulse.store.partitions import ensure_partitions
 from tests.fix_access import Keys
 from tests.test_api_query_lanes import END, START, check_kpis, check_series, raw_series, seed_store
+from tests.test_store_writer import make_events
 
 pytestmark = pytest.mark.integration
 
@@ -275,3 +278,35 @@ async def test_every_read_is_in_the_audit_log(
             break
         await asyncio.sleep(0.1)
     assert row == (keys.ids["seller"], "s1", "orders", 180)  # 3 h of 1-minute points
+
+
+async def test_a_repeated_series_is_served_from_the_cache_until_its_data_changes(
+    qhttp: httpx.AsyncClient, keys: Keys, access_settings: Any
+) -> None:
+    h = keys.headers("analyst")
+    params = {"metric": "orders", "step": "1h", **SPAN}
+    first = await qhttp.get("/v1/series", params=params, headers=h)
+    again = await qhttp.get("/v1/series", params=params, headers=h)
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("MISS", "HIT")
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert first.headers["cache-control"].startswith("public")  # 2026-11-20 is long closed
+    cached = await qhttp.get("/v1/series", params=params, headers={**h, "If-None-Match":
+                             first.headers["etag"]})  # fmt: skip
+    assert cached.status_code == 304 and cached.content == b""
+    # one more order in the range, through the writer with the cache's watermarks
+    bumper = WatermarkBumper(
+        access_settings.redis_url, access_settings.redis_key_prefix,
+        bucket_s=access_settings.query_cache_bucket_s, timeout_s=10,
+    )  # fmt: skip
+    order = [e for e in make_events(50, seed=7, start=START, span_s=60, prefix="x",
+                                    tenants=("acme",)) if e.type == "order_placed"][:1]  # fmt: skip
+    assert order
+    with EventWriter(access_settings.database_url, watermarks=bumper) as w:
+        w.write_events(order)
+    with psycopg.connect(access_settings.database_url, autocommit=True) as conn:
+        refresh(conn, watermarks=bumper)
+    bumper.flush()
+    bumper.close()
+    after = await qhttp.get("/v1/series", params=params, headers=h)
+    assert after.headers["x-cache"] == "MISS"
+    assert after.json()["points"][0]["value"] == first.json()["points"][0]["value"] + 1

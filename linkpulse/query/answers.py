@@ -36,6 +36,10 @@ from linkpulse.query.timegrid import (
 
 __all__ = [
     "FINAL_AFTER",
+    "kpi_plans",
+    "query_plan",
+    "series_plan",
+    "top_plan",
     "Table",
     "anomalies",
     "forecasts",
@@ -94,6 +98,27 @@ def _type_filter(event_type: str | None) -> list[Filter]:
     return [Filter(DIMENSIONS["type"], "eq", (event_type,))] if event_type else []
 
 
+def series_plan(
+    *,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    step: str,
+    seller: str | None,
+    event_type: str | None,
+    max_points: int,
+) -> Plan:
+    """What ``series`` reads: [start, end) rounded out to the step, on the coarsest source."""
+    step_s = step_seconds(step)
+    check_range(start, end)
+    start, end = floor_to(start, step_s), ceil_to(end, step_s)
+    check_points(start, end, step_s, max_points=max_points, field="step")
+    m = MEASURES[metric]
+    filters = _type_filter(event_type)
+    source = choose([m], [], start, end, step_s, filtered=bool(filters or seller))
+    return Plan([m], [], start, end, source, grain_s=step_s, seller=seller, filters=filters)
+
+
 async def series(
     conn: psycopg.AsyncConnection[Any],
     *,
@@ -108,14 +133,11 @@ async def series(
     now: datetime,
 ) -> dict[str, Any]:
     """``GET /v1/series``: one measure per step over [start, end) rounded out to the step."""
-    step_s = step_seconds(step)
-    check_range(start, end)
-    start, end = floor_to(start, step_s), ceil_to(end, step_s)
-    check_points(start, end, step_s, max_points=max_points, field="step")
-    m = MEASURES[metric]
-    filters = _type_filter(event_type)
-    source = choose([m], [], start, end, step_s, filtered=bool(filters or seller))
-    plan = Plan([m], [], start, end, source, grain_s=step_s, seller=seller, filters=filters)
+    plan = series_plan(
+        metric=metric, start=start, end=end, step=step, seller=seller, event_type=event_type,
+        max_points=max_points,
+    )  # fmt: skip
+    step_s = plan.grain_s or 60
     rows = await _rows(conn, compile_plan(plan))
     return {
         "metric": metric,
@@ -123,11 +145,11 @@ async def series(
         "seller": seller,
         "type": event_type,
         "step": step,
-        "source": source.name,
-        "start": iso(start),
-        "end": iso(end),
-        "points": _fill(rows, start, end, step_s, _empty(m)),
-        "final_before": iso(final_before(end, step_s, now)),
+        "source": plan.source.name,
+        "start": iso(plan.start),
+        "end": iso(plan.end),
+        "points": _fill(rows, plan.start, plan.end, step_s, _empty(plan.measures[0])),
+        "final_before": iso(final_before(plan.end, step_s, now)),
     }
 
 
@@ -137,22 +159,36 @@ def _change(value: Any, base: Any) -> float | None:
     return float(value) / float(base) - 1
 
 
-async def _period_values(
-    conn: psycopg.AsyncConnection[Any], start: datetime, end: datetime, seller: str | None
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Every KPI over [start, end): the additive ones from one rollup, users from raw."""
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+def _period_plans(start: datetime, end: datetime, seller: str | None) -> list[Plan]:
+    """The KPIs of [start, end): the additive ones from one rollup, users from raw events."""
     groups: dict[bool, list[Measure]] = {}
     for name in KPI_NAMES:
         m = MEASURES[name]
         groups.setdefault(m.raw_only, []).append(m)
-    for measures in groups.values():
-        source = choose(measures, [], start, end, None, filtered=seller is not None)
-        plan = Plan(measures, [], start, end, source, seller=seller)
+    return [
+        Plan(ms, [], start, end, choose(ms, [], start, end, None, filtered=seller is not None),
+             seller=seller)
+        for ms in groups.values()
+    ]  # fmt: skip
+
+
+def kpi_plans(start: datetime, end: datetime, seller: str | None) -> list[list[Plan]]:
+    """What ``kpis`` reads: the period, the one before it, and the same a week earlier."""
+    check_range(start, end)
+    length, week = end - start, timedelta(days=7)
+    periods = ((start, end), (start - length, start), (start - week, end - week))
+    return [_period_plans(s, e, seller) for s, e in periods]
+
+
+async def _period_values(
+    conn: psycopg.AsyncConnection[Any], plans: list[Plan]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for plan in plans:
         (row,) = await _rows(conn, compile_plan(plan))
-        for m, v in zip(measures, row, strict=True):
-            values[m.name], sources[m.name] = _num(v), source.name
+        for m, v in zip(plan.measures, row, strict=True):
+            values[m.name], sources[m.name] = _num(v), plan.source.name
     return values, sources
 
 
@@ -165,11 +201,10 @@ async def kpis(
     seller: str | None,
 ) -> dict[str, Any]:
     """``GET /v1/kpis``: the headline numbers, against the period before and a week before."""
-    check_range(start, end)
-    length, week = end - start, timedelta(days=7)
-    cur, cur_src = await _period_values(conn, start, end, seller)
-    prev, _ = await _period_values(conn, start - length, start, seller)
-    ago, _ = await _period_values(conn, start - week, end - week, seller)
+    periods = kpi_plans(start, end, seller)
+    cur, cur_src = await _period_values(conn, periods[0])
+    prev, _ = await _period_values(conn, periods[1])
+    ago, _ = await _period_values(conn, periods[2])
     items = []
     for name in KPI_NAMES:
         m = MEASURES[name]
@@ -198,6 +233,16 @@ async def kpis(
     }
 
 
+def top_plan(
+    *, measure: str, dimension: str, limit: int, start: datetime, end: datetime, seller: str | None
+) -> Plan:
+    """What ``top`` reads."""
+    check_range(start, end)
+    m, d = MEASURES[measure], DIMENSIONS[dimension]
+    source = choose([m], [d], start, end, None, filtered=seller is not None)
+    return Plan([m], [d], start, end, source, seller=seller, order=[(m.name, True)], limit=limit)
+
+
 async def top(
     conn: psycopg.AsyncConnection[Any],
     *,
@@ -210,10 +255,9 @@ async def top(
     seller: str | None,
 ) -> dict[str, Any]:
     """``GET /v1/top``: the ``limit`` largest groups of ``dimension`` by ``measure``."""
-    check_range(start, end)
-    m, d = MEASURES[measure], DIMENSIONS[dimension]
-    source = choose([m], [d], start, end, None, filtered=seller is not None)
-    plan = Plan([m], [d], start, end, source, seller=seller, order=[(m.name, True)], limit=limit)
+    plan = top_plan(measure=measure, dimension=dimension, limit=limit, start=start, end=end,
+                    seller=seller)  # fmt: skip
+    source = plan.source
     rows = await _rows(conn, compile_plan(plan))
     return {
         "measure": measure,
@@ -243,15 +287,8 @@ class Table:
     normalised: dict[str, Any] = field(default_factory=dict)  # for the cursor's fingerprint
 
 
-async def query(
-    conn: psycopg.AsyncConnection[Any],
-    q: Table,
-    *,
-    tenant: str,
-    seller: str | None,
-    max_points: int,
-) -> dict[str, Any]:
-    """``POST /v1/query``: measures by dimensions (and time), one keyset page at a time."""
+def query_plan(q: Table, *, seller: str | None, max_points: int) -> Plan:
+    """What ``query`` reads (the first page: no cursor key yet)."""
     check_range(q.start, q.end)
     grain_s = step_seconds(q.grain, "grain") if q.grain else None
     if grain_s is not None:
@@ -259,8 +296,7 @@ async def query(
     measures = [MEASURES[n] for n in q.measures]
     dims = [DIMENSIONS[n] for n in q.dimensions]
     source = choose(measures, dims, q.start, q.end, grain_s, filtered=bool(q.filters or seller))
-    fp = cursors.fingerprint({**q.normalised, "tenant": tenant, "seller": seller})
-    base = Plan(
+    return Plan(
         measures,
         dims,
         q.start,
@@ -272,6 +308,20 @@ async def query(
         order=q.order,
         limit=q.limit + 1,  # one more tells whether there is a next page
     )
+
+
+async def query(
+    conn: psycopg.AsyncConnection[Any],
+    q: Table,
+    *,
+    tenant: str,
+    seller: str | None,
+    max_points: int,
+) -> dict[str, Any]:
+    """``POST /v1/query``: measures by dimensions (and time), one keyset page at a time."""
+    base = query_plan(q, seller=seller, max_points=max_points)
+    source = base.source
+    fp = cursors.fingerprint({**q.normalised, "tenant": tenant, "seller": seller})
     after = None
     if q.cursor is not None:
         after = cursors.decode(q.cursor, fp, compile_plan(base).key_kinds)

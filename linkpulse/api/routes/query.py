@@ -12,9 +12,9 @@ or tenant outside the key's scope is 403.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -27,14 +27,27 @@ from linkpulse.api.analyst_db import AnalystDb
 from linkpulse.api.audit import AuditEntry
 from linkpulse.api.auth.guard import resource_of
 from linkpulse.api.auth.roles import Principal, Role
+from linkpulse.api.http_cache import cached_response, query_cache
 from linkpulse.api.problems import ProblemError, problem_responses
 from linkpulse.api.routes._alerting import ReaderPrincipal, tenant_scope
 from linkpulse.api.routes.query_body import QueryBody, to_table
 from linkpulse.query import answers
+from linkpulse.query.cache import Reads
 from linkpulse.query.catalog import DIMENSIONS, MEASURES, catalog_body
-from linkpulse.query.timegrid import EARLIEST, LATEST, PERIODS, STEPS, QueryError, kpi_period
+from linkpulse.query.compiler import Plan
+from linkpulse.query.timegrid import (
+    EARLIEST,
+    LATEST,
+    PERIODS,
+    STEPS,
+    QueryError,
+    ceil_to,
+    check_range,
+    kpi_period,
+)
 
 router = APIRouter(tags=["query"])
+T = TypeVar("T")
 
 _NO_NUL = r"^[^\x00]*$"
 _RESPONSES = problem_responses(400, 401, 403, 422, 429, 503)
@@ -80,6 +93,14 @@ def _name(value: str, table: dict[str, Any], field: str, what: str) -> str:
     return value
 
 
+Span = tuple[str, datetime, datetime]  # (source, start, end) an answer reads
+
+
+def spans_of(plans: Iterable[Plan]) -> list[Span]:
+    """The source ranges of compiled plans (what the cache's watermarks must cover)."""
+    return [(p.source.name, p.start, p.end) for p in plans]
+
+
 async def _serve(
     request: Request,
     principal: Principal,
@@ -87,16 +108,31 @@ async def _serve(
     kind: str,
     scope: tuple[str, str | None],
     params: dict[str, Any],
+    spans: Sequence[Span],
+    final: bool,
     read: _READ,
 ) -> Response:
-    """Run ``read`` in a scoped session, audit it, answer JSON (problems for bad input)."""
+    """The answer of ``read`` (run in a scoped session) through the query cache: Redis when
+    the data it reads has not changed, else computed; audited; ETag and Cache-Control set."""
     tenant, seller = scope
     db: AnalystDb = request.app.state.analyst_db
     # the session's seller: only a seller key is confined by the database; others filter
     session_seller = principal.seller if principal.role is Role.SELLER else None
-    try:
+    counted = {"items": 0}
+
+    async def compute() -> bytes:
         async with db.session(tenant=tenant, seller=session_seller) as conn:
             body = await read(conn)
+        items = body.get("points") or body.get("rows") or body.get("items") or body.get("kpis")
+        counted["items"] = len(items or [])
+        return orjson.dumps(body)
+
+    reads = [Reads(source, tenant, s, e) for source, s, e in spans]
+    try:
+        answer = await query_cache(request.app).answer(
+            kind=f"query.{kind}", query={**params, "seller": seller},
+            scope=(tenant, session_seller), reads=reads, compute=compute, principal=principal.id,
+        )  # fmt: skip
     except QueryError as e:
         raise _invalid(e) from e
     except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
@@ -110,7 +146,6 @@ async def _serve(
             "`linkpulse db migrate` (it also sets up the analyst roles)"
         )
         raise ProblemError(503, "store-not-ready", "Store not ready", detail) from e
-    items = body.get("points") or body.get("rows") or body.get("items") or body.get("kpis") or []
     request.app.state.guard.audit.record(
         AuditEntry.of(
             principal,
@@ -121,11 +156,25 @@ async def _serve(
                 "seller": seller or "",
                 **{k: str(v) for k, v in params.items() if v is not None},
             },  # fmt: skip
-            items=len(items),
+            items=counted["items"],
             status=200,
+            detail="cache hit" if answer.hit else "",
         )
     )
-    return Response(orjson.dumps(body), media_type="application/json")
+    return cached_response(request, answer, final=final)
+
+
+def _plan(make: Callable[[], T]) -> T:
+    """A pure plan step: its QueryError is a 422 before any connection is taken."""
+    try:
+        return make()
+    except QueryError as e:
+        raise _invalid(e) from e
+
+
+def _settled(end: datetime) -> bool:
+    """Whether everything before ``end`` is final (late data can't change it any more)."""
+    return end <= _now() - answers.FINAL_AFTER
 
 
 def _now() -> datetime:
@@ -144,10 +193,11 @@ def _window(
                     field=name, detail=f"{t.isoformat()} is outside 1970-01-01 .. 9000-01-01"
                 )
             )
+    now = ceil_to(_now(), 60)  # whole minutes: the 1-minute rollup answers, the cache can hit
     if forward:
-        s = start or (end - span if end else _now())
+        s = start or (end - span if end else now)
         return s, end or s + span
-    e = end or (start + span if start else _now())
+    e = end or (start + span if start else now)
     return start or e - span, e
 
 
@@ -181,13 +231,19 @@ async def get_series(
         _name(metric, MEASURES, "metric", "measure")
     except QueryError as e:
         raise _invalid(e) from e
-    params = {"metric": metric, "start": start_t, "end": end_t, "step": step, "type": type}
+    plan = _plan(lambda: answers.series_plan(
+        metric=metric, start=start_t, end=end_t, step=step, seller=scope[1], event_type=type,
+        max_points=max_points,
+    ))  # fmt: skip
+    params = {"metric": metric, "start": plan.start, "end": plan.end, "step": step, "type": type}
     return await _serve(
         request,
         principal,
         kind="series",
         scope=scope,
         params=params,
+        spans=spans_of([plan]),
+        final=_settled(plan.end),
         read=lambda conn: answers.series(
             conn,
             metric=metric,
@@ -236,6 +292,10 @@ async def get_kpis(
         kind="kpis",
         scope=scope,
         params={"start": s, "end": e},
+        spans=spans_of(
+            p for period in _plan(lambda: answers.kpi_plans(s, e, scope[1])) for p in period
+        ),  # fmt: skip
+        final=_settled(e),
         read=lambda conn: answers.kpis(conn, start=s, end=e, tenant=scope[0], seller=scope[1]),
     )
 
@@ -265,12 +325,18 @@ async def get_top(
         raise _invalid(e) from e
     params = {"measure": measure, "dimension": dimension, "limit": limit, "start": start_t,
               "end": end_t}  # fmt: skip
+    plan = _plan(lambda: answers.top_plan(
+        measure=measure, dimension=dimension, limit=limit, start=start_t, end=end_t,
+        seller=scope[1],
+    ))  # fmt: skip
     return await _serve(
         request,
         principal,
         kind="top",
         scope=scope,
         params=params,
+        spans=spans_of([plan]),
+        final=_settled(end_t),
         read=lambda conn: answers.top(
             conn,
             measure=measure,
@@ -300,7 +366,11 @@ async def post_query(request: Request, principal: ReaderPrincipal, body: QueryBo
         principal,
         kind="query",
         scope=scope,
-        params={"measures": ",".join(body.measures), "dimensions": ",".join(body.dimensions)},
+        params={**table.normalised, "cursor": table.cursor},
+        spans=spans_of(
+            [_plan(lambda: answers.query_plan(table, seller=scope[1], max_points=max_points))]
+        ),  # fmt: skip
+        final=_settled(table.end),
         read=lambda conn: answers.query(
             conn, table, tenant=scope[0], seller=scope[1], max_points=max_points
         ),
@@ -324,13 +394,17 @@ async def get_anomalies(
     """Scores of the tenant's series (a seller's: its own series), keyset-paged."""
     scope = scope_of(principal, tenant, seller)
     start_t, end_t = _window(start, end, timedelta(hours=24))
-    params = {"start": start_t, "end": end_t, "metric": metric, "min_score": min_score}
+    params = {"start": start_t, "end": end_t, "metric": metric, "min_score": min_score,
+              "limit": limit, "cursor": cursor}  # fmt: skip
+    _plan(lambda: check_range(start_t, end_t))
     return await _serve(
         request,
         principal,
         kind="anomalies",
         scope=scope,
         params=params,
+        spans=[("anomaly_scores", start_t, end_t)],
+        final=False,  # a revised window is re-scored
         read=lambda conn: answers.anomalies(
             conn,
             start=start_t,
@@ -361,13 +435,17 @@ async def get_forecasts(
     """Forecast points (mean, 80% and 95% intervals) of the tenant's series, keyset-paged."""
     scope = scope_of(principal, tenant, seller)
     start_t, end_t = _window(start, end, timedelta(hours=24), forward=True)
-    params = {"start": start_t, "end": end_t, "metric": metric}
+    params = {"start": start_t, "end": end_t, "metric": metric, "limit": limit,
+              "cursor": cursor}  # fmt: skip
+    _plan(lambda: check_range(start_t, end_t))
     return await _serve(
         request,
         principal,
         kind="forecasts",
         scope=scope,
         params=params,
+        spans=[("forecasts", start_t, end_t)],
+        final=False,  # a newer forecast replaces a point
         read=lambda conn: answers.forecasts(
             conn,
             start=start_t,
