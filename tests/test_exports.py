@@ -26,6 +26,7 @@ import pytest
 from linkpulse.config import Settings
 from linkpulse.exports.watermark import make_watermark
 from linkpulse.store.partitions import ensure_partitions
+from linkpulse.store.rollups import rebuild
 from tests.api_server import ApiServer
 from tests.fix_access import Keys, SseReader
 
@@ -193,6 +194,33 @@ async def test_an_admin_exports_the_tenant_it_names(client: httpx.AsyncClient, k
         tenant="beta",
     )
     assert status["tenant"] == "beta" and status["rows_written"] == N // 3
+
+
+async def test_a_json_query_exports_its_whole_result(
+    client: httpx.AsyncClient, keys: Keys, access_settings: Settings
+) -> None:
+    """The query API's query (POST /v1/query's body), compiled as that route does, unpaged."""
+    with psycopg.connect(access_settings.database_url, autocommit=True) as conn:
+        rebuild(conn)  # the rows were made in SQL: build the rollups the query may read
+    start = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
+    query = {
+        "measures": ["events", "orders"],
+        "dimensions": ["seller_id"],
+        "start": start.isoformat(),
+        "end": (start + timedelta(days=1)).isoformat(),
+        "limit": 1,  # a page size: an export has no pages, every row comes
+    }
+    status, data = await run_export(client, keys.headers("analyst"), format="json", query=query)
+    doc = orjson.loads(data)
+    got = {r["seller_id"]: (r["events"], r["orders"]) for r in doc["rows"]}
+    assert got == {"s1": (200, 200), "s2": (100, 100), None: (100, 100)}, doc["rows"]
+    assert orjson.loads(doc["watermark"]["source"])["query"] == query
+    bad = await client.post(
+        "/v1/exports",
+        json={"format": "csv", "query": {**query, "measures": ["nope"]}},
+        headers=keys.headers("analyst"),
+    )
+    assert bad.status_code == 422 and bad.json()["field"].startswith("query.measures"), bad.json()
 
 
 BAD_INPUT: list[tuple[dict[str, Any], int, str]] = [

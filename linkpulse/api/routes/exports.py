@@ -35,9 +35,12 @@ from linkpulse.api.audit import AuditEntry
 from linkpulse.api.auth.guard import Need, resource_of
 from linkpulse.api.auth.roles import Principal, Role
 from linkpulse.api.problems import ProblemError, problem_responses
+from linkpulse.api.routes.query import scope_of
 from linkpulse.exports.jobs import Job, JobStore, new_job_id
 from linkpulse.exports.links import LinkError, check_link, download_key, sign_link
-from linkpulse.exports.request import ExportRequest, ScopeError, resolve_scope
+from linkpulse.exports.query import QueryExportError, compile_query
+from linkpulse.exports.query import parse as parse_query
+from linkpulse.exports.request import ExportRequest, ExportScope, ScopeError, resolve_scope
 from linkpulse.exports.run import ExportInputError, check_statement
 from linkpulse.exports.watermark import make_watermark
 from linkpulse.exports.worker import ExportWorker
@@ -171,33 +174,49 @@ async def create_export(
     """The statement is planned now in your scope (4xx naming ``sql``, ``params``,
     ``tenant`` or ``query`` if it can't run); the export then runs in the background.
     Poll ``GET /v1/exports/{id}`` or follow ``/v1/exports/{id}/events``."""
-    try:
-        scope = resolve_scope(
-            tenant=principal.tenant,
-            seller=principal.seller,
-            all_tenants=principal.all_tenants,
-            asked_tenant=body.tenant,
-        )
-    except ScopeError as e:
-        slug, title = ("forbidden", "Forbidden") if e.status == 403 else ("invalid-body", "Invalid")
-        raise ProblemError(e.status, slug, title, str(e), field=e.field) from e
-    if body.sql is None:
-        detail = (
-            "JSON query exports need the query API's compiler, not available in this "
-            "build yet: export its SQL instead (POST /v1/sql/explain shows it)"
-        )
-        raise ProblemError(400, "invalid-body", "Invalid request body", detail, field="query")
+    query = None
+    if body.query is not None:
+        try:
+            query = parse_query(body.query)
+        except QueryExportError as e:
+            raise ProblemError(
+                e.status, "invalid-query", "Invalid query", e.detail, field=e.field
+            ) from e
+        # the query API's own scope rules: an admin's tenant, a seller filter for tenant keys
+        tenant, seller_filter = scope_of(principal, body.tenant or query.tenant, query.seller)
+        scope = ExportScope(tenant=tenant, seller=principal.seller)
+    else:
+        try:
+            scope = resolve_scope(
+                tenant=principal.tenant,
+                seller=principal.seller,
+                all_tenants=principal.all_tenants,
+                asked_tenant=body.tenant,
+            )
+        except ScopeError as e:
+            slug, title = (
+                ("forbidden", "Forbidden") if e.status == 403 else ("invalid-body", "Invalid")
+            )
+            raise ProblemError(e.status, slug, title, str(e), field=e.field) from e
     db: AnalystDb = request.app.state.analyst_db
+    statement, params = body.sql or "", body.params
     try:
         async with db.session(tenant=scope.tenant, seller=scope.seller) as conn:
-            estimate = await check_statement(conn, body.sql, body.params)
+            if query is not None:
+                max_points = request.app.state.settings.query_max_points
+                statement = compile_query(conn, query, seller=seller_filter, max_points=max_points)
+            estimate = await check_statement(conn, statement, params)
+    except QueryExportError as e:
+        raise ProblemError(
+            e.status, "invalid-query", "Invalid query", e.detail, field=e.field
+        ) from e
     except ExportInputError as e:
         _audit(request, principal, "export.create", outcome="refused", status=400, detail=e.detail)
         raise ProblemError(400, "invalid-sql", "Invalid statement", e.detail, field=e.field) from e
     except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
         raise _unavailable(e) from e
     job_id = new_job_id()
-    source = body.source()
+    source = body.source() if query is None else {"query": body.query, "sql": statement}
     watermark = make_watermark(
         export_id=job_id,
         principal=principal.id,
@@ -228,7 +247,7 @@ async def create_export(
         "export.create",
         scope={"export": job_id, "format": body.format, "tenant": scope.tenant},
         status=202,
-        detail=body.sql[:2000],
+        detail=statement[:2000],
     )
     status = await _status(request, job)
     return JSONResponse(
