@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from linkpulse.sqlapi.advice import advise, scanned_relations
@@ -206,3 +209,14 @@ def test_advice_seq_scan_on_large_relations_only() -> None:
     assert _codes(sql, {"events_p20261130": 99_999}) == []
     [a] = advise(check_statement(sql), PLAN_SEQ, {"events_p20261130": 2_500_000})
     assert a.code == "seq-scan" and "events_p20261130" in a.message and "2,500,000" in a.message
+
+
+def test_settings_validate_the_limits_without_importing_the_api() -> None:
+    """config.py validates LINKPULSE_SQL_LIMITS first thing: no import cycle through the API."""
+    code = (
+        "import sys; from linkpulse.config import Settings; "
+        "Settings(sql_limits='analyst=5/10'); "
+        "assert 'linkpulse.api' not in sys.modules, 'the settings loaded the API'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -3,7 +3,8 @@
 ``LINKPULSE_SQL_LIMITS`` has the shape of ``LINKPULSE_RATE_LIMITS``:
 ``role=timeout_s/max_rows`` pairs, comma-separated. A role that may use the
 endpoint but is not listed gets ``DEFAULT``. Which roles may use it at all is
-decided in code (``SQL_ROLES``), not by configuration.
+decided in code (``SQL_ROLE_NAMES``), not by configuration. This module imports
+nothing of the API: the settings validate with it before the API is loaded.
 
 >>> parse_sql_limits("analyst=60/1000000, seller=15/10000")["seller"]
 SqlLimit(timeout_s=15.0, max_rows=10000)
@@ -12,7 +13,7 @@ SqlLimit(timeout_s=30.0, max_rows=100000)
 >>> parse_sql_limits("viewer=1/1")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: LINKPULSE_SQL_LIMITS: role viewer may not use the SQL endpoint; ...
+ValueError: LINKPULSE_SQL_LIMITS: role viewer may not use the SQL endpoint (or is no role); ...
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from linkpulse.api.auth.roles import Role, parse_role
+__all__ = ["DEFAULT", "SQL_ROLE_NAMES", "SqlLimit", "limit_for", "parse_sql_limits"]
 
-__all__ = ["DEFAULT", "SQL_ROLES", "SqlLimit", "limit_for", "parse_sql_limits"]
-
-# Readers of raw data: analysts, operators, admins, and sellers confined to their
-# seller by the database. Viewers read the dashboard's prepared queries only; ingest
-# keys only write.
-SQL_ROLES: Final = frozenset({Role.ADMIN, Role.OPERATOR, Role.ANALYST, Role.SELLER})
+# Readers of raw data: analysts, operators (on-call investigation, smaller cap), admins,
+# and sellers confined to their seller by the database. Viewers read the dashboard's
+# prepared queries only; ingest keys only write. (Names of linkpulse.api.auth.roles.Role.)
+SQL_ROLE_NAMES: Final = frozenset({"admin", "operator", "analyst", "seller"})
 
 
 @dataclass(frozen=True)
@@ -51,27 +50,22 @@ def parse_sql_limits(text: str) -> dict[str, SqlLimit]:
         try:
             role_name, spec = part.split("=", 1)
             timeout_text, rows_text = spec.split("/", 1)
-            role = parse_role(role_name)
             timeout_s, max_rows = float(timeout_text), int(rows_text)
-        except ValueError as e:
-            detail = (
-                str(e)
-                if "unknown role" in str(e)
-                else f"expected role=timeout_s/max_rows, got {part!r}"
-            )
-            msg = f"LINKPULSE_SQL_LIMITS: {detail}"
+        except ValueError:
+            msg = f"LINKPULSE_SQL_LIMITS: expected role=timeout_s/max_rows, got {part!r}"
             raise ValueError(msg) from None
-        if role not in SQL_ROLES:
-            allowed = ", ".join(sorted(r.value for r in SQL_ROLES))
+        role = role_name.strip().lower()
+        if role not in SQL_ROLE_NAMES:
+            allowed = ", ".join(sorted(SQL_ROLE_NAMES))
             msg = (
-                f"LINKPULSE_SQL_LIMITS: role {role.value} may not use the SQL endpoint; "
-                f"use {allowed}"
+                f"LINKPULSE_SQL_LIMITS: role {role_name.strip()} may not use the SQL endpoint "
+                f"(or is no role); use {allowed}"
             )
             raise ValueError(msg)
         if not (0 < timeout_s <= 3600 and math.isfinite(timeout_s) and max_rows >= 1):
             msg = f"LINKPULSE_SQL_LIMITS: {part!r} needs 0 < timeout_s <= 3600 and max_rows >= 1"
             raise ValueError(msg)
-        out[role.value] = SqlLimit(timeout_s, max_rows)
+        out[role] = SqlLimit(timeout_s, max_rows)
     return out
 
 

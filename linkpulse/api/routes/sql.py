@@ -47,11 +47,12 @@ from linkpulse.formats import open_writer as open_format_writer
 from linkpulse.sqlapi.advice import advise, plan_nodes, scanned_relations
 from linkpulse.sqlapi.check import VOLATILE_ALLOWED, CheckedStatement, SqlRefused, check_statement
 from linkpulse.sqlapi.errors import SqlProblem, refused_problem, sql_problem
-from linkpulse.sqlapi.limits import SQL_ROLES, SqlLimit, limit_for, parse_sql_limits
+from linkpulse.sqlapi.limits import SQL_ROLE_NAMES, SqlLimit, limit_for, parse_sql_limits
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["sql"])
+SQL_ROLES = frozenset(Role(name) for name in SQL_ROLE_NAMES)
 SqlPrincipal = Annotated[Principal, Depends(Need(SQL_ROLES))]
 
 MAX_SQL_CHARS = 100_000
