@@ -18,6 +18,7 @@ from linkpulse.privacy import Pseudonymiser, is_pseudonym, pseudonymiser_for
 from linkpulse.schemas import decode_event, encode_event
 from linkpulse.schemas.events import OrderPlaced, PageView
 from linkpulse.schemas.outputs import DeadLetter
+from tests.test_store_writer import make_events
 
 KEY = b"test key, 16+ bytes"
 FIELDS = "user_id,properties.email,properties.ip,properties.wallet.address"
@@ -172,3 +173,13 @@ def test_the_cache_is_bounded_and_gives_the_same_pseudonyms() -> None:
     assert len(p._cache) <= 10
     assert [p.pseudonym(f"u{i}") for i in range(25)] == first
     assert first == [Pseudonymiser(KEY, "user_id").pseudonym(f"u{i}") for i in range(25)]
+
+
+def test_the_batch_path_equals_the_one_event_path() -> None:
+    evs = make_events(300, seed=5)
+    evs = [
+        order(f"u{i % 7}", email=f"m{i % 5}", ip=i) if i % 4 == 0 else e for i, e in enumerate(evs)
+    ]
+    for fields in ("user_id", "properties.email", FIELDS):
+        p = Pseudonymiser(KEY, fields)
+        assert p.events(evs) == [Pseudonymiser(KEY, fields).event(e) for e in evs], fields
