@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     query_cache_max_entry_bytes: int = Field(
         1 << 20, ge=0, description="answers larger than this are served but not cached"
     )
+    query_cache_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="a cache read or write slower than this answers uncached (and Redis is "
+        "left alone for 5 s)",
+    )
     query_slow_s: float = Field(
         0.5, ge=0, description="queries slower than this go to the slow-query log"
     )
