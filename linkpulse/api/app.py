@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from linkpulse import __version__
 from linkpulse.api.access import AccessLayer
 from linkpulse.api.broker import BrokerLink
+from linkpulse.api.cache_warmer import CacheWarmer
 from linkpulse.api.metrics import ApiMetrics, LatencyMiddleware
 from linkpulse.api.nul_guard import RejectNul
 from linkpulse.api.openapi import install_openapi
@@ -65,9 +66,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.broker = broker
         await broker.start()
         await access.start(app)
+        warmer = CacheWarmer(app, settings, metrics=metrics)  # dashboard queries, after refreshes
+        warmer.start()
         try:
             yield
         finally:
+            await warmer.stop()
             await access.stop()
             await broker.stop()
 

@@ -74,8 +74,13 @@ def query_cache(app: FastAPI) -> QueryCache:
     access = getattr(app.state, "access", None)
     redis = getattr(access, "redis", None)
     metrics = getattr(app.state, "metrics", None)
+    timeout_s = settings.query_cache_timeout_s
     slowlog = SlowLog(
-        redis, prefix=settings.redis_key_prefix, threshold_s=settings.query_slow_s, metrics=metrics
+        redis,
+        prefix=settings.redis_key_prefix,
+        threshold_s=settings.query_slow_s,
+        op_timeout_s=timeout_s,
+        metrics=metrics,
     )
     cache = QueryCache(
         redis,
@@ -83,6 +88,7 @@ def query_cache(app: FastAPI) -> QueryCache:
         ttl_s=settings.query_cache_ttl_s,
         bucket_s=settings.query_cache_bucket_s,
         max_entry_bytes=settings.query_cache_max_entry_bytes,
+        op_timeout_s=timeout_s,
         metrics=metrics,
         slowlog=slowlog,
     )

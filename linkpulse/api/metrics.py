@@ -90,8 +90,8 @@ class ApiMetrics:
         # The query cache and slow-query log (linkpulse/query/, docs/caching.md).
         self.cache_requests = Counter(
             "linkpulse_query_cache_requests",
-            "Query answers by cache result: hit, miss, error (Redis failed: computed), "
-            "bypass (Redis away or caching off: computed)",
+            "Query answers by cache result: hit, miss, shared (an identical miss's answer), "
+            "error (Redis failed: computed), bypass (Redis away or caching off: computed)",
             ["kind", "result"],
             registry=self.registry,
         )
@@ -107,6 +107,11 @@ class ApiMetrics:
             "Time computing query answers (cache misses and uncached answers), by kind",
             ["kind"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.cache_warmed = Counter(
+            "linkpulse_query_cache_warmed",
+            "Dashboard queries run by the cache warmer after rollup refreshes",
             registry=self.registry,
         )
         self.slow_queries = Counter(

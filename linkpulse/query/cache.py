@@ -10,7 +10,8 @@ key of exactly the entries that read them; others keep theirs.
 Redis is never needed for a correct answer: an error or a slow reply
 (``op_timeout_s``) computes the answer uncached and opens a short circuit
 (``retry_s``) during which Redis is not asked at all, so an outage costs one
-timeout, not one per request. Identical misses in flight at once compute once.
+timeout, not one per request. Identical misses in flight at once compute once
+(the others count as ``shared``).
 
 >>> normalise({"b": None, "a": [3, 1], "t": datetime(2026, 11, 1, 1, tzinfo=UTC)})
 b'{"a":[3,1],"t":"2026-11-01T01:00:00Z"}'
@@ -151,7 +152,7 @@ class QueryCache:
         ttl_s: float,
         bucket_s: int = 3600,
         max_entry_bytes: int = 1 << 20,
-        op_timeout_s: float = 0.25,
+        op_timeout_s: float = 1.0,
         retry_s: float = 5.0,
         metrics: ApiMetrics | None = None,
         slowlog: SlowLog | None = None,
@@ -173,6 +174,7 @@ class QueryCache:
         self.slowlog = slowlog
         self._down_until = 0.0
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self.joined = 0  # misses that shared another's compute (tests, logs)
 
     # -- the public call -----------------------------------------------------------------------
 
@@ -207,12 +209,15 @@ class QueryCache:
             tag, _, cached = cast(bytes, stored).partition(b"\n")
             self._count(kind, "hit")
             return Answer(cached, tag.decode(), hit=True)
-        body = await self._compute_once(key, kind, query, compute, principal)
+        running = self._inflight.get(key)
+        if running is not None:  # the same miss is being computed: share its answer
+            self.joined += 1
+            body = await asyncio.shield(running)
+            self._count(kind, "shared")
+            return Answer(body, etag_of(body), hit=False)
+        body = await self._compute_and_store(client, key, kind, query, compute, principal, ttl)
         self._count(kind, "miss")
-        etag = etag_of(body)
-        if len(body) <= self.max_entry_bytes:
-            await self._store(client, key, etag, body, ttl, kind)
-        return Answer(body, etag, hit=False)
+        return Answer(body, etag_of(body), hit=False)
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -268,22 +273,23 @@ class QueryCache:
 
     # -- computing and storing -----------------------------------------------------------------
 
-    async def _compute_once(
+    async def _compute_and_store(
         self,
+        client: aioredis.Redis,
         key: str,
         kind: str,
         query: Mapping[str, Any],
         compute: Callable[[], Awaitable[bytes]],
         principal: str | None,
+        ttl: float,
     ) -> bytes:
-        """Compute, sharing the result with identical misses arriving meanwhile."""
-        running = self._inflight.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
+        """Compute and store a miss; identical misses arriving until it is stored share it."""
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        self._inflight[key] = fut  # no await since the caller looked: no other leader
         try:
             body = await self._timed(kind, query, compute, principal)
+            if len(body) <= self.max_entry_bytes:
+                await self._store(client, key, etag_of(body), body, ttl, kind)
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody waited

@@ -62,7 +62,7 @@ class SlowLog:
         prefix: str,
         threshold_s: float,
         keep: int = 1000,
-        op_timeout_s: float = 0.25,
+        op_timeout_s: float = 1.0,
         metrics: ApiMetrics | None = None,
     ) -> None:
         if threshold_s < 0 or keep < 1:
