@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import psycopg
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 from linkpulse.api.audit import AuditEntry, insert_entries
 from linkpulse.cli.console import make_console
@@ -89,7 +90,7 @@ def _progress() -> Progress:
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        MofNCompleteColumn(),
         console=err,
         transient=True,
     )
@@ -149,13 +150,14 @@ def erase(
                 streams = asyncio.run(
                     erase_streams(settings, who, dry_run=dry_run, progress=on_read)
                 )
-            except LinkpulseError as e:
+            except (LinkpulseError, nats.errors.Error, OSError) as e:
                 problems.append(f"streams not reached: {e}")
     lines = [
         f"events: {verb} {store.events}"
         + (f" in tenants {', '.join(store.tenants)}" if store.tenants else "")
         + (
-            f" ({len(store.compressed_chunks)} in compressed chunks)"
+            f" (some in compressed chunk(s) {', '.join(store.compressed_chunks)}"
+            + (", decompressed and compressed again)" if store.decompressed else ")")
             if store.compressed_chunks
             else ""
         ),
