@@ -14,15 +14,15 @@ string concatenation), so the job stores one self-contained statement.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from pydantic import ValidationError
 
-from linkpulse.api.routes.query_body import QueryBody, to_table
-from linkpulse.query.answers import query_plan
-from linkpulse.query.compiler import compile_plan
 from linkpulse.query.timegrid import QueryError
+
+if TYPE_CHECKING:
+    from linkpulse.api.routes.query_body import QueryBody
 
 __all__ = ["QueryExportError", "compile_query", "field_of"]
 
@@ -44,6 +44,9 @@ def field_of(loc: tuple[Any, ...]) -> str:
 
 def parse(query: dict[str, Any]) -> QueryBody:
     """The query, validated as ``POST /v1/query`` validates its body."""
+    # imported here: the API package imports this module's caller (routes/exports.py)
+    from linkpulse.api.routes.query_body import QueryBody
+
     try:
         return QueryBody.model_validate(query)
     except ValidationError as e:
@@ -59,6 +62,10 @@ def compile_query(
     max_points: int,
 ) -> str:
     """The whole result of ``body`` (no page limit) as one SQL statement, values inlined."""
+    from linkpulse.api.routes.query_body import to_table
+    from linkpulse.query.answers import query_plan
+    from linkpulse.query.compiler import compile_plan
+
     try:
         plan = replace(query_plan(to_table(body), seller=seller, max_points=max_points), limit=None)
     except QueryError as e:

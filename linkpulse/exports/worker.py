@@ -24,19 +24,21 @@ import contextlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg_pool
 
-from linkpulse.api.analyst_db import AnalystDb
-from linkpulse.api.audit import AuditEntry, AuditLog
 from linkpulse.config import Settings
 from linkpulse.exports.jobs import EXTENSIONS, Job, JobStore
 from linkpulse.exports.run import ExportInputError, ExportResult, Progress, stream_export
 from linkpulse.logging import get_logger
 
 __all__ = ["ExportWorker", "file_path", "part_path"]
+
+if TYPE_CHECKING:  # the API package imports this module (routes/exports.py)
+    from linkpulse.api.analyst_db import AnalystDb
+    from linkpulse.api.audit import AuditLog
 
 log = get_logger(__name__)
 HEARTBEAT_S = 1.0  # progress is written at most this often (and the job kept alive)
@@ -195,6 +197,8 @@ class ExportWorker:
                 )
 
     def _record(self, job: Job, *, outcome: str, rows: int, detail: str) -> None:
+        from linkpulse.api.audit import AuditEntry
+
         self._audit.record(
             AuditEntry(
                 at=datetime.now(UTC),
