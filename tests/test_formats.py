@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import random
+import subprocess
+import sys
 import tracemalloc
 import uuid
 from decimal import Decimal
@@ -12,13 +14,16 @@ from typing import Any
 
 import orjson
 import polars as pl
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from linkpulse.api.problems import ProblemError
 from linkpulse.formats import FORMATS, Column, media_type, negotiate, open_writer
+from linkpulse.formats.loaders import use_format_loaders
 from linkpulse.formats.parquet import ParquetRowWriter
+from tests.fix_db import ADMIN_DSN
 
 SEED = 20261201
 
@@ -261,3 +266,26 @@ def test_memory_stays_bounded_over_many_batches(fmt: str) -> None:
     long_py, long_arrow = peak(200)
     assert long_py < short_py * 1.5 + 1_000_000, (short_py, long_py)
     assert long_arrow < short_arrow * 1.5 + 1_000_000, (short_arrow, long_arrow)
+
+
+def test_the_formats_import_without_the_api() -> None:
+    """The API's routes import linkpulse.formats: the package must not import the API back."""
+    code = "import sys, linkpulse.formats; assert 'linkpulse.api' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.integration
+def test_format_loaders_give_each_format_its_values() -> None:
+    q = "SELECT 12.50::numeric AS n, 'NaN'::numeric AS nan, '{\"a\": [1]}'::jsonb AS j"
+    cols = [Column("n", "numeric"), Column("nan", "numeric"), Column("j", "jsonb")]
+    with psycopg.connect(ADMIN_DSN) as conn:
+        for fmt, want in [
+            ("jsonl", '{"n":12.50,"nan":null,"j":{"a": [1]}}'),
+            ("csv", '12.50,NaN,"{""a"": [1]}"'),
+        ]:
+            cur = conn.cursor()
+            use_format_loaders(cur, fmt)
+            rows = cur.execute(q).fetchall()
+            w = open_writer(fmt, cols)
+            assert (w.write(rows) + w.close()).decode().splitlines()[-1] == want

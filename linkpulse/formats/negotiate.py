@@ -16,7 +16,10 @@ no ``Accept`` (or ``*/*``) means the default, JSON lines.
 
 from __future__ import annotations
 
-from linkpulse.api.problems import ProblemError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from linkpulse.api.problems import ProblemError
 
 __all__ = ["DEFAULT_FORMAT", "FORMATS", "media_type", "negotiate"]
 
@@ -57,13 +60,21 @@ def _accepted(accept: str) -> list[tuple[float, int, str]]:
     return sorted(out)
 
 
+def _problem(status: int, slug: str, title: str, detail: str, field: str) -> ProblemError:
+    # Imported when needed: importing linkpulse.api loads the whole app, whose routes
+    # import this package (the exports, the SQL endpoint).
+    from linkpulse.api.problems import ProblemError  # noqa: PLC0415
+
+    return ProblemError(status, slug, title, detail, field=field)
+
+
 def negotiate(accept_header: str | None, format_param: str | None) -> str:
     """The format to answer in (``jsonl``, ``csv``, ``json``, ``parquet``)."""
     if format_param is not None:
         fmt = _ALIASES.get(format_param.strip().lower(), format_param.strip().lower())
         if fmt not in _MEDIA:
             detail = f"unknown format {format_param!r}: use one of {', '.join(FORMATS)}"
-            raise ProblemError(400, "unknown-format", "Unknown format", detail, field="format")
+            raise _problem(400, "unknown-format", "Unknown format", detail, "format")
         return fmt
     if not accept_header or not accept_header.strip():
         return DEFAULT_FORMAT
@@ -78,4 +89,4 @@ def negotiate(accept_header: str | None, format_param: str | None) -> str:
         f"none of the media types in Accept ({accept_header[:200]!r}) can be produced: "
         f"send one of {', '.join(m[0] for m in _MEDIA.values())}, or format=" + "|".join(FORMATS)
     )
-    raise ProblemError(406, "not-acceptable", "Not acceptable", detail, field="Accept")
+    raise _problem(406, "not-acceptable", "Not acceptable", detail, "Accept")

@@ -44,6 +44,7 @@ from linkpulse.api.routes._alerting import tenant_scope
 from linkpulse.config import Settings
 from linkpulse.formats import FORMATS, RowWriter, columns_from_description, media_type, negotiate
 from linkpulse.formats import open_writer as open_format_writer
+from linkpulse.formats.loaders import use_format_loaders
 from linkpulse.sqlapi.advice import advise, plan_nodes, scanned_relations
 from linkpulse.sqlapi.check import VOLATILE_ALLOWED, CheckedStatement, SqlRefused, check_statement
 from linkpulse.sqlapi.errors import SqlProblem, refused_problem, sql_problem
@@ -202,10 +203,11 @@ async def _prepare(
 
 
 async def _fetch(
-    conn: psycopg.AsyncConnection[Any], n: int, timeout_s: float
+    conn: psycopg.AsyncConnection[Any], n: int, timeout_s: float, fmt: str
 ) -> tuple[list[Any], Any]:
     """The next ``n`` rows of the cursor and its description, within ``timeout_s``."""
     cur = conn.cursor()
+    use_format_loaders(cur, fmt)  # jsonb and numeric as the format wants them
     await cur.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
     await cur.execute(f"FETCH FORWARD {int(n)} FROM {CURSOR}")
     return await cur.fetchall(), cur.description
@@ -215,9 +217,9 @@ class _Result:
     """A declared cursor's rows, streamed through a writer under the role's limits."""
 
     def __init__(
-        self, conn: psycopg.AsyncConnection[Any], limit: SqlLimit, fetch_rows: int
+        self, conn: psycopg.AsyncConnection[Any], limit: SqlLimit, fetch_rows: int, fmt: str
     ) -> None:
-        self.conn, self.limit, self.fetch_rows = conn, limit, fetch_rows
+        self.conn, self.limit, self.fetch_rows, self.fmt = conn, limit, fetch_rows, fmt
         self.used_s = 0.0  # database time spent fetching
         self.rows = 0
         self.truncated = False
@@ -236,7 +238,7 @@ class _Result:
             return [], None
         want = min(self.fetch_rows, self.limit.max_rows - self.rows + 1)  # +1: is there more?
         t0 = time.monotonic()
-        batch, description = await _fetch(self.conn, want, remaining_s)
+        batch, description = await _fetch(self.conn, want, remaining_s, self.fmt)
         self.used_s += time.monotonic() - t0
         if len(batch) < want:
             self.done = True
@@ -305,7 +307,7 @@ async def run_sql(
         )
         await _prepare(conn, stmt, limit.timeout_s, settings.sql_idle_timeout_s)
         await psycopg.AsyncRawCursor(conn).execute(_DECLARE + stmt.text, body.params or None)
-        result = _Result(conn, limit, settings.sql_fetch_rows)
+        result = _Result(conn, limit, settings.sql_fetch_rows, fmt)
         first, description = await result.next_batch()
         columns = columns_from_description(description or [], conn.adapters.types)
         writer = open_format_writer(fmt, columns)
