@@ -181,15 +181,25 @@ def kpi_plans(start: datetime, end: datetime, seller: str | None) -> list[list[P
 
 
 async def _period_values(
-    conn: psycopg.AsyncConnection[Any], plans: list[Plan]
-) -> tuple[dict[str, Any], dict[str, str]]:
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for plan in plans:
-        (row,) = await _rows(conn, compile_plan(plan))
-        for m, v in zip(plan.measures, row, strict=True):
-            values[m.name], sources[m.name] = _num(v), plan.source.name
-    return values, sources
+    conn: psycopg.AsyncConnection[Any], periods: list[list[Plan]]
+) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """Each period's KPI values and sources; the statements are pipelined (one round trip)."""
+    async with conn.pipeline():
+        cursors_ = [
+            [(plan, await conn.execute(c.statement, c.params))
+             for plan, c in ((p, compile_plan(p)) for p in plans)]
+            for plans in periods
+        ]  # fmt: skip
+    out = []
+    for period in cursors_:
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for plan, cur in period:
+            row = await cur.fetchone()
+            for m, v in zip(plan.measures, row or (), strict=True):
+                values[m.name], sources[m.name] = _num(v), plan.source.name
+        out.append((values, sources))
+    return out
 
 
 async def kpis(
@@ -201,10 +211,7 @@ async def kpis(
     seller: str | None,
 ) -> dict[str, Any]:
     """``GET /v1/kpis``: the headline numbers, against the period before and a week before."""
-    periods = kpi_plans(start, end, seller)
-    cur, cur_src = await _period_values(conn, periods[0])
-    prev, _ = await _period_values(conn, periods[1])
-    ago, _ = await _period_values(conn, periods[2])
+    (cur, cur_src), (prev, _), (ago, _) = await _period_values(conn, kpi_plans(start, end, seller))
     items = []
     for name in KPI_NAMES:
         m = MEASURES[name]
