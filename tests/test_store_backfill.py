@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from linkpulse.config import load_settings
+from linkpulse.privacy.pseudonym import Pseudonymiser
 from linkpulse.schemas import encode_event
 from linkpulse.schemas.events import BaseEvent
 from linkpulse.store import EventWriter, migrate, run_once
@@ -138,3 +139,21 @@ def test_cli_migrate_status_backfill_maintain(lane_dsn: str, tmp_path: Path) -> 
     assert mt.returncode == 0 and f"tier {tier.value}" in mt.stdout, mt.stdout + mt.stderr
     missing = run_cli(lane_dsn, "backfill", str(tmp_path / "nope.ndjson"))
     assert missing.returncode != 0
+
+
+def test_backfill_pseudonymises_the_configured_pii_fields(pg_dsn: str, tmp_path: Path) -> None:
+    migrate(pg_dsn)
+    path = tmp_path / "events.ndjson"
+    write_ndjson(path, 50)
+    raw_users = {e.user_id for e in make_events(50, seed=21, start=RECENT)} - {None}
+    p = Pseudonymiser(b"k" * 16, "user_id")
+    with EventWriter(pg_dsn) as w:
+        report = backfill(path, w, pseudonymiser=p)
+    assert report.inserted == 50
+    with psycopg.connect(pg_dsn) as conn:
+        stored = {u for (u,) in conn.execute("SELECT user_id FROM events").fetchall()}
+        letters = conn.execute("SELECT payload::text FROM dead_letters").fetchall()
+    assert stored == {p.events([e])[0].user_id for e in make_events(50, seed=21, start=RECENT)}
+    assert not stored & raw_users  # no raw id stored
+    assert raw_users and letters
+    assert not any(f'"{u}"' in text for (text,) in letters for u in raw_users)

@@ -168,6 +168,7 @@ def backfill_cmd(
     batch_size: int = typer.Option(5000, min=1, max=100_000),
 ) -> None:
     """Load events from a file through the writer; invalid lines go to dead_letters."""
+    from linkpulse.privacy import pseudonymiser_for
     from linkpulse.query.watermarks import WatermarkTarget
     from linkpulse.store.backfill import Invalid, backfill
     from linkpulse.store.writer import EventWriter
@@ -201,6 +202,7 @@ def backfill_cmd(
                 raw_days=s.store_raw_retention_days,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
                 on_invalid=show,
+                pseudonymiser=pseudonymiser_for(s),  # PII never stored raw, as at ingest
             )
     except (LinkpulseError, ValueError, psycopg.Error) as e:
         raise _fail(e) from e

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -33,6 +33,9 @@ from linkpulse.schemas import decode_event, validate_event
 from linkpulse.schemas.events import BaseEvent
 from linkpulse.schemas.outputs import DeadLetter
 from linkpulse.store.writer import EventWriter
+
+if TYPE_CHECKING:
+    from linkpulse.privacy.pseudonym import Pseudonymiser
 
 __all__ = ["HORIZON_MARGIN", "BackfillReport", "Invalid", "backfill", "raw_cutoff"]
 
@@ -109,6 +112,7 @@ def backfill(
     now: datetime | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_invalid: Callable[[Invalid], None] | None = None,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> BackfillReport:
     """Load ``path`` (``.ndjson``/``.jsonl``/``.json`` or ``.parquet``) into the store.
 
@@ -130,6 +134,9 @@ def backfill(
     letters: list[DeadLetter] = []
 
     def flush(done: int, total: int) -> None:
+        if pseudonymiser is not None:
+            events[:] = pseudonymiser.events(events)
+            letters[:] = pseudonymiser.letters(letters)
         if events:
             report.inserted += writer.write_events(events)
             events.clear()
