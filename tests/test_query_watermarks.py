@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from linkpulse.dataflows.events_writer import WriterArgs
 from linkpulse.dataflows.score_sinks import UpsertSink
+from linkpulse.dataflows.store_sink import PipelinedEventsSink
 from linkpulse.query.cache import QueryCache, Reads
 from linkpulse.query.watermarks import (
     DAY_S,
@@ -261,3 +262,28 @@ async def test_an_unreachable_redis_never_fails_a_write(pg_dsn: str) -> None:
         assert w.upsert_metric_windows([window(0, 1.0)]) == 1
         assert down.flush()
     assert down.failed >= 1 and down.sent == 0
+
+
+@pytest.mark.integration
+async def test_the_flows_raw_events_writer_process_touches_what_it_stored(
+    pg_dsn: str, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    migrate(pg_dsn)
+    probe = Probe(
+        redis_client,
+        redis_prefix,
+        {
+            "acme": day_reads("events", "acme", BASE),
+            "globex": day_reads("events", "globex", BASE),
+        },
+    )
+    await probe.fill()
+    target = WatermarkTarget(REDIS_URL, redis_prefix, 3600)
+    sink = PipelinedEventsSink(pg_dsn, ["p"], outage_s=5, watermarks=target)
+    part = sink.build_part("store", "p", None)
+    try:
+        part.write_batch([make_events(30, start=BASE + timedelta(hours=4), tenants=("acme",))])
+        part.snapshot()  # stored and acknowledged
+    finally:
+        part.close()  # the writer process ends, sending what it queued first
+    assert await probe.hits() == {"globex"}
