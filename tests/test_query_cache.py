@@ -269,3 +269,15 @@ async def test_slow_queries_are_kept_with_statement_and_principal(
     fast = SlowLog(redis_client, prefix=redis_prefix + "f:", threshold_s=10.0)
     assert not await fast.record(kind="sql", statement="select 1", seconds=0.5, principal=None)
     assert await fast.recent() == []
+
+
+async def test_a_query_without_a_key_is_answered_uncached(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    cache, compute = make_cache(redis_client, redis_prefix), Counting()
+    huge = {"limit": 1 << 70}  # orjson spells no integer this big
+    for run in (1, 2):
+        answer = await cache.answer(
+            kind="top", query=huge, scope=("acme", None), reads=reads(), compute=compute
+        )
+        assert not answer.hit and answer.body == b'{"run": %d}' % run

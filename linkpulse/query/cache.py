@@ -98,11 +98,18 @@ def etag_of(body: bytes) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as JSON-ready data with one spelling per meaning (orjson default hook)."""
+    """``value`` as JSON-ready data with one spelling per meaning (orjson default hook).
+
+    Never raises: a type it does not know is spelled by its type and ``str`` (a
+    key must not turn a good query into an error).
+
+    >>> from decimal import Decimal
+    >>> normalise({"a": Decimal("1.50"), "t": datetime(2026, 11, 1)})
+    b'{"a":"Decimal:1.50","t":"2026-11-01T00:00:00"}'
+    """
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            msg = f"query times must be timezone-aware, got {value!r}"
-            raise TypeError(msg)
+        if value.tzinfo is None:  # naive: kept as given (the routes only pass aware times)
+            return value.isoformat()
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
@@ -113,8 +120,7 @@ def _plain(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)  # pydantic models
     if callable(dump):
         return _drop_none(dump(mode="json"))
-    msg = f"cannot normalise {type(value).__name__} for a cache key"
-    raise TypeError(msg)
+    return f"{type(value).__name__}:{value}"
 
 
 def _drop_none(value: Any) -> Any:
@@ -205,6 +211,9 @@ class QueryCache:
         except (RedisError, OSError, TimeoutError) as e:
             self._fail(e)
             return await self._uncached(kind, query, compute, principal, "error")
+        except TypeError as e:  # a query orjson can't spell (a huge int): answered, not cached
+            log.warning("query cache: no key for this query; answering uncached", error=str(e))
+            return await self._uncached(kind, query, compute, principal, "bypass")
         if stored is not None:
             tag, _, cached = cast(bytes, stored).partition(b"\n")
             self._count(kind, "hit")
