@@ -277,9 +277,11 @@ def test_calibrator_leaves_honest_p_values_alone() -> None:
     rng = random.Random(SEED)
     c = Calibrator()
     for _ in range(5000):
-        c.learn(rng.random())  # uniform p: mean surprise 1
-    assert 0.9 < c.mean_surprise < 1.1
-    assert c.calibrate(1e-6) == pytest.approx(1e-6, rel=0.5)
+        c.learn(rng.random())  # uniform p: P(p < e^-3) = e^-3, mean excess 1 (memoryless)
+    assert c.rate == pytest.approx(math.exp(-3.0), rel=0.2)
+    assert 0.85 < c.excess < 1.15
+    # never sharper than honest; the tail's extrapolation from ~300 exceedances is within 4x
+    assert 1e-6 <= c.calibrate(1e-6) < 4e-6
 
 
 def test_calibrator_tempers_an_overconfident_detector() -> None:
@@ -287,9 +289,24 @@ def test_calibrator_tempers_an_overconfident_detector() -> None:
     c = Calibrator()
     for _ in range(5000):
         c.learn(rng.random() ** 3)  # p cubed: three times the surprise it should have
-    assert 2.5 < c.mean_surprise < 3.5
+    assert c.rate == pytest.approx(math.exp(-1.0), rel=0.2)  # P(3 E > 3) for E ~ Exp(1)
+    assert 2.5 < c.excess < 3.5
     assert c.calibrate(1e-6) == pytest.approx(1e-2, rel=0.5)
     assert c.calibrate(1.0) == 1.0 and c.calibrate(0.0) == 0.0
+
+
+def test_calibrator_learns_anomalous_steps_at_a_tenth() -> None:
+    rng = random.Random(SEED)
+    full, tenth = Calibrator(), Calibrator()
+    for _ in range(3000):
+        p = rng.random()
+        full.learn(p)
+        tenth.learn(p)
+    for _ in range(30):  # half an hour of incident
+        full.learn(1e-12)
+        tenth.learn(1e-12, weight=0.1)
+    assert tenth.calibrate(1e-6) < full.calibrate(1e-6)
+    assert tenth.excess < 1.3 < full.excess
 
 
 # -- root cause ------------------------------------------------------------------------------

@@ -98,6 +98,28 @@ def scored_series(data: Backfill, sellers_scored: int = SELLERS_SCORED) -> dict[
     return out
 
 
+def event_counts(data: Backfill) -> dict[str, list[float | None]]:
+    """Each minute's ``n`` per series: the ratios' trials, and the GMV series' payment counts.
+
+    The flow passes every window's event count (``MetricWindow.count``) to its
+    detector; the backfill keeps it only for ratios. GMV sums the settled
+    payments, which are the failure rate's trials less its failures, so their
+    count is ``trials * (1 - rate)`` of the same tenant or seller and minute.
+    """
+    out = dict(data.trials)
+    for key, rate in data.series.items():
+        tenant, metric, dims, window = key.split("|")
+        trials = data.trials.get(key)
+        gmv = f"{tenant}|gmv|{dims}|{window}"
+        if metric != "payment_failure_rate" or trials is None or gmv not in data.series:
+            continue
+        out[gmv] = [
+            None if n is None or r is None else float(round(n * (1.0 - r)))
+            for n, r in zip(trials, rate, strict=True)
+        ]
+    return out
+
+
 def labels_of(data: Backfill) -> list[Label]:
     """The backfill's anomalies as minute-indexed labels."""
     return [
@@ -124,7 +146,7 @@ def evaluate_seed(
     series = scored_series(data)
     t0 = time.perf_counter()
     scored = score_series(
-        data.start, series, specs=specs, keep_bands=keep_bands, trials=data.trials
+        data.start, series, specs=specs, keep_bands=keep_bands, trials=event_counts(data)
     )
     seconds = time.perf_counter() - t0
     report = evaluate_scores(

@@ -41,6 +41,7 @@ from linkpulse.online_ml.spec import (
     load_spec,
     metric_kind,
 )
+from linkpulse.online_ml.unitvalue import UnitValue
 
 __all__ = [
     "BinomialRate",
@@ -61,6 +62,7 @@ __all__ = [
     "SeasonalBaseline",
     "SilentStream",
     "SparseCounts",
+    "UnitValue",
     "build_detector",
     "build_joint_detector",
     "detector_for_window",

@@ -29,7 +29,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Final
 
-from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict, WindowSums
+from linkpulse.online_ml.core import (
+    Calibrator,
+    ScalarDetector,
+    Verdict,
+    WindowSums,
+    learn_weight,
+)
 from linkpulse.online_ml.profile import LN2
 from linkpulse.online_ml.stats import binom_cdf, binom_sf
 
@@ -124,18 +130,17 @@ class BinomialRate(ScalarDetector):
             else:
                 p, p0, p1, p2, _, _, _ = self._tests(x, n)
             c0, c1, c2 = self._cal
-            c0.learn(p0)
-            c1.learn(p1)
-            c2.learn(p2)
+            # an anomalous step is learned at a tenth of its weight, so a burst bends the
+            # rate and the calibration little while a lasting change is still followed
+            w = learn_weight(verdict.p)
+            c0.learn(p0, w)
+            c1.learn(p1, w)
+            c2.learn(p2, w)
             var = n * p * (1.0 - p)
             if var > 0.0:
                 ratio = min((k - n * p) ** 2 / var, 4.0 * self._phi + 4.0)
                 a = max(1.0 / (self._m + 10.0), self._alpha)
                 self._phi = min(_PHI_MAX, max(1.0, self._phi + a * (ratio - self._phi)))
-            # an anomalous step is learned at a tenth of its weight, so a burst bends the
-            # rate little while a lasting change is still followed within a day or two
-            if verdict.p < 1e-4:
-                w = 0.1
         decay = 1.0 - self._alpha
         self._k = self._k * decay + w * k
         self._m = self._m * decay + w * n

@@ -7,16 +7,28 @@ calibration, warm-up and the explanation, so each detector is only its model.
 
 Calibration (``Calibrator``): a detector's tail probability ``p`` is right
 only if its noise model is; on a series with heavier tails than assumed,
-surprises ``-ln p`` come bigger than the Exp(1) they would be. The
-calibrator keeps the series' own long-run mean of (capped) surprises and
-divides by it (never below 1: a discrete or conservative ``p`` is left as it
-is), so equal calibrated ``p`` mean equal rarity on every series.
+surprises ``-ln p`` come bigger than the Exp(1) they would be, and what
+matters for paging is the far tail, not the bulk. The calibrator is a
+peaks-over-threshold model of the series' own surprises: how often they
+exceed ``u = 3`` nats (``p < 0.05``; ``e^-3`` for an honest ``p``) and their
+mean excess over ``u`` (1 for an honest ``p``, since Exp(1) has no memory).
+The calibrated tail of a surprise ``s > u`` is ``rate * exp(-(s - u) /
+excess)``. Neither is let below the honest value (a discrete or
+conservative ``p`` is left as it is), so equal calibrated ``p`` mean equal
+rarity on every series. Excesses are winsorised, and an hour of anomaly
+moves the excess little: it learns with the memory of its own count.
 
 >>> c = Calibrator()
 >>> for _ in range(2000):
 ...     c.learn(0.01)  # a detector that reports p = 0.01 at every step is overconfident
 >>> round(c.calibrate(0.01), 3), round(c.calibrate(1e-6), 3)
-(0.341, 0.04)
+(0.336, 0.001)
+>>> honest = Calibrator()
+>>> import random; rng = random.Random(1)
+>>> for _ in range(5000):
+...     honest.learn(rng.random())
+>>> 0.5e-6 < honest.calibrate(1e-6) < 2e-6
+True
 """
 
 from __future__ import annotations
@@ -30,38 +42,84 @@ from linkpulse.online_ml.explain import sentence, slot_label
 from linkpulse.online_ml.stats import surprise
 from linkpulse.schemas.outputs import AnomalyScore, Explanation
 
-_CAP_NATS: Final = 12.0  # one anomaly moves the long-run mean by at most this much
-_PRIOR_STEPS: Final = 200.0  # the Exp(1) prior counts as this many steps
+_U: Final = 3.0  # nats: the threshold of the tail model (p = 0.05)
+_HONEST_RATE: Final = math.exp(-_U)
+_CAP_EXCESS: Final = 4.0  # an excess counts as at most this many mean excesses
+_PRIOR_STEPS: Final = 200.0  # the honest prior counts as this many steps
+_PRIOR_EXCEEDANCES: Final = 50.0  # ... and as this many exceedances for the excess
 
 
 class Calibrator(Versioned):
-    """Rescales surprises by the series' own long-run mean surprise (see the module)."""
+    """Peaks-over-threshold calibration of a detector's surprises (see the module)."""
 
-    __slots__ = ("_mean", "_n", "_alpha")
+    __slots__ = ("_rate", "_excess", "_n", "_n_exc", "_alpha", "_alpha_exc")
+    STATE_VERSION = 2
 
     def __init__(self, half_life_steps: float = 3 * 1440.0) -> None:
-        self._mean = 1.0
+        self._rate = _HONEST_RATE
+        self._excess = 1.0
         self._n = 0.0
+        self._n_exc = 0.0
         self._alpha = math.log(2.0) / max(half_life_steps, 1.0)
+        # the excess's memory in exceedances: as long as the rate's in steps, for honest p
+        self._alpha_exc = min(1.0, self._alpha / _HONEST_RATE)
 
     @property
-    def mean_surprise(self) -> float:
-        """The long-run mean of ``-ln p`` (1 for a well-calibrated detector)."""
-        return self._mean
+    def rate(self) -> float:
+        """How often the surprise exceeds 3 nats (``e^-3`` for a well-calibrated detector)."""
+        return self._rate
+
+    @property
+    def excess(self) -> float:
+        """The mean excess of the surprise over 3 nats (1 for a well-calibrated detector)."""
+        return self._excess
 
     def calibrate(self, p: float) -> float:
         """The calibrated tail probability of ``p``."""
         if not p > 0.0:
             return 0.0
-        m = self._mean
-        return p if m <= 1.0 or p >= 1.0 else math.exp(math.log(p) / m)
+        if p >= 1.0:
+            return p
+        inflate = self._rate / _HONEST_RATE
+        s = -math.log(p)
+        if s <= _U:
+            return min(1.0, p * inflate) if inflate > 1.0 else p
+        rate = self._rate if inflate > 1.0 else _HONEST_RATE
+        b = self._excess if self._excess > 1.0 else 1.0
+        return rate * math.exp(-(s - _U) / b)
 
-    def learn(self, p: float) -> None:
-        """Learn one step's uncalibrated ``p``."""
-        nats = -math.log(p) if p > 0.0 else _CAP_NATS
-        a = max(1.0 / (self._n + _PRIOR_STEPS), self._alpha)
-        self._mean += a * (min(nats, _CAP_NATS) - self._mean)
-        self._n += 1.0
+    def learn(self, p: float, weight: float = 1.0) -> None:
+        """Learn one step's uncalibrated ``p`` (``weight`` < 1: a step scored as anomalous).
+
+        Detectors learn the steps their verdict found anomalous at a tenth of
+        the weight, so an incident does not teach its own series that
+        incidents are usual (its later steps would score lower and lower).
+        """
+        s = -math.log(p) if p > 0.0 else 700.0
+        a = max(1.0 / (self._n + _PRIOR_STEPS), self._alpha) * weight
+        self._n += weight
+        if s <= _U:
+            self._rate -= a * self._rate
+            return
+        self._rate += a * (1.0 - self._rate)
+        b = self._excess
+        ae = max(1.0 / (self._n_exc + _PRIOR_EXCEEDANCES), self._alpha_exc) * weight
+        self._excess = b + ae * (min(s - _U, _CAP_EXCESS * b) - b)
+        self._n_exc += weight
+
+
+ANOMALOUS_P: Final = 1e-4
+"""A verdict below this is an anomalous step: learned at ``ANOMALOUS_WEIGHT`` of its weight."""
+ANOMALOUS_WEIGHT: Final = 0.1
+
+
+def learn_weight(p: float) -> float:
+    """The weight a step with verdict ``p`` is learned with (see ``ANOMALOUS_P``).
+
+    >>> learn_weight(0.3), learn_weight(1e-9)
+    (1.0, 0.1)
+    """
+    return ANOMALOUS_WEIGHT if p < ANOMALOUS_P else 1.0
 
 
 class Verdict:

@@ -117,6 +117,8 @@ def sentence(
     text = f"{who} {how} the usual for {slot} (expected {band}, got {got})"
     if feature in ("recent_mean", "long_mean"):
         text += ", for several steps"
+    elif feature == "unit_value":
+        text += f", each event worth {'less' if direction == 'down' else 'more'} than usual"
     if novel:
         text += "; outside anything this series has shown"
     return text

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Final
 
-from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict
+from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict, learn_weight
 from linkpulse.online_ml.profile import LN2, SeasonalProfile
 from linkpulse.online_ml.stats import normal_sf, t3_sf
 
@@ -186,9 +186,10 @@ class SeasonalBaseline(ScalarDetector):
             self._vs += a * (min(self._slow**2, 9.0 * self._vs) - self._vs)
             self._vf, self._vs = max(self._vf, 0.5 * iid_f), max(self._vs, 0.5 * iid_s)
             c0, c1, c2 = self._cal
-            c0.learn(p0)
-            c1.learn(p1)
-            c2.learn(p2)
+            w = learn_weight(verdict.p)
+            c0.learn(p0, w)
+            c1.learn(p1, w)
+            c2.learn(p2, w)
         prof.learn(ts, v)
         if v < self._lo:
             self._lo = v

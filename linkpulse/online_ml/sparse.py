@@ -30,7 +30,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Final
 
-from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict, WindowSums
+from linkpulse.online_ml.core import (
+    Calibrator,
+    ScalarDetector,
+    Verdict,
+    WindowSums,
+    learn_weight,
+)
 from linkpulse.online_ml.profile import LN2, SeasonalProfile
 from linkpulse.online_ml.stats import poisson_cdf, poisson_sf
 
@@ -147,9 +153,10 @@ class SparseCounts(ScalarDetector):
             else:
                 lam, p0, p1, p2, _, _, _ = self._tests(ts, v)
             c0, c1, c2 = self._cal
-            c0.learn(p0)
-            c1.learn(p1)
-            c2.learn(p2)
+            w = learn_weight(verdict.p)
+            c0.learn(p0, w)
+            c1.learn(p1, w)
+            c2.learn(p2, w)
             if lam > 0.05:
                 ratio = (v - lam) ** 2 / lam
                 # winsorised, so one burst does not make every later step look normal

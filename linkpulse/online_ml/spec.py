@@ -36,6 +36,7 @@ from linkpulse.online_ml.residual import ForecastResidual
 from linkpulse.online_ml.seasonal import SeasonalBaseline
 from linkpulse.online_ml.silence import SilentStream
 from linkpulse.online_ml.sparse import SparseCounts
+from linkpulse.online_ml.unitvalue import UnitValue
 from linkpulse.operators.metrics import REGISTRY, Registry
 from linkpulse.operators.windows import WindowSpec
 from linkpulse.schemas.outputs import MetricWindow
@@ -47,6 +48,7 @@ DETECTORS: dict[str, type[ScalarDetector]] = {
     SilentStream.name: SilentStream,
     BinomialRate.name: BinomialRate,
     ForecastResidual.name: ForecastResidual,
+    UnitValue.name: UnitValue,
     Ensemble.name: Ensemble,
 }
 COMMON: Final = ("series", "period_s", "grace", "percent")
@@ -55,15 +57,24 @@ KIND_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
     # events per step: counts, Poisson-like, 0 when the window is missing
     "count": {"detector": "ensemble", "members": ["poisson", "silence"]},
     # sums of amounts, 0 when no events: a few log-normal orders a minute are heavy-tailed,
-    # so one big order is no incident (Student-t point tail); drops page through the means
+    # so one big order is no incident (Student-t point tail); what each event is worth is
+    # tested apart on a log scale (unit_value: a drop in amounts with as many orders)
     "sum": {
         "detector": "ensemble",
-        "members": [{"detector": "seasonal", "point_tail": "t3", "clip": 8.0}, "silence"],
+        "members": [
+            {"detector": "seasonal", "point_tail": "t3", "clip": 8.0},
+            "unit_value",
+            "silence",
+        ],
     },
     # sums of a few amounts (one seller's GMV): heavy-tailed, one big order is no incident
     "sparse_sum": {
         "detector": "ensemble",
-        "members": [{"detector": "seasonal", "point_tail": "t3", "clip": 8.0}, "silence"],
+        "members": [
+            {"detector": "seasonal", "point_tail": "t3", "clip": 8.0},
+            "unit_value",
+            "silence",
+        ],
     },
     # distinct counts: like sums, but no single event moves them much
     "distinct": {"detector": "ensemble", "members": ["seasonal", "silence"]},
@@ -228,7 +239,7 @@ def detector_for_window(
     ...     window_end=datetime(2026, 11, 24, 10, 1, tzinfo=UTC), value=3.0)
     >>> det = detector_for_window(w)
     >>> det.series, [m.name for m in det.members]
-    ('acme|gmv||1m', ['seasonal', 'silence'])
+    ('acme|gmv||1m', ['seasonal', 'unit_value', 'silence'])
     """
     spec = load_spec((specs or {}).get(window.metric))
     spec.setdefault("kind", series_kind(window.metric, window.dims_key, registry))
