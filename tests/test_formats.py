@@ -289,3 +289,9 @@ def test_format_loaders_give_each_format_its_values() -> None:
             rows = cur.execute(q).fetchall()
             w = open_writer(fmt, cols)
             assert (w.write(rows) + w.close()).decode().splitlines()[-1] == want
+        cur = conn.cursor()
+        use_format_loaders(cur, "parquet")
+        rows = cur.execute(q).fetchall()
+        w = open_writer("parquet", cols)
+        got = pl.read_parquet(io.BytesIO(w.write(rows) + w.close()))
+        assert got["j"].to_list() == ['{"a": [1]}'] and got["n"].to_list() == [12.5]

@@ -7,8 +7,10 @@ makes the cursor load them as the format needs them instead:
 
 * ``jsonl``/``json``: ``json``/``jsonb`` and ``numeric`` as ``orjson.Fragment``,
   the server's text embedded as it is (exact numbers, no parse);
-* ``csv``: ``json``/``jsonb`` and ``numeric`` as ``str``, the server's text;
-* ``parquet``: unchanged (Arrow wants Python values).
+* ``csv``: ``json``/``jsonb`` and ``numeric`` as ``PgText``, the server's text
+  (the CSV writer writes a ``PgText`` column as it is, with no per-value step);
+* ``parquet``: ``json``/``jsonb`` as text (Parquet keeps JSON as text anyway);
+  the rest unchanged (Arrow wants Python values).
 
 NaN and infinite numerics have no JSON spelling: they load as ``null`` in JSON.
 
@@ -24,7 +26,7 @@ import orjson
 from psycopg.abc import AdaptContext
 from psycopg.adapt import Loader
 
-__all__ = ["use_format_loaders"]
+__all__ = ["PgText", "use_format_loaders"]
 
 _NOT_JSON_NUMBERS = frozenset({b"NaN", b"Infinity", b"-Infinity"})
 
@@ -44,9 +46,15 @@ class _JsonNumberLoader(Loader):
         return _json_number(data)
 
 
+class PgText(str):
+    """A value as the server printed it: ready to be written as text."""
+
+    __slots__ = ()
+
+
 class _TextLoader(Loader):
     def load(self, data: Any) -> Any:
-        return bytes(data).decode()
+        return PgText(bytes(data).decode())
 
 
 def use_format_loaders(context: AdaptContext, fmt: str) -> None:
@@ -59,6 +67,8 @@ def use_format_loaders(context: AdaptContext, fmt: str) -> None:
         ]
     elif fmt == "csv":
         pairs = [("json", _TextLoader), ("jsonb", _TextLoader), ("numeric", _TextLoader)]
+    elif fmt == "parquet":
+        pairs = [("json", _TextLoader), ("jsonb", _TextLoader)]
     else:
         return
     for name, loader in pairs:

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from linkpulse.formats.columns import Column, json_default
+from linkpulse.formats.loaders import PgText
 
 __all__ = ["CsvWriter", "JsonLinesWriter", "JsonWriter", "RowWriter", "unique_names"]
 
@@ -185,6 +186,7 @@ class CsvWriter(RowWriter):
         self._buf = io.StringIO()
         self._csv = csv.writer(self._buf, lineterminator="\n")
         self._conv = [_csv_converter(c) for c in self.columns]
+        self._settled = False
 
     def _take(self) -> bytes:
         text = self._buf.getvalue()
@@ -197,6 +199,13 @@ class CsvWriter(RowWriter):
         return b"# linkpulse " + _dumps(self.header()) + b"\n" + self._take()
 
     def _rows(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        if not self._settled and rows:
+            # columns the cursor loaded as the server's text need no conversion
+            first = rows[0]
+            self._conv = [
+                None if isinstance(v, PgText) else f for f, v in zip(self._conv, first, strict=True)
+            ]
+            self._settled = True
         conv = self._conv
         if any(conv):
             rows = [[v if f is None else f(v) for f, v in zip(conv, r, strict=True)] for r in rows]
