@@ -44,8 +44,18 @@ from tests.api_server import ApiServer
 from tests.event_examples import example
 from tests.fix_access import KEY_SPECS, Keys, wait_streams_ready
 
-# the PagerDuty webhook is authenticated by its signature (tests/test_notifier_api.py)
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/v1/integrations/pagerduty"}
+# The PagerDuty webhook is authenticated by its signature (tests/test_notifier_api.py), an
+# export's download by its signed, expiring link (tests/test_exports*.py); the dashboard's
+# page and assets hold no data (it asks the API with the user's key).
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/integrations/pagerduty",
+    "/v1/exports/{export_id}/download",
+    "/",
+    "/assets/{name:path}",
+}
 # Every protected route and the roles it admits: a change here is a change of policy.
 EXPECTED: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/v1/events"): INGEST_ROLES,
@@ -64,6 +74,35 @@ ALERTING: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/v1/silences"): STREAM_ROLES,
     ("POST", "/v1/silences"): frozenset({Role.ADMIN, Role.OPERATOR}),
     ("DELETE", "/v1/silences/{silence_id}"): frozenset({Role.ADMIN, Role.OPERATOR}),
+}
+# Reading the store: queries for every reader, SQL for those who write it, exports for those
+# who take data away (docs/queries.md, docs/sql-endpoint.md, docs/exports.md).
+SQL_WRITERS = frozenset({Role.ADMIN, Role.OPERATOR, Role.ANALYST, Role.SELLER})
+EXPORTERS = frozenset({Role.ADMIN, Role.ANALYST, Role.SELLER})
+READING: dict[tuple[str, str], frozenset[Role]] = {
+    **{
+        ("GET", path): STREAM_ROLES
+        for path in (
+            "/v1/catalog",
+            "/v1/series",
+            "/v1/kpis",
+            "/v1/top",
+            "/v1/anomalies",
+            "/v1/forecasts",
+            "/v1/me",
+            "/v1/layouts",
+            "/v1/layouts/{layout_id}",
+        )
+    },
+    ("POST", "/v1/query"): STREAM_ROLES,
+    ("POST", "/v1/layouts"): STREAM_ROLES,
+    ("PUT", "/v1/layouts/{layout_id}"): STREAM_ROLES,
+    ("DELETE", "/v1/layouts/{layout_id}"): STREAM_ROLES,
+    ("POST", "/v1/sql"): SQL_WRITERS,
+    ("POST", "/v1/sql/explain"): SQL_WRITERS,
+    ("POST", "/v1/exports"): EXPORTERS,
+    ("GET", "/v1/exports/{export_id}"): EXPORTERS,
+    ("GET", "/v1/exports/{export_id}/events"): EXPORTERS,
 }
 ROLE_KEYS = ["admin", "operator", "analyst", "viewer", "ingest", "seller"]
 
@@ -95,7 +134,7 @@ def test_every_route_declares_its_roles_or_is_public() -> None:
                 continue
             assert len(needs) == 1, f"{method} {route.path} declares no role (Need)"
             seen[(method, route.path)] = needs[0].roles
-    assert seen == {**EXPECTED, **ALERTING}
+    assert seen == {**EXPECTED, **ALERTING, **READING}
 
 
 def test_principal_scope_rules() -> None:
@@ -255,6 +294,24 @@ async def test_authorization_matrix_every_route_every_role(
                 assert status in (200, 207), f"{name} on {method} {path}: {status}"
             else:
                 assert status == 403, f"{name} on {method} {path}: {status}"
+
+
+@pytest.mark.integration
+async def test_authorization_matrix_of_the_reading_routes(
+    http: httpx.AsyncClient, keys: Keys
+) -> None:
+    """The role check comes before anything else: a refused role gets 403 whatever it sends,
+    an admitted one an answer about its request (200, or 404/422 for the made-up ids and
+    bodies used here), never 401 or 403."""
+    for (method, path), allowed in READING.items():
+        url = path.replace("{layout_id}", "0").replace("{export_id}", "0")
+        for name in ROLE_KEYS:
+            role = KEY_SPECS[name][0]
+            status = await _status(http, method, url, keys.headers(name))
+            if role in allowed:
+                assert status not in (401, 403) and status < 500, f"{name} {method} {url}: {status}"
+            else:
+                assert status == 403, f"{name} on {method} {url}: {status}"
 
 
 def _assert_problem(resp: httpx.Response, status: int, *words: str) -> dict[str, Any]:
