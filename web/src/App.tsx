@@ -249,6 +249,15 @@ function Operations({ api, me, layout, onSignOut }: { api: Api; me: Me; layout: 
     const end = Math.ceil(Date.now() / 60_000) * 60_000 + 60_000;
     const range = { start: isoUtc(end - HISTORY_MS), end: isoUtc(end) };
     const metrics = chartKey ? chartKey.split(",") : [];
+    // a request lost to an outage (the API restarting) is asked again once it is back;
+    // a refusal (4xx) is not: it would be refused again
+    let retry: ReturnType<typeof setTimeout> | null = null;
+    let done = false;
+    const failed = (what: string) => (e: unknown) => {
+      console.warn(`${what}:`, e);
+      const transient = !(e instanceof ApiError) || e.status === 0 || e.status === 429 || e.status >= 500;
+      if (transient && !done && retry === null) retry = setTimeout(() => setReload((n) => n + 1), 3000);
+    };
     for (const m of metrics) {
       if (!LIVE_ONLY.has(m))
         api
@@ -257,14 +266,14 @@ function Operations({ api, me, layout, onSignOut }: { api: Api; me: Me; layout: 
             live.applyHistory(m, r.points ?? []);
             live.changed();
           })
-          .catch((e: unknown) => console.warn(`history of ${m}:`, e));
+          .catch(failed(`history of ${m}`));
       api
         .get<{ items: AnomalyScore[] }>("/v1/anomalies", { metric: m, ...range, ...params, limit: 1000 })
         .then((r) => {
           for (const a of r.items ?? []) live.applyAnomaly(a);
           live.changed();
         })
-        .catch((e: unknown) => console.warn(`anomalies of ${m}:`, e));
+        .catch(failed(`anomalies of ${m}`));
       api
         .get<{ items: (ForecastPt & { series: string })[] }>("/v1/forecasts", {
           metric: m,
@@ -276,7 +285,7 @@ function Operations({ api, me, layout, onSignOut }: { api: Api; me: Me; layout: 
           const mine = (r.items ?? []).filter((f) => parseSeries(f.series).dims === scope.dims);
           setForecasts((prev) => ({ ...prev, [m]: mine }));
         })
-        .catch((e: unknown) => console.warn(`forecasts of ${m}:`, e));
+        .catch(failed(`forecasts of ${m}`));
     }
     api
       .get<AlertChange[]>("/v1/alerts", { limit: 100, tenant: params.tenant })
@@ -284,7 +293,11 @@ function Operations({ api, me, layout, onSignOut }: { api: Api; me: Me; layout: 
         for (const a of list) live.applyAlert(a);
         live.changed();
       })
-      .catch((e: unknown) => console.warn("alerts:", e));
+      .catch(failed("alerts"));
+    return () => {
+      done = true;
+      if (retry !== null) clearTimeout(retry);
+    };
   }, [api, live, chartKey, reload, params, scope.dims]);
 
   const metricsState = states.metrics;
