@@ -157,3 +157,37 @@ def test_export_then_erase_leaves_no_row_of_the_person_and_exact_rollups(lane_ds
             ).fetchone() == (0,)
         again = erase_store(conn, who)  # an unknown (or erased) person: zero, no error
         assert (again.events, again.dead_letters, again.buckets) == (0, 0, 0)
+
+
+def test_erase_touches_the_query_cache_watermarks_of_the_erased_minutes(
+    pg_dsn: str, redis_prefix: str
+) -> None:
+    import redis
+
+    from linkpulse.query.watermarks import WatermarkTarget, touched, version_key
+    from tests.fix_redis import REDIS_URL
+
+    migrate(pg_dsn)
+    events = stored_events()
+    mine = [ev for ev in events if ev.event_id in victim_ids(events)]
+    with EventWriter(pg_dsn) as w:
+        w.write_events(events)
+    bumper = WatermarkTarget(REDIS_URL, redis_prefix).bumper()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        erase_store(conn, person_of(VICTIM, None, SETTINGS), watermarks=bumper)
+    assert bumper.flush()
+    bumper.close()
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        erased = {
+            version_key(redis_prefix, "events", ev.tenant, b)
+            for ev in mine
+            for b in touched(ev.event_time, None, 3600)
+        }
+        assert all(r.exists(k) for k in erased), sorted(k for k in erased if not r.exists(k))
+        others = set(r.scan_iter(f"{redis_prefix}wm:events:*")) - {k.encode() for k in erased}
+        assert others == set()  # nobody else's minutes are forgotten
+    finally:
+        for k in r.scan_iter(f"{redis_prefix}*"):
+            r.delete(k)
+        r.close()

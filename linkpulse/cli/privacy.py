@@ -118,8 +118,11 @@ def erase(
     """
     from linkpulse.privacy.erase import erase_store
     from linkpulse.privacy.streams import erase_streams
+    from linkpulse.query.watermarks import WatermarkTarget
 
     settings = get_settings()
+    # the query cache forgets answers that counted the person (docs/caching.md)
+    watermarks = WatermarkTarget.from_settings(settings).bumper()
     who = _person(user, tenant, settings)
     verb = "would delete" if dry_run else "deleted"
     problems: list[str] = []
@@ -132,10 +135,13 @@ def erase(
                     who,
                     dry_run=dry_run,
                     step=lambda text: progress.update(task, description=text),
+                    watermarks=watermarks,
                 )
             except (LinkpulseError, psycopg.Error) as e:
                 msg = f"privacy erase: the store failed: {e}"
                 raise _fail(msg, 1) from e
+            finally:
+                watermarks.close()  # what was touched is sent before the command ends
         progress.remove_task(task)
         streams = None
         if not skip_streams:

@@ -30,6 +30,7 @@ from psycopg import sql
 
 from linkpulse.errors import StoreError
 from linkpulse.privacy.person import Person
+from linkpulse.query.watermarks import EVENT_SOURCES, WatermarkBumper
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.migrate import stored_tier
 from linkpulse.store.rollups import BUCKET_ORIGIN, ROLLUP_SPECS, refresh
@@ -75,9 +76,18 @@ class StoreErasure:
 
 
 def erase_store(
-    conn: psycopg.Connection, who: Person, *, dry_run: bool = False, step: Step | None = None
+    conn: psycopg.Connection,
+    who: Person,
+    *,
+    dry_run: bool = False,
+    step: Step | None = None,
+    watermarks: WatermarkBumper | None = None,
 ) -> StoreErasure:
-    """Delete ``who``'s events and dead letters, recompute the rollups (``conn``: autocommit)."""
+    """Delete ``who``'s events and dead letters, recompute the rollups (``conn``: autocommit).
+
+    ``watermarks``: the query cache's (``linkpulse.query.watermarks``); the minutes the
+    deleted events were in are touched, so no cached answer still counts them.
+    """
     say = step or (lambda _: None)
     tier = stored_tier(conn)
     if tier is None:
@@ -108,6 +118,9 @@ def erase_store(
         ).fetchone()
         assert summary is not None
         report.events, report.first, report.last, report.tenants, report.buckets = summary
+        erased_minutes = conn.execute(
+            "SELECT DISTINCT tenant, date_trunc('minute', event_time) FROM lp_erase_rows"
+        ).fetchall()
         say("finding the dead letters that mention them")
         letters = [
             (i, at)
@@ -128,9 +141,13 @@ def erase_store(
                 "(SELECT * FROM unnest(%s::int8[], %s::timestamptz[]))",
                 ([i for i, _ in letters], [at for _, at in letters]),
             )
+    if watermarks is not None and erased_minutes:
+        full = tier is Tier.FULL_TIMESCALE  # real-time aggregates: the rollups change at once
+        sources = EVENT_SOURCES if full else ("events",)
+        watermarks.touch_rows(sources, erased_minutes, tenant=0, at=1)
     if report.events:
         say(f"recomputing the rollups over {report.buckets} touched minutes")
-        _refresh_rollups(conn, tier, report)
+        _refresh_rollups(conn, tier, report, watermarks)
     return report
 
 
@@ -153,9 +170,15 @@ def _delete_events(conn: psycopg.Connection, args: dict[str, object], chunks: li
     return True
 
 
-def _refresh_rollups(conn: psycopg.Connection, tier: Tier, report: StoreErasure) -> None:
+def _refresh_rollups(
+    conn: psycopg.Connection,
+    tier: Tier,
+    report: StoreErasure,
+    watermarks: WatermarkBumper | None,
+) -> None:
     if tier is not Tier.FULL_TIMESCALE:
-        refresh(conn, tier)  # the marked buckets, recomputed from the remaining events
+        # the marked buckets, recomputed from the remaining events (and touched)
+        refresh(conn, tier, watermarks=watermarks)
         return
     for spec in ROLLUP_SPECS:
         # whole buckets around the deleted events (refresh_continuous_aggregate
