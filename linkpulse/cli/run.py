@@ -54,7 +54,11 @@ def dataflow(
     raw_events: bool = typer.Option(
         True, "--raw-events/--no-raw-events", help="Store raw events (off: metrics only)."
     ),
-    redis_prefix: str = typer.Option("linkpulse:", help="Prefix of the Redis latest-value keys."),
+    redis_prefix: str | None = typer.Option(
+        None,
+        help="Prefix of the Redis keys (latest values, query-cache watermarks); default "
+        "LINKPULSE_REDIS_KEY_PREFIX, which the API reads too: keep them equal.",
+    ),
     scoring: bool = typer.Option(
         True, "--scoring/--no-scoring", help="Score every final 1m window (anomaly detection)."
     ),
@@ -113,7 +117,7 @@ def dataflow(
             raw_events=raw_events,
             start_seq=start_seq,
             stop_at_seq=stop_at_seq,
-            redis_key_prefix=redis_prefix,
+            redis_key_prefix=settings.redis_key_prefix if redis_prefix is None else redis_prefix,
             scoring=scoring_config(detectors, idle_expiry) if scoring else None,
             # a bad rule file stops the start here, naming file, line and field
             alerting=AlertingConfig(tuple(alert_rules)) if alerts and alert_rules else None,
