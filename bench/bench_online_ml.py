@@ -21,11 +21,14 @@ import pickle
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from linkpulse.online_ml import build_detector
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)
+Step = tuple[datetime, float | None, float]
 
 
 class RollingZ:
@@ -58,7 +61,7 @@ class RollingZ:
         return z
 
 
-def series(steps: int, seed: int) -> list[tuple[datetime, float | None, float]]:
+def series(steps: int, seed: int) -> list[Step]:
     rng = random.Random(seed)
     out = []
     for i in range(steps):
@@ -75,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     data = series(args.steps, seed=1)
     ratio_data = [(t, (x or 0.0) / 30.0 if x is not None else None, n) for t, x, n in data]
-    kinds = {
+    kinds: dict[str, tuple[Callable[[], Any], list[Step]]] = {
         "count": (lambda: build_detector({"kind": "count"}, series="a|orders||1m"), data),
         "sum": (lambda: build_detector({"kind": "sum"}, series="a|gmv||1m"), data),
         "ratio": (
