@@ -24,6 +24,7 @@ import psycopg
 
 from linkpulse.errors import LinkpulseError
 from linkpulse.formats import Column, columns_from_description, open_writer
+from linkpulse.formats.loaders import use_format_loaders
 
 __all__ = [
     "BATCH_ROWS",
@@ -133,6 +134,7 @@ async def stream_export(
     rows = nbytes = 0
     try:
         async with conn.cursor(name="lp_export") as cur:
+            use_format_loaders(cur, fmt)  # JSON and numeric as the format wants them, exact
             await cur.execute(statement, params)
             columns = columns_from_description(cur.description or [], conn.adapters.types)
             writer = open_writer(fmt, columns, watermark=watermark)
