@@ -375,7 +375,7 @@ function Operations({ api, me, layout, onSignOut }: { api: Api; me: Me; layout: 
       ? `${String(w.options?.metric ?? "gmv")} (${CHART_WINDOW})`
       : { kpis: "Key figures", alerts: "Alerts", top_sellers: "Top sellers", heatmap: "Activity by hour and day" }[w.kind];
   const frame = (w: Widget) => (
-    <section className="widget" data-testid={`widget-${w.id}`} aria-labelledby={`wt-${w.id}`}>
+    <section className="widget" aria-labelledby={`wt-${w.id}`}>
       <header className="widget-head">
         <span className="widget-drag-handle" title="Drag to move" aria-hidden="true">
           ⠿
@@ -481,7 +481,15 @@ function Operations({ api, me, layout, onSignOut }: { api: Api; me: Me; layout: 
         </p>
       ) : null}
       <main id="widgets" ref={containerRef} className="grid-host" tabIndex={-1}>
-        {mounted && phone ? <div className="stack">{stacked(widgets).map((w) => <div key={w.id}>{frame(w)}</div>)}</div> : null}
+        {mounted && phone ? (
+          <div className="stack">
+            {stacked(widgets).map((w) => (
+              <div key={w.id} data-testid={`widget-${w.id}`}>
+                {frame(w)}
+              </div>
+            ))}
+          </div>
+        ) : null}
         {mounted && !phone ? (
           <ReactGridLayout
             width={width}
@@ -491,9 +499,17 @@ function Operations({ api, me, layout, onSignOut }: { api: Api; me: Me; layout: 
             resizeConfig={{ enabled: true, handles: ["se"] }}
             onDragStop={commit}
             onResizeStop={commit}
+            // the grid re-packs widgets after an add or a remove: an own layout is saved as
+            // shown, so a reload shows the same; a template is saved only when the user moves
+            onLayoutChange={(grid) => {
+              if (layout.doc?.mine) commit(grid);
+            }}
           >
+            {/* the grid item holds the widget, its drag handle and its resize handle */}
             {widgets.map((w) => (
-              <div key={w.id}>{frame(w)}</div>
+              <div key={w.id} data-testid={`widget-${w.id}`}>
+                {frame(w)}
+              </div>
             ))}
           </ReactGridLayout>
         ) : null}

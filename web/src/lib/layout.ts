@@ -31,7 +31,20 @@ export interface GridItem {
   y: number;
   w: number;
   h: number;
+  minW?: number;
+  minH?: number;
+  maxH?: number;
 }
+
+/** The server's limits (linkpulse/layouts/document.py), so a resize never makes a layout it refuses. */
+export const MAX_H = 40;
+const MIN_SIZE: Record<WidgetKind, [number, number]> = {
+  kpis: [3, 3],
+  chart: [3, 5],
+  alerts: [3, 4],
+  top_sellers: [3, 4],
+  heatmap: [4, 5],
+};
 
 /** Metrics a chart can show (the live metrics of docs/metrics.md). */
 export const CHART_METRICS = [
@@ -87,7 +100,10 @@ export function newWidget(choice: string, widgets: Widget[]): Widget {
 }
 
 export function toGrid(widgets: Widget[]): GridItem[] {
-  return widgets.map((w) => ({ i: w.id, x: w.x, y: w.y, w: w.w, h: w.h }));
+  return widgets.map((w) => {
+    const [minW, minH] = MIN_SIZE[w.kind] ?? [1, 1];
+    return { i: w.id, x: w.x, y: w.y, w: w.w, h: w.h, minW, minH, maxH: MAX_H };
+  });
 }
 
 /** Widgets with the grid's new positions; null when nothing moved (nothing to save). */

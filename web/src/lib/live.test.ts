@@ -118,6 +118,9 @@ describe("layouts", () => {
     { id: "kpis", kind: "kpis", x: 0, y: 0, w: 12, h: 4 },
     { id: "chart-gmv", kind: "chart", x: 6, y: 4, w: 6, h: 9, options: { metric: "gmv" } },
   ];
+  it("gives the grid the server's size limits", () => {
+    expect(toGrid(ws)[1]).toEqual({ i: "chart-gmv", x: 6, y: 4, w: 6, h: 9, minW: 3, minH: 5, maxH: 40 });
+  });
   it("reads moves off the grid, and nothing when nothing moved", () => {
     expect(fromGrid(ws, toGrid(ws))).toBeNull();
     const moved = fromGrid(ws, [{ i: "chart-gmv", x: 0, y: 4, w: 12, h: 10 }]);
