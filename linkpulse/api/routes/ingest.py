@@ -9,6 +9,8 @@ body or empty batch, 503 NATS unavailable (retry: event ids make it safe).
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -93,8 +95,13 @@ async def ingest_events(
         await publisher.dead_letter_many(letters if privacy is None else privacy.letters(letters))
 
     metrics.batch_size.observe(len(items))
-    for (_, ev), pub in zip(checked.valid, published, strict=True):
-        metrics.count_event(ev.type, "duplicate" if pub.duplicate else "accepted")
+    # One counter update per (type, outcome), not per event: labels() is a locked lookup.
+    outcomes = Counter(
+        (ev.type, "duplicate" if pub.duplicate else "accepted")
+        for (_, ev), pub in zip(checked.valid, published, strict=True)
+    )
+    for (event_type, outcome), n in outcomes.items():
+        metrics.count_event(event_type, outcome, n)
     for r in checked.rejected:
         metrics.count_rejected(r.event_type, r.field)
 
