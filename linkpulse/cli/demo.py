@@ -6,13 +6,16 @@ a viewer key, a live panel shows what arrives, and the simulator keeps the
 pipeline fed until Ctrl-C (or for ``--duration``); then a summary checks that
 every published event was stored exactly once. This is the README's main job.
 
-The commands it starts are built by :func:`dataflow_args` and
-:func:`api_args`, which the browser tests use too (the same pipeline).
+The commands it starts are built by :func:`dataflow_args`, :func:`api_args`
+and :func:`maintain_args` (the rollup refresh the query API reads), which the
+browser tests use too (the same pipeline).
 
 >>> dataflow_args(Path("st"), "lp:", rules=[Path("deploy/rules")])[:4]
 ['run', 'dataflow', '--recovery-dir', 'st/recovery']
 >>> api_args(8123), api_env("lp:")["LINKPULSE_AUTH"]
 (['serve', '--port', '8123'], 'on')
+>>> maintain_args(), maintain_env("lp:")["LINKPULSE_STORE_MAINTAIN_INTERVAL_S"]
+(['db', 'maintain', '--loop'], '10')
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ console = Console() if sys.stdout.isatty() else Console(width=240, force_termina
 PLAIN_PROGRESS_EVERY_S = 5.0
 CATCH_UP_S = 120.0  # how long the flow may take to store what was published
 CLOSE_TIMEOUT_S = 150.0  # how long to wait for the last minute's windows to close
+MAINTAIN_EVERY_S = 10.0  # rollup refresh interval of the demo's `db maintain --loop`
 DEFAULT_RULES = Path("deploy/rules")  # the example alert rules, when run from a checkout
 
 
@@ -148,6 +152,21 @@ def api_args(port: int) -> list[str]:
 def api_env(redis_key_prefix: str) -> dict[str, str]:
     """The API's environment as deployed: auth on, the dataflow's Redis keys for snapshots."""
     return {"LINKPULSE_REDIS_KEY_PREFIX": redis_key_prefix, "LINKPULSE_AUTH": "on"}
+
+
+def maintain_args() -> list[str]:
+    """``linkpulse`` arguments of the store's maintenance loop (rollups, partitions)."""
+    return ["db", "maintain", "--loop"]
+
+
+def maintain_env(redis_key_prefix: str, interval_s: float = MAINTAIN_EVERY_S) -> dict[str, str]:
+    """Refresh the rollups every few seconds (the dashboard's tiles and history read them),
+    bumping the query cache's watermarks under the API's Redis prefix (else it keeps serving
+    what it computed before the refresh)."""
+    return {
+        "LINKPULSE_STORE_MAINTAIN_INTERVAL_S": f"{interval_s:g}",
+        "LINKPULSE_REDIS_KEY_PREFIX": redis_key_prefix,
+    }
 
 
 def dashboard_url(api_url: str, viewer_key: str) -> str:
@@ -306,6 +325,8 @@ async def _run(settings: Settings, run: DemoRun) -> int:
         # dataflow's Redis keys for stream snapshots and serves the dashboard.
         keys = await demo_keys(pg)
         procs.append(await _spawn("api", logs, *api_args(api_port), env=api_env(prefix)))
+        # The rollups the query API (KPI tiles, history) reads are refreshed by this loop.
+        procs.append(await _spawn("maintain", logs, *maintain_args(), env=maintain_env(prefix)))
         watch = StreamWatch(api_url, keys["admin"])
         watch_task = asyncio.create_task(watch.run())
         console.print(
@@ -323,7 +344,7 @@ async def _run(settings: Settings, run: DemoRun) -> int:
         with live:
 
             async def refresh() -> Counts:
-                for proc, name in zip(procs, ("dataflow", "api"), strict=True):
+                for proc, name in zip(procs, ("dataflow", "api", "maintain"), strict=True):
                     if proc.returncode is not None:
                         msg = f"{name} exited ({proc.returncode}); see {logs}/{name}.log"
                         raise DemoError(msg)
