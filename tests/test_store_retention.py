@@ -187,3 +187,24 @@ def test_maintain_compresses_each_chunk_once_and_none_it_drops(lane_dsn: str) ->
     assert not set(first.compressed) & set(first.retention.dropped)
     assert all(done for _, done, end in chunks if end <= now - timedelta(days=3))
     assert min(end for _, _, end in chunks) > now - timedelta(days=10)
+
+
+def test_archived_tables_get_no_retention_policy_on_the_full_tier() -> None:
+    from linkpulse.store.capabilities import Tier
+    from linkpulse.store.tiers import policy_statements
+
+    def adds(archived: tuple[str, ...]) -> list[str]:
+        stmts = policy_statements(
+            Tier.FULL_TIMESCALE,
+            raw_days=90,
+            rollup_days=730,
+            compress_after_days=7,
+            archived=archived,
+        )
+        return [repr(s) for s in stmts if "add_retention_policy" in repr(s)]
+
+    every = adds(())
+    kept = adds(("events",))
+    assert any("'events'" in s for s in every)
+    assert not any("'events'" in s for s in kept)  # maintain drops it once archived
+    assert len(kept) == len(every) - 1  # the others keep theirs

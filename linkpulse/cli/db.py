@@ -46,6 +46,7 @@ def migrate_cmd(
 ) -> None:
     """Apply pending migrations (safe to run from several processes at once)."""
     from linkpulse.store import roles
+    from linkpulse.store.archive import archiver_of
     from linkpulse.store.migrate import migrate
     from linkpulse.store.tiers import apply_policies
 
@@ -63,6 +64,8 @@ def migrate_cmd(
                     raw_days=s.store_raw_retention_days,
                     rollup_days=s.store_rollup_retention_days,
                     compress_after_days=s.store_compress_after_days,
+                    # archived tables: chunks dropped by `db maintain` once archived, not by policy
+                    archived=archiver.tables if (archiver := archiver_of(s)) else (),
                 )
             if with_roles:
                 roles.setup(conn, analyst_role=s.analyst_role, sql_login=s.analyst_sql_login)

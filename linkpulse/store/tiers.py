@@ -14,6 +14,7 @@ setting takes effect. The Apache-only and plain tiers have no policies:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -30,9 +31,18 @@ _END_OFFSET = {"events_1m": "1 minute", "events_1h": "1 hour", "events_1d": "1 d
 
 
 def policy_statements(
-    tier: Tier, *, raw_days: int, rollup_days: int, compress_after_days: int
+    tier: Tier,
+    *,
+    raw_days: int,
+    rollup_days: int,
+    compress_after_days: int,
+    archived: Iterable[str] = (),
 ) -> list[sql.SQL | sql.Composed]:
-    """The statements that (re)create the full tier's policies; none on lower tiers."""
+    """The statements that (re)create the full tier's policies; none on lower tiers.
+
+    ``archived`` tables get no retention policy: ``db maintain`` archives their
+    chunks and drops each only once its archive checks out (linkpulse.store.archive).
+    """
     if tier is not Tier.FULL_TIMESCALE:
         return []
     raw, rollup = timedelta(days=raw_days), timedelta(days=rollup_days)
@@ -67,6 +77,7 @@ def policy_statements(
             sql.Literal(timedelta(days=compress_after_days))
         )
     )
+    kept_by_archive = set(archived)
     for table in PARTITIONED:
         horizon = raw if HORIZON_OF[table] == "raw" else rollup
         out.append(
@@ -74,6 +85,8 @@ def policy_statements(
                 sql.Literal(table)
             )
         )
+        if table in kept_by_archive:
+            continue
         out.append(
             sql.SQL("SELECT add_retention_policy({}, drop_after => {})").format(
                 sql.Literal(table), sql.Literal(horizon)
@@ -89,10 +102,15 @@ def apply_policies(
     raw_days: int,
     rollup_days: int,
     compress_after_days: int,
+    archived: Iterable[str] = (),
 ) -> int:
     """Create or replace the policies of ``tier``; return how many statements ran."""
     stmts = policy_statements(
-        tier, raw_days=raw_days, rollup_days=rollup_days, compress_after_days=compress_after_days
+        tier,
+        raw_days=raw_days,
+        rollup_days=rollup_days,
+        compress_after_days=compress_after_days,
+        archived=archived,
     )
     with conn.transaction():
         for stmt in stmts:
