@@ -140,8 +140,13 @@ function useStreams(api: Api, live: LiveData, params: Params, onReset: () => voi
         onUpdate: (event, data) => {
           if (handle(event, data)) bump();
         },
+        // `since`: when the stream went live, or stopped being live (retries don't move it)
         onState: (state, detail) =>
-          setStates((prev) => ({ ...prev, [kind]: { state, detail, since: Date.now() } })),
+          setStates((prev) => {
+            const was = prev[kind];
+            const since = (was.state === "live") === (state === "live") ? was.since : Date.now();
+            return { ...prev, [kind]: { state, detail, since } };
+          }),
       });
     const streams = [
       make("metrics", { window: CHART_WINDOW }, (_e, d) => live.applyWindow(d as MetricWindow)),
