@@ -229,6 +229,9 @@ BAD_INPUT: list[tuple[dict[str, Any], int, str]] = [
     ({"format": "csv", "sql": "SELECT * FROM events"}, 400, "sql"),  # base table: not granted
     ({"format": "csv", "sql": "SELECT 1; SELECT 2"}, 400, "sql"),
     ({"format": "csv", "sql": "DELETE FROM analyst.events"}, 400, "sql"),
+    # volatile: the SQL endpoint's catalogue fence holds for exports too
+    ({"format": "csv", "sql": "SELECT pg_advisory_lock(%s)", "params": [1]}, 400, "sql"),
+    ({"format": "csv", "sql": "SELECT set_config('linkpulse.tenant', 'beta', true)"}, 400, "sql"),
     ({"format": "csv", "sql": "SELECT %s, %s", "params": [1]}, 400, "params"),
     ({"format": "csv", "sql": "SELECT 1", "tenant": "beta"}, 403, "tenant"),
     ({"format": "csv"}, 422, "body"),

@@ -25,6 +25,9 @@ import psycopg
 from linkpulse.errors import LinkpulseError
 from linkpulse.formats import Column, columns_from_description, open_writer
 from linkpulse.formats.loaders import use_format_loaders
+from linkpulse.sqlapi.catalogue import refuse_volatile
+from linkpulse.sqlapi.check import SqlRefused, dollar_placeholders
+from linkpulse.sqlapi.check import check_statement as check_select
 
 __all__ = [
     "BATCH_ROWS",
@@ -104,9 +107,20 @@ async def check_statement(
 ) -> int | None:
     """Plan ``statement`` without running it; return the row estimate or raise ExportInputError.
 
-    ``conn`` is in an analyst session. Binary results force the extended
-    protocol, which refuses more than one statement, as the export's cursor does.
+    ``conn`` is in an analyst session. First the SQL endpoint's fences (one
+    SELECT by PostgreSQL's parse tree, no volatile function: linkpulse.sqlapi);
+    then the plan. Binary results force the extended protocol, which refuses
+    more than one statement, as the export's cursor does.
     """
+    as_parsed = dollar_placeholders(statement)
+    try:
+        checked = check_select(as_parsed)
+        await refuse_volatile(conn, checked.functions)
+    except SqlRefused as e:
+        where = ""  # positions of the parsed text are the statement's unless placeholders moved
+        if e.position is not None and as_parsed == statement:
+            where = f" (at character {e.position} of the statement)"
+        raise ExportInputError(field="sql", detail=f"{e.problem}{where}") from e
     try:
         async with conn.transaction():  # a savepoint: a failure leaves the session usable
             await conn.execute(f"SET LOCAL statement_timeout = {CHECK_TIMEOUT_MS}")

@@ -30,6 +30,7 @@ sql-multiple-statements 11
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
@@ -47,6 +48,7 @@ __all__ = [
     "SqlRefused",
     "check_statement",
     "char_position",
+    "dollar_placeholders",
 ]
 
 # Functions refused by name whatever the catalogue says: they change settings or
@@ -138,6 +140,29 @@ class CheckedStatement:
     tree: ast.SelectStmt
     params: int  # the highest $n referenced (0: none)
     functions: frozenset[str]  # names called, lowercase and unqualified
+
+
+_PYFORMAT = re.compile(r"%%|%\((\w+)\)s|%s")
+
+
+def dollar_placeholders(text: str) -> str:
+    """``text`` with psycopg's ``%s`` / ``%(name)s`` placeholders as PostgreSQL's ``$n``.
+
+    For checking a statement written for psycopg (the exports take those) with
+    the parser, which knows only ``$n``; ``%%`` is a literal ``%``.
+
+    >>> dollar_placeholders("SELECT %s, %(a)s, %(b)s, %(a)s, '100%%'")
+    "SELECT $1, $2, $3, $2, '100%'"
+    """
+    names: dict[str, int] = {}
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "%%":
+            return "%"
+        key = m.group(1) or f"#{len(names)}"
+        return f"${names.setdefault(key, len(names) + 1)}"
+
+    return _PYFORMAT.sub(one, text)
 
 
 def char_position(text: str, offset: int) -> int | None:

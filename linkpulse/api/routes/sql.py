@@ -46,7 +46,8 @@ from linkpulse.formats import FORMATS, RowWriter, columns_from_description, medi
 from linkpulse.formats import open_writer as open_format_writer
 from linkpulse.formats.loaders import use_format_loaders
 from linkpulse.sqlapi.advice import advise, plan_nodes, scanned_relations
-from linkpulse.sqlapi.check import VOLATILE_ALLOWED, CheckedStatement, SqlRefused, check_statement
+from linkpulse.sqlapi.catalogue import refuse_volatile
+from linkpulse.sqlapi.check import CheckedStatement, SqlRefused, check_statement
 from linkpulse.sqlapi.errors import SqlProblem, refused_problem, sql_problem
 from linkpulse.sqlapi.limits import SQL_ROLE_NAMES, SqlLimit, limit_for, parse_sql_limits
 
@@ -62,10 +63,6 @@ _DECLARE = f"DECLARE {CURSOR} NO SCROLL CURSOR FOR "
 _EXPLAIN = "EXPLAIN (FORMAT JSON) "
 _EXPLAIN_TIMEOUT_S = 10.0  # planning only: no statement takes longer to plan
 _NO_NUL = r"^[^\x00]*$"
-_VOLATILE = (
-    "SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p "
-    "WHERE p.proname = ANY(%s) AND p.provolatile = 'v' ORDER BY 1"
-)
 _RELATION_ROWS = (
     "SELECT c.relname, greatest(c.reltuples, 0)::float8 FROM pg_catalog.pg_class c "
     "WHERE c.relname = ANY(%s)"
@@ -189,17 +186,7 @@ async def _prepare(
         f"SET LOCAL idle_in_transaction_session_timeout = {max(1, int(idle_s * 1000))}; "
         "SET LOCAL search_path = analyst"
     )
-    names = sorted(stmt.functions - VOLATILE_ALLOWED)
-    if names:
-        cur = await conn.execute(_VOLATILE, [names])
-        volatile = [str(r[0]) for r in await cur.fetchall()]
-        if volatile:
-            detail = (
-                f"volatile function(s) {', '.join(volatile)}() may write or change the "
-                "session: not allowed here (stable and immutable functions are)"
-            )
-            slug = "sql-function-not-allowed"
-            raise SqlRefused(slug, detail)
+    await refuse_volatile(conn, stmt.functions)
 
 
 async def _fetch(
