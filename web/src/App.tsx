@@ -202,7 +202,10 @@ function useLayout(api: Api) {
               : await api.post<LayoutDoc>("/v1/layouts", body);
           docRef.current = out;
           // keep the widgets on screen (a later change may be on its way), take the saved identity
-          setDoc((d) => (d ? { ...d, id: out.id, name: out.name, owner: out.owner, mine: true, template: false } : out));
+          // (and its sharing: a copy of a template, which every key sees, starts unshared)
+          setDoc((d) =>
+            d ? { ...d, id: out.id, name: out.name, owner: out.owner, shared: out.shared, mine: true, template: false } : out,
+          );
           setItems((list) => [out, ...list.filter((l) => l.id !== out.id)]);
           setError(null);
         } catch (e) {
