@@ -7,8 +7,10 @@ is the stream itself, transport-neutral: an optional ``reset``, then a
 ``snapshot`` or the replay of what was missed, then live updates; it re-checks
 the credentials every ``LINKPULSE_STREAM_REVALIDATE_S`` and ends with
 ``revoked`` or ``overflow`` when it must; it unregisters the client and audits
-the stream's end. ``routes/stream.py`` turns its ``Message`` s into SSE frames
-or WebSocket text messages (see docs/streams.md).
+the stream's end; ``batches`` is the same stream in lists of what was ready
+together (the SSE route writes each list at once). ``routes/stream.py`` turns
+its ``Message`` s into SSE frames or WebSocket text messages (see
+docs/streams.md).
 
 >>> Message("reset", None, b'{"reason":"x"}').json()
 b'{"event":"reset","id":null,"data":{"reason":"x"}}'
@@ -19,6 +21,7 @@ b'{"event":"metric","id":"metrics-7","data":{}}'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ from linkpulse.api.stream_filter import (
     scoped_filter,
 )
 
-__all__ = ["Message", "Session", "messages", "open_session"]
+__all__ = ["Message", "Session", "batches", "messages", "open_session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,25 +173,31 @@ def _update(kind: str, u: Update) -> Message:
     return Message(EVENT_NAMES[kind], format_event_id(kind, u.seq), u.data, u)
 
 
-async def messages(s: Session) -> AsyncGenerator[Message, None]:
-    """Everything the stream sends, in order; ends the session (unregister, audit)."""
+async def batches(s: Session) -> AsyncGenerator[list[Message], None]:
+    """Everything the stream sends, in order, in lists of what was ready together;
+    ends the session (unregister, audit).
+
+    A client that fell behind gets every queued update in one list, so its
+    transport sends them in one write: the cost per update falls as the load
+    rises, instead of each update paying a send of its own.
+    """
     hub, client, plan = s.hub, s.client, s.plan
-    kind = client.filter.kind
+    kind, queue = client.filter.kind, client.queue
     settings = hub.settings
     sent, outcome, last = 0, "closed", plan.position
     try:
         if plan.reset_reason is not None:
-            yield Message("reset", None, _json({"reason": plan.reset_reason}))
+            yield [Message("reset", None, _json({"reason": plan.reset_reason}))]
         if plan.replay_from is None:
             items = await hub.snapshot(client.filter)
             position = format_event_id(kind, plan.position)
             data = b'{"position":"%s","items":[%s]}' % (position.encode(), b",".join(items))
-            yield Message("snapshot", position, data)
+            yield [Message("snapshot", position, data)]
         else:
             async for u in hub.replay(client.filter, plan.replay_from):
                 last = max(last, u.seq)
                 sent += 1
-                yield _update(kind, u)
+                yield [_update(kind, u)]
         next_check = time.monotonic() + settings.stream_revalidate_s
         while True:
             timeout = next_check - time.monotonic()
@@ -196,31 +205,43 @@ async def messages(s: Session) -> AsyncGenerator[Message, None]:
                 reason = await _still_valid(hub, s.token)
                 if reason is not None:
                     outcome = "revoked"
-                    yield Message("revoked", None, _json({"reason": reason}))
+                    yield [Message("revoked", None, _json({"reason": reason}))]
                     return
                 next_check = time.monotonic() + settings.stream_revalidate_s
                 continue
-            try:
-                u = await asyncio.wait_for(client.queue.get(), timeout)
-            except TimeoutError:
-                continue
-            if u is STOP:
-                if client.overflowed:
-                    outcome = "overflow"
-                    detail = (
-                        f"this client fell {settings.stream_queue_size} updates behind and was "
-                        "disconnected; reconnect with Last-Event-ID (last_event_id on /v1/ws) "
-                        "to get what it missed"
-                    )
-                    yield Message("overflow", None, _json({"reason": detail}))
-                else:
-                    outcome = client.closing or "closed"
-                return
-            if u.seq <= last:  # already sent by the replay (hand-over overlap)
-                continue
-            last = u.seq
-            sent += 1
-            yield _update(kind, u)
+            if queue.empty():
+                try:  # asyncio.timeout, not wait_for: wait_for makes a task per call
+                    async with asyncio.timeout(timeout):
+                        ready = [await queue.get()]
+                except TimeoutError:
+                    continue
+            else:
+                ready = []
+            while not queue.empty():
+                ready.append(queue.get_nowait())
+            out: list[Message] = []
+            for u in ready:
+                if u is STOP:
+                    if client.overflowed:
+                        outcome = "overflow"
+                        detail = (
+                            f"this client fell {settings.stream_queue_size} updates behind and "
+                            "was disconnected; reconnect with Last-Event-ID (last_event_id on "
+                            "/v1/ws) to get what it missed"
+                        )
+                        out.append(Message("overflow", None, _json({"reason": detail})))
+                    else:
+                        outcome = client.closing or "closed"
+                    if out:
+                        yield out
+                    return
+                if u.seq <= last:  # already sent by the replay (hand-over overlap)
+                    continue
+                last = u.seq
+                sent += 1
+                out.append(_update(kind, u))
+            if out:
+                yield out
     finally:
         hub.unregister(client)
         hub.guard.audit.record(
@@ -234,3 +255,11 @@ async def messages(s: Session) -> AsyncGenerator[Message, None]:
                 items=sent,
             )
         )
+
+
+async def messages(s: Session) -> AsyncGenerator[Message, None]:
+    """Everything the stream sends, one message at a time (see ``batches``)."""
+    async with contextlib.aclosing(batches(s)) as it:
+        async for batch in it:
+            for m in batch:
+                yield m

@@ -32,7 +32,7 @@ from linkpulse.api.auth.guard import StreamPrincipal, WsStreamPrincipal
 from linkpulse.api.auth.roles import Principal
 from linkpulse.api.problems import ProblemError, problem_responses
 from linkpulse.api.stream_filter import EVENT_NAMES
-from linkpulse.api.stream_session import Session, messages, open_session
+from linkpulse.api.stream_session import Message, Session, batches, messages, open_session
 from linkpulse.logging import get_logger
 
 router = APIRouter(tags=["streams"])
@@ -67,14 +67,18 @@ def _token(conn: HTTPConnection) -> str | None:
     return conn.headers.get("x-api-key") or conn.query_params.get("token")
 
 
+def _frame(m: Message) -> bytes:
+    """The SSE frame of a message: an update's was encoded once by the hub for every client."""
+    if m.update is not None:
+        return m.update.frame
+    return ServerSentEvent(event=m.event, id=m.id, data=m.data.decode()).encode()
+
+
 async def _sse(session: Session) -> AsyncIterator[ServerSentEvent | bytes]:
     yield ServerSentEvent(comment="linkpulse stream", retry=RETRY_MS)
-    async with contextlib.aclosing(messages(session)) as it:
-        async for m in it:
-            if m.update is not None:
-                yield m.update.frame  # encoded once by the hub, shared by every client
-            else:
-                yield ServerSentEvent(event=m.event, id=m.id, data=m.data.decode())
+    async with contextlib.aclosing(batches(session)) as it:
+        async for batch in it:  # what was ready together goes out in one send
+            yield b"".join(map(_frame, batch))
 
 
 async def _open(
