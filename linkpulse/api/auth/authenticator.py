@@ -13,6 +13,7 @@ working within that time (open streams re-check theirs every
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -56,6 +57,7 @@ class Authenticator:
         self._verifier = verifier
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     async def authenticate(self, token: str | None) -> Principal:
         """The principal of ``token``, or ``AuthError`` saying what is wrong with it."""
@@ -85,10 +87,26 @@ class Authenticator:
         return record.principal()
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:
-        now = time.monotonic()
         hit = self._cache.get(key_hash)
-        if hit is not None and now - hit[0] < self._cache_s:
+        if hit is not None and time.monotonic() - hit[0] < self._cache_s:
             return hit[1]
+        # One query per key however many requests miss at once: a thousand streams
+        # opening together (or re-checking as the entry expires) would otherwise
+        # queue a thousand queries on the pool, and most would time out (503).
+        pending = self._inflight.get(key_hash)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(key_hash))
+            self._inflight[key_hash] = pending
+            pending.add_done_callback(lambda f: self._landed(key_hash, f))
+        return await asyncio.shield(pending)  # a waiter that goes doesn't cancel the others'
+
+    def _landed(self, key_hash: str, f: asyncio.Future[KeyRecord | None]) -> None:
+        self._inflight.pop(key_hash, None)
+        if not f.cancelled():
+            f.exception()  # retrieved: a failure with every waiter gone isn't logged as lost
+
+    async def _fetch(self, key_hash: str) -> KeyRecord | None:
+        now = time.monotonic()
         if self._pool is None:
             raise AuthError(503, "auth-unavailable", "API keys are not available: no database")
         try:
