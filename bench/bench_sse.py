@@ -5,8 +5,16 @@ asyncio sockets) each receive every update; the publisher sends 10 window
 updates/s on the dataflow's NATS subject, each carrying its publish time, and
 the clients measure publish-to-receipt delay: p50/p99 per subscriber count.
 
+A client counts as ready once its ``snapshot`` event arrived (the hub then
+queues updates for it); the report gives connected vs registered clients,
+refusals (status and detail, on stderr) and overflows. Cost, measurable on a
+loaded machine where delays are not: the API process's CPU (psutil) per
+delivered update, net of its idle CPU with the same clients connected, and
+its RSS growth per registered client.
+
 ``ingest``: events/s through ``POST /v1/events`` (batches of 500, 4 concurrent
-posts) with auth on (an ingest key) and off, interleaved in the same run.
+posts) with auth on (an ingest key) and off, interleaved in the same run, and
+the API process's CPU per ingested event.
 
     python bench/bench_sse.py fanout --clients 250,500,1000,2000 --seconds 15
     python bench/bench_sse.py ingest --seconds 10 --rounds 2
@@ -26,11 +34,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import msgspec
 import nats
+import psutil
 import psycopg
 
 from linkpulse.api.auth.keys import KeyStore
@@ -45,6 +55,9 @@ ADMIN_DSN = os.environ.get(
 NATS_URL = os.environ.get("LINKPULSE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 DB = "lp_bench_access"
 _encoder = msgspec.json.Encoder()
+# --server-pythonpath: a directory put first on the API's path (e.g. uvloop and httptools
+# installed with `pip install --target DIR`, which uvicorn then picks), the clients' unchanged.
+SERVER_PATH: list[str] = []
 
 
 def _dsn() -> str:
@@ -85,6 +98,8 @@ def _serve(
         "LINKPULSE_NATS_URL": NATS_URL,
         "LINKPULSE_SUBJECT_PREFIX": prefix,
         "LINKPULSE_STREAM_NAME": prefix.upper(),
+        # Its own Redis keys: a snapshot then scans none of the other runs' latest values.
+        "LINKPULSE_REDIS_KEY_PREFIX": f"{prefix}:",
         "LINKPULSE_AUTH": auth,
         "LINKPULSE_LOG_LEVEL": "WARNING",
         "LINKPULSE_STREAM_MAX_TOTAL": "20000",
@@ -92,6 +107,8 @@ def _serve(
         "LINKPULSE_RATE_LIMITS": "admin=100000/100000,ingest=100000/100000",
         **(extra or {}),
     }
+    if SERVER_PATH:
+        env["PYTHONPATH"] = os.pathsep.join([*SERVER_PATH, env.get("PYTHONPATH", "")])
     return subprocess.Popen(
         [sys.executable, "-m", "linkpulse", "serve", "--port", str(port)],
         env=env,
@@ -101,7 +118,7 @@ def _serve(
 
 
 def _wait_up(url: str, key: str) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded machine starts an API slowly
     with httpx.Client(base_url=url, timeout=5) as c:
         while time.monotonic() < deadline:
             try:
@@ -120,17 +137,38 @@ def _wait_up(url: str, key: str) -> None:
 # -- clients (run in their own process) -------------------------------------------------
 
 
-async def _client(
-    port: int, key: str, delays: list[float], stop: asyncio.Event, ready: list[int]
-) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
+class _Counts:
+    """What the client process saw: connections, streams registered, updates, overflows."""
+
+    def __init__(self) -> None:
+        self.connected = 0  # TCP connection open and request written
+        self.registered = 0  # `event: snapshot` received: the hub queues updates for it
+        self.overflows = 0  # `event: overflow` received: the hub cut it off
+        self.delays: list[float] = []
+        self.refused: Counter[str] = Counter()  # status lines other than 200
+
+
+async def _client(port: int, key: str, counts: _Counts, stop: asyncio.Event) -> None:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
+    except OSError:
+        return
     writer.write(
         f"GET /v1/stream/metrics HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {key}\r\n\r\n".encode()
     )
     await writer.drain()
-    ready[0] += 1  # request sent; the stream may register a little later
+    counts.connected += 1
     try:
+        status = await reader.readline()
+        if b" 200 " not in status:
+            body = await reader.read(4096)
+            _, _, detail = body.partition(b'"detail":')
+            why = (
+                f"{status.decode(errors='replace').strip()} {detail[:100].decode(errors='replace')}"
+            )
+            counts.refused[why] += 1
+            return
         while not stop.is_set():
             line = await reader.readline()
             if not line:
@@ -138,25 +176,44 @@ async def _client(
             if line.startswith(b'data: {"metric"'):
                 w = msgspec.json.decode(line[6:], type=MetricWindow)
                 if w.value is not None:
-                    delays.append(time.time() - w.value)
+                    counts.delays.append(time.time() - w.value)
+            elif line.startswith(b"event: snapshot"):
+                counts.registered += 1
+            elif line.startswith(b"event: overflow"):
+                counts.overflows += 1
+    except OSError:
+        return
     finally:
         writer.close()
 
 
 async def _clients_main(port: int, key: str, n: int, seconds: float) -> None:
-    delays: list[float] = []
+    """Open ``n`` streams, say READY once all got their snapshot (or 90 s passed), then
+    count for ``seconds`` (the parent reads READY and the final line)."""
+    counts = _Counts()
     stop = asyncio.Event()
-    ready = [0]
-    tasks = [asyncio.create_task(_client(port, key, delays, stop, ready)) for _ in range(n)]
-    while ready[0] < n:
+    tasks = []
+    for _ in range(n):  # open gradually: a burst of thousands of SYNs overflows the backlog
+        tasks.append(asyncio.create_task(_client(port, key, counts, stop)))
+        if len(tasks) % 50 == 0:
+            await asyncio.sleep(0.01)
+    deadline = time.monotonic() + 90
+    while counts.registered < n and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    print("READY", flush=True)
+    print(f"READY {counts.connected} {counts.registered}", flush=True)
+    if counts.refused:
+        print("refused:", dict(counts.refused), file=sys.stderr, flush=True)
     await asyncio.sleep(seconds)
     stop.set()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    print("DELAYS", " ".join(f"{d:.4f}" for d in delays), flush=True)
+    print(
+        f"COUNTS {counts.connected} {counts.registered} {counts.overflows}",
+        "DELAYS",
+        " ".join(f"{d:.4f}" for d in counts.delays),
+        flush=True,
+    )
 
 
 # -- fan-out ----------------------------------------------------------------------------
@@ -191,15 +248,28 @@ def _pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=1000)[int(q * 1000) - 1] if len(xs) > 10 else float("nan")
 
 
-async def fanout(counts: list[int], seconds: float) -> None:
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+async def fanout(counts: list[int], seconds: float, idle: float = 3.0) -> None:
+    """Per subscriber count: delays, what the clients saw, and the API process's cost
+    (CPU per delivered update net of its idle CPU with the same clients, RSS per client)."""
     keys = await _keys()
-    print("subscribers  updates/s each  received  p50 ms  p99 ms  max ms")
+    print(f"load average {os.getloadavg()[0]:.1f} (2 cores)")
+    print(
+        "subscribers  connected  registered  overflows  received/expected  p50 ms  p99 ms  "
+        "max ms  idle cpu/s  cpu us/update  rss KiB/client"
+    )
     for n in counts:
         prefix = f"lpbench{uuid.uuid4().hex[:8]}"
         port = _free_port()
         api = _serve(port, prefix, "on")
         try:
             _wait_up(f"http://127.0.0.1:{port}", keys["admin"])
+            proc = psutil.Process(api.pid)
+            rss0 = proc.memory_info().rss
             clients = subprocess.Popen(
                 [
                     sys.executable,
@@ -208,22 +278,35 @@ async def fanout(counts: list[int], seconds: float) -> None:
                     str(port),
                     keys["admin"],
                     str(n),
-                    str(seconds + 3),
+                    str(seconds + idle + 3),
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
             )
             assert clients.stdout is not None
-            assert clients.stdout.readline().strip() == "READY"
-            await asyncio.sleep(1)
+            ready = clients.stdout.readline().split()
+            assert ready[0] == "READY", ready
+            rss1 = proc.memory_info().rss
+            c0, t0 = _cpu(proc), time.monotonic()
+            await asyncio.sleep(idle)  # baseline: the same clients, no updates
+            c1, t1 = _cpu(proc), time.monotonic()
             sent = await _publish(prefix, seconds, 10.0)
-            out, _ = clients.communicate(timeout=120)
-            delays = [float(x) for x in out.split("DELAYS", 1)[1].split()]
+            await asyncio.sleep(1)  # let the last updates drain
+            c2, t2 = _cpu(proc), time.monotonic()
+            out, _ = clients.communicate(timeout=180)
+            head, _, tail = out.partition("DELAYS")
+            _, connected, registered, overflows = head.split()
+            delays = [float(x) for x in tail.split()]
+            idle_rate = (c1 - c0) / (t1 - t0)
+            net = (c2 - c1) - idle_rate * (t2 - t1)
+            per_update = net / max(len(delays), 1) * 1e6
+            per_client = (rss1 - rss0) / max(int(ready[2]), 1) / 1024
             print(
-                f"{n:11d}  {sent / seconds:14.1f}  {len(delays):8d}  "
-                f"{_pct(delays, 0.5) * 1e3:6.0f}  "
-                f"{_pct(delays, 0.99) * 1e3:6.0f}  {max(delays, default=0) * 1e3:6.0f}  "
-                f"(expected {sent * n})",
+                f"{n:11d}  {connected:>9s}  {registered:>10s}  {overflows:>9s}  "
+                f"{len(delays):>8d}/{sent * int(registered):<8d}  "
+                f"{_pct(delays, 0.5) * 1e3:6.0f}  {_pct(delays, 0.99) * 1e3:6.0f}  "
+                f"{max(delays, default=0) * 1e3:6.0f}  {idle_rate:10.3f}  {per_update:13.1f}  "
+                f"{per_client:14.1f}   load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
         finally:
@@ -263,7 +346,7 @@ def _events(n: int, tag: str) -> bytes:
     return b"\n".join(lines)
 
 
-async def _ingest_run(url: str, key: str | None, seconds: float) -> float:
+async def _ingest_run(url: str, key: str | None, seconds: float) -> tuple[float, int]:
     headers = {"Content-Type": "application/x-ndjson"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -283,12 +366,14 @@ async def _ingest_run(url: str, key: str | None, seconds: float) -> float:
     start = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
         await asyncio.gather(*(worker(c, w) for w in range(4)))
-    return sent / (time.monotonic() - start)
+    return sent / (time.monotonic() - start), sent
 
 
 async def ingest(seconds: float, rounds: int) -> None:
+    """Events/s and the API process's CPU per event, auth on and off, interleaved."""
     keys = await _keys()
-    print("round  auth  events/s")
+    print(f"load average {os.getloadavg()[0]:.1f} (2 cores)")
+    print("round  auth  events/s  cpu us/event")
     for r in range(rounds):
         for auth in ("on", "off"):
             prefix = f"lpbench{uuid.uuid4().hex[:8]}"
@@ -297,8 +382,16 @@ async def ingest(seconds: float, rounds: int) -> None:
             try:
                 url = f"http://127.0.0.1:{port}"
                 _wait_up(url, keys["admin"])
-                rate = await _ingest_run(url, keys["ingest"] if auth == "on" else None, seconds)
-                print(f"{r:5d}  {auth:4s}  {rate:8.0f}", flush=True)
+                proc = psutil.Process(api.pid)
+                c0 = _cpu(proc)
+                key = keys["ingest"] if auth == "on" else None
+                rate, events = await _ingest_run(url, key, seconds)
+                per_event = (_cpu(proc) - c0) / events * 1e6
+                print(
+                    f"{r:5d}  {auth:4s}  {rate:8.0f}  {per_event:12.1f}   "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
             finally:
                 api.terminate()
                 api.wait(timeout=30)
@@ -311,6 +404,7 @@ def main() -> None:
         asyncio.run(_clients_main(int(port), key, int(n), float(seconds)))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--server-pythonpath", default="", help="directory first on the API's path")
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fanout")
     f.add_argument("--clients", default="250,500,1000,2000")
@@ -319,6 +413,8 @@ def main() -> None:
     i.add_argument("--seconds", type=float, default=10)
     i.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    if args.server_pythonpath:
+        SERVER_PATH.append(args.server_pythonpath)
     if args.cmd == "fanout":
         asyncio.run(fanout([int(x) for x in args.clients.split(",")], args.seconds))
     else:
