@@ -25,6 +25,7 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.requests import HTTPConnection
+from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
@@ -51,6 +52,18 @@ _RESPONSES = {
 
 class _EventStream(EventSourceResponse):
     """An SSE response for which a client that stopped reading is routine, not an error."""
+
+    async def _send_with_timeout(self, send: Send, message: AsgiMessage) -> None:
+        """sse-starlette's per-send timeout, with asyncio.timeout for anyio's cancel scope:
+        the scope cost ~14% of the API's CPU under fan-out (py-spy), the timeout ~4%."""
+        if self.send_timeout is None:
+            await send(message)
+            return
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await send(message)
+        except TimeoutError as e:
+            raise SendTimeoutError from e
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
