@@ -98,7 +98,8 @@ run_main(flow, epoch_interval=timedelta(milliseconds=100), recovery_config=Recov
 
 
 READER_MODULE = "linkpulse.dataflows.jetstream_reader"
-READER_EVENTS = 3000
+# Enough, with a short random wait, that every run is still reading when its reader is killed.
+READER_EVENTS = 6000
 READER_KILLS = 3
 
 # A flow reading the test's stream up to its last message into the events
@@ -268,7 +269,7 @@ async def test_a_sigkilled_reader_stops_the_flow_naming_it_and_a_restart_stores_
             lambda b=before: rig.writer(READER_MODULE) is not None and stored(rig.dsn)[0] > b,
             timeout=60,
         ), f"kill {kill}: the flow stored nothing (seed {seed}): {rig.last_run()[-3000:]}"
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.1))
         reader = rig.writer(READER_MODULE)
         assert reader is not None, f"kill {kill}: the flow ended first (seed {seed})"
         reader.kill()
