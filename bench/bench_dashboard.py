@@ -28,15 +28,14 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import psycopg
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, sync_playwright
 
+from bench.bench_sse import wait_up
 from linkpulse.api.auth.keys import KeyStore
 from linkpulse.api.auth.roles import Role
 from linkpulse.api.routes.dashboard import BUNDLE
@@ -95,23 +94,6 @@ def _serve(port: int, prefix: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def _wait_up(url: str, key: str) -> None:
-    deadline = time.monotonic() + 120
-    with httpx.Client(base_url=url, timeout=5) as c:
-        while time.monotonic() < deadline:
-            try:
-                with c.stream(
-                    "GET", "/v1/stream/alerts", headers={"Authorization": f"Bearer {key}"}
-                ) as r:
-                    if r.status_code == 200:
-                        return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-    msg = f"the API at {url} did not come up"
-    raise SystemExit(msg)
 
 
 def _bundle_sizes() -> tuple[int, int]:
@@ -174,7 +156,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     proc = _serve(port, prefix)
     try:
-        _wait_up(url, key)
+        wait_up(url, key)
         cold: list[dict[str, float]] = []
         base: list[float] = []
         with sync_playwright() as p:

@@ -117,7 +117,8 @@ def _serve(
     )
 
 
-def _wait_up(url: str, key: str) -> None:
+def wait_up(url: str, key: str) -> None:
+    """Wait until ``key`` opens a stream of the API at ``url`` (its hub subscribed)."""
     deadline = time.monotonic() + 180  # a loaded machine starts an API slowly
     with httpx.Client(base_url=url, timeout=5) as c:
         while time.monotonic() < deadline:
@@ -267,7 +268,7 @@ async def fanout(counts: list[int], seconds: float, idle: float = 3.0) -> None:
         port = _free_port()
         api = _serve(port, prefix, "on")
         try:
-            _wait_up(f"http://127.0.0.1:{port}", keys["admin"])
+            wait_up(f"http://127.0.0.1:{port}", keys["admin"])
             proc = psutil.Process(api.pid)
             rss0 = proc.memory_info().rss
             clients = subprocess.Popen(
@@ -381,7 +382,7 @@ async def ingest(seconds: float, rounds: int) -> None:
             api = _serve(port, prefix, auth)
             try:
                 url = f"http://127.0.0.1:{port}"
-                _wait_up(url, keys["admin"])
+                wait_up(url, keys["admin"])
                 proc = psutil.Process(api.pid)
                 c0 = _cpu(proc)
                 key = keys["ingest"] if auth == "on" else None
