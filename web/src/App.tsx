@@ -254,7 +254,9 @@ function Operations({ api, me, layout, onSignOut }: { api: Api; me: Me; layout: 
 
   useEffect(() => {
     // history behind the live edge: on start, on a scope change and after a stream reset
-    const end = Math.ceil(Date.now() / 60_000) * 60_000 + 60_000;
+    // up to the end of the current minute: a later bucket holds no event yet, and the API would
+    // answer it with a 0 that draws as a drop at the live edge
+    const end = Math.ceil((Date.now() + 1) / 60_000) * 60_000;
     const range = { start: isoUtc(end - HISTORY_MS), end: isoUtc(end) };
     const metrics = chartKey ? chartKey.split(",") : [];
     // a request lost to an outage (the API restarting) is asked again once it is back;
