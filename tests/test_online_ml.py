@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import random
@@ -378,3 +379,28 @@ def test_forecast_points_are_ordered_and_aligned() -> None:
         fc.forecast(T0, steps=3, step="1d")
     restored: Callable[[], Any] = lambda: pickle.loads(pickle.dumps(fc))  # noqa: E731
     assert restored().forecast(T0, steps=2, step="1h") == fc.forecast(T0, steps=2, step="1h")
+
+
+# -- golden scores (speed work must not move them) -------------------------------------------
+
+
+def test_default_ensembles_match_the_golden_scores() -> None:
+    """Every score of every kind's default ensemble is bit-identical to the recorded one.
+
+    The digests in tests/online_ml_golden.json come from tests/online_ml_golden.py (seed
+    and series there). A change that moves scores on purpose regenerates them with
+    ``.venv/bin/python tests/online_ml_golden.py --write`` and says so in its commit.
+    """
+    from tests import online_ml_golden as golden
+
+    want = json.loads(golden.PATH.read_text())
+    assert want["seed"] == golden.SEED
+    for case in golden.cases():
+        got = golden.digests(case)["chunks"]
+        exp = want["cases"][case.name]["chunks"]
+        first = next((i for i, (a, b) in enumerate(zip(got, exp, strict=False)) if a != b), None)
+        assert got == exp, (
+            f"{case.name} ({case.kind}, seed {golden.SEED}): scores differ from chunk {first} "
+            f"(steps ~{(first or 0) * golden.CHUNK * 50 // 51}); if meant, regenerate: "
+            ".venv/bin/python tests/online_ml_golden.py --write"
+        )
