@@ -15,6 +15,19 @@ Against the local NATS and PostgreSQL, on a fresh stream and database:
    ranges, the paired wire/nats-py difference per round against the
    run-to-run noise, and scoring on/off (target: >= 50,000 events/s with
    scoring on). ``--compare-only`` stops there.
+   ``--alerts-only`` runs instead the alerting comparison: scoring on, the
+   alerting branch (``linkpulse/dataflows/alerting.py``) off and on
+   interleaved (``--runs`` rounds each, fresh store each run) with
+   ``alert_rules_yaml``'s 100 rules, which read every metric and window the
+   flow produces, for every tenant and seller series (threshold, anomaly
+   score, absence, rate of change, forecast band); events/s, the on/off
+   ratio, the final window updates and alert changes per run, and the
+   target check (>= 50,000 events/s with the rules on). Rules evaluate final
+   windows, so this backlog's event times span ``--alerts-span-s`` (600 s:
+   ~150x the final updates per event of live traffic at 50,000 events/s);
+   the ratio is a bound, and the cost per final update is also carried to
+   live density. Run: ``.venv/bin/python -m bench.bench_dataflow --alerts-only
+   --runs 5``.
 3. The whole flow on one worker (decode + validate, every metric and window,
    raw events to the store, windows to the store, Redis and NATS) over a
    backlog of ``--events``: events/s sustained (from the moment 10% of the
@@ -37,11 +50,13 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
@@ -51,13 +66,18 @@ from bytewax.testing import run_main
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg import sql
 
+from linkpulse.alerts.rules import RuleKind, parse_rules
+from linkpulse.bus.live import live_channels
 from linkpulse.bus.stream import dead_letter_stream_name, ensure_streams
 from linkpulse.config import Settings
+from linkpulse.dataflows.alerting import AlertingConfig
 from linkpulse.dataflows.instrumentation import EVENTS_IN, SINK_LATENCY
 from linkpulse.dataflows.jetstream_source import JetStreamSource
 from linkpulse.dataflows.live_metrics import FlowOptions, build_flow
 from linkpulse.dataflows.score_sinks import scores_stream_name
 from linkpulse.dataflows.scoring import ScoringConfig
+from linkpulse.operators.metrics import REGISTRY
+from linkpulse.operators.pipeline import MetricsConfig
 from linkpulse.schemas import decode_event, encode_event
 from linkpulse.schemas.outputs import MetricWindow
 from linkpulse.store import EventWriter, migrate
@@ -207,6 +227,7 @@ def flow_rate(
     scoring: bool = True,
     data_path: str = "wire",
     quiet: bool = False,
+    alerting: AlertingConfig | None = None,
 ) -> FlowRun:
     """Run the flow over the backlog; its rates (see ``FlowRun``).
 
@@ -222,6 +243,7 @@ def flow_rate(
         stop_at_seq=last,
         redis_key_prefix=prefix,
         scoring=ScoringConfig() if scoring else None,
+        alerting=alerting,
     )
     flow = build_flow(settings, opts)
     before = sink_seconds()
@@ -373,6 +395,170 @@ def compare(
     return rates
 
 
+N_RULES = 100
+
+
+def alert_rules_yaml(n: int = N_RULES) -> str:
+    """``n`` rules (>= 66) on every series the flow produces, as a rule file's text (checked).
+
+    One rule per (metric, window) of the registry and the flow's windows, for
+    every tenant and every seller series (no tenant, no ``where``), cycling
+    threshold / rate of change / absence; then, on the 1m windows the scoring
+    branch reads, an anomaly-score rule per metric, forecast-band rules (80%
+    and 95%) per forecast metric, and thresholds with ``for``, hysteresis and
+    ``keep_firing_for`` up to ``n``.
+
+    >>> from linkpulse.alerts.rules import parse_rules
+    >>> len(parse_rules(alert_rules_yaml()).rules)
+    100
+    """
+    metrics = [m.name for m in REGISTRY]
+    ratio = {m.name for m in REGISTRY if m.value == "ratio"}
+    specs: list[dict[str, object]] = []
+
+    def threshold(m: str, i: int) -> float:
+        return 0.5 if m in ratio else float(20 * (1 + i % 3))
+
+    for m in metrics:
+        for w in MetricsConfig().windows:
+            i = len(specs)
+            kind = ("threshold", "rate_of_change", "absence")[i % 3]
+            spec: dict[str, object] = {"name": f"r{i:03d}", "kind": kind, "metric": m, "window": w}
+            if kind == "threshold":
+                spec.update(op=">", threshold=threshold(m, i), **{"for": f"{i % 3}m"})
+            elif kind == "rate_of_change":
+                up = i % 2 == 0
+                spec.update(op=">" if up else "<", threshold=0.5 if up else -0.5)
+            else:
+                spec["absent_for"] = "2m"
+            specs.append(spec)
+    extra: list[dict[str, object]] = [
+        {"kind": "anomaly", "metric": m, "threshold": 0.99, "recovery": 0.9} for m in metrics
+    ]
+    extra += [
+        {"kind": "forecast", "metric": m, "interval": iv, "for": "2m"}
+        for m in ScoringConfig().forecast_metrics
+        for iv in (80, 95)
+    ]
+    while len(specs) + len(extra) < n:
+        m = metrics[len(extra) % len(metrics)]
+        t = threshold(m, len(extra))
+        extra.append(
+            {
+                "kind": "threshold",
+                "metric": m,
+                "op": ">",
+                "threshold": t,
+                "recovery": t * 0.6,
+                "for": "1m",
+                "keep_firing_for": "2m",
+            }
+        )
+    for spec in extra[: n - len(specs)]:
+        specs.append({"name": f"r{len(specs):03d}", "window": "1m", **spec})
+    lines = ["# generated by bench/bench_dataflow.py (alert_rules_yaml)", "rules:"]
+    for spec in specs:
+        spec.update(severity="warning", summary="{{ tenant }} {{ metric }}: {{ value }}")
+        lines.append(f"  - {json.dumps(spec)}")  # a JSON object is a YAML flow mapping
+    text = "\n".join(lines) + "\n"
+    rules = parse_rules(text, "bench-alert-rules")  # raises, naming line and field, if invalid
+    kinds = {r.kind for r in rules.rules}
+    assert len(rules.rules) == n and kinds == set(RuleKind), (len(rules.rules), kinds)
+    return text
+
+
+class AlertsRun(NamedTuple):
+    run: FlowRun
+    finals: int  # final window updates stored (what the rules are evaluated on)
+    changes: int  # alert state changes stored
+
+
+def _count(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def compare_alerts(
+    settings: Settings, last: int, runs: int, prefix: str, rules: Path
+) -> dict[bool, list[AlertsRun]]:
+    """Interleaved rounds, scoring on, alerting off/on (order alternating), fresh store each."""
+    cfg = AlertingConfig(rules=(rules,))
+    out: dict[bool, list[AlertsRun]] = {False: [], True: []}
+    for r in range(runs):
+        for alerts in (False, True) if r % 2 == 0 else (True, False):
+            dsn = new_database()
+            try:
+                migrate(dsn)
+                s = settings.model_copy(update={"database_url": dsn})
+                run = flow_rate(
+                    s,
+                    last,
+                    True,
+                    prefix,
+                    scoring=True,
+                    quiet=True,
+                    alerting=cfg if alerts else None,
+                )
+                res = AlertsRun(run, _count(dsn, "metric_windows"), _count(dsn, "alerts"))
+            finally:
+                drop_database(dsn)
+            out[alerts].append(res)
+            print(
+                f"  round {r + 1}: alerting {_on(alerts)} {run.sustained:>9,.0f} events/s, "
+                f"{run.per_cpu:>9,.0f} per CPU-second; {res.finals:,} final windows, "
+                f"{res.changes:,} alert changes (load {os.getloadavg()[0]:.1f})"
+            )
+    return out
+
+
+def report_alerts(runs: dict[bool, list[AlertsRun]], n_rules: int, events: int, span_s: float):
+    """Medians and ranges off/on, the ratio (also paired by round), the cost per final window
+    update, what that cost comes to at live density, and the target check.
+
+    The backlog's event times span ``span_s``, so it holds ``50,000 * span_s /
+    events`` times the final window updates per event that live traffic at
+    50,000 events/s has: the ratio measured is a bound, and the extrapolation
+    charges each live second its own final updates (``finals / span_s``) at the
+    measured cost.
+    """
+    med: dict[tuple[str, bool], float] = {}
+    for field in ("sustained", "per_cpu"):
+        unit = "events/s" if field == "sustained" else "events per CPU-second"
+        rates = {k: [getattr(r.run, field) for r in v] for k, v in runs.items()}
+        for alerts, xs in rates.items():
+            label = f"{n_rules} rules" if alerts else "no rules"
+            print(f"flow, scoring on, alerting {_on(alerts)} ({label:<9}) {unit}: {spread(xs)}")
+            med[(field, alerts)] = statistics.median(xs)
+        off, on = med[(field, False)], med[(field, True)]
+        paired = [b / a for a, b in zip(rates[False], rates[True], strict=True)]
+        print(
+            f"alerting on vs off ({unit}): {on / off:.2f}x of the medians; paired by round "
+            f"{', '.join(f'{x:.2f}x' for x in paired)} (median {statistics.median(paired):.2f}x)"
+        )
+    finals = statistics.median(r.finals for r in runs[True])
+    changes = statistics.median(r.changes for r in runs[True])
+    density = TARGET_EPS * span_s / events  # (finals/event here) / (finals/event live)
+    print(
+        f"per run: {finals:,.0f} final window updates ({finals / events:.3f} per event), "
+        f"{changes:,.0f} alert changes; event times span {span_s:g} s: {density:,.0f}x the "
+        f"final updates per event of live traffic at {TARGET_EPS:,} events/s"
+    )
+    on = med[("sustained", True)]
+    ok = "OK" if on >= TARGET_EPS else "BELOW TARGET"
+    print(f"with scoring and {n_rules} rules (this replay): {on:,.0f} events/s, target: {ok}")
+    if finals:
+        # CPU-seconds the branch adds per final window update (flow + reader processes)
+        cost = max(0.0, 1 / med[("per_cpu", True)] - 1 / med[("per_cpu", False)]) * events / finals
+        live = finals / span_s  # final updates per second of stream time
+        print(
+            f"alerting cost: {cost * 1e6:,.0f} µs of CPU per final window update; live, "
+            f"{live:,.0f} final updates/s cost {live * cost:.1%} of a core, so a flow doing "
+            f"{med[('sustained', False)]:,.0f} events/s without rules would do "
+            f"{1 / (1 / med[('sustained', False)] + live / TARGET_EPS * cost):,.0f} with them"
+        )
+
+
 def _on(flag: bool) -> str:
     return "on " if flag else "off"
 
@@ -432,10 +618,23 @@ async def main(args: argparse.Namespace) -> None:
     try:
         for dsn in dsns:
             migrate(dsn)
-        msgs = backlog(args.events)
+        # the alerting comparison needs windows to close: event times spanning minutes
+        rate = args.events / args.alerts_span_s if args.alerts_only else TARGET_EPS
+        msgs = backlog(args.events, max(1, int(rate)))
         t = time.perf_counter()
         last = await publish(nc, settings, msgs)
         print(f"published {last:,} events at {last / (time.perf_counter() - t):,.0f}/s")
+        if args.alerts_only:  # the comparison alone: a few minutes
+            print(
+                f"machine load average (1 min): {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+            )
+            with tempfile.TemporaryDirectory() as d:
+                rules = Path(d) / "bench-rules.yaml"
+                rules.write_text(alert_rules_yaml(args.rules))
+                runs = compare_alerts(settings, last, args.runs, f"benchdf:{tag}:", rules)
+            report_alerts(runs, args.rules, last, args.alerts_span_s)
+            print(f"machine load average (1 min): {os.getloadavg()[0]:.2f}")
+            return
         raw_rate = await raw_consume_rate(nc, settings, last)
         src_rate = source_rate(settings, last)
         rows_rate = writer_rate(dsns[0], msgs, json_path=False)
@@ -479,11 +678,12 @@ async def main(args: argparse.Namespace) -> None:
             print("latency: no probe update arrived")
     finally:
         js = nc.jetstream()
-        for name in (
+        for name in {
             settings.stream_name,
             dead_letter_stream_name(settings),
             scores_stream_name(settings),
-        ):
+            *(ch.stream for ch in live_channels(settings)),
+        }:
             try:
                 await js.delete_stream(name)
             except Exception:  # noqa: BLE001 - best-effort cleanup
@@ -500,6 +700,18 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5, help="rounds of the 2x2 comparison")
     parser.add_argument(
         "--compare-only", action="store_true", help="only the data path x scoring comparison"
+    )
+    parser.add_argument(
+        "--alerts-only",
+        action="store_true",
+        help="only the alerting off/on comparison (scoring on, --runs rounds each)",
+    )
+    parser.add_argument("--rules", type=int, default=N_RULES, help="alert rules (>= 66)")
+    parser.add_argument(
+        "--alerts-span-s",
+        type=float,
+        default=600.0,
+        help="event-time span of the --alerts-only backlog (windows must close)",
     )
     parser.add_argument("--load-eps", type=int, default=10_000)
     parser.add_argument(
