@@ -1,34 +1,56 @@
-"""Benchmark: detector updates per second on one core, and bytes of state per series.
+"""Benchmark: detector updates per CPU-second on one core, and bytes of state per series.
 
-Run: ``.venv/bin/python bench/bench_online_ml.py [--steps 20000] [--rounds 3]``
+Run: ``.venv/bin/python bench/bench_online_ml.py [--steps 5000] [--rounds 5] [--base TREE]``
 
-For each metric kind's default ensemble (what ``detector_for_window`` builds)
-it times ``update(t, x, n)`` (CPU seconds of this process, so other
-work on a shared machine counts less) over a seasonal Poisson series, interleaved
-round by round with a baseline in the same run: a plain rolling z-score over
-the last 60 values (deque, running sums), the cheapest detector worth the
-name. Also prints pickled state bytes per series after two simulated days.
-Targets (issue 10): >= 20,000 updates/s for the default ensemble, <= 20 KB
-of state per series.
+Each metric kind's default ensemble (``build_detector({"kind": k})``, what
+``detector_for_window`` builds, default grace) is fed the seeded series of
+``tests/online_ml_golden.py`` (realistic per kind: tenant and seller counts,
+GMV with its order counts, failure rates with their trials, distinct users,
+mean order value; anomalies, gaps and odd values included) and
+``update(t, x, n)`` is timed in CPU seconds of the process (others' work on a
+shared machine counts less than in wall time), interleaved round by round
+with a baseline: a plain rolling z-score over the last 60 values (deque,
+running sums), the cheapest detector worth the name.
+
+``--base TREE`` compares two versions of the code in one run: each round runs
+the benchmark once in a child process with ``PYTHONPATH=TREE`` (e.g. a git
+worktree of an older commit: ``git worktree add --detach /tmp/base <commit>``)
+and once with this tree, alternating, and prints the medians of both and
+their ratio. Also prints pickled state bytes per series after two simulated
+days. Targets (issue 10): >= 20,000 updates/s for the default ensemble,
+<= 20 KB of state per series.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import math
 import os
 import pickle
-import random
+import subprocess
+import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from linkpulse.online_ml import build_detector
+ROOT = Path(__file__).resolve().parents[1]
 
-T0 = datetime(2026, 11, 16, tzinfo=UTC)
-Step = tuple[datetime, float | None, float]
+
+def _golden() -> ModuleType:
+    """``tests/online_ml_golden.py`` by path: under ``--base`` the tree's own tests may lack it."""
+    spec = importlib.util.spec_from_file_location(
+        "online_ml_golden", ROOT / "tests/online_ml_golden.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
 
 
 class RollingZ:
@@ -42,7 +64,7 @@ class RollingZ:
     def update(self, t: datetime, x: float | None, n: float | None = None) -> float:
         ts = t.timestamp()  # same per-step time handling as the detectors
         del ts
-        if x is None:
+        if x is None or not math.isfinite(x):
             return 0.0
         q = self._q
         k = len(q)
@@ -61,62 +83,113 @@ class RollingZ:
         return z
 
 
-def series(steps: int, seed: int) -> list[Step]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(steps):
-        lam = 20.0 * (1.0 + 0.6 * math.sin(2 * math.pi * (i % 1440) / 1440.0))
-        x = max(0.0, rng.gauss(lam, math.sqrt(lam)))
-        out.append((T0 + timedelta(minutes=i), float(round(x)) or None, 30.0))
-    return out
+BASELINE = "baseline rolling z"
+
+
+def run_rounds(steps: int, rounds: int) -> dict[str, Any]:
+    """Updates per CPU-second per case (a list per round), and state bytes after two days."""
+    from linkpulse.online_ml import build_detector
+
+    cases = _golden().cases(steps)
+    rates: dict[str, list[float]] = {c.name: [] for c in cases}
+    rates[BASELINE] = []
+    for _ in range(rounds):
+        for c in [*cases, None]:  # interleaved: every case sees the same machine state per round
+            steps_ = (c or cases[0]).steps
+            det: Any = build_detector({"kind": c.kind}, series=c.series) if c else RollingZ()
+            update = det.update
+            t0 = time.process_time()
+            for t, x, n in steps_:
+                update(t, x, n)
+            rates[c.name if c else BASELINE].append(
+                len(steps_) / max(time.process_time() - t0, 1e-9)
+            )
+    state: dict[str, int] = {}
+    for c in cases:
+        det = build_detector({"kind": c.kind}, series=c.series)
+        for t, x, n in c.steps[: 2 * 1440]:
+            det.update(t, x, n)
+        state[c.name] = len(pickle.dumps(det))
+    return {"rates": rates, "state": state, "kinds": {c.name: c.kind for c in cases}}
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2.0
+
+
+def _load() -> str:
+    a, b, c = os.getloadavg()
+    return f"load average {a:.1f} {b:.1f} {c:.1f} on {os.cpu_count()} cores"
+
+
+def single(args: argparse.Namespace) -> None:
+    got = run_rounds(args.steps, args.rounds)
+    rates = got["rates"]
+    print(
+        f"updates per CPU-second ({args.steps:,} steps x {args.rounds} rounds, interleaved; "
+        f"{_load()}):"
+    )
+    base = _median(rates[BASELINE])
+    for name, r in rates.items():
+        med = _median(r)
+        kind = got["kinds"].get(name, "")
+        print(
+            f"  {name:20s} {kind:10s} median {med:>9,.0f}   min {min(r):>9,.0f}   "
+            f"baseline / this {base / med:5.1f}"
+        )
+    print("state bytes per series (pickle) after 2 simulated days:")
+    for name, b in got["state"].items():
+        print(f"  {name:20s} {b:>7,} bytes")
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Alternate child runs of the base tree and this one; medians and ratios per case."""
+    sides = {"base": str(Path(args.base).resolve()), "this": str(ROOT)}
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
+    cmd = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--rounds", "1"]
+    loads = [_load()]
+    for r in range(args.rounds):
+        order = ("base", "this") if r % 2 == 0 else ("this", "base")  # neither always goes first
+        for side in order:
+            env = {**os.environ, "PYTHONPATH": sides[side]}
+            out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+            runs[side].append(json.loads(out))
+    loads.append(_load())
+    print(
+        f"updates per CPU-second, {args.steps:,} steps, {args.rounds} alternating rounds per side "
+        f"(base = {sides['base']}); {loads[0]} at the start, {loads[1].split(' on ')[0]} at the end"
+    )
+    first = runs["this"][0]
+    print(
+        f"  {'series':14s} {'kind':10s} {'base':>9s} {'this':>9s}  this/base   base min / this min"
+    )
+    for name in first["rates"]:
+        med = {s: _median([run["rates"][name][0] for run in runs[s]]) for s in runs}
+        low = {s: min(run["rates"][name][0] for run in runs[s]) for s in runs}
+        kind = first["kinds"].get(name, "")
+        print(
+            f"  {name:14s} {kind:10s} {med['base']:>9,.0f} {med['this']:>9,.0f}"
+            f"  {med['this'] / med['base']:8.2f}x   {low['base']:>9,.0f} / {low['this']:,.0f}"
+        )
+    print("state bytes per series (pickle) after 2 simulated days, base / this:")
+    for name, b in first["state"].items():
+        print(f"  {name:14s} {runs['base'][0]['state'][name]:>7,} / {b:,}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=20_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--base", help="another tree of the code to compare with (alternating runs)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    data = series(args.steps, seed=1)
-    ratio_data = [(t, (x or 0.0) / 30.0 if x is not None else None, n) for t, x, n in data]
-    kinds: dict[str, tuple[Callable[[], Any], list[Step]]] = {
-        "count": (lambda: build_detector({"kind": "count"}, series="a|orders||1m"), data),
-        "sum": (lambda: build_detector({"kind": "sum"}, series="a|gmv||1m"), data),
-        "ratio": (
-            lambda: build_detector({"kind": "ratio"}, series="a|payment_failure_rate||1m"),
-            ratio_data,
-        ),
-        "baseline rolling z": (RollingZ, data),
-    }
-    results: dict[str, list[float]] = {k: [] for k in kinds}
-    for _ in range(args.rounds):
-        for name, (make, d) in kinds.items():  # interleaved: same machine state per round
-            det = make()
-            update = det.update
-            # CPU time of this process: the machine is shared, wall time counts others' work
-            t0 = time.process_time()
-            for t, x, n in d:
-                update(t, x, n)
-            results[name].append(len(d) / max(time.process_time() - t0, 1e-9))
-    load = os.getloadavg()
-    print(
-        f"updates per CPU-second ({args.steps:,} steps x {args.rounds} rounds, interleaved; "
-        f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores):"
-    )
-    base = sorted(results["baseline rolling z"])[args.rounds // 2]
-    for name, rates in results.items():
-        rates.sort()
-        med = rates[len(rates) // 2]
-        print(
-            f"  {name:20s} median {med:>9,.0f}   min {rates[0]:>9,.0f}   "
-            f"baseline / this {base / med:5.1f}"
-        )
-    print("state bytes per series (pickle) after 2 simulated days:")
-    for name in ("count", "sum", "ratio"):
-        make, d = kinds[name]
-        det = make()
-        for t, x, n in d[: 2 * 1440]:
-            det.update(t, x, n)
-        print(f"  {name:20s} {len(pickle.dumps(det)):>7,} bytes")
+    if args.child:
+        print(json.dumps(run_rounds(args.steps, args.rounds)))
+    elif args.base:
+        compare(args)
+    else:
+        single(args)
 
 
 if __name__ == "__main__":

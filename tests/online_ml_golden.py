@@ -82,9 +82,9 @@ def _odd(i: int, x: float | None) -> float | None:
     return {700: math.nan, 701: math.inf, 702: 1e300, 703: -5.0}.get(i, x)
 
 
-def _counts(rng: random.Random, base: float) -> list[Step]:
+def _counts(rng: random.Random, base: float, steps: int) -> list[Step]:
     out: list[Step] = []
-    for i in range(STEPS):
+    for i in range(steps):
         lam = base * _daily(i)
         if 1800 <= i < 1830:
             lam *= 3.0  # surge
@@ -96,9 +96,9 @@ def _counts(rng: random.Random, base: float) -> list[Step]:
     return out
 
 
-def _amounts(rng: random.Random, base: float, mean: bool) -> list[Step]:
+def _amounts(rng: random.Random, base: float, mean: bool, steps: int) -> list[Step]:
     out: list[Step] = []
-    for i in range(STEPS):
+    for i in range(steps):
         lam = base * _daily(i)
         if 2200 <= i < 2230:
             lam *= 0.3  # fewer orders
@@ -112,9 +112,9 @@ def _amounts(rng: random.Random, base: float, mean: bool) -> list[Step]:
     return out
 
 
-def _ratio(rng: random.Random, base: float) -> list[Step]:
+def _ratio(rng: random.Random, base: float, steps: int) -> list[Step]:
     out: list[Step] = []
-    for i in range(STEPS):
+    for i in range(steps):
         n = 0 if 2300 <= i < 2310 else _poisson(rng, base * _daily(i))
         p = 0.3 if 1800 <= i < 1830 else 0.03  # failure spike
         k = sum(rng.random() < p for _ in range(n))
@@ -123,9 +123,9 @@ def _ratio(rng: random.Random, base: float) -> list[Step]:
     return out
 
 
-def _distinct(rng: random.Random, base: float) -> list[Step]:
+def _distinct(rng: random.Random, base: float, steps: int) -> list[Step]:
     out: list[Step] = []
-    for i in range(STEPS):
+    for i in range(steps):
         lam = base * _daily(i) * (1.5 if 1900 <= i < 2000 else 1.0)  # a slow rise
         users = _poisson(rng, lam)
         x = float(users) if users else None
@@ -134,18 +134,25 @@ def _distinct(rng: random.Random, base: float) -> list[Step]:
     return out
 
 
-def cases() -> list[Case]:
-    """The seeded series, one per default kind (tenant and seller sizes where both occur)."""
+def cases(steps: int = STEPS) -> list[Case]:
+    """The seeded series, one per default kind (tenant and seller sizes where both occur).
+
+    The anomalies sit at fixed steps (1800-2410); a longer series goes on as normal traffic
+    (the benchmark, ``bench/bench_online_ml.py``, feeds the same series).
+    """
     rng = random.Random(SEED)
+    n = steps
     return [
-        Case("count", "count", "acme|orders||1m", _counts(rng, 12.0)),
-        Case("count_seller", "count", "acme|orders|seller_id=s-1|1m", _counts(rng, 0.8)),
-        Case("sum", "sum", "acme|gmv||1m", _amounts(rng, 12.0, mean=False)),
-        Case("sparse_sum", "sparse_sum", "acme|gmv|seller_id=s-1|1m", _amounts(rng, 1.2, False)),
-        Case("ratio", "ratio", "acme|payment_failure_rate||1m", _ratio(rng, 15.0)),
-        Case("ratio_seller", "ratio", "acme|payment_failure_rate|seller_id=s-1|1m", _ratio(rng, 2)),
-        Case("distinct", "distinct", "acme|active_users||1m", _distinct(rng, 40.0)),
-        Case("level", "level", "acme|order_value||1m", _amounts(rng, 6.0, mean=True)),
+        Case("count", "count", "acme|orders||1m", _counts(rng, 12.0, n)),
+        Case("count_seller", "count", "acme|orders|seller_id=s-1|1m", _counts(rng, 0.8, n)),
+        Case("sum", "sum", "acme|gmv||1m", _amounts(rng, 12.0, False, n)),
+        Case("sparse_sum", "sparse_sum", "acme|gmv|seller_id=s-1|1m", _amounts(rng, 1.2, False, n)),
+        Case("ratio", "ratio", "acme|payment_failure_rate||1m", _ratio(rng, 15.0, n)),
+        Case(
+            "ratio_seller", "ratio", "acme|payment_failure_rate|seller_id=s-1|1m", _ratio(rng, 2, n)
+        ),
+        Case("distinct", "distinct", "acme|active_users||1m", _distinct(rng, 40.0, n)),
+        Case("level", "level", "acme|order_value||1m", _amounts(rng, 6.0, True, n)),
     ]
 
 
