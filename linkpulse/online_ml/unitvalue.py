@@ -43,7 +43,7 @@ from linkpulse.online_ml.core import (
     WindowSums,
 )
 from linkpulse.online_ml.profile import LN2
-from linkpulse.online_ml.stats import normal_sf
+from linkpulse.online_ml.stats import SQRT2
 
 _PRIOR_V: Final = 1.0  # one event's log-amount variance before any is seen (log-normal-ish)
 
@@ -76,37 +76,59 @@ class UnitValue(ScalarDetector):
         self._windows = WindowSums(short, long)  # (amounts, events) of the recent steps
         self._cal = (Calibrator(), Calibrator(), Calibrator())
 
-    def _pairs(self, x: float, n: float) -> tuple[tuple[float, float], ...]:
+    def _ys(self, x: float, n: float) -> tuple[float, float, float, float, float, float]:
+        """The three tests' (amount, events) pooled sums' ``y = ln(amount / events)`` and events.
+
+        ``y`` is NaN where the pooled amount is not positive (no usable mean).
+        """
         sx, sn, lx, ln = self._windows.sums
-        return ((x, n), (sx + x, sn + n), (lx + x, ln + n))
-
-    def _zs(self, x: float, n: float) -> list[float]:
-        out = []
-        for (a, b), v, mu in zip(self._pairs(x, n), self._v, self._mu, strict=True):
-            out.append((math.log(a / b) - mu) * math.sqrt(b / v) if a > 0.0 else -40.0)
-        return out
-
-    def _usable(self, x: float | None) -> tuple[float, float] | None:
-        n = self._trials
-        if x is None or n is None or n < 1.0 or x <= 0.0:
-            return None
-        return x, n
+        a1, b1, a2, b2 = sx + x, sn + n, lx + x, ln + n
+        log = math.log
+        return (
+            log(x / n),
+            log(a1 / b1) if a1 > 0.0 else math.nan,
+            log(a2 / b2) if a2 > 0.0 else math.nan,
+            n,
+            b1,
+            b2,
+        )
 
     def assess(self, ts: float, x: float | None) -> Verdict:
-        got = self._usable(x)
-        if got is None or self._w <= 0.0:
-            return Verdict(1.0, "none", None, None, None, None, "unit_value", self.name)
-        zs = self._zs(*got)
+        n = self._trials
+        if x is None or n is None or n < 1.0 or x <= 0.0 or self._w <= 0.0:
+            return _NOTHING
+        # straight-line for speed (this runs once per step of every sum series); the same
+        # float operations in the same order as the loop it replaced, so the same scores
+        y0, y1, y2, b0, b1, b2 = ys = self._ys(x, n)
+        mu0, mu1, mu2 = self._mu
+        v0, v1, v2 = self._v
+        sqrt, erfc = math.sqrt, math.erfc
+        c0, c1, c2 = self._cal
+        z0 = (y0 - mu0) * sqrt(b0 / v0)
+        r0 = 2.0 * (0.5 * erfc(abs(z0) / SQRT2))  # 2 * normal_sf(|z|), inlined
+        if r0 > 1.0:
+            r0 = 1.0
         best, z = 1.0, 0.0
-        raws = []
-        for c, zi in zip(self._cal, zs, strict=True):
-            raw = min(1.0, 2.0 * normal_sf(abs(zi)))
-            raws.append(raw)
-            q = c.calibrate(raw)
-            if q < best:
-                best, z = q, zi
+        q = c0.calibrate(r0)
+        if q < best:
+            best, z = q, z0
+        z1 = (y1 - mu1) * sqrt(b1 / v1) if y1 == y1 else -40.0
+        r1 = 2.0 * (0.5 * erfc(abs(z1) / SQRT2))
+        if r1 > 1.0:
+            r1 = 1.0
+        q = c1.calibrate(r1)
+        if q < best:
+            best, z = q, z1
+        z2 = (y2 - mu2) * sqrt(b2 / v2) if y2 == y2 else -40.0
+        r2 = 2.0 * (0.5 * erfc(abs(z2) / SQRT2))
+        if r2 > 1.0:
+            r2 = 1.0
+        q = c2.calibrate(r2)
+        if q < best:
+            best, z = q, z2
+        p = 3.0 * best
         return Verdict(
-            min(1.0, 3.0 * best),
+            p if p < 1.0 else 1.0,
             "up" if z > 0 else "down",
             None,
             None,
@@ -114,33 +136,45 @@ class UnitValue(ScalarDetector):
             z,
             "unit_value",
             self.name,
-            raw=tuple(raws),
+            raw=(r0, r1, r2, *ys),
         )
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
-        got = self._usable(x)
-        if got is None:
+        n = self._trials
+        if x is None or n is None or n < 1.0 or x <= 0.0:
             # no events (or no count): the windows still move on, with nothing in this step
             self._windows.push(0.0, 0.0)
             return
-        xv, n = got
-        anomalous = verdict.p < ANOMALOUS_P
-        pairs = self._pairs(xv, n)
+        raw = verdict.raw
+        # what assess computed of this step (the windows have not moved since); else afresh
+        ys = raw[3:] if raw is not None and len(raw) == 9 else self._ys(x, n)
         if self._w > 0.0:
-            raws = verdict.raw if verdict.raw is not None else (1.0, 1.0, 1.0)
-            a = max(1.0 / (self._w + 20.0), self._alpha)
+            anomalous = verdict.p < ANOMALOUS_P
+            raws = raw[:3] if raw is not None else (1.0, 1.0, 1.0)
+            a = 1.0 / (self._w + 20.0)
+            if a < self._alpha:
+                a = self._alpha
             w = ANOMALOUS_WEIGHT if anomalous else 1.0
-            for k, ((sa, sb), c, raw) in enumerate(zip(pairs, self._cal, raws, strict=True)):
-                c.learn(raw, w)
-                if sa <= 0.0:
+            mu, v = self._mu, self._v
+            for k in range(3):
+                self._cal[k].learn(raws[k], w)
+                y = ys[k]
+                if y != y:  # NaN: no positive pooled amount
                     continue
-                d = math.log(sa / sb) - self._mu[k]
+                d = y - mu[k]
                 if not anomalous:
                     # winsorised at 3 sigma: a burst of big orders does not widen it for days
-                    r = min(d * d * sb, 9.0 * self._v[k])
-                    self._v[k] += a * (r - self._v[k])
-                self._mu[k] += w * a * d
+                    r = d * d * ys[k + 3]
+                    vk = v[k]
+                    if r > 9.0 * vk:
+                        r = 9.0 * vk
+                    v[k] = vk + a * (r - vk)
+                mu[k] += w * a * d
         else:
-            self._mu = [math.log(sa / sb) for sa, sb in pairs]
+            self._mu = [ys[0], ys[1], ys[2]]
         self._w += 1.0
-        self._windows.push(xv, n)
+        self._windows.push(x, n)
+
+
+_NOTHING: Final = Verdict(1.0, "none", None, None, None, None, "unit_value", UnitValue.name)
+"""The verdict on a step without a usable mean amount (no events, no count, no history)."""
