@@ -6,6 +6,13 @@ validated inputs, and returns the response body as a dict. Nothing here
 aggregates what the store already has: the SQL is compiled for the coarsest
 source that answers exactly (``sources.choose``) and the body names it.
 
+A rollup answers only its fresh buckets: ``fresh`` asks the store (in the
+same scoped session, one pipelined round trip for every plan of an answer)
+where each rollup's first stale bucket in range is, and splits the read there
+(``sources.split``), so an answer always equals the raw events, even minutes
+before the next refresh. ``source`` names the coarsest source that answered,
+``sources`` every one.
+
 >>> _fill([(datetime(2026, 12, 1, 0, 1, tzinfo=UTC), 4)], datetime(2026, 12, 1, tzinfo=UTC),
 ...       datetime(2026, 12, 1, 0, 2, tzinfo=UTC), 60, 0)
 [{'t': '2026-12-01T00:00:00Z', 'value': 0}, {'t': '2026-12-01T00:01:00Z', 'value': 4}]
@@ -24,7 +31,7 @@ from linkpulse.operators.metrics import dims_key
 from linkpulse.query import cursor as cursors
 from linkpulse.query.catalog import DIMENSIONS, KPI_NAMES, MEASURES, Measure
 from linkpulse.query.compiler import Compiled, Filter, Plan, compile_plan
-from linkpulse.query.sources import RAW, choose
+from linkpulse.query.sources import RAW, choose, split
 from linkpulse.query.timegrid import (
     QueryError,
     ceil_to,
@@ -36,6 +43,7 @@ from linkpulse.query.timegrid import (
 
 __all__ = [
     "FINAL_AFTER",
+    "fresh",
     "kpi_plans",
     "query_plan",
     "series_plan",
@@ -71,6 +79,32 @@ def _num(v: Any) -> Any:
 async def _rows(conn: psycopg.AsyncConnection[Any], compiled: Compiled) -> list[tuple[Any, ...]]:
     cur = await conn.execute(compiled.statement, compiled.params)
     return list(await cur.fetchall())
+
+
+_STALE = "SELECT rollup, stale_from FROM analyst.rollup_stale(%s::timestamptz, %s::timestamptz)"
+
+
+async def fresh(conn: psycopg.AsyncConnection[Any], plans: Sequence[Plan]) -> list[Plan]:
+    """``plans`` with every rollup read split where the rollup stops being fresh.
+
+    One round trip for all of them (pipelined). A plan reading no rollup is
+    returned as it is.
+    """
+    asks = [p for p in plans if p.source.rollup]
+    if not asks:
+        return list(plans)
+    async with conn.pipeline():
+        curs = [await conn.execute(_STALE, (p.start, p.end)) for p in asks]
+    stale = {id(p): dict(await cur.fetchall()) for p, cur in zip(asks, curs, strict=True)}
+    return [
+        replace(p, segments=split(p.source, p.start, p.end, stale[id(p)])) if id(p) in stale else p
+        for p in plans
+    ]
+
+
+def source_names(plan: Plan) -> list[str]:
+    """The sources a plan reads, coarsest first."""
+    return [source.name for source, _, _ in plan.reads]
 
 
 def _fill(
@@ -138,14 +172,17 @@ async def series(
         max_points=max_points,
     )  # fmt: skip
     step_s = plan.grain_s or 60
+    (plan,) = await fresh(conn, [plan])
     rows = await _rows(conn, compile_plan(plan))
+    names = source_names(plan)
     return {
         "metric": metric,
         "tenant": tenant,
         "seller": seller,
         "type": event_type,
         "step": step,
-        "source": plan.source.name,
+        "source": names[0],
+        "sources": names,
         "start": iso(plan.start),
         "end": iso(plan.end),
         "points": _fill(rows, plan.start, plan.end, step_s, _empty(plan.measures[0])),
@@ -182,8 +219,11 @@ def kpi_plans(start: datetime, end: datetime, seller: str | None) -> list[list[P
 
 async def _period_values(
     conn: psycopg.AsyncConnection[Any], periods: list[list[Plan]]
-) -> list[tuple[dict[str, Any], dict[str, str]]]:
+) -> list[tuple[dict[str, Any], dict[str, list[str]]]]:
     """Each period's KPI values and sources; the statements are pipelined (one round trip)."""
+    flat = await fresh(conn, [p for plans in periods for p in plans])
+    it = iter(flat)
+    periods = [[next(it) for _ in plans] for plans in periods]
     async with conn.pipeline():
         cursors_ = [
             [(plan, await conn.execute(c.statement, c.params))
@@ -193,11 +233,11 @@ async def _period_values(
     out = []
     for period in cursors_:
         values: dict[str, Any] = {}
-        sources: dict[str, str] = {}
+        sources: dict[str, list[str]] = {}
         for plan, cur in period:
             row = await cur.fetchone()
             for m, v in zip(plan.measures, row or (), strict=True):
-                values[m.name], sources[m.name] = _num(v), plan.source.name
+                values[m.name], sources[m.name] = _num(v), source_names(plan)
         out.append((values, sources))
     return out
 
@@ -225,17 +265,18 @@ async def kpis(
                 "change": _change(cur[name], prev[name]),
                 "week_ago": ago[name],
                 "change_week": _change(cur[name], ago[name]),
-                "source": cur_src[name],
+                "source": cur_src[name][0],
+                "sources": cur_src[name],
             }
         )
-    rollup = next((s for s in cur_src.values() if s != RAW.name), RAW.name)
+    rollup = next((s[0] for s in cur_src.values() if s[0] != RAW.name), RAW.name)
     return {
         "tenant": tenant,
         "seller": seller,
         "start": iso(start),
         "end": iso(end),
         "source": rollup,
-        "sources": sorted(set(cur_src.values())),
+        "sources": sorted({s for names in cur_src.values() for s in names}),
         "kpis": items,
     }
 
@@ -264,7 +305,8 @@ async def top(
     """``GET /v1/top``: the ``limit`` largest groups of ``dimension`` by ``measure``."""
     plan = top_plan(measure=measure, dimension=dimension, limit=limit, start=start, end=end,
                     seller=seller)  # fmt: skip
-    source = plan.source
+    (plan,) = await fresh(conn, [plan])
+    names = source_names(plan)
     rows = await _rows(conn, compile_plan(plan))
     return {
         "measure": measure,
@@ -273,7 +315,8 @@ async def top(
         "seller": seller,
         "start": iso(start),
         "end": iso(end),
-        "source": source.name,
+        "source": names[0],
+        "sources": names,
         "rows": [{"key": _num(k), "value": _num(v)} for k, v in rows],
     }
 
@@ -326,8 +369,8 @@ async def query(
     max_points: int,
 ) -> dict[str, Any]:
     """``POST /v1/query``: measures by dimensions (and time), one keyset page at a time."""
-    base = query_plan(q, seller=seller, max_points=max_points)
-    source = base.source
+    (base,) = await fresh(conn, [query_plan(q, seller=seller, max_points=max_points)])
+    names = source_names(base)
     fp = cursors.fingerprint({**q.normalised, "tenant": tenant, "seller": seller})
     after = None
     if q.cursor is not None:
@@ -340,7 +383,8 @@ async def query(
     return {
         "columns": [{"name": c.name, "type": c.kind} for c in compiled.columns],
         "rows": [[_num(v) for v in row] for row in rows],
-        "source": source.name,
+        "source": names[0],
+        "sources": names,
         "tenant": tenant,
         "seller": seller,
         "next_cursor": next_cursor,

@@ -3,32 +3,41 @@
 Every name in the SQL comes from the catalogue or the chosen ``Source``
 (composed with ``psycopg.sql``); every value the caller sent (times, sellers,
 filter values, cursor keys) is a bound parameter with an explicit type. The
-shape is one grouped ``SELECT`` (time bucket, dimensions, measures), wrapped
+shape is one grouped ``SELECT`` (time bucket, dimensions, measures) over the
+chosen view or, for a read split at a rollup's first stale bucket
+(``Plan.segments``, ``sources.split``), over the ``UNION ALL`` of each part's
+rows in the rollups' shape (a raw event is a row of one event), each part
+with its own time bounds and filters so its indexes still serve; wrapped
 when paged: ``SELECT * FROM (...) q WHERE <after the cursor's key> ORDER BY
 <key> LIMIT n``. The sort key is the requested order followed by every group
 column, so it is unique and a keyset cursor is exact.
 
 >>> from datetime import datetime, UTC
 >>> from linkpulse.query.catalog import MEASURES
->>> from linkpulse.query.sources import ROLLUPS
+>>> from dataclasses import replace
+>>> from linkpulse.query.sources import RAW, ROLLUPS
 >>> day = datetime(2026, 12, 1, tzinfo=UTC)
 >>> plan = Plan([MEASURES["orders"]], [], day, day.replace(day=2), ROLLUPS[1], grain_s=3600)
 >>> c = compile_plan(plan)
 >>> [col.name for col in c.columns], len(c.params)
 (['time', 'orders'], 4)
+>>> parts = [(ROLLUPS[1], day, day.replace(hour=5)), (RAW, day.replace(hour=5), day.replace(day=2))]
+>>> c = compile_plan(replace(plan, segments=parts))
+>>> [col.name for col in c.columns], len(c.params), "UNION ALL" in c.statement.as_string(None)
+(['time', 'orders'], 6, True)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from psycopg import sql
 
 from linkpulse.query.catalog import Dimension, Measure
-from linkpulse.query.sources import Source
+from linkpulse.query.sources import Segment, Source
 from linkpulse.query.timegrid import ORIGIN
 
 __all__ = ["Column", "Compiled", "Filter", "Plan", "compile_plan"]
@@ -60,6 +69,13 @@ class Plan:
     order: Sequence[tuple[str, bool]] = ()  # (column name, descending)
     limit: int | None = None
     after: Sequence[Any] | None = None  # the sort key of the previous page's last row
+    # The parts of a split read (sources.split); empty: ``source`` answers all of it.
+    segments: Sequence[Segment] = ()
+
+    @property
+    def reads(self) -> list[Segment]:
+        """The (source, start, end) parts it reads."""
+        return list(self.segments) or [(self.source, self.start, self.end)]
 
 
 @dataclass(frozen=True)
@@ -189,9 +205,30 @@ def _after(
     return sql.SQL(" OR ").join(alternatives)
 
 
+# A split read's rows, whatever part they come from: the rollups' columns.
+_UNION: Final = Source("events_split", "bucket", None)
+
+
+def _part(plan: Plan, part: Segment, params: list[Any]) -> sql.Composable:
+    """One part's rows of a split read, in the rollups' shape (raw: one event per row)."""
+    source, start, end = part
+    sub = replace(plan, source=source, start=start, end=end, segments=())
+    time_col = sql.Identifier(source.time_col)
+    rows = "events, revenue" if source.rollup else "1::bigint AS events, amount AS revenue"
+    return sql.SQL("SELECT {} AS bucket, type, seller_id, {} FROM {} WHERE {}").format(
+        time_col,
+        sql.SQL(rows),
+        sql.Identifier("analyst", source.name),
+        sql.SQL(" AND ").join(_where(sub, time_col, params)),
+    )
+
+
 def compile_plan(plan: Plan) -> Compiled:
     """The statement, its parameters, its columns and its sort key."""
-    source = plan.source
+    reads = plan.reads
+    if len(reads) == 1:  # one source: read its view directly
+        plan = replace(plan, source=reads[0][0], start=reads[0][1], end=reads[0][2], segments=())
+    source = plan.source if len(reads) == 1 else _UNION
     time_col = sql.Identifier(source.time_col)
     params: list[Any] = []
     select: list[sql.Composable] = []
@@ -211,11 +248,17 @@ def compile_plan(plan: Plan) -> Compiled:
     for m in plan.measures:
         select.append(sql.SQL("{} AS {}").format(_measure(m, source), sql.Identifier(m.name)))
         columns.append(Column(m.name, m.value_type))
-    inner = sql.SQL("SELECT {} FROM {} WHERE {}").format(
-        sql.SQL(", ").join(select),
-        sql.Identifier("analyst", source.name),
-        sql.SQL(" AND ").join(_where(plan, time_col, params)),
-    )
+    if len(reads) == 1:
+        inner = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(select),
+            sql.Identifier("analyst", source.name),
+            sql.SQL(" AND ").join(_where(plan, time_col, params)),
+        )
+    else:
+        inner = sql.SQL("SELECT {} FROM ({}) u").format(
+            sql.SQL(", ").join(select),
+            sql.SQL(" UNION ALL ").join(_part(plan, part, params) for part in reads),
+        )
     if groups:
         inner += sql.SQL(" GROUP BY ") + sql.SQL(", ").join(
             sql.SQL(str(i + 1)) for i in range(groups)

@@ -7,6 +7,13 @@ users adds up across nothing, so raw ``events`` answer it; the flow's own
 measures (late events) are in ``metric_windows``; anything else misaligned is
 read from raw ``events``. The response names the source.
 
+A rollup is exact only where it is fresh: the writer's new events reach a
+rollup at its next refresh (hours every 5 minutes, days every 30). So a
+rollup read is split at the rollup's earliest stale bucket in range
+(``analyst.rollup_stale``, migration 0015): the rollup answers before it,
+the next source of ``chain`` after it (``split``), and the response names
+every source that answered.
+
 >>> from datetime import datetime, UTC
 >>> day = datetime(2026, 12, 1, tzinfo=UTC)
 >>> from linkpulse.query.catalog import MEASURES, DIMENSIONS
@@ -18,6 +25,8 @@ read from raw ``events``. The response names the source.
 'events'
 >>> choose([MEASURES["active_users"]], [], day, day.replace(day=2), 3600).name
 'events'
+>>> [s.name for s in chain(ROLLUPS[1])]
+['events_1h', 'events_1m', 'events']
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from typing import Final
 from linkpulse.query.catalog import Dimension, Measure
 from linkpulse.query.timegrid import QueryError, aligned
 
-__all__ = ["RAW", "ROLLUPS", "WINDOWS", "Source", "choose"]
+__all__ = ["RAW", "ROLLUPS", "WINDOWS", "Segment", "Source", "chain", "choose", "split"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +96,49 @@ def choose(
         if fits_grain and keeps_dims and aligned(start, width) and aligned(end, width):
             return source
     return RAW
+
+
+# One part of a split read: ``source`` answers [start, end).
+Segment = tuple[Source, datetime, datetime]
+
+
+def chain(source: Source) -> tuple[Source, ...]:
+    """``source`` then every finer source that answers what it answers, down to raw events.
+
+    A finer rollup keeps every dimension a coarser one keeps and its width
+    divides the coarser's, so it answers any range and grain the coarser does.
+    """
+    if not source.rollup:
+        return (source,)
+    return (*ROLLUPS[ROLLUPS.index(source) :], RAW)
+
+
+def split(
+    source: Source, start: datetime, end: datetime, stale: dict[str, datetime | None]
+) -> list[Segment]:
+    """The parts of [start, end) each source of ``chain(source)`` answers exactly.
+
+    ``stale``: each rollup's earliest stale bucket in range (missing or None:
+    fresh throughout). A rollup answers from where the coarser one stopped up
+    to its own first stale bucket; raw events answer the rest. Each boundary
+    is a bucket start of the rollup before it, so every part stays aligned.
+
+    >>> from datetime import UTC
+    >>> t = lambda h, m=0: datetime(2026, 12, 1, h, m, tzinfo=UTC)
+    >>> parts = split(ROLLUPS[1], t(0), t(3), {"events_1h": t(2), "events_1m": t(2, 7)})
+    >>> [(s.name, a.strftime("%H:%M"), b.strftime("%H:%M")) for s, a, b in parts]
+    [('events_1h', '00:00', '02:00'), ('events_1m', '02:00', '02:07'), ('events', '02:07', '03:00')]
+    >>> [s.name for s, _, _ in split(ROLLUPS[1], t(0), t(3), {})]
+    ['events_1h']
+    """
+    parts: list[Segment] = []
+    at = start
+    for src in chain(source):
+        if at >= end:
+            break
+        first_stale = stale.get(src.name) if src.rollup else None
+        upto = end if first_stale is None else min(end, max(at, first_stale))
+        if upto > at:
+            parts.append((src, at, upto))
+        at = upto
+    return parts

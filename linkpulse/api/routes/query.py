@@ -35,6 +35,7 @@ from linkpulse.query import answers
 from linkpulse.query.cache import Reads
 from linkpulse.query.catalog import DIMENSIONS, MEASURES, catalog_body
 from linkpulse.query.compiler import Plan
+from linkpulse.query.sources import chain
 from linkpulse.query.timegrid import (
     EARLIEST,
     LATEST,
@@ -97,8 +98,14 @@ Span = tuple[str, datetime, datetime]  # (source, start, end) an answer reads
 
 
 def spans_of(plans: Iterable[Plan]) -> list[Span]:
-    """The source ranges of compiled plans (what the cache's watermarks must cover)."""
-    return [(p.source.name, p.start, p.end) for p in plans]
+    """The source ranges of plans (what the cache's watermarks must cover).
+
+    A rollup read is split where the rollup is stale (``answers.fresh``), so
+    it may read every finer source down to the raw events: each of them is
+    covered, and a write to any of them (new raw events before the rollup's
+    refresh included) invalidates the entry.
+    """
+    return [(s.name, p.start, p.end) for p in plans for s in chain(p.source)]
 
 
 async def _serve(
