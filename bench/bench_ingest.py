@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_ingest [--events 50000] [--batch 500] [--concurrency 4]
         [--rounds 3] [--stages raw,validate,pub,http] [--servers auto,asyncio-h11]
-        [--auth on,off]
+        [--auth on,off] [--tree LABEL=DIR ...]
 
 Needs NATS with JetStream at LINKPULSE_NATS_URL (default nats://127.0.0.1:4222); the
 ``http`` stage also the local PostgreSQL and Redis (API keys in the database
@@ -11,12 +11,17 @@ Stages:
   1. raw:       nats-py publish_async of pre-encoded bytes, acks awaited per chunk (ceiling)
   2. validate:  split_batch + decode_event of the request bodies (CPU only)
   3. pub:       EventPublisher.publish (encode, subject, Nats-Msg-Id, acks) on validated events
+     pub-lib:   the same messages (EventPublisher.prepare) through js.publish_async
   4. http:      POST /v1/events to one API process (uvicorn) in a subprocess, over TCP,
                 for each server variant and auth mode: ``auto`` is what ``linkpulse serve``
                 runs (uvloop and httptools when installed), ``asyncio-h11`` the pure-Python
                 loop and HTTP parser; auth ``on`` posts with an ingest key, ``off`` runs
                 with LINKPULSE_AUTH=off. Reports events/s and the API process's CPU per
                 event (user + system, psutil), which a loaded machine disturbs less.
+``--tree base=/tmp/lp_base`` adds an API run from another copy of the ``linkpulse`` package
+(e.g. ``git archive COMMIT linkpulse | tar -x -C /tmp/lp_base``) beside this tree's, for
+a before/after in one run; ``pub-lib`` is this tree's ``prepare`` with nats-py's
+``publish_async`` per message (what ``send`` did before), beside ``pub``.
 Rounds are interleaved (every stage and variant once per round), best of N is kept; every
 stage and variant uses its own throw-away stream, deleted at the end.
 """
@@ -129,6 +134,26 @@ async def stage_publisher(events: list, s: Settings, batch: int) -> tuple[float,
     return len(events) / elapsed, cpu / len(events) * 1e6
 
 
+async def stage_publisher_lib(events: list, s: Settings, batch: int) -> tuple[float, float]:
+    """``stage_publisher`` with nats-py's ``publish_async`` per message, acks awaited per batch:
+    the library path ``EventPublisher.send`` replaced, on the same prepared messages."""
+    pub = await EventPublisher.connect(s)
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream(publish_async_max_pending=batch * 16)
+    cpu0, start = time.process_time(), time.perf_counter()
+    for i in range(0, len(events), batch):
+        messages = pub.prepare(events[i : i + batch])
+        futures = [
+            await js.publish_async(m.subject, m.payload, headers=m.headers) for m in messages
+        ]
+        await asyncio.wait(futures)
+        assert all(f.result().seq for f in futures)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    await nc.close()
+    await pub.close()
+    return len(events) / elapsed, cpu / len(events) * 1e6
+
+
 def serve_api(loop: str, http: str, port: int) -> None:
     """The API as ``linkpulse serve`` runs it, with uvicorn's loop and HTTP parser chosen."""
     import uvicorn
@@ -173,7 +198,7 @@ def _uses_uvloop(pid: int) -> bool:
 
 
 async def stage_http(
-    batches: list[bytes], server: str, key: str | None, concurrency: int
+    batches: list[bytes], server: str, key: str | None, concurrency: int, tree: Path = REPO
 ) -> tuple[float, float, bool, str]:
     """Events/s, API CPU µs per event, whether uvloop was in use, and the CPU µs per event
     of nats-server and of this (client) process, for one variant."""
@@ -191,9 +216,10 @@ async def stage_http(
         "LINKPULSE_AUTH": "on" if key else "off",
         # The figure is ingest's, not the rate limiter's refusals'.
         "LINKPULSE_RATE_LIMITS": "admin=100000/100000,ingest=100000/100000",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        # The tree's linkpulse first (before the installed one), this bench's module next.
+        "PYTHONPATH": os.pathsep.join([str(tree), str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    cmd = [sys.executable, "-m", "bench.bench_ingest", "serve", loop, http, str(port)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "serve", loop, http, str(port)]
     api = subprocess.Popen(
         cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -249,10 +275,20 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="best of N, stages interleaved")
-    ap.add_argument("--stages", default="raw,validate,pub,http")
+    ap.add_argument("--stages", default="raw,validate,pub,pub-lib,http")
     ap.add_argument("--servers", default="auto,asyncio-h11", help=f"of {', '.join(SERVERS)}")
     ap.add_argument("--auth", default="on,off")
+    ap.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run the API from DIR/linkpulse (repeatable)",
+    )
     args = ap.parse_args()
+    trees = {"": REPO} | {
+        label: Path(d).resolve() for label, d in (t.split("=", 1) for t in args.tree)
+    }
     stages = args.stages.split(",")
     servers, auths = args.servers.split(","), args.auth.split(",")
 
@@ -287,22 +323,27 @@ async def main() -> None:
                 dropped.append(s := settings_for("raw"))
                 keep("raw nats publish_async (ceiling)", await stage_raw(payloads, s))
             decoded: list = []
-            if "validate" in stages or "pub" in stages:
+            if {"validate", "pub", "pub-lib"} & set(stages):
                 rate, decoded = stage_validate(batches)
                 if "validate" in stages:
                     keep("validate (split + decode_event)", rate, 1e6 / rate)
             if "pub" in stages:
                 dropped.append(s := settings_for("pub"))
                 keep("EventPublisher.publish", *await stage_publisher(decoded, s, args.batch))
+            if "pub-lib" in stages:
+                dropped.append(s := settings_for("pub"))
+                keep("prepare + publish_async", *await stage_publisher_lib(decoded, s, args.batch))
             if "http" in stages:
-                for server in servers:
-                    for auth in auths:
-                        key = keys["ingest"] if auth == "on" else None
-                        rate, cpu, uv, note = await stage_http(
-                            batches, server, key, args.concurrency
-                        )
-                        loop = "uvloop" if uv else "asyncio"
-                        keep(f"HTTP {server} ({loop}) auth {auth}", rate, cpu, note)
+                for label, tree in trees.items():
+                    for server in servers:
+                        for auth in auths:
+                            key = keys["ingest"] if auth == "on" else None
+                            rate, cpu, uv, note = await stage_http(
+                                batches, server, key, args.concurrency, tree
+                            )
+                            loop = "uvloop" if uv else "asyncio"
+                            name = f"HTTP {server} ({loop}) auth {auth}"
+                            keep(f"{name} {label}".rstrip(), rate, cpu, note)
     finally:
         await drop_streams(*dropped)
     print(f"best of {args.rounds} (events/s; lowest CPU µs/event):")

@@ -9,8 +9,19 @@ storing anything twice.
 
 Publishes are pipelined: a chunk of messages is written without waiting, then
 all their acknowledgements are awaited at once (one round trip per chunk, not
-per message), which is what reaches the ~47k msg/s a single nats-py client can
-do.
+per message). Each message is a core NATS publish whose reply subject is
+``<inbox>.<chunk>.<index>`` on one inbox subscription per publisher; the
+JetStream acknowledgements (PubAcks) are collected per chunk, by index, into
+one future. That is nats-py's ``publish_async`` without what it does per
+message (a future, a done callback, a semaphore wrapped in ``wait_for``, random
+token bytes, a dataclass-built ``PubAck``), which was half of the API's CPU per
+event (bench/RESULTS.md, "Ingest: one future per chunk"). Every message keeps
+its ``Nats-Msg-Id``.
+
+When acknowledgements are missing after ``ACK_TIMEOUT_S`` (NATS went away
+mid-chunk) or JetStream refused a message, ``PublishError.results`` says, per
+message sent, what was stored (a ``PublishResult``) and what was not confirmed
+(``None``): a caller can tell its client exactly that.
 
 Every message must fit the server's ``max_payload`` (from its INFO, 1 MiB by
 default), and the server counts the headers too: a bigger one would close the
@@ -24,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client
-from nats.js.api import PubAck
+from nats.aio.msg import Msg
 
 from linkpulse.bus.connection import connect_nats
 from linkpulse.bus.stream import dead_letter_stream_name, ensure_streams
@@ -67,13 +79,21 @@ _HEADER_FRAME = len(b"NATS/1.0\r\n\r\n")
 class PublishError(IngestError):
     """Publishing failed; ``subject`` names the subject of the first failed message.
 
+    ``results`` is, when some messages were sent, one entry per message of the
+    call: its ``PublishResult`` if JetStream acknowledged it (stored), ``None``
+    if not confirmed (never sent, refused, or its acknowledgement did not come).
+    Empty when nothing was sent.
+
     >>> str(PublishError("NATS is down", "lp.events.acme.page_view"))
     'NATS is down'
     """
 
-    def __init__(self, message: str, subject: str) -> None:
+    def __init__(
+        self, message: str, subject: str, results: Sequence[PublishResult | None] = ()
+    ) -> None:
         super().__init__(message)
         self.subject = subject
+        self.results: list[PublishResult | None] = list(results)
 
 
 class EventTooLargeError(PublishError):
@@ -188,13 +208,114 @@ class PublishResult(msgspec.Struct, frozen=True):
     duplicate: bool
 
 
+def _results(messages: Sequence[Message], acks: Sequence[_PubAck]) -> list[PublishResult]:
+    return [
+        PublishResult(event_id=m.event_id, stream_seq=a.seq, duplicate=a.duplicate)
+        for m, a in zip(messages, acks, strict=True)
+        if isinstance(m, EventMessage)
+    ]
+
+
+def _partial(
+    messages: Sequence[Message], acks: Sequence[_PubAck | None]
+) -> list[PublishResult | None]:
+    """Per message: stored (its result) or not confirmed (None); empty for dead letters."""
+    if not messages or not isinstance(messages[0], EventMessage):
+        return []
+    return [
+        None
+        if a is None or a.error is not None
+        else PublishResult(event_id=m.event_id, stream_seq=a.seq, duplicate=a.duplicate)
+        for m, a in zip(messages, acks, strict=True)
+        if isinstance(m, EventMessage)
+    ]
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    """JetStream's answer to one publish: ``{"stream": .., "seq": ..}`` or ``{"error": ..}``."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_PubAck)
+# What a message's ack slot holds until its answer comes (and stays, if it never does).
+_NO_ACK = _PubAck(error=_ApiError(description="no acknowledgement"))
+
+
+class _Chunk:
+    """The acknowledgements of one chunk, filled by index as they arrive."""
+
+    __slots__ = ("acks", "done", "left")
+
+    def __init__(self, n: int) -> None:
+        self.acks: list[_PubAck | None] = [None] * n
+        self.left = n
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class _AckInbox:
+    """One subscription receiving the PubAcks of every chunk a publisher sends.
+
+    A message of chunk ``c`` at index ``i`` is published with the reply subject
+    ``<inbox>.c.i``; its ack lands in ``chunks[c].acks[i]``, and the chunk's
+    one future is resolved when the last ack arrived. A late ack (after the
+    chunk timed out and was dropped) is ignored. nats-py re-subscribes after a
+    reconnect, so acks of messages it re-sends from its buffer still arrive.
+    """
+
+    def __init__(self, inbox: str) -> None:
+        self.inbox = inbox
+        self.chunks: dict[str, _Chunk] = {}
+        self._ids = itertools.count()
+        self._skip = len(inbox) + 1
+
+    def open(self, n: int) -> tuple[str, str, _Chunk]:
+        """A new chunk of ``n`` messages: its key, its reply-subject prefix and its state."""
+        key = str(next(self._ids))
+        chunk = self.chunks[key] = _Chunk(n)
+        return key, f"{self.inbox}.{key}.", chunk
+
+    async def on_ack(self, msg: Msg) -> None:
+        key, _, index = msg.subject[self._skip :].partition(".")
+        chunk = self.chunks.get(key)
+        if chunk is None or chunk.done.done():
+            return
+        i = int(index)
+        if chunk.acks[i] is not None:
+            return
+        if msg.data:
+            try:
+                ack = _ack_decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                ack = _PubAck(error=_ApiError(description=f"unreadable ack {msg.data[:200]!r}"))
+        else:  # a status message: 503 is "no responders", no stream takes the subject
+            status = (msg.headers or {}).get("Status", "")
+            what = "no stream captures the subject" if status == "503" else f"status {status}"
+            code = int(status) if status.isdigit() else 0
+            ack = _PubAck(error=_ApiError(code=code, description=what))
+        chunk.acks[i] = ack
+        chunk.left -= 1
+        if chunk.left == 0:
+            chunk.done.set_result(None)
+
+
 class EventPublisher:
     """Publishes validated events (and dead letters) on one NATS connection."""
 
     def __init__(self, nc: Client, settings: Settings) -> None:
         self._nc = nc
         self._settings = settings
-        self._js = nc.jetstream(publish_async_max_pending=PUBLISH_CHUNK * 16)
+        self._acks: _AckInbox | None = None
+        self._acks_ready = asyncio.Lock()
 
     @classmethod
     async def connect(cls, settings: Settings, *, name: str = "linkpulse") -> EventPublisher:
@@ -253,12 +374,17 @@ class EventPublisher:
         # Every event has the same two headers: their size is fixed but for the id.
         fixed = wire_size(b"", {"Nats-Msg-Id": "", "Nats-Expected-Stream": stream})
         messages = []
+        # A batch has few (tenant, type) pairs: each subject is built and checked once.
+        subjects: dict[tuple[str, str], str] = {}
         for ev in events:
             payload = encode_event(ev)
             msg_id = message_id(ev)
+            subject = subjects.get((ev.tenant, ev.type))
+            if subject is None:
+                subject = subjects[ev.tenant, ev.type] = event_subject(prefix, ev.tenant, ev.type)
             messages.append(
                 EventMessage(
-                    event_subject(prefix, ev.tenant, ev.type),
+                    subject,
                     payload,
                     {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": stream},
                     len(payload) + fixed + len(msg_id.encode()),
@@ -273,7 +399,11 @@ class EventPublisher:
         return [None if m.size <= limit else _size_problem(m.size, limit) for m in messages]
 
     async def send(self, messages: Sequence[EventMessage]) -> list[PublishResult]:
-        """Publish prepared events in order (see ``publish``), in pipelined chunks."""
+        """Publish prepared events in order (see ``publish``), in pipelined chunks.
+
+        On failure, ``PublishError.results`` covers every message of the call
+        (earlier chunks stored, later ones not sent: ``None``).
+        """
         for msg, problem in zip(messages, self.oversize_problems(messages), strict=True):
             if problem is not None:
                 text = f"event {msg.event_id!r} on {msg.subject}: {problem}; nothing was sent"
@@ -281,49 +411,73 @@ class EventPublisher:
         results: list[PublishResult] = []
         for start in range(0, len(messages), PUBLISH_CHUNK):
             chunk = messages[start : start + PUBLISH_CHUNK]
-            acks = await self._send_all(chunk)
-            results.extend(
-                PublishResult(event_id=m.event_id, stream_seq=a.seq, duplicate=bool(a.duplicate))
-                for m, a in zip(chunk, acks, strict=True)
-            )
+            try:
+                acks = await self._send_all(chunk)
+            except PublishError as e:
+                if results or e.results:
+                    e.results = [
+                        *results,
+                        *(e.results or [None] * len(chunk)),
+                        *[None] * (len(messages) - start - len(chunk)),
+                    ]
+                raise
+            results.extend(_results(chunk, acks))
         return results
 
-    async def _send_all(self, messages: Sequence[Message]) -> list[PubAck]:
-        """Write all messages, then await all acks; IngestError names the first failure."""
+    async def _ack_inbox(self) -> _AckInbox:
+        if self._acks is None:
+            async with self._acks_ready:  # two first batches at once subscribe once
+                if self._acks is None:
+                    inbox = _AckInbox(self._nc.new_inbox())
+                    await self._nc.subscribe(f"{inbox.inbox}.*.*", cb=inbox.on_ack)
+                    self._acks = inbox
+        return self._acks
+
+    async def _send_all(self, messages: Sequence[Message]) -> list[_PubAck]:
+        """Write all messages, then await all acks; PublishError names the first failure
+        and, in ``results``, what was stored (for event messages) and what was not."""
         if not messages:
             return []
         self._require_connection(messages[0].subject)
-        futures: list[asyncio.Future[PubAck]] = []
+        inbox = await self._ack_inbox()
+        key, reply, chunk = inbox.open(len(messages))
+        publish = self._nc.publish
         subject = messages[0].subject
         try:
-            for message in messages:
+            for i, message in enumerate(messages):
                 subject = message.subject
-                # No wait_stall: it wraps every call in wait_for, which yields to the
-                # loop per message and costs 4x throughput. The pending limit is only
-                # reached by many concurrent batches, whose timeouts free it.
-                futures.append(
-                    await self._js.publish_async(subject, message.payload, headers=message.headers)
+                # No await that yields in here (nc.publish only appends to its buffer and
+                # wakes the flusher once): the whole chunk goes out in a few writes.
+                await publish(
+                    subject, message.payload, reply=f"{reply}{i}", headers=message.headers
                 )
-            done, pending = await asyncio.wait(futures, timeout=ACK_TIMEOUT_S)
+            try:
+                await asyncio.wait_for(asyncio.shield(chunk.done), ACK_TIMEOUT_S)
+            except TimeoutError:
+                pass
         except (nats.errors.Error, OSError) as e:
-            for fut in futures:
-                fut.cancel()
             msg = f"publishing to {subject} failed: {e!r}; NATS may be down, retry shortly"
-            raise PublishError(msg, subject) from e
-        if pending:
-            for fut in pending:
-                fut.cancel()
-            subject = messages[futures.index(next(iter(pending)))].subject
+            raise PublishError(msg, subject, _partial(messages, chunk.acks)) from e
+        finally:
+            del inbox.chunks[key]
+        missing = [i for i, ack in enumerate(chunk.acks) if ack is None]
+        if missing:
+            subject = messages[missing[0]].subject
             msg = (
-                f"no acknowledgement from JetStream for {len(pending)} message(s) on {subject} "
-                f"within {ACK_TIMEOUT_S:g}s; NATS may be down, retry shortly"
+                f"no acknowledgement from JetStream for {len(missing)} of {len(messages)} "
+                f"message(s) (first on {subject}) within {ACK_TIMEOUT_S:g}s; NATS may be down, "
+                "retry shortly"
             )
-            raise PublishError(msg, subject)
-        for message, fut in zip(messages, futures, strict=True):
-            if (exc := fut.exception()) is not None:
-                msg = f"JetStream refused a message on {message.subject}: {exc!r}"
-                raise PublishError(msg, message.subject) from exc
-        return [fut.result() for fut in futures]
+            raise PublishError(msg, subject, _partial(messages, chunk.acks))
+        for message, ack in zip(messages, chunk.acks, strict=True):
+            if ack is not None and ack.error is not None:
+                err = ack.error
+                msg = (
+                    f"JetStream refused a message on {message.subject}: {err.description} "
+                    f"(code {err.code}, err_code {err.err_code})"
+                )
+                raise PublishError(msg, message.subject, _partial(messages, chunk.acks))
+        return [ack or _NO_ACK for ack in chunk.acks]
 
     def _dead_letter_message(self, letter: DeadLetter) -> Message:
         source = _UNSAFE_TOKEN.sub("_", letter.source) or "unknown"
