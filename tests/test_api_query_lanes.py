@@ -118,16 +118,18 @@ def check_kpis(conn: psycopg.Connection[Any], body: dict[str, Any], seller: str 
     assert nonzero >= 4, body
 
 
-async def _answer(dsn: str, fn: Any, *, seller: str | None = None, **kw: Any) -> dict[str, Any]:
+async def _answer(
+    dsn: str, fn: Any, *, seller: str | None = None, tenant: str = "acme", **kw: Any
+) -> dict[str, Any]:
     settings = Settings()
     with psycopg.connect(dsn, autocommit=True) as conn:
         secret = roles.scope_secret(conn)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
         async with roles.analyst_session_async(
-            aconn, analyst_role=settings.analyst_role, secret=secret, tenant="acme",
+            aconn, analyst_role=settings.analyst_role, secret=secret, tenant=tenant,
             seller_id=seller,
         ) as scoped:  # fmt: skip
-            body: dict[str, Any] = await fn(scoped, tenant="acme", seller=seller, **kw)
+            body: dict[str, Any] = await fn(scoped, tenant=tenant, seller=seller, **kw)
     return body
 
 

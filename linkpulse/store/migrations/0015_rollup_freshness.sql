@@ -4,7 +4,8 @@
 -- events right now (NULL: none does), for the caller's verified tenant only.
 -- linkpulse.query reads a rollup before that bucket and the next finer clean
 -- source (finer rollup, else raw events) from it on, so answers never lag the
--- writer. It exposes no row of any table: only three timestamps in scope.
+-- writer. It exposes no row of any table: one timestamp per rollup, in scope
+-- (users_1h too, migration 0014: the same logs, the same rule).
 -- SECURITY DEFINER: analysts read neither the rollup logs nor TimescaleDB's
 -- catalogue. EXECUTE stays with PUBLIC: only roles with USAGE on the analyst
 -- schema (the analyst roles) can name it, and it raises without a valid scope.
@@ -21,7 +22,7 @@ AS $$
 WITH scope AS (SELECT v.tenant FROM lp_private.verified_scope() v),
 spec (rollup, width) AS (
     VALUES ('events_1m', interval '1 minute'), ('events_1h', interval '1 hour'),
-           ('events_1d', interval '1 day')
+           ('events_1d', interval '1 day'), ('users_1h', interval '1 hour')
 )
 SELECT s.rollup, least(
     (SELECT min(p.bucket) FROM public.lp_rollup_pending p
@@ -53,7 +54,7 @@ AS $$
 WITH scope AS (SELECT v.tenant FROM lp_private.verified_scope() v),
 spec (rollup, width) AS (
     VALUES ('events_1m', interval '1 minute'), ('events_1h', interval '1 hour'),
-           ('events_1d', interval '1 day')
+           ('events_1d', interval '1 day'), ('users_1h', interval '1 hour')
 ),
 agg AS (
     SELECT s.rollup, s.width, c.mat_hypertable_id, c.raw_hypertable_id,
