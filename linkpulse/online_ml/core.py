@@ -42,6 +42,7 @@ from linkpulse.online_ml.explain import sentence, slot_label
 from linkpulse.online_ml.stats import surprise
 from linkpulse.schemas.outputs import AnomalyScore, Explanation
 
+_log, _exp = math.log, math.exp
 _U: Final = 3.0  # nats: the threshold of the tail model (p = 0.05)
 _HONEST_RATE: Final = math.exp(-_U)
 _CAP_EXCESS: Final = 4.0  # an excess counts as at most this many mean excesses
@@ -76,17 +77,25 @@ class Calibrator(Versioned):
 
     def calibrate(self, p: float) -> float:
         """The calibrated tail probability of ``p``."""
+        # written out (no min/max calls): every detector calls this three times per step
         if not p > 0.0:
             return 0.0
         if p >= 1.0:
             return p
-        inflate = self._rate / _HONEST_RATE
-        s = -math.log(p)
+        rate = self._rate
+        inflate = rate / _HONEST_RATE
+        s = -_log(p)
         if s <= _U:
-            return min(1.0, p * inflate) if inflate > 1.0 else p
-        rate = self._rate if inflate > 1.0 else _HONEST_RATE
-        b = self._excess if self._excess > 1.0 else 1.0
-        return rate * math.exp(-(s - _U) / b)
+            if inflate > 1.0:
+                q = p * inflate
+                return q if q < 1.0 else 1.0
+            return p
+        if not inflate > 1.0:
+            rate = _HONEST_RATE
+        b = self._excess
+        if not b > 1.0:
+            b = 1.0
+        return rate * _exp(-(s - _U) / b)
 
     def learn(self, p: float, weight: float = 1.0) -> None:
         """Learn one step's uncalibrated ``p`` (``weight`` < 1: a step scored as anomalous).
@@ -95,16 +104,26 @@ class Calibrator(Versioned):
         the weight, so an incident does not teach its own series that
         incidents are usual (its later steps would score lower and lower).
         """
-        s = -math.log(p) if p > 0.0 else 700.0
-        a = max(1.0 / (self._n + _PRIOR_STEPS), self._alpha) * weight
-        self._n += weight
+        s = -_log(p) if p > 0.0 else 700.0
+        n = self._n
+        a = 1.0 / (n + _PRIOR_STEPS)
+        if self._alpha > a:
+            a = self._alpha
+        a *= weight
+        self._n = n + weight
         if s <= _U:
             self._rate -= a * self._rate
             return
         self._rate += a * (1.0 - self._rate)
         b = self._excess
-        ae = max(1.0 / (self._n_exc + _PRIOR_EXCEEDANCES), self._alpha_exc) * weight
-        self._excess = b + ae * (min(s - _U, _CAP_EXCESS * b) - b)
+        ae = 1.0 / (self._n_exc + _PRIOR_EXCEEDANCES)
+        if self._alpha_exc > ae:
+            ae = self._alpha_exc
+        ae *= weight
+        e = s - _U
+        if _CAP_EXCESS * b < e:
+            e = _CAP_EXCESS * b
+        self._excess = b + ae * (e - b)
         self._n_exc += weight
 
 

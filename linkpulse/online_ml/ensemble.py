@@ -22,9 +22,12 @@ member that has one (the value model), whoever drove the score.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import ClassVar
 
+from linkpulse.online_ml.base import clean, to_seconds
 from linkpulse.online_ml.core import ScalarDetector, Verdict
+from linkpulse.schemas.outputs import AnomalyScore
 
 
 class Ensemble(ScalarDetector):
@@ -55,19 +58,26 @@ class Ensemble(ScalarDetector):
         return self._members
 
     def assess(self, ts: float, x: float | None) -> Verdict:
+        trials = self._trials
+        verdicts = []
+        for m in self._members:
+            m._trials = trials
+            verdicts.append(m._verdict(ts, x))
+        return self._combine(verdicts)
+
+    def _combine(self, verdicts: list[Verdict]) -> Verdict:
+        """The ensemble's verdict of its members' (in member order)."""
         best: Verdict | None = None
         band: Verdict | None = None
         gap = 0
-        for m in self._members:
-            m._trials = self._trials
-            v = m._verdict(ts, x)
+        for v in verdicts:
             gap = max(gap, v.gap_steps)
             if best is None or v.p < best.p:
                 best = v
             if band is None and v.expected is not None:
                 band = v
         assert best is not None
-        k = len(self._members)
+        k = len(verdicts)
         if band is None:
             band = best
         return Verdict(
@@ -89,3 +99,29 @@ class Ensemble(ScalarDetector):
             m.learn(ts, x, m._verdict(ts, x))
             m._n += 1
             m._cache = None
+
+    def update(self, t: datetime, x: float | None, n: float | None = None) -> AnomalyScore:
+        """``score_one`` then ``learn_one``, each member assessed once (the flow's hot path).
+
+        The same as the base class's, without the members' verdict caches: unless
+        ``score_one`` of this very step came first (then the caches hold the verdicts),
+        each member's ``assess`` result goes straight to its ``learn``.
+        """
+        ts = to_seconds(t)
+        xc = clean(x)
+        trials = self._trials = clean(n)
+        c = self._cache
+        cached = c is not None and c[0] == ts and c[1] == xc and c[2] == trials
+        verdicts = []
+        for m in self._members:
+            m._trials = trials
+            verdicts.append(m._verdict(ts, xc) if cached else m.assess(ts, xc))
+        v = c[3] if c is not None and cached else self._combine(verdicts)
+        score = self.to_score(t, ts, xc, v)
+        for m, mv in zip(self._members, verdicts, strict=True):
+            m.learn(ts, xc, mv)
+            m._n += 1
+            m._cache = None
+        self._n += 1
+        self._cache = None
+        return score
