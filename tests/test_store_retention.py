@@ -54,6 +54,10 @@ def test_retention_drops_only_what_is_older_than_the_horizon(pg_dsn: str) -> Non
         ).fetchone()
         assert old_day_events is not None and old_day_events[0] > 0
         rollup_before = conn.execute("SELECT count(*) FROM events_1m").fetchone()
+        users_old = conn.execute(
+            "SELECT count(*) FROM users_1h WHERE bucket + interval '1 hour' <= %s", (raw_horizon,)
+        ).fetchone()
+        assert users_old is not None and users_old[0] > 0
         with conn.transaction():
             report = apply_retention(conn, Tier.PLAIN_POSTGRES, raw_days=5, rollup_days=30, now=NOW)
         assert partition_name("events", (NOW - timedelta(days=7)).date()) in report.dropped
@@ -70,7 +74,11 @@ def test_retention_drops_only_what_is_older_than_the_horizon(pg_dsn: str) -> Non
         ).fetchone() == (0,)
         # rollups and metric windows follow the longer horizon: all 12 days of rollups kept
         assert conn.execute("SELECT count(*) FROM events_1m").fetchone() == rollup_before
-        assert report.rollup_rows_deleted == 0
+        # ...except users_1h, which holds user ids: the raw horizon, never outliving its events
+        assert report.rollup_rows_deleted == users_old[0]
+        assert conn.execute(
+            "SELECT count(*) FROM users_1h WHERE bucket + interval '1 hour' <= %s", (raw_horizon,)
+        ).fetchone() == (0,)
         starts = [
             r[0]
             for r in conn.execute("SELECT window_start FROM metric_windows ORDER BY 1").fetchall()

@@ -13,7 +13,7 @@ from linkpulse.schemas.outputs import MetricWindow
 from linkpulse.store import EventWriter, migrate, refresh, roles
 from tests.test_store_writer import BASE, make_events
 
-VIEWS = ("events", "events_1m", "events_1h", "events_1d", "metric_windows")
+VIEWS = ("events", "events_1m", "events_1h", "events_1d", "users_1h", "metric_windows")
 
 
 class Scoped:

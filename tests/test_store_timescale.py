@@ -65,7 +65,12 @@ def test_full_tier_matches_plain_tier(ts_dsn: str, pg_dsn: str) -> None:
             "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"
             " ORDER BY 1"
         ).fetchall()
-        assert caggs == [("events_1d", False), ("events_1h", False), ("events_1m", False)]
+        assert caggs == [
+            ("events_1d", False),
+            ("events_1h", False),
+            ("events_1m", False),
+            ("users_1h", False),
+        ]
         assert (
             apply_policies(
                 conn, Tier.FULL_TIMESCALE, raw_days=90, rollup_days=730, compress_after_days=7
@@ -78,7 +83,7 @@ def test_full_tier_matches_plain_tier(ts_dsn: str, pg_dsn: str) -> None:
         ).fetchall()
         assert dict(jobs) == {
             "policy_compression": 1,
-            "policy_refresh_continuous_aggregate": 3,
+            "policy_refresh_continuous_aggregate": len(ROLLUPS),
             # one per time-partitioned table and one per rollup
             "policy_retention": len(PARTITIONED) + len(ROLLUPS),
         }
@@ -165,7 +170,7 @@ def test_analyst_views_and_grants_on_timescaledb(ts_dsn: str) -> None:
             conn, analyst_role=analyst, secret=secret, tenant="acme", seller_id="s1"
         ) as c:
             assert c.execute("SELECT count(*) FROM analyst.events").fetchone() == expected
-            for view in ("events_1m", "events_1h", "events_1d"):
+            for view in ("events_1m", "events_1h", "events_1d", "users_1h"):
                 assert c.execute(
                     f"SELECT DISTINCT tenant, seller_id FROM analyst.{view}"
                 ).fetchall() == [("acme", "s1")]

@@ -173,7 +173,7 @@ def test_incremental_refresh_recomputes_only_touched_buckets(plain_dsn: str) -> 
         assert conn.execute("SELECT count(*) FROM lp_rollup_dirty").fetchone() == (1,)
         r2 = refresh(conn)
         assert r2.claimed == 1
-        assert r2.buckets == {"events_1m": 1, "events_1h": 1, "events_1d": 1}
+        assert r2.buckets == {"events_1m": 1, "events_1h": 1, "events_1d": 1, "users_1h": 1}
         wm2 = conn.execute(
             "SELECT watermark FROM lp_rollup_state WHERE rollup = 'events_1m'"
         ).fetchone()[0]  # type: ignore[index]

@@ -1,7 +1,9 @@
 """Retention: raw data and rollups each kept for their own horizon.
 
 Raw events, dead letters, anomaly scores and forecasts follow the raw horizon; metric
-windows, alerts and the rollups the (longer) rollup horizon. Plain PostgreSQL
+windows, alerts and the rollups the (longer) rollup horizon, except ``users_1h``, which
+holds user ids and so follows the raw horizon (its rows never outlive their raw events,
+so an erase can always recompute them). Plain PostgreSQL
 drops whole daily partitions (and deletes old rollup rows); TimescaleDB drops
 chunks with ``drop_chunks`` (the full tier also has retention policies, which
 its job scheduler runs; running ``drop_chunks`` here as well is harmless).
@@ -25,7 +27,7 @@ from linkpulse.store.partitions import PARTITIONED, drop_older_than
 if TYPE_CHECKING:
     from linkpulse.store.archive import Archiver
 
-__all__ = ["HORIZON_OF", "ROLLUPS", "RetentionReport", "apply_retention"]
+__all__ = ["HORIZON_OF", "ROLLUPS", "ROLLUP_HORIZON", "RetentionReport", "apply_retention"]
 
 HORIZON_OF: dict[str, str] = {
     "events": "raw",
@@ -35,12 +37,15 @@ HORIZON_OF: dict[str, str] = {
     "metric_windows": "rollup",
     "alerts": "rollup",
 }
-ROLLUPS = ("events_1m", "events_1h", "events_1d")
+ROLLUPS = ("events_1m", "events_1h", "events_1d", "users_1h")
 _WIDTH = {
     "events_1m": timedelta(minutes=1),
     "events_1h": timedelta(hours=1),
     "events_1d": timedelta(days=1),
+    "users_1h": timedelta(hours=1),
 }
+# Each rollup's horizon ("raw" or "rollup"); users_1h holds user ids.
+ROLLUP_HORIZON = {r: "raw" if r == "users_1h" else "rollup" for r in ROLLUPS}
 
 
 @dataclass
@@ -83,17 +88,17 @@ def apply_retention(
         else:
             report.dropped += drop_older_than(conn, table, horizon)
     for rollup in ROLLUPS:
+        horizon = horizons[ROLLUP_HORIZON[rollup]]
         if tier is Tier.FULL_TIMESCALE:
             rows = conn.execute(
-                "SELECT drop_chunks(%s::regclass, older_than => %s)",
-                (rollup, horizons["rollup"]),
+                "SELECT drop_chunks(%s::regclass, older_than => %s)", (rollup, horizon)
             ).fetchall()
             report.dropped += [str(r[0]) for r in rows]
         else:
             # only buckets that end at or before the horizon: nothing newer goes
             cur = conn.execute(
                 sql.SQL("DELETE FROM {} WHERE bucket <= {}").format(
-                    sql.Identifier(rollup), sql.Literal(horizons["rollup"] - _WIDTH[rollup])
+                    sql.Identifier(rollup), sql.Literal(horizon - _WIDTH[rollup])
                 )
             )
             report.rollup_rows_deleted += cur.rowcount

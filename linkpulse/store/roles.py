@@ -40,7 +40,7 @@ __all__ = [
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VIEWS = (
     "events", "events_1m", "events_1h", "events_1d", "metric_windows",
-    "anomaly_scores", "forecasts",
+    "anomaly_scores", "forecasts", "users_1h",
 )  # fmt: skip
 # Server-side functions PUBLIC may run by default that write (large objects).
 _WRITING_FUNCTIONS = (

@@ -19,13 +19,17 @@ refreshes from recomputing the same bucket at once.
 On full TimescaleDB the rollups are continuous aggregates and a refresh is
 ``refresh_continuous_aggregate`` (TimescaleDB tracks the invalidated ranges).
 
+``users_1h`` (migration 0014) is refreshed the same way: one row per (hour,
+tenant, type, seller, user id), so an exact distinct count of users over any
+hour-aligned range reads one row per user and hour, not one per event.
+
 >>> [r.name for r in ROLLUP_SPECS]
-['events_1m', 'events_1h', 'events_1d']
+['events_1m', 'events_1h', 'events_1d', 'users_1h']
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -58,6 +62,7 @@ DEFAULT_MIN_INTERVAL_S: dict[str, float] = {
     "events_1m": 0.0,
     "events_1h": 300.0,
     "events_1d": 1800.0,
+    "users_1h": 300.0,  # as events_1h: a KPI's active users as fresh as its other figures
 }
 
 # date_bin's origin; time_bucket aligns minute/hour/day buckets the same way.
@@ -67,16 +72,22 @@ _LOCK = 0x6C70_726F_6C6C  # "lproll"
 
 @dataclass(frozen=True)
 class RollupSpec:
-    """One rollup: its table name and bucket width."""
+    """One rollup: its table name, bucket width, and what a row holds.
+
+    ``kind`` "events": counts per (bucket, tenant, type, seller); "users": one
+    row per (bucket, tenant, type, seller, user id) for exact distinct users.
+    """
 
     name: str
     width: timedelta
+    kind: str = "events"
 
 
 ROLLUP_SPECS = (
     RollupSpec("events_1m", timedelta(minutes=1)),
     RollupSpec("events_1h", timedelta(hours=1)),
     RollupSpec("events_1d", timedelta(days=1)),
+    RollupSpec("users_1h", timedelta(hours=1), "users"),
 )
 
 
@@ -126,6 +137,18 @@ CROSS JOIN LATERAL (
     FROM events e
     WHERE e.tenant = t.tenant AND e.event_time >= t.bucket AND e.event_time < t.bucket + {width}
     GROUP BY e.type, e.seller_id
+) a
+"""
+_RECOMPUTE_USERS = """
+INSERT INTO {rollup} (bucket, tenant, type, seller_id, user_id, events)
+SELECT t.bucket, t.tenant, a.type, a.seller_id, a.user_id, a.events
+FROM lp_touched_buckets t
+CROSS JOIN LATERAL (
+    SELECT e.type, e.seller_id, e.user_id, count(*) AS events
+    FROM events e
+    WHERE e.tenant = t.tenant AND e.event_time >= t.bucket AND e.event_time < t.bucket + {width}
+      AND e.user_id IS NOT NULL
+    GROUP BY e.type, e.seller_id, e.user_id
 ) a
 """
 
@@ -191,7 +214,7 @@ def refresh(
                 ).format(r=sql.Identifier(spec.name))
             )
             conn.execute(
-                sql.SQL(_RECOMPUTE).format(
+                sql.SQL(_RECOMPUTE_USERS if spec.kind == "users" else _RECOMPUTE).format(
                     rollup=sql.Identifier(spec.name), width=sql.Literal(spec.width)
                 )
             )
@@ -305,28 +328,44 @@ SELECT date_bin({width}, event_time, {origin}), tenant, type, seller_id,
        count(*), sum(amount), count(DISTINCT user_id)
 FROM events GROUP BY 1, 2, 3, 4
 """
+_REBUILD_USERS = """
+INSERT INTO {rollup} (bucket, tenant, type, seller_id, user_id, events)
+SELECT date_bin({width}, event_time, {origin}), tenant, type, seller_id, user_id, count(*)
+FROM events WHERE user_id IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+"""
 
 
-def rebuild(conn: psycopg.Connection, tier: Tier | None = None) -> RefreshReport:
+def rebuild(
+    conn: psycopg.Connection, tier: Tier | None = None, *, only: Sequence[str] | None = None
+) -> RefreshReport:
     """Recompute every rollup from all raw events in one pass (after a bulk load or restore).
 
     Cheaper than an incremental refresh when most buckets changed. Claims the
     dirty log first, like ``refresh``, so concurrent writers stay safe.
     ``tier`` defaults to the one the database was migrated with. On the full
     tier this is a refresh over the raw events still stored (as ``refresh``).
+
+    ``only`` (rollup names) rebuilds just those, e.g. a rollup a new migration
+    added to a store whose other rollups are current; the dirty log and the
+    other rollups' pending buckets are left for the next ``refresh``.
     """
     tier = tier or _stored(conn)
     if tier is Tier.FULL_TIMESCALE:
         return _refresh_caggs(conn)
+    specs = [s for s in ROLLUP_SPECS if only is None or s.name in only]
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-        claimed = conn.execute("DELETE FROM lp_rollup_dirty").rowcount
-        conn.execute("DELETE FROM lp_rollup_pending")
+        claimed = 0
+        if only is None:
+            claimed = conn.execute("DELETE FROM lp_rollup_dirty").rowcount
+            conn.execute("DELETE FROM lp_rollup_pending")
+        else:
+            conn.execute("DELETE FROM lp_rollup_pending WHERE rollup = ANY(%s)", (list(only),))
         buckets = {}
-        for spec in ROLLUP_SPECS:
+        for spec in specs:
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(spec.name)))
             buckets[spec.name] = conn.execute(
-                sql.SQL(_REBUILD).format(
+                sql.SQL(_REBUILD_USERS if spec.kind == "users" else _REBUILD).format(
                     rollup=sql.Identifier(spec.name),
                     width=sql.Literal(spec.width),
                     origin=sql.Literal(BUCKET_ORIGIN),
@@ -337,7 +376,7 @@ def rebuild(conn: psycopg.Connection, tier: Tier | None = None) -> RefreshReport
                 "last_buckets = %s WHERE rollup = %s",
                 (buckets[spec.name], spec.name),
             )
-        for spec in ROLLUP_SPECS:  # index-only scans need the visibility map
+        for spec in specs:  # index-only scans need the visibility map
             conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(spec.name)))
     return RefreshReport(claimed, buckets, None)
 

@@ -9,7 +9,7 @@ setting takes effect. The Apache-only and plain tiers have no policies:
 []
 >>> len(policy_statements(Tier.FULL_TIMESCALE, raw_days=90, rollup_days=730,
 ...                       compress_after_days=7))
-26
+30
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ from psycopg import sql
 
 from linkpulse.store.capabilities import Tier
 from linkpulse.store.partitions import PARTITIONED
-from linkpulse.store.retention import HORIZON_OF
+from linkpulse.store.retention import HORIZON_OF, ROLLUP_HORIZON
 
 __all__ = ["apply_policies", "policy_statements"]
 
-_REFRESH_EVERY = {"events_1m": "1 minute", "events_1h": "5 minutes", "events_1d": "30 minutes"}
-_END_OFFSET = {"events_1m": "1 minute", "events_1h": "1 hour", "events_1d": "1 day"}
+_REFRESH_EVERY = {
+    "events_1m": "1 minute", "events_1h": "5 minutes", "events_1d": "30 minutes",
+    "users_1h": "5 minutes",
+}  # fmt: skip
+_END_OFFSET = {"events_1m": "1 minute", "events_1h": "1 hour", "events_1d": "1 day",
+               "users_1h": "1 hour"}  # fmt: skip
 
 
 def policy_statements(
@@ -68,7 +72,7 @@ def policy_statements(
         out.append(sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(name))
         out.append(
             sql.SQL("SELECT add_retention_policy({}, drop_after => {})").format(
-                name, sql.Literal(rollup)
+                name, sql.Literal(raw if ROLLUP_HORIZON[cagg] == "raw" else rollup)
             )
         )
     out.append(sql.SQL("SELECT remove_compression_policy('events', if_exists => true)"))
