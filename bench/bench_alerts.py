@@ -1,6 +1,7 @@
 """Alert rules benchmark: evaluation cost per window update, and the flow with rules on/off.
 
-Run: ``.venv/bin/python -m bench.bench_alerts [--windows 20000] [--events 200000] [--runs 3]``
+Run: ``.venv/bin/python -m bench.bench_alerts [--windows 20000] [--events 200000] [--runs 3]
+[--baseline REV]``
 
 No services: everything runs in process.
 
@@ -10,7 +11,10 @@ No services: everything runs in process.
    per update), and no rule reading it (the index lookup alone). Windows cycle
    over ``--series`` series of one tenant with values that cross the
    thresholds, so state machines move (pending, firing, resolved); the
-   figure is the mean cost per update, and per rule evaluation.
+   figure is the mean cost per update, and per rule evaluation. With
+   ``--baseline REV`` (a git revision), ``linkpulse/alerts/engine.py`` as it was
+   at REV runs in the same process too, interleaved with the current one
+   (before/after in one run), and the two must emit the same changes.
 2. The whole flow in process (Bytewax ``run_main`` on a ``TestingSource`` of
    chunks, decode + every metric and window, outputs discarded), the same
    backlog with the alerting branch off and on (100 rules spread over the
@@ -23,11 +27,15 @@ No services: everything runs in process.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -89,7 +97,26 @@ def windows(n: int, series: int, metric: str) -> list[MetricWindow]:
     return out
 
 
-def engine_cost(n: int, series: int) -> None:
+def engine_at(rev: str) -> ModuleType:
+    """``linkpulse/alerts/engine.py`` as it was at git revision ``rev``, as its own module."""
+    src = subprocess.run(
+        ["git", "show", f"{rev}:linkpulse/alerts/engine.py"],  # noqa: S607 - the repository's git
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / f"engine_{rev.replace('/', '_')}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"_baseline_engine_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def engine_cost(n: int, series: int, baseline: str | None = None) -> None:
     metrics = [m.name for m in REGISTRY]
     shapes = {
         "100 rules read the window's metric": rules_yaml(["orders"]),
@@ -97,24 +124,37 @@ def engine_cost(n: int, series: int) -> None:
         "no rule reads it": rules_yaml([m for m in metrics if m != "orders"][:1]),
     }
     ws = windows(n, series, "orders")
+    engines: dict[str, type[RuleEngine]] = {"current": RuleEngine}
+    if baseline is not None:
+        engines = {f"at {baseline}": engine_at(baseline).RuleEngine, **engines}
     print(f"1. RuleEngine.on_window, {n:,} final window updates over {series} series")
     for label, text in shapes.items():
         rules = parse_rules(text)
         per_update = len(rules.for_series("orders", "1m"))
-        best = []
-        changes = 0
+        best: dict[str, list[float]] = {name: [] for name in engines}
+        emitted: dict[str, list[tuple[str, str, float, int]]] = {}
         for _ in range(3):
-            eng = RuleEngine(rules)
-            t = time.perf_counter()
-            changes = sum(len(eng.on_window(w)) for w in ws)
-            best.append(time.perf_counter() - t)
-        dt = min(best)
-        us = dt / n * 1e6
-        per_rule = f", {us / per_update:.2f} µs per rule evaluation" if per_update else ""
-        print(
-            f"   {label:<38} {per_update:>3} evaluations/update: {us:8.2f} µs per update"
-            f"{per_rule}; {n / dt:>10,.0f} updates/s; {changes:,} state changes"
-        )
+            for name, cls in engines.items():  # interleaved: a slow spell hits both
+                eng = cls(rules)
+                t = time.perf_counter()
+                changes = [c for w in ws for c in eng.on_window(w)]
+                best[name].append(time.perf_counter() - t)
+                emitted[name] = [
+                    (c.alert_id, c.state.value, c.at.timestamp(), c.revision) for c in changes
+                ]
+        first = next(iter(emitted.values()))
+        if any(e != first for e in emitted.values()):
+            msg = f"{label}: the engines emitted different changes"
+            raise AssertionError(msg)
+        print(f"   {label}: {per_update} evaluations/update, {len(first):,} state changes")
+        for name in engines:
+            dt = min(best[name])
+            us = dt / n * 1e6
+            per_rule = f", {us / per_update:.2f} µs per rule evaluation" if per_update else ""
+            print(f"     {name:<16} {us:8.2f} µs per update{per_rule}; {n / dt:>10,.0f} updates/s")
+        if baseline is not None:
+            before, after = (min(best[name]) for name in engines)
+            print(f"     current vs at {baseline}: {after / before:.2f}x the time per update")
 
 
 def chunks(n: int, span_min: float, tenants: int) -> list[Chunk]:
@@ -201,8 +241,9 @@ def main() -> None:
     p.add_argument("--span-min", type=float, default=30.0)
     p.add_argument("--tenants", type=int, default=10)
     p.add_argument("--skip-flow", action="store_true")
+    p.add_argument("--baseline", help="git revision whose engine.py runs beside the current one")
     args = p.parse_args()
-    engine_cost(args.windows, args.series)
+    engine_cost(args.windows, args.series, args.baseline)
     if not args.skip_flow:
         flow_cost(args.events, args.runs, args.span_min, args.tenants)
 

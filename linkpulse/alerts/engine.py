@@ -52,9 +52,10 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import operator
 import pickle
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +70,8 @@ __all__ = ["EngineConfig", "RuleEngine", "Sample", "Track", "series_parts"]
 STATE_VERSION = 1
 _ACTIVE = (AlertState.FIRING, AlertState.ACKNOWLEDGED)
 _OPEN = (AlertState.PENDING, AlertState.FIRING, AlertState.ACKNOWLEDGED)
+# a machine in these states stays as it is on a sample that does not breach (see _advance)
+_QUIET = (AlertState.INACTIVE, AlertState.RESOLVED)
 
 
 def _dt(ts: float) -> datetime:
@@ -150,6 +153,47 @@ def _advance(m: _Machine, s: Sample, rule: Rule) -> _Machine:
     return m if m.clear_since == since else dataclasses.replace(m, clear_since=since)
 
 
+_CMP: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+
+class _Compiled:
+    """What a window update needs of one rule, worked out once per rule set, not per update.
+
+    ``every``: no tenant scope and no matcher (the rule covers every series, no
+    check to run); for thresholds the comparison, the band and the recovery
+    test (``Rule.breaches``/``Rule.holds`` without their per-call lookups).
+    """
+
+    __slots__ = (
+        "every",
+        "held_above",
+        "kind",
+        "lower",
+        "name",
+        "recovery",
+        "rule",
+        "test",
+        "upper",
+    )
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self.kind = rule.kind
+        self.every = rule.tenant is None and not rule.where
+        self.test = _CMP[rule.op]
+        below = rule.op in ("<", "<=")
+        self.lower = rule.threshold if below else None
+        self.upper = None if below else rule.threshold
+        self.recovery = rule.recovery
+        self.held_above = not below
+
+
 class Track:
     """One rule on one series: the machine, its recent samples and who it is (labels)."""
 
@@ -197,6 +241,7 @@ class RuleEngine:
 
     def __init__(self, rules: RuleSet, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
+        self._horizon_s = self.config.revision_horizon_s
         self._rules = rules
         self._by_name = rules.by_name()
         self._tracks: dict[tuple[str, str], Track] = {}
@@ -210,6 +255,8 @@ class RuleEngine:
         # windows route ("" for score-fed tracks) -> its tracks' keys (ticks look at theirs)
         self._by_route: dict[str, set[tuple[str, str]]] = {}
         self._scores_looked = -math.inf
+        # (metric, window) -> its rules compiled, and whether one is a rate of change
+        self._plans: dict[tuple[str, str], tuple[tuple[_Compiled, ...], bool]] = {}
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -241,26 +288,37 @@ class RuleEngine:
                 self._drop(key)
         self._seen = {k: v for k, v in self._seen.items() if k[0] in new}
         self._rules, self._by_name = rules, new
+        self._plans.clear()
         return out
 
     # -- inputs --------------------------------------------------------------------------------
+
+    def _plan(self, metric: str, window: str) -> tuple[tuple[_Compiled, ...], bool]:
+        key = (metric, window)
+        plan = self._plans.get(key)
+        if plan is None:
+            rules = self._rules.for_series(metric, window)
+            rate = any(r.kind is RuleKind.RATE_OF_CHANGE for r in rules)
+            plan = self._plans[key] = (tuple(_Compiled(r) for r in rules), rate)
+        return plan
 
     def on_window(self, w: MetricWindow, route: str = "") -> list[AlertChange]:
         """A window update: final windows (first or revised) are evaluated; live ones ignored."""
         if not w.final:
             return []
-        rules = self._rules.for_series(w.metric, w.window)
-        if not rules:
+        plan, has_rate = self._plan(w.metric, w.window)
+        if not plan:
             return []
         out: list[AlertChange] = []
         key = w.series_key
+        tenant, dims, v = w.tenant, w.dimensions, w.value
         start, end = w.window_start.timestamp(), w.window_end.timestamp()
         prev: float | None = None
         nxt: tuple[float, float] | None = None
-        if any(r.kind is RuleKind.RATE_OF_CHANGE for r in rules) and w.value is not None:
+        if has_rate and v is not None:
             values = self._values.setdefault(key, {})
-            step = end - start if w.window.find("/") < 0 else float(rules[0].step_s)
-            values[start] = w.value
+            step = end - start if w.window.find("/") < 0 else float(plan[0].rule.step_s)
+            values[start] = v
             prev = values.get(start - step)
             later = values.get(start + step)
             if later is not None:
@@ -269,20 +327,51 @@ class RuleEngine:
             if len(values) > 4 and min(values) < horizon:
                 for s in [s for s in values if s < horizon]:
                     del values[s]
-        for rule in rules:
-            if not rule.applies_to(w.tenant, w.dimensions):
+        tracks = self._tracks
+        for c in plan:
+            rule = c.rule
+            if not c.every and not rule.applies_to(tenant, dims):
                 continue
-            if rule.kind is RuleKind.ABSENCE:
+            kind = c.kind
+            if kind is RuleKind.THRESHOLD:
+                # the common case, inline: one comparison, no lookups (see _Compiled)
+                if v is None:
+                    continue
+                breached = c.test(v, rule.threshold)
+                rec = c.recovery
+                if rec is None:
+                    held = breached
+                else:
+                    held = v >= rec if c.held_above else v <= rec
+                sample = Sample(
+                    end,
+                    breached,
+                    held,
+                    v,
+                    v,
+                    None,
+                    c.lower,
+                    c.upper,
+                    _threshold_why(rule, v) if breached else "",
+                    w.revision,
+                )
+            elif kind is RuleKind.ABSENCE:
                 out.extend(self._saw(rule, w, route, end))
                 continue
-            sample = self._window_sample(rule, w, end, prev, key)
-            if sample is None:
-                continue
-            t = self._track(rule, key, w.tenant, w.dimensions, route)
-            out.extend(self._offer(rule, t, sample))
-            if nxt is not None and rule.kind is RuleKind.RATE_OF_CHANGE and w.value is not None:
+            else:
+                maybe = self._window_sample(rule, w, end, prev, key)
+                if maybe is None:
+                    continue
+                sample = maybe
+            t = tracks.get((c.name, key))
+            if t is None:
+                t = self._track(rule, key, tenant, dims, route)
+            changes = self._offer(rule, t, sample)
+            if changes:
+                out.extend(changes)
+            if nxt is not None and kind is RuleKind.RATE_OF_CHANGE and v is not None:
                 # the next window's change was measured from this one: it is revised too
-                again = _rate_sample(rule, nxt[1], w.value, nxt[0] + (end - start), w.revision)
+                again = _rate_sample(rule, nxt[1], v, nxt[0] + (end - start), w.revision)
                 if again is not None:
                     out.extend(self._offer(rule, t, again))
         return out
@@ -551,17 +640,23 @@ class RuleEngine:
         keep = rule.kind is not RuleKind.ABSENCE
         if not hist or s.at > hist[-1].at:
             before = t.machine
-            after = _advance(before, s, rule)
-            if after.state is AlertState.FIRING and before.state is AlertState.ACKNOWLEDGED:
-                after = dataclasses.replace(after, state=AlertState.ACKNOWLEDGED)
+            if s.cond or before.state not in _QUIET:
+                after = _advance(before, s, rule)
+                if after.state is AlertState.FIRING and before.state is AlertState.ACKNOWLEDGED:
+                    after = dataclasses.replace(after, state=AlertState.ACKNOWLEDGED)
+            else:
+                after = before  # what _advance returns: a quiet machine, no breach
             t.machine = after
-            t.last_at = max(t.last_at, s.at)
+            if s.at > t.last_at:
+                t.last_at = s.at
             t.last = s
             if keep:
                 hist.append(s)
-                horizon = s.at - self.config.revision_horizon_s
+                horizon = s.at - self._horizon_s
                 while hist and hist[0].at < horizon:
-                    t.base = _advance(t.base, hist.popleft(), rule)
+                    gone = hist.popleft()
+                    if gone.cond or t.base.state not in _QUIET:
+                        t.base = _advance(t.base, gone, rule)
             else:
                 t.base = after
             if after is before or after == before:
@@ -693,10 +788,14 @@ def _rate_sample(rule: Rule, v: float, prev: float, end: float, revision: int) -
     else:
         x = v - prev
     why = f"{rule.metric} went from {prev:.4g} to {v:.4g}"
+    # Rule.breaches/holds, inline (one per rate rule and window update)
+    cond = _CMP[rule.op](x, rule.threshold)
+    rec = rule.recovery
+    held = cond if rec is None else (x >= rec if rule.op in (">", ">=") else x <= rec)
     return Sample(
         end,
-        rule.breaches(x),
-        rule.holds(x),
+        cond,
+        held,
         value=x,
         observed=v,
         expected=prev,
