@@ -271,6 +271,28 @@ def test_state_stays_small() -> None:
         assert len(pickle.dumps(det)) <= 20_000, kind
 
 
+def test_fast_binomial_tails_equal_the_reference_ones_to_the_bit() -> None:
+    """``binom_two_sided`` (the ratio detector's hot path) is binom_sf / binom_cdf, exactly."""
+    from linkpulse.online_ml.stats import binom_cdf, binom_sf, binom_two_sided
+
+    rng = random.Random(SEED)
+    ps = [1e-6, 1.0 - 1e-6, 0.5, 0.03, 0.25] + [rng.random() for _ in range(5)]
+
+    def check(k: int, n: int, p: float) -> None:
+        up = k >= n * p
+        tail = binom_sf(k, n, p) if up else binom_cdf(k, n, p)
+        want = (min(1.0, 2.0 * tail), "up" if up else "down")
+        assert binom_two_sided(k, n, p, math.log(p), math.log1p(-p)) == want, (k, n, p, SEED)
+
+    for p in ps:
+        for n in [*range(1, 41), 120, 400, 401, 900]:
+            for k in range(n + 1) if n <= 120 else (0, 1, n // 3, n - 1, n):
+                check(k, n, p)
+    for n in range(2, 40):  # rates k / n: n p can be k exactly (binom_sf's detour)
+        for k in range(1, n):
+            check(k, n, k / n)
+
+
 # -- calibration -----------------------------------------------------------------------------
 
 

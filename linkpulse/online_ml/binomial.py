@@ -37,21 +37,30 @@ from linkpulse.online_ml.core import (
     learn_weight,
 )
 from linkpulse.online_ml.profile import LN2
-from linkpulse.online_ml.stats import binom_cdf, binom_sf
+from linkpulse.online_ml.stats import binom_two_sided
 
 _PHI_MAX: Final = 20.0
 
 
-def _two_sided(k: float, n: float, p: float, phi: float) -> tuple[float, str]:
-    """Quasi-binomial two-sided tail of ``k`` successes in ``n`` trials at rate ``p``."""
+def _two_sided(
+    k: float, n: float, p: float, phi: float, log_p: float, log_q: float
+) -> tuple[float, str]:
+    """Quasi-binomial two-sided tail of ``k`` successes in ``n`` trials at rate ``p``.
+
+    ``log_p``, ``log_q``: ``log(p)`` and ``log1p(-p)``, taken once for the step's three tests.
+    """
     if n <= 0.0:
         return 1.0, "none"
     kk, nn = k / phi, n / phi
-    ni = max(1, round(nn))
-    ki = min(ni, max(0, round(kk * ni / nn)))
-    if ki >= ni * p:
-        return min(1.0, 2.0 * binom_sf(ki, ni, p)), "up"
-    return min(1.0, 2.0 * binom_cdf(ki, ni, p)), "down"
+    ni = round(nn)
+    if ni < 1:
+        ni = 1
+    ki = round(kk * ni / nn)
+    if ki < 0:
+        ki = 0
+    elif ki > ni:
+        ki = ni
+    return binom_two_sided(ki, ni, p, log_p, log_q)
 
 
 class BinomialRate(ScalarDetector):
@@ -93,9 +102,11 @@ class BinomialRate(ScalarDetector):
         p = min(max(self._rate(), 1e-6), 1.0 - 1e-6)
         k = min(max(x, 0.0), 1.0) * n
         sk, sn, lk, ln = self._windows.sums
-        p0, d0 = _two_sided(k, n, p, self._phi)
-        p1, d1 = _two_sided(sk + k, sn + n, p, self._phi)
-        p2, d2 = _two_sided(lk + k, ln + n, p, self._phi)
+        phi = self._phi
+        lp, lq = math.log(p), math.log1p(-p)
+        p0, d0 = _two_sided(k, n, p, phi, lp, lq)
+        p1, d1 = _two_sided(sk + k, sn + n, p, phi, lp, lq)
+        p2, d2 = _two_sided(lk + k, ln + n, p, phi, lp, lq)
         return p, p0, p1, p2, d0, d1, d2
 
     def assess(self, ts: float, x: float | None) -> Verdict:

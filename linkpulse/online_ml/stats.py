@@ -171,3 +171,57 @@ def binom_cdf(k: int, n: int, p: float) -> float:
         i -= 1
         total += term
     return min(1.0, total)
+
+
+# lgamma(m + 1) = ln m! for the exact binomial sums (their n stays <= _BINOM_NORMAL_ABOVE):
+# the same floats math.lgamma gives, looked up
+_LN_FACT: Final = tuple(math.lgamma(m + 1.0) for m in range(_BINOM_NORMAL_ABOVE + 1))
+
+
+def binom_two_sided(k: int, n: int, p: float, log_p: float, log_q: float) -> tuple[float, str]:
+    """The two-sided binomial tail of ``k`` in ``n`` at ``p`` and its direction, fast.
+
+    ``min(1, 2 * binom_sf(k, n, p)), "up"`` when ``k >= n p``, else ``min(1, 2 *
+    binom_cdf(k, n, p)), "down"``, to the last bit (the same operations in the same
+    order), for ``0 <= k <= n``, ``n >= 1`` and ``0 < p < 1``; ``log_p = log(p)`` and
+    ``log_q = log1p(-p)`` are taken once per step by a caller that tests several
+    windows at the same rate.
+
+    >>> p = 0.03
+    >>> binom_two_sided(3, 20, p, math.log(p), math.log1p(-p)) == (2 * binom_sf(3, 20, p), "up")
+    True
+    >>> binom_two_sided(0, 90, p, math.log(p), math.log1p(-p))[1]
+    'down'
+    """
+    np_ = n * p
+    var = np_ * (1.0 - p)
+    up = k >= np_
+    if n > _BINOM_NORMAL_ABOVE or (var > 3.0 and abs(k - np_) < _NEAR_SIGMAS * math.sqrt(var)):
+        sd = math.sqrt(var)
+        if up:
+            tail = 0.5 * math.erfc((k - 0.5 - np_) / sd / SQRT2) if sd > 0 else float(k <= np_)
+        else:
+            tail = 0.5 * math.erfc((np_ - k - 0.5) / sd / SQRT2) if sd > 0 else float(k >= np_)
+    elif up and (k == np_ or k <= 0 or k >= n):
+        # the edges, where binom_sf takes a detour or a shortcut: ask it
+        tail = binom_sf(k, n, p)
+    else:
+        lf = _LN_FACT
+        term = math.exp(lf[n] - lf[k] - lf[n - k] + k * log_p + (n - k) * log_q)
+        total = term
+        i = k
+        if up:
+            odds = p / (1.0 - p)
+            while i < n and term > total * 1e-12:
+                term *= (n - i) / (i + 1.0) * odds
+                i += 1
+                total += term
+        else:
+            odds = (1.0 - p) / p
+            while i > 0 and term > total * 1e-12:
+                term *= i / (n - i + 1.0) * odds
+                i -= 1
+                total += term
+        tail = total if total < 1.0 else 1.0
+    tail *= 2.0
+    return (tail if tail < 1.0 else 1.0), ("up" if up else "down")
