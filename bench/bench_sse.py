@@ -17,6 +17,8 @@ posts) with auth on (an ingest key) and off, interleaved in the same run, and
 the API process's CPU per ingested event.
 
     python bench/bench_sse.py fanout --clients 250,500,1000,2000 --seconds 15
+    python bench/bench_sse.py fanout --clients 1000,2000 --servers auto/auto,asyncio/h11
+    python bench/bench_sse.py fanout --servers auto/auto,auto/auto@/tmp/lp-base  # new vs old
     python bench/bench_sse.py ingest --seconds 10 --rounds 2
 
 Needs the local PostgreSQL, Redis and NATS (the tests' services); uses its own
@@ -90,8 +92,17 @@ async def _keys() -> dict[str, str]:
 
 
 def _serve(
-    port: int, prefix: str, auth: str, extra: dict[str, str] | None = None
+    port: int,
+    prefix: str,
+    auth: str,
+    extra: dict[str, str] | None = None,
+    server: str = "auto/auto",
 ) -> subprocess.Popen[bytes]:
+    """Start ``linkpulse serve``; ``server`` is uvicorn's ``LOOP/HTTP`` (``asyncio/h11``),
+    optionally ``@DIR``: that directory first on the API's path (another copy of the code,
+    e.g. ``git archive HEAD linkpulse | tar -x -C DIR``, to compare two versions)."""
+    spec, _, code_dir = server.partition("@")
+    loop, _, http = spec.partition("/")
     env = {
         **os.environ,
         "LINKPULSE_DATABASE_URL": _dsn(),
@@ -107,10 +118,22 @@ def _serve(
         "LINKPULSE_RATE_LIMITS": "admin=100000/100000,ingest=100000/100000",
         **(extra or {}),
     }
-    if SERVER_PATH:
-        env["PYTHONPATH"] = os.pathsep.join([*SERVER_PATH, env.get("PYTHONPATH", "")])
+    path = [code_dir] if code_dir else []
+    if path or SERVER_PATH:
+        env["PYTHONPATH"] = os.pathsep.join([*path, *SERVER_PATH, env.get("PYTHONPATH", "")])
     return subprocess.Popen(
-        [sys.executable, "-m", "linkpulse", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "linkpulse",
+            "serve",
+            "--port",
+            str(port),
+            "--loop",
+            loop,
+            "--http",
+            http or "auto",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -254,66 +277,68 @@ def _cpu(p: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
-async def fanout(counts: list[int], seconds: float, idle: float = 3.0) -> None:
-    """Per subscriber count: delays, what the clients saw, and the API process's cost
-    (CPU per delivered update net of its idle CPU with the same clients, RSS per client)."""
+async def fanout(counts: list[int], seconds: float, servers: list[str], idle: float = 3.0) -> None:
+    """Per subscriber count, each server variant in turn (interleaved A/B): delays, what
+    the clients saw, and the API process's cost (CPU per delivered update net of its
+    idle CPU with the same clients, RSS per client) beside the client process's CPU."""
     keys = await _keys()
     print(f"load average {os.getloadavg()[0]:.1f} (2 cores)")
     print(
-        "subscribers  connected  registered  overflows  received/expected  p50 ms  p99 ms  "
-        "max ms  idle cpu/s  cpu us/update  rss KiB/client"
+        "server                subscribers  connected  registered  overflows  received/expected  "
+        "p50 ms  p99 ms  max ms  idle cpu/s  cpu us/update  client us/update  rss KiB/client"
     )
     for n in counts:
-        prefix = f"lpbench{uuid.uuid4().hex[:8]}"
-        port = _free_port()
-        api = _serve(port, prefix, "on")
-        try:
-            wait_up(f"http://127.0.0.1:{port}", keys["admin"])
-            proc = psutil.Process(api.pid)
-            rss0 = proc.memory_info().rss
-            clients = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "clients",
-                    str(port),
-                    keys["admin"],
-                    str(n),
-                    str(seconds + idle + 3),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert clients.stdout is not None
-            ready = clients.stdout.readline().split()
-            assert ready[0] == "READY", ready
-            rss1 = proc.memory_info().rss
-            c0, t0 = _cpu(proc), time.monotonic()
-            await asyncio.sleep(idle)  # baseline: the same clients, no updates
-            c1, t1 = _cpu(proc), time.monotonic()
-            sent = await _publish(prefix, seconds, 10.0)
-            await asyncio.sleep(1)  # let the last updates drain
-            c2, t2 = _cpu(proc), time.monotonic()
-            out, _ = clients.communicate(timeout=180)
-            head, _, tail = out.partition("DELAYS")
-            _, connected, registered, overflows = head.split()
-            delays = [float(x) for x in tail.split()]
-            idle_rate = (c1 - c0) / (t1 - t0)
-            net = (c2 - c1) - idle_rate * (t2 - t1)
-            per_update = net / max(len(delays), 1) * 1e6
-            per_client = (rss1 - rss0) / max(int(ready[2]), 1) / 1024
-            print(
-                f"{n:11d}  {connected:>9s}  {registered:>10s}  {overflows:>9s}  "
-                f"{len(delays):>8d}/{sent * int(registered):<8d}  "
-                f"{_pct(delays, 0.5) * 1e3:6.0f}  {_pct(delays, 0.99) * 1e3:6.0f}  "
-                f"{max(delays, default=0) * 1e3:6.0f}  {idle_rate:10.3f}  {per_update:13.1f}  "
-                f"{per_client:14.1f}   load {os.getloadavg()[0]:.1f}",
-                flush=True,
-            )
-        finally:
-            api.terminate()
-            api.wait(timeout=30)
-            await _drop_streams(prefix)
+        for server in servers:
+            await _fanout_one(n, seconds, server, keys["admin"], idle)
+
+
+async def _fanout_one(n: int, seconds: float, server: str, key: str, idle: float) -> None:
+    prefix = f"lpbench{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    api = _serve(port, prefix, "on", server=server)
+    try:
+        wait_up(f"http://127.0.0.1:{port}", key)
+        proc = psutil.Process(api.pid)
+        rss0 = proc.memory_info().rss
+        clients = subprocess.Popen(
+            [sys.executable, __file__, "clients", str(port), key, str(n), str(seconds + idle + 3)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        cproc = psutil.Process(clients.pid)
+        assert clients.stdout is not None
+        ready = clients.stdout.readline().split()
+        assert ready[0] == "READY", ready
+        rss1 = proc.memory_info().rss
+        c0, t0 = _cpu(proc), time.monotonic()
+        await asyncio.sleep(idle)  # baseline: the same clients, no updates
+        c1, t1 = _cpu(proc), time.monotonic()
+        k1 = _cpu(cproc)
+        sent = await _publish(prefix, seconds, 10.0)
+        await asyncio.sleep(1)  # let the last updates drain
+        c2, t2 = _cpu(proc), time.monotonic()
+        k2 = _cpu(cproc)
+        out, _ = clients.communicate(timeout=180)
+        head, _, tail = out.partition("DELAYS")
+        _, connected, registered, overflows = head.split()
+        delays = [float(x) for x in tail.split()]
+        idle_rate = (c1 - c0) / (t1 - t0)
+        net = (c2 - c1) - idle_rate * (t2 - t1)
+        per_update = net / max(len(delays), 1) * 1e6
+        client_per_update = (k2 - k1) / max(len(delays), 1) * 1e6
+        per_client = (rss1 - rss0) / max(int(ready[2]), 1) / 1024
+        print(
+            f"{server:20s}  {n:11d}  {connected:>9s}  {registered:>10s}  {overflows:>9s}  "
+            f"{len(delays):>8d}/{sent * int(registered):<8d}  "
+            f"{_pct(delays, 0.5) * 1e3:6.0f}  {_pct(delays, 0.99) * 1e3:6.0f}  "
+            f"{max(delays, default=0) * 1e3:6.0f}  {idle_rate:10.3f}  {per_update:13.1f}  "
+            f"{client_per_update:16.1f}  {per_client:14.1f}   load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+        await _drop_streams(prefix)
 
 
 async def _drop_streams(prefix: str) -> None:
@@ -410,6 +435,12 @@ def main() -> None:
     f = sub.add_parser("fanout")
     f.add_argument("--clients", default="250,500,1000,2000")
     f.add_argument("--seconds", type=float, default=15)
+    f.add_argument(
+        "--servers",
+        default="auto/auto",
+        help="API variants run in turn per count: uvicorn LOOP/HTTP, optionally @DIR (code "
+        "put first on the API's path), e.g. auto/auto,asyncio/h11,auto/auto@/tmp/old",
+    )
     i = sub.add_parser("ingest")
     i.add_argument("--seconds", type=float, default=10)
     i.add_argument("--rounds", type=int, default=2)
@@ -417,7 +448,8 @@ def main() -> None:
     if args.server_pythonpath:
         SERVER_PATH.append(args.server_pythonpath)
     if args.cmd == "fanout":
-        asyncio.run(fanout([int(x) for x in args.clients.split(",")], args.seconds))
+        counts = [int(x) for x in args.clients.split(",")]
+        asyncio.run(fanout(counts, args.seconds, args.servers.split(",")))
     else:
         asyncio.run(ingest(args.seconds, args.rounds))
 

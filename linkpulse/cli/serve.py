@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import typer
 
 from linkpulse.config import get_settings
 from linkpulse.errors import ConfigError
+
+
+class Loop(StrEnum):
+    """uvicorn's event loop choices."""
+
+    AUTO = "auto"
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
+class Http(StrEnum):
+    """uvicorn's HTTP/1.1 implementation choices."""
+
+    AUTO = "auto"
+    H11 = "h11"
+    HTTPTOOLS = "httptools"
 
 
 def serve(
@@ -17,6 +35,16 @@ def serve(
     ),
     access_log: bool = typer.Option(
         False, "--access-log/--no-access-log", help="log one line per HTTP request"
+    ),
+    loop: Loop = typer.Option(
+        Loop.AUTO,
+        "--loop",
+        help="event loop: auto (uvloop when installed), asyncio or uvloop (benchmarks compare)",
+    ),
+    http: Http = typer.Option(
+        Http.AUTO,
+        "--http",
+        help="HTTP/1.1 parser: auto (httptools when installed), h11 or httptools",
     ),
 ) -> None:
     """Run the HTTP API: POST /v1/events, /healthz, /readyz, /metrics, docs at /docs.
@@ -45,6 +73,8 @@ def serve(
         port=bind_port,
         log_level=settings.log_level.lower(),
         access_log=access_log,
+        loop=loop.value,
+        http=http.value,
         # Keep-alive a little longer than typical load balancers' idle timeouts.
         timeout_keep_alive=75,
     )
