@@ -148,7 +148,7 @@ def seeded(lane_dsn: str) -> str:
     [
         ("gmv", "1h", "events_1h"),
         ("orders", "5m", "events_1m"),
-        ("active_users", "1h", "events"),
+        ("active_users", "1h", "users_1h"),
         ("conversion", "15m", "events_1m"),
     ],
 )
@@ -187,7 +187,7 @@ async def test_kpis_equal_raw_aggregates_of_each_period(seeded: str) -> None:
     ]  # fmt: skip
     by_name = {k["name"]: k for k in body["kpis"]}
     assert by_name["gmv"]["source"] == "events_1h"
-    assert by_name["active_users"]["source"] == "events"
+    assert by_name["active_users"]["source"] == "users_1h"
     assert by_name["orders"]["week_ago"] == 0 and by_name["orders"]["change_week"] is None
     assert by_name["orders"]["change"] == pytest.approx(
         by_name["orders"]["value"] / by_name["orders"]["previous"] - 1
@@ -246,9 +246,11 @@ async def test_events_after_the_last_refresh_are_in_every_answer(seeded: str) ->
     # neither rollup is, so raw events answer it.
     assert series["sources"] == ["events_1h", "events_1m", "events"], (tier, first_late)
     assert minutes["sources"] == ["events_1m", "events"], tier
-    # The KPI period starts in the late events' hour: events_1h answers none of it.
-    gmv = next(k for k in kpis["kpis"] if k["name"] == "gmv")
-    assert gmv["sources"] == ["events_1m", "events"], (tier, gmv)
+    # The KPI period starts in the late events' hour: events_1h answers none of it,
+    # nor users_1h (hourly) the active users.
+    by_name = {k["name"]: k for k in kpis["kpis"]}
+    assert by_name["gmv"]["sources"] == ["events_1m", "events"], (tier, by_name["gmv"])
+    assert by_name["active_users"]["sources"] == ["events"], tier
     assert top["sources"][-1] == "events", tier
 
     with psycopg.connect(seeded, autocommit=True) as conn:
@@ -256,4 +258,6 @@ async def test_events_after_the_last_refresh_are_in_every_answer(seeded: str) ->
     fresh = await answer_all()
     check(*fresh)
     assert fresh[0]["sources"] == ["events_1h"] and fresh[1]["sources"] == ["events_1m"], tier
+    users = next(k for k in fresh[2]["kpis"] if k["name"] == "active_users")
+    assert users["sources"] == ["users_1h"], tier
     assert fresh[0]["points"] == series["points"], tier

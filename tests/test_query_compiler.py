@@ -55,6 +55,16 @@ def test_catalog_lists_every_measure_the_contract_names() -> None:
         (["orders"], ["hour_of_day"], DAY, DAY + timedelta(days=7), None, "events_1h"),
         (["orders"], [], DAY, DAY + timedelta(seconds=90), None, "events"),
         (["orders", "active_users"], [], DAY, DAY + timedelta(days=1), 86400, "events"),
+        (["active_users"], [], DAY, DAY + timedelta(days=1), 86400, "users_1h"),
+        (
+            ["active_users"],
+            ["hour_of_day", "seller_id"],
+            DAY,
+            DAY + timedelta(days=7),
+            None,
+            "users_1h",
+        ),  # fmt: skip
+        (["active_users"], [], DAY, DAY + timedelta(minutes=30), 60, "events"),
         (["late_events"], [], DAY, DAY + timedelta(hours=1), 60, "metric_windows"),
     ],
 )

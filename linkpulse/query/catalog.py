@@ -4,8 +4,10 @@ A measure is defined once, by kind and event types, and the compiler derives
 its SQL for each source: on a rollup a count is ``sum(events)`` and a sum is
 ``sum(revenue)`` over the rows of its types; on raw events ``count(*)`` and
 ``sum(amount)``. A distinct count of users does not add up across rollup rows
-(types, sellers, buckets), so ``active_users`` is read from raw events; a
-ratio is the quotient of two counts, computed after they are summed.
+(types, sellers, buckets), so ``active_users`` is read from ``users_1h`` (one
+row per hour and user id: the distinct ids of any set of its rows are those of
+the raw events behind them) or raw events; a ratio is the quotient of two
+counts, computed after they are summed.
 ``late_events`` is known only to the flow, so it is read from its metric
 windows. Nothing here is user input: names are checked against this table
 before anything is compiled.
@@ -55,7 +57,8 @@ class Measure:
 
     @property
     def raw_only(self) -> bool:
-        """Distinct users: no rollup row can be added to another, raw events answer."""
+        """Distinct users: no ``events_*`` rollup row can be added to another (``users_1h``
+        or raw events answer)."""
         return self.kind == "distinct"
 
     @property
@@ -124,7 +127,7 @@ MEASURES: Final[dict[str, Measure]] = {
             "Active users",
             "users",
             "distinct",
-            "distinct user_id over events of any type (exact, from raw events)",
+            "distinct user_id over events of any type (exact: users_1h, else raw events)",
         ),
         Measure(
             "late_events",

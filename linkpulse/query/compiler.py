@@ -210,11 +210,15 @@ _UNION: Final = Source("events_split", "bucket", None)
 
 
 def _part(plan: Plan, part: Segment, params: list[Any]) -> sql.Composable:
-    """One part's rows of a split read, in the rollups' shape (raw: one event per row)."""
+    """One part's rows of a split read, in the rollups' shape (raw: one event per row);
+    of a distinct count, in ``users_1h``'s (a user id per row)."""
     source, start, end = part
     sub = replace(plan, source=source, start=start, end=end, segments=())
     time_col = sql.Identifier(source.time_col)
-    rows = "events, revenue" if source.rollup else "1::bigint AS events, amount AS revenue"
+    if plan.source.users:
+        rows = "user_id"
+    else:
+        rows = "events, revenue" if source.rollup else "1::bigint AS events, amount AS revenue"
     return sql.SQL("SELECT {} AS bucket, type, seller_id, {} FROM {} WHERE {}").format(
         time_col,
         sql.SQL(rows),

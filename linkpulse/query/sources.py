@@ -3,9 +3,11 @@
 The rollups (``events_1d``, ``events_1h``, ``events_1m``) answer counts and
 sums of any range aligned to their width, at any step that is a multiple of
 it, for dimensions they keep (a day has no hour of day). A distinct count of
-users adds up across nothing, so raw ``events`` answer it; the flow's own
-measures (late events) are in ``metric_windows``; anything else misaligned is
-read from raw ``events``. The response names the source.
+users adds up across none of their rows: ``users_1h`` (one row per hour,
+tenant, type, seller and user id, migration 0014) answers it exactly for
+hour-aligned ranges, raw ``events`` otherwise; the flow's own measures (late
+events) are in ``metric_windows``; anything else misaligned is read from raw
+``events``. The response names the source.
 
 A rollup is exact only where it is fresh: the writer's new events reach a
 rollup at its next refresh (hours every 5 minutes, days every 30). So a
@@ -24,7 +26,11 @@ every source that answered.
 >>> choose([MEASURES["gmv"]], [], day, day.replace(second=30), None).name
 'events'
 >>> choose([MEASURES["active_users"]], [], day, day.replace(day=2), 3600).name
+'users_1h'
+>>> choose([MEASURES["active_users"]], [], day, day.replace(minute=30), 60).name
 'events'
+>>> [s.name for s in chain(USERS)]
+['users_1h', 'events']
 >>> [s.name for s in chain(ROLLUPS[1])]
 ['events_1h', 'events_1m', 'events']
 """
@@ -39,7 +45,17 @@ from typing import Final
 from linkpulse.query.catalog import Dimension, Measure
 from linkpulse.query.timegrid import QueryError, aligned
 
-__all__ = ["RAW", "ROLLUPS", "WINDOWS", "Segment", "Source", "chain", "choose", "split"]
+__all__ = [
+    "RAW",
+    "ROLLUPS",
+    "USERS",
+    "WINDOWS",
+    "Segment",
+    "Source",
+    "chain",
+    "choose",
+    "split",
+]
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,13 @@ class Source:
 
     @property
     def rollup(self) -> bool:
-        return self.name.startswith("events_")
+        """A table of buckets a refresh keeps up to date (so it can be stale)."""
+        return self.name.startswith(("events_", "users_"))
+
+    @property
+    def users(self) -> bool:
+        """Rows of user ids (``users_1h``): distinct counts only."""
+        return self.name.startswith("users_")
 
 
 ROLLUPS: Final = (
@@ -62,6 +84,21 @@ ROLLUPS: Final = (
 )
 WINDOWS: Final = Source("metric_windows", "window_start", 60)  # the flow's 1-minute windows
 RAW: Final = Source("events", "event_time", None)
+USERS: Final = Source("users_1h", "bucket", 3600)  # distinct users: one row per user and hour
+
+
+def _fits(
+    source: Source,
+    dimensions: Sequence[Dimension],
+    start: datetime,
+    end: datetime,
+    grain_s: int | None,
+) -> bool:
+    """Whether ``source``'s buckets tile [start, end), the grain, and keep the dimensions."""
+    width = source.width_s or 0
+    fits_grain = grain_s is None or grain_s % width == 0
+    keeps_dims = all(d.max_grain_s is None or width <= d.max_grain_s for d in dimensions)
+    return fits_grain and keeps_dims and aligned(start, width) and aligned(end, width)
 
 
 def choose(
@@ -88,14 +125,9 @@ def choose(
             )
         return WINDOWS
     if any(m.raw_only for m in measures):
-        return RAW
-    for source in ROLLUPS:
-        width = source.width_s or 0
-        fits_grain = grain_s is None or grain_s % width == 0
-        keeps_dims = all(d.max_grain_s is None or width <= d.max_grain_s for d in dimensions)
-        if fits_grain and keeps_dims and aligned(start, width) and aligned(end, width):
-            return source
-    return RAW
+        distinct_only = all(m.kind == "distinct" for m in measures)
+        return USERS if distinct_only and _fits(USERS, dimensions, start, end, grain_s) else RAW
+    return next((s for s in ROLLUPS if _fits(s, dimensions, start, end, grain_s)), RAW)
 
 
 # One part of a split read: ``source`` answers [start, end).
@@ -108,6 +140,8 @@ def chain(source: Source) -> tuple[Source, ...]:
     A finer rollup keeps every dimension a coarser one keeps and its width
     divides the coarser's, so it answers any range and grain the coarser does.
     """
+    if source.users:
+        return (source, RAW)
     if not source.rollup:
         return (source,)
     return (*ROLLUPS[ROLLUPS.index(source) :], RAW)

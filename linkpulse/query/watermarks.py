@@ -73,7 +73,9 @@ log = get_logger(__name__)
 
 ROLLUP_SOURCES: Final = ("events_1m", "events_1h", "events_1d")
 EVENT_SOURCES: Final = ("events", *ROLLUP_SOURCES)
-SOURCES: Final = (*EVENT_SOURCES, "metric_windows", "anomaly_scores", "forecasts")
+# users_1h (distinct users): a read of it also covers raw events (routes.query.spans_of),
+# so raw writes invalidate it without a touch of their own; its refresh touches it.
+SOURCES: Final = (*EVENT_SOURCES, "users_1h", "metric_windows", "anomaly_scores", "forecasts")
 DAY_S: Final = 86_400
 # Versions outlive any entry's TTL many times over; when one expires anyway, a
 # reader sets a fresh token (see the module doc), so the length is not critical.
