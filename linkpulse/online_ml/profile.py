@@ -56,6 +56,7 @@ _last_slot = (0, 0, 0.0)
 class SeasonalProfile(Versioned):
     """Robust EW level, daily and weekly factors and per-hour scale of one series."""
 
+    STATE_VERSION = 2  # 2: the weekday factors' prior weight is state
     __slots__ = (
         "_add",
         "_clip",
@@ -72,6 +73,7 @@ class SeasonalProfile(Versioned):
         "_last_hour",
         "_floor",
         "_spd",
+        "_week_prior",
     )
 
     def __init__(
@@ -84,6 +86,7 @@ class SeasonalProfile(Versioned):
         weekly_half_life_days: float = 21.0,
         clip: float = 3.0,
         scale_floor: float = 1e-9,
+        weekly_prior_days: float = 1.0,
     ) -> None:
         per_hour = steps_per_day / 24.0
         self._add = additive
@@ -104,6 +107,9 @@ class SeasonalProfile(Versioned):
         self._last_hour = -1
         self._floor = scale_floor
         self._spd = steps_per_day
+        # the weekday factors' prior weight (at 1): a day's worth holds them back while the
+        # daily curve is young, less lets a forecaster learn the weekday steps in one week
+        self._week_prior = max(1.0, weekly_prior_days * steps_per_day)
 
     @property
     def n(self) -> int:
@@ -167,9 +173,13 @@ class SeasonalProfile(Versioned):
         xc = mu + err
         a_level = max(1.0 / (n + 1.0), self._a_level)
         # The weekday factors wait for a whole day of daily profile (else they soak up its
-        # errors) and start with a day's worth of prior weight at 1.
+        # errors) and start with `weekly_prior_days` of prior weight at 1.
         learn_week = n >= self._spd
-        a_week = max(1.0 / (self._weekly_n[wd] + self._spd), self._a_weekly) if learn_week else 0.0
+        a_week = (
+            max(1.0 / (self._weekly_n[wd] + self._week_prior), self._a_weekly)
+            if learn_week
+            else 0.0
+        )
         daily = self._daily
         if self._add:
             self._level += a_level * (xc - mu)
