@@ -4,18 +4,24 @@
 writes each partition/chunk entirely past the raw horizon to Parquet with a
 manifest, then drops only the pieces whose archive checks out;
 ``linkpulse db restore-archive`` loads them back, idempotently. The S3 side of
-``ArchiveTarget`` (pyarrow.fs) is not exercised: there is no S3 server here.
+``ArchiveTarget`` (pyarrow.fs ``S3FileSystem``) is exercised against a real
+S3-compatible HTTP server on loopback: moto's server (``moto[server]``, dev
+extra) run as its own process.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import pyarrow.parquet as pq
@@ -164,3 +170,74 @@ def test_a_piece_whose_archive_does_not_check_out_is_not_dropped(
     second = run_once(pg_dsn, settings, now=now)
     assert second.archive is not None and {late, damaged} <= set(second.archive.archived)
     assert {late, damaged} <= set(second.retention.dropped) and second.retention.kept == []
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``host:port`` of a moto S3 server process on loopback, with a bucket ``lp-archive``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # until it answers (its start-up time is not what is tested)
+            assert proc.poll() is None, f"moto server exited: {proc.communicate()[1][-2000:]!r}"
+            try:
+                httpx.get(base, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert httpx.put(f"{base}/lp-archive").status_code == 200  # CreateBucket
+        for name, value in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]:
+            monkeypatch.setenv(name, value)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_archive_and_restore_through_an_s3_server(pg_dsn: str, s3_endpoint: str) -> None:
+    """``s3://`` targets: archive, verify, drop and restore through S3's HTTP API."""
+    migrate(pg_dsn, tier="plain")
+    now = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    old = make_events(300, seed=54, start=now - timedelta(days=9), span_s=2 * 86400, prefix="o")
+    with EventWriter(pg_dsn) as w:
+        w.write_events(old)
+    uri = f"s3://lp-archive/arch?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    settings = load_settings(store_raw_retention_days=5, archive_target=uri)
+    horizon = now - timedelta(days=5)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        before = rows_before(conn, horizon)
+    assert len(before) == 300
+
+    report = run_once(pg_dsn, settings, now=now)
+
+    assert report.archive is not None and report.archive.rows == 300
+    assert report.archive.archived and set(report.archive.archived) <= set(report.retention.dropped)
+    assert report.retention.kept == []
+    # the objects are in the bucket, as S3 lists them
+    listing = httpx.get(f"http://{s3_endpoint}/lp-archive?list-type=2&prefix=arch/events/").text
+    for name in report.archive.archived:
+        day = name[-8:]
+        assert f"arch/events/{day}T000000Z_" in listing, listing[:2000]
+    assert listing.count("manifest.json") == len(report.archive.archived)
+    target = ArchiveTarget(uri)
+    manifests = target.manifests("events")
+    assert sum(m.rows for m in manifests) == 300
+    for m in manifests:
+        assert target.sha256(f"{m_folder(m)}/data.parquet") == m.sha256
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert rows_before(conn, horizon) == []
+        back = restore(conn, target, "events", Tier.PLAIN_POSTGRES)
+        assert (back.rows_read, back.rows_inserted) == (300, 300)
+        assert rows_before(conn, horizon) == before
