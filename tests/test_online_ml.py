@@ -293,6 +293,24 @@ def test_fast_binomial_tails_equal_the_reference_ones_to_the_bit() -> None:
             check(k, n, k / n)
 
 
+def test_fast_poisson_tails_equal_the_reference_ones_to_the_bit() -> None:
+    """``poisson_two_sided`` (for the count detector) is the plain formula, to the bit."""
+    from linkpulse.online_ml.stats import poisson_cdf, poisson_sf, poisson_two_sided
+
+    rng = random.Random(SEED)
+    for _ in range(20_000):
+        lam = rng.choice([0.0, 1e-10, 0.3, 3.0, 30.0, 30.5]) + rng.random() * rng.choice([0, 5, 50])
+        phi = 1.0 + rng.random() * rng.choice([0.0, 1.0, 49.0])
+        x = rng.choice([0.0, float(rng.randrange(80)), rng.random() * 120.0, lam, 1e15])
+        if lam <= 1e-9:
+            want = (1.0, "none") if x <= 0.0 else (1e-12, "up")
+        elif x / phi >= lam / phi:
+            want = (min(1.0, 2.0 * poisson_sf(math.ceil(x / phi - 1e-9), lam / phi)), "up")
+        else:
+            want = (min(1.0, 2.0 * poisson_cdf(math.floor(x / phi + 1e-9), lam / phi)), "down")
+        assert poisson_two_sided(x, lam, phi) == want, (x, lam, phi, SEED)
+
+
 # -- calibration -----------------------------------------------------------------------------
 
 

@@ -57,6 +57,10 @@ def _pmf(k: int, lam: float) -> float:
     return math.exp(k * math.log(lam) - lam - math.lgamma(k + 1.0))
 
 
+# poisson_sf / poisson_cdf run three times per step of every count series: normal_sf and
+# _pmf are written out in them (the same operations, so the same floats)
+
+
 def poisson_sf(k: int, lam: float) -> float:
     """P(X >= k) for X ~ Poisson(lam); the upper tail summed directly (no 1 - cdf)."""
     if k <= 0:
@@ -65,17 +69,18 @@ def poisson_sf(k: int, lam: float) -> float:
         return 0.0
     if lam > _POISSON_NORMAL_ABOVE or (lam > 3.0 and abs(k - lam) < _NEAR_SIGMAS * math.sqrt(lam)):
         # continuity correction; sqrt transform keeps the skew roughly right
-        return normal_sf(2.0 * (math.sqrt(k - 0.5 + 0.375) - math.sqrt(lam + 0.375)))
+        z = 2.0 * (math.sqrt(k - 0.5 + 0.375) - math.sqrt(lam + 0.375))
+        return 0.5 * math.erfc(z / SQRT2)
     if k <= lam:
         return max(0.0, 1.0 - poisson_cdf(k - 1, lam))
-    term = _pmf(k, lam)
+    term = math.exp(k * math.log(lam) - lam - math.lgamma(k + 1.0))
     total = term
     i = k
     while term > total * 1e-12 and i < k + _MAX_TERMS:
         i += 1
         term *= lam / i
         total += term
-    return min(total, 1.0)
+    return 1.0 if total > 1.0 else total  # min(total, 1.0), NaN included
 
 
 def poisson_cdf(k: int, lam: float) -> float:
@@ -85,17 +90,38 @@ def poisson_cdf(k: int, lam: float) -> float:
     if lam <= 0.0:
         return 1.0
     if lam > _POISSON_NORMAL_ABOVE or (lam > 3.0 and abs(k - lam) < _NEAR_SIGMAS * math.sqrt(lam)):
-        return normal_sf(2.0 * (math.sqrt(lam + 0.375) - math.sqrt(k + 0.5 + 0.375)))
+        z = 2.0 * (math.sqrt(lam + 0.375) - math.sqrt(k + 0.5 + 0.375))
+        return 0.5 * math.erfc(z / SQRT2)
     if k >= lam:
         return max(0.0, 1.0 - poisson_sf(k + 1, lam))
-    term = _pmf(k, lam)
+    term = math.exp(k * math.log(lam) - lam - math.lgamma(k + 1.0))
     total = term
     i = k
     while i > 0 and term > total * 1e-12:
         term *= i / lam
         i -= 1
         total += term
-    return min(total, 1.0)
+    return 1.0 if total > 1.0 else total  # min(total, 1.0), NaN included
+
+
+def poisson_two_sided(x: float, lam: float, phi: float) -> tuple[float, str]:
+    """Quasi-Poisson two-sided tail probability of count ``x`` at mean ``lam`` and its direction.
+
+    ``x / phi`` taken as Poisson with mean ``lam / phi`` (over-dispersion ``phi >= 1``);
+    below a mean of 1e-9 any count is a surprise (1e-12) and no count is nothing.
+
+    >>> poisson_two_sided(9.0, 2.0, 1.0)[1], poisson_two_sided(0.0, 0.0, 1.0)
+    ('up', (1.0, 'none'))
+    """
+    if lam <= 1e-9:
+        return (1.0, "none") if x <= 0.0 else (1e-12, "up")
+    k = x / phi
+    m = lam / phi
+    if k >= m:
+        t = 2.0 * poisson_sf(math.ceil(k - 1e-9), m)
+        return (t if t < 1.0 else 1.0), "up"
+    t = 2.0 * poisson_cdf(math.floor(k + 1e-9), m)
+    return (t if t < 1.0 else 1.0), "down"
 
 
 def chi2_sf_even(x: float, dof: int) -> float:
