@@ -21,6 +21,7 @@ from linkpulse.schemas import decode_event, encode_event, validate_event
 from linkpulse.schemas.outputs import DeadLetter
 from tests.api_server import ApiServer
 from tests.event_examples import EVENT_TIME, example
+from tests.test_bus import CutProxy
 
 pytestmark = pytest.mark.integration
 
@@ -358,6 +359,58 @@ async def test_the_api_connects_when_nats_comes_up_and_503s_when_it_goes(
                 server.wait(timeout=10)
             await _wait_ready(c, 503)
             _assert_problem_503(await c.post("/v1/events", json=GOOD))
+
+
+async def test_nats_lost_mid_batch_is_503_saying_what_was_stored_and_the_retry_stores_the_rest(
+    api_settings: Settings,
+    js: JetStreamContext,
+    unused_tcp_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Acks that can no longer come are waited for ACK_TIMEOUT_S: shortened (same process).
+    monkeypatch.setattr("linkpulse.bus.publisher.ACK_TIMEOUT_S", 1.0)
+    upstream = int(api_settings.nats_url.rsplit(":", 1)[1])
+    proxy = CutProxy(upstream, f"{api_settings.subject_prefix}.events.", allow=3)
+    good = [example("page_view", event_id=f"m{i}") for i in range(8)]
+    items = [*good[:5], BAD[0][0], *good[5:]]
+    with proxy as port:
+        settings = api_settings.model_copy(update={"nats_url": f"nats://127.0.0.1:{port}"})
+        with ApiServer(settings, unused_tcp_port) as url:
+            async with httpx.AsyncClient(base_url=url, timeout=15) as c:
+                await _wait_ready(c, 200)
+                body = _assert_problem_503(await c.post("/v1/events", json=items))
+                assert proxy.cut_connections == 1
+                assert "3 of 8 valid events were stored and 5 were not confirmed" in body["detail"]
+                assert (body["accepted"], body["duplicate"]) == (3, 0)
+                assert (body["rejected"], body["unconfirmed"]) == (1, 5)
+                statuses = [r["status"] for r in body["results"]]
+                assert (
+                    statuses
+                    == ["accepted"] * 3 + ["unconfirmed"] * 2 + ["rejected"] + ["unconfirmed"] * 3
+                )
+                assert [r["event_id"] for r in body["results"]] == [
+                    *(f"m{i}" for i in range(5)),
+                    "b1",
+                    *(f"m{i}" for i in range(5, 8)),
+                ]
+                assert await _count(js, api_settings.stream_name) == 3
+                for r in body["results"][:3]:  # stored, under the sequence it names
+                    msg = await js.get_msg(api_settings.stream_name, r["stream_seq"])
+                    assert decode_event(msg.data).event_id == r["event_id"]
+                assert all(r["stream_seq"] is None for r in body["results"][3:])
+
+                proxy.heal()
+                await _wait_ready(c, 200)
+                again = await c.post("/v1/events", json=items)
+                assert again.status_code == 207, again.text
+                assert [r["status"] for r in again.json()["results"]] == [
+                    *["duplicate"] * 3,
+                    *["accepted"] * 2,
+                    "rejected",
+                    *["accepted"] * 3,
+                ]
+                assert await _count(js, api_settings.stream_name) == 8
+                assert await _count(js, f"{api_settings.stream_name}_DLQ") == 1
 
 
 # -- one bad item never blocks the others, whatever is wrong with it (issue 9) ----------------

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -355,3 +358,154 @@ def test_an_encoded_dead_letter_always_fits_the_limit(field: str, problem: str) 
         assert wire_size(data, headers) <= limit
         stored = msgspec.json.decode(data, type=DeadLetter)
         assert stored.field in (field, field[:200]) and stored.problem.startswith(problem[:500])
+
+
+# -- NATS going away mid-batch: what was stored is known, a retry stores the rest once ---------
+
+
+class CutProxy:
+    """A TCP proxy to NATS that loses it after the first ``allow`` event publishes.
+
+    It forwards whole protocol messages, counting ``PUB``/``HPUB`` on ``marker``
+    subjects per connection; past ``allow`` it drops them, waits until as many
+    acknowledgements went back to the client, then closes that connection and
+    refuses new ones until ``heal()``: the broker stored exactly the first
+    ``allow`` events of the batch, acknowledged them, and went away.
+    """
+
+    def __init__(self, upstream_port: int, marker: str, allow: int) -> None:
+        self.upstream_port, self.marker, self.allow = upstream_port, marker.encode(), allow
+        self.down = False
+        self.cut_connections = 0
+        # Its own loop in a thread: it must keep forwarding while a test blocks its own
+        # loop (ApiServer's exit joins the server thread, whose NATS drain goes through here).
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def __enter__(self) -> int:
+        """Start serving; the port to connect to."""
+        self._thread.start()
+
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+        self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def heal(self) -> None:
+        self.down, self.allow = False, 1 << 30
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            for w in self._writers:
+                w.close()
+            if self._server is not None:
+                self._server.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            c_writer.close()
+            return
+        s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers |= {c_writer, s_writer}
+        state = {"sent": 0, "acked": 0, "cut": False}
+
+        def up(command: bytes, subject: bytes) -> bool:
+            if not subject.startswith(self.marker):
+                return True
+            state["sent"] += 1
+            state["cut"] = state["cut"] or state["sent"] > self.allow
+            return state["sent"] <= self.allow
+
+        def down(command: bytes, subject: bytes) -> bool:
+            if state["cut"] and subject.startswith(b"_INBOX."):
+                state["acked"] += 1
+            return True
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, keep: Any) -> None:
+            buf = b""
+            while data := await r.read(65536):
+                buf += data
+                out = bytearray()
+                while (eol := buf.find(b"\r\n")) >= 0:
+                    parts = buf[:eol].split()
+                    end = eol + 2
+                    if parts and parts[0] in (b"PUB", b"HPUB", b"MSG", b"HMSG"):
+                        end += int(parts[-1]) + 2  # payload (headers included) and its CRLF
+                        if len(buf) < end:
+                            break
+                    if not parts or keep(parts[0], parts[1] if len(parts) > 1 else b""):
+                        out += buf[:end]
+                    buf = buf[end:]
+                w.write(bytes(out))
+                if state["cut"] and state["acked"] >= self.allow:
+                    self.down = True
+                    self.cut_connections += 1
+                    break
+            c_writer.close()
+            s_writer.close()
+
+        await asyncio.gather(
+            pipe(c_reader, s_writer, up), pipe(s_reader, c_writer, down), return_exceptions=True
+        )
+
+
+async def test_nats_lost_mid_batch_says_what_was_stored_and_a_retry_stores_the_rest_once(
+    js: JetStreamContext,
+    nats_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wait for acks that can no longer come is the only wait here: shortened.
+    monkeypatch.setattr("linkpulse.bus.publisher.ACK_TIMEOUT_S", 1.0)
+    await ensure_streams(js, nats_settings)
+    upstream = int(nats_settings.nats_url.rsplit(":", 1)[1])
+    proxy = CutProxy(upstream, f"{nats_settings.subject_prefix}.events.", allow=3)
+    with proxy as port:
+        settings = nats_settings.model_copy(update={"nats_url": f"nats://127.0.0.1:{port}"})
+        own = await EventPublisher.connect(settings)
+        try:
+            batch = _events(8)
+            with pytest.raises(PublishError, match="no acknowledgement") as info:
+                await own.publish(batch)
+            results = info.value.results
+            assert proxy.cut_connections == 1
+            assert len(results) == 8
+            assert [r is not None for r in results] == [True] * 3 + [False] * 5
+            stored = [r for r in results if r is not None]
+            assert [r.event_id for r in stored] == [ev.event_id for ev in batch[:3]]
+            assert await _count(js, nats_settings.stream_name) == 3
+            for r in stored:  # what it says is stored is there, under that sequence
+                msg = await js.get_msg(nats_settings.stream_name, r.stream_seq)
+                assert decode_event(msg.data).event_id == r.event_id
+
+            proxy.heal()
+            for _ in range(200):  # nats-py retries every second
+                if own.is_connected:
+                    break
+                await asyncio.sleep(0.05)
+            again = await own.publish(batch)
+            assert [r.duplicate for r in again] == [True] * 3 + [False] * 5
+            assert [r.stream_seq for r in again[:3]] == [r.stream_seq for r in stored]
+            assert await _count(js, nats_settings.stream_name) == 8
+        finally:
+            await own.close()
+
+
+async def test_a_message_jetstream_refuses_is_named_and_the_others_are_reported_stored(
+    js: JetStreamContext, publisher: EventPublisher, nats_settings: Settings
+) -> None:
+    messages = publisher.prepare(_events(3))
+    # No stream captures this subject: JetStream's "no responders" for that message alone.
+    stray = msgspec.structs.replace(messages[1], subject=f"{nats_settings.subject_prefix}x.stray")
+    with pytest.raises(PublishError, match="refused.*no stream captures") as info:
+        await publisher.send([messages[0], stray, messages[2]])
+    assert info.value.subject == stray.subject
+    results = info.value.results
+    assert [r is not None for r in results] == [True, False, True]
+    assert await _count(js, nats_settings.stream_name) == 2

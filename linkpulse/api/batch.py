@@ -26,12 +26,15 @@ from linkpulse.schemas import BaseEvent, decode_event, split_batch
 from linkpulse.schemas.jsonarray import TooManyItemsError
 
 __all__ = [
+    "BatchReport",
     "Checked",
     "EventResult",
     "IngestResponse",
+    "ItemResult",
     "Rejection",
     "build_response",
     "check_items",
+    "encode_report",
     "media_type",
     "read_limited",
     "set_aside_unsendable",
@@ -51,7 +54,7 @@ MEDIA_TYPES = {
 
 
 class EventResult(BaseModel):
-    """What happened to one item of the batch."""
+    """What happened to one item of the batch (the schema; bodies are ``ItemResult``)."""
 
     index: int = Field(
         description="position of the item in the batch (0-based, blank lines skipped)"
@@ -71,12 +74,48 @@ class EventResult(BaseModel):
 
 
 class IngestResponse(BaseModel):
-    """Counts and per-item results of one ingest request."""
+    """Counts and per-item results of one ingest request (the schema; bodies are
+    ``BatchReport``)."""
 
     accepted: int
     duplicate: int
     rejected: int
     results: list[EventResult]
+
+
+class ItemResult(msgspec.Struct):
+    """``EventResult`` as it is encoded (msgspec: 500 of them per request cost pydantic
+    more than validating the events did); ``unconfirmed`` only in a 503's report."""
+
+    index: int
+    event_id: str | None
+    status: Literal["accepted", "duplicate", "rejected", "unconfirmed"]
+    field: str | None = None
+    problem: str | None = None
+    stream_seq: int | None = None
+
+
+class BatchReport(msgspec.Struct, omit_defaults=True):
+    """``IngestResponse`` as it is encoded; ``unconfirmed`` (left out when 0) counts the
+    events a 503 could not confirm stored."""
+
+    accepted: int
+    duplicate: int
+    rejected: int
+    results: list[ItemResult]
+    unconfirmed: int = 0
+
+
+_report_encoder = msgspec.json.Encoder()
+
+
+def encode_report(report: BatchReport) -> bytes:
+    """The report as the response body (the same JSON ``IngestResponse`` documents).
+
+    >>> encode_report(BatchReport(1, 0, 0, [ItemResult(0, "e1", "accepted", stream_seq=7)]))
+    b'{"accepted":1,"duplicate":0,"rejected":0,"results":[{"index":0,"event_id":"e1","status":"accepted","field":null,"problem":null,"stream_seq":7}]}'
+    """
+    return _report_encoder.encode(report)
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -238,29 +277,32 @@ def set_aside_unsendable(
 
 
 def build_response(
-    n_items: int, checked: Checked, published: Sequence[PublishResult]
-) -> IngestResponse:
-    """Per-item results in batch order, plus counts."""
-    results: list[EventResult | None] = [None] * n_items
-    accepted = duplicate = 0
+    n_items: int, checked: Checked, published: Sequence[PublishResult | None]
+) -> BatchReport:
+    """Per-item results in batch order, plus counts.
+
+    ``published`` is parallel to ``checked.valid``; ``None`` (only after a failed
+    publish, for a 503) is an event not confirmed stored: ``unconfirmed``.
+    """
+    results: list[ItemResult | None] = [None] * n_items
+    accepted = duplicate = unconfirmed = 0
     for (index, ev), pub in zip(checked.valid, published, strict=True):
-        status: Literal["accepted", "duplicate"] = "duplicate" if pub.duplicate else "accepted"
+        if pub is None:
+            unconfirmed += 1
+            results[index] = ItemResult(index, ev.event_id, "unconfirmed")
+            continue
         if pub.duplicate:
             duplicate += 1
         else:
             accepted += 1
-        # model_construct: the values are ours and already typed; validating each of
-        # 500 results per request cost more than validating the events themselves.
-        results[index] = EventResult.model_construct(
-            index=index, event_id=ev.event_id, status=status, stream_seq=pub.stream_seq
-        )
+        status: Literal["accepted", "duplicate"] = "duplicate" if pub.duplicate else "accepted"
+        results[index] = ItemResult(index, ev.event_id, status, stream_seq=pub.stream_seq)
     for r in checked.rejected:
-        results[r.index] = EventResult.model_construct(
-            index=r.index, event_id=r.event_id, status="rejected", field=r.field, problem=r.problem
-        )
-    return IngestResponse.model_construct(
+        results[r.index] = ItemResult(r.index, r.event_id, "rejected", r.field, r.problem)
+    return BatchReport(
         accepted=accepted,
         duplicate=duplicate,
         rejected=len(checked.rejected),
         results=[r for r in results if r is not None],
+        unconfirmed=unconfirmed,
     )
