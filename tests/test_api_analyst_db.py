@@ -53,6 +53,21 @@ async def test_session_sees_only_its_scope(pg_dsn: str) -> None:
         async with db.session(tenant=tenant, seller=None) as conn:
             cur = await conn.execute("SELECT count(*) FROM analyst.events")
             assert await cur.fetchone() == (tenant_count,)
+        # the set-up is pipelined (one round trip): when a step of it fails (a role the
+        # login may not SET), it raises and leaves the connection idle, usable again
+        secret = await db.secret()
+        async with db.pool.connection() as raw:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                async with roles.analyst_session_async(
+                    raw, analyst_role="pg_monitor", secret=secret, tenant=tenant
+                ):
+                    pass
+            assert raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            async with roles.analyst_session_async(
+                raw, analyst_role=settings.analyst_role, secret=secret, tenant=tenant
+            ) as conn:
+                cur = await conn.execute("SELECT count(*) FROM analyst.events")
+                assert await cur.fetchone() == (tenant_count,)
     finally:
         await db.stop()
         await owner.close()

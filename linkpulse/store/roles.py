@@ -178,8 +178,11 @@ def _session_statements(
     ]
 
 
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
 def _check_idle(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+    if conn.info.transaction_status != _IDLE:
         msg = "analyst_session needs an idle autocommit connection"
         raise StoreError(msg)
 
@@ -208,13 +211,15 @@ def analyst_session(
         pid=conn.info.backend_pid,
         ttl_s=ttl_s,
     )
-    conn.execute("BEGIN READ ONLY")
     try:
-        for statement, params in statements:
-            conn.execute(statement, params)
+        # One round trip for the set-up (pipelined): it precedes every API read.
+        with conn.pipeline():
+            conn.execute("BEGIN READ ONLY")
+            for statement, params in statements:
+                conn.execute(statement, params)
         yield conn
     finally:
-        if not conn.closed:
+        if not conn.closed and conn.info.transaction_status != _IDLE:
             conn.execute("ROLLBACK")
 
 
@@ -238,11 +243,12 @@ async def analyst_session_async(
         pid=conn.info.backend_pid,
         ttl_s=ttl_s,
     )
-    await conn.execute("BEGIN READ ONLY")
     try:
-        for statement, params in statements:
-            await conn.execute(statement, params)
+        async with conn.pipeline():  # one round trip, as in analyst_session
+            await conn.execute("BEGIN READ ONLY")
+            for statement, params in statements:
+                await conn.execute(statement, params)
         yield conn
     finally:
-        if not conn.closed:
+        if not conn.closed and conn.info.transaction_status != _IDLE:
             await conn.execute("ROLLBACK")
