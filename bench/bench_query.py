@@ -4,10 +4,15 @@
 Run: ``.venv/bin/python -m bench.bench_query [--events 10000000] [--runs 30] [--raw-runs 5]``
 
 On a fresh database of the server of ``LINKPULSE_TEST_DATABASE_URL`` (dropped at the
-end unless ``--keep``): the events are loaded the way ``bench_store`` loads them
-(30 days made in SQL by ``generate_series``, 60% of them tenant ``acme``; the
-rollups rebuilt), the analyst roles set up, then two real API servers (uvicorn,
-auth off on loopback, Redis for the cache) answer HTTP requests:
+end unless ``--keep``; ``--name`` names it): the events are loaded the way
+``bench_store`` loads them (30 days made in SQL by ``generate_series``, 60% of them
+tenant ``acme``; the rollups rebuilt), the analyst roles set up, then two real API
+servers (uvicorn, auth off on loopback, Redis for the cache) answer HTTP requests:
+
+Loading 10 million events takes many minutes, so a kept database can be measured
+again: ``--keep --name lp_bench_q10m --load-only`` loads it once,
+``--reuse lp_bench_q10m`` measures it (never dropped; pending migrations applied,
+the rollups rebuilt only if one of them is empty, e.g. a rollup a new migration added).
 
 * cold: ``LINKPULSE_QUERY_CACHE_TTL_S=0``, every request is computed (a scoped
   analyst session, the SQL on the coarsest exact source, JSON);
@@ -41,7 +46,7 @@ from bench.bench_store import ADMIN_DSN, END, load_raw, percentile, vacuum_rollu
 from linkpulse.config import Settings
 from linkpulse.store import Tier, migrate, roles, stored_tier
 from linkpulse.store.partitions import create_ahead
-from linkpulse.store.rollups import rebuild
+from linkpulse.store.rollups import ROLLUP_SPECS, rebuild
 from tests.api_server import ApiServer
 
 DAY = timedelta(days=1)
@@ -138,68 +143,120 @@ def _request(client: httpx.Client, spec: dict[str, str]) -> Callable[[], object]
     return call
 
 
+def _vacuum_users(conn: psycopg.Connection[Any], tier: Tier) -> None:
+    """VACUUM ANALYZE users_1h's storage (bench_store's helper knows the three others)."""
+    name = sql.Identifier("users_1h")
+    if tier is Tier.FULL_TIMESCALE:
+        row = conn.execute(
+            "SELECT materialization_hypertable_schema, materialization_hypertable_name"
+            " FROM timescaledb_information.continuous_aggregates WHERE view_name = 'users_1h'"
+        ).fetchone()
+        if row is None:
+            return
+        name = sql.Identifier(*row)
+    conn.execute(sql.SQL("VACUUM ANALYZE {}").format(name))
+
+
+def _prepare(dsn: str, n_events: int, *, reuse: bool) -> Tier:
+    """Migrate, set up the roles, load the events (unless ``reuse``) and build the rollups."""
+    migrate(dsn)  # on a reused database: only the migrations added since it was kept
+    defaults = Settings()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tier = stored_tier(conn) or Tier.PLAIN_POSTGRES
+        if tier is Tier.PLAIN_POSTGRES and not reuse:
+            with conn.transaction():
+                create_ahead(conn, days_ahead=1, now=END, days_back=31)
+        roles.setup(conn, analyst_role=defaults.analyst_role, sql_login=defaults.analyst_sql_login)
+    if reuse:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM events").fetchone()
+            print(f"tier {tier.value}; reusing {row[0] if row else 0:,} events", flush=True)
+            empty = [
+                r.name
+                for r in ROLLUP_SPECS
+                if conn.execute(
+                    sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(sql.Identifier(r.name))
+                ).fetchone()
+                == (True,)
+            ]
+            if not empty:
+                return tier
+            print(f"  empty rollups {empty}: rebuilding them", flush=True)
+    else:
+        empty = None
+        print(f"tier {tier.value}; loading {n_events:,} events ...", flush=True)
+        load_s = load_raw(dsn, n_events)
+        print(f"  loaded in {load_s:.0f} s", flush=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        rebuild(conn, only=empty)
+        vacuum_rollups(conn, tier)
+        _vacuum_users(conn, tier)
+        print(f"  rollups in {time.perf_counter() - t0:.0f} s", flush=True)
+    return tier
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000, help="raw events (30 days)")
     ap.add_argument("--runs", type=int, default=30, help="timed API requests per case")
     ap.add_argument("--raw-runs", type=int, default=5, help="timed raw GROUP BY runs")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    ap.add_argument("--name", help="the new database's name (default lp_bench_q_<random>)")
+    ap.add_argument("--reuse", metavar="NAME", help="measure a kept database (never dropped)")
+    ap.add_argument("--load-only", action="store_true", help="load and build, then stop")
     args = ap.parse_args()
 
-    name = f"lp_bench_q_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    name = args.reuse or args.name or f"lp_bench_q_{uuid.uuid4().hex[:8]}"
+    keep = args.keep or bool(args.reuse)
+    if not args.reuse:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     params = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
     dsn = psycopg.conninfo.make_conninfo(**{**params, "dbname": name})
     url_dsn = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
     try:
-        migrate(dsn)
-        defaults = Settings()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            tier = stored_tier(conn)
-            if tier is Tier.PLAIN_POSTGRES:
-                with conn.transaction():
-                    create_ahead(conn, days_ahead=1, now=END, days_back=31)
-            roles.setup(
-                conn, analyst_role=defaults.analyst_role, sql_login=defaults.analyst_sql_login
-            )
-        print(f"tier {tier.value if tier else '?'}; loading {args.events:,} events ...", flush=True)
-        load_s = load_raw(dsn, args.events)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            t0 = time.perf_counter()
-            rebuild(conn)
-            vacuum_rollups(conn, tier or Tier.PLAIN_POSTGRES)
-            print(f"  loaded in {load_s:.0f} s, rollups in {time.perf_counter() - t0:.0f} s")
-            raw = {n: _timed(_baseline(conn, n), args.raw_runs) for n in REQUESTS}
-        results: dict[str, dict[str, dict[str, float]]] = {n: {"raw": raw[n]} for n in REQUESTS}
-        for label, ttl in (("cold", 0.0), ("warm", 3600.0)):
-            with _api(url_dsn, ttl_s=ttl) as client:
-                for n, spec in REQUESTS.items():
-                    results[n][label] = _timed(_request(client, spec), args.runs)
-        print(f"\n{args.events:,} events, {args.runs} requests per case ({args.raw_runs} raw runs);"
-              " ms")  # fmt: skip
-        cols = ("raw p50", "raw p95", "cold p50", "cold p95", "warm p50", "warm p95")
-        print(f"  {'request':<24}" + "".join(f" {c:>9}" for c in cols)
-              + f" {'raw/cold p95':>13} {'raw/warm p95':>13}")  # fmt: skip
-        for n, r in results.items():
-            figures = [r[k][p] for k in ("raw", "cold", "warm") for p in ("p50", "p95")]
-            print(
-                f"  {n:<24}"
-                + "".join(f" {x:>9.1f}" for x in figures)
-                + f" {r['raw']['p95'] / r['cold']['p95']:>12.1f}x"
-                f" {r['raw']['p95'] / r['warm']['p95']:>12.1f}x"
-            )
-        cold_ok = all(r["cold"]["p95"] <= 200 for r in results.values())
-        warm_ok = all(r["warm"]["p95"] <= 50 for r in results.values())
-        print(f"  targets: warm p95 <= 50 ms {'MET' if warm_ok else 'NOT MET'}; "
-              f"cold p95 <= 200 ms {'MET' if cold_ok else 'NOT MET'}")  # fmt: skip
-        print(f"  run at {datetime.now().astimezone().isoformat(timespec='seconds')}")
+        _prepare(dsn, args.events, reuse=bool(args.reuse))
+        if args.load_only:
+            print(f"  database {name} ready: --reuse {name}")
+            return
+        _measure(dsn, url_dsn, args)
+        if keep:
+            print(f"  database {name} kept: --reuse {name}")
     finally:
-        if not args.keep:
+        if not keep:
             with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
+
+
+def _measure(dsn: str, url_dsn: str, args: argparse.Namespace) -> None:
+    """Time the raw baseline, then each request cold and warm; print the table."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        raw = {n: _timed(_baseline(conn, n), args.raw_runs) for n in REQUESTS}
+    results: dict[str, dict[str, dict[str, float]]] = {n: {"raw": raw[n]} for n in REQUESTS}
+    for label, ttl in (("cold", 0.0), ("warm", 3600.0)):
+        with _api(url_dsn, ttl_s=ttl) as client:
+            for n, spec in REQUESTS.items():
+                results[n][label] = _timed(_request(client, spec), args.runs)
+    print(f"\n{args.runs} requests per case ({args.raw_runs} raw runs); ms")
+    cols = ("raw p50", "raw p95", "cold p50", "cold p95", "warm p50", "warm p95")
+    print(f"  {'request':<24}" + "".join(f" {c:>9}" for c in cols)
+          + f" {'raw/cold p95':>13} {'raw/warm p95':>13}")  # fmt: skip
+    for n, r in results.items():
+        figures = [r[k][p] for k in ("raw", "cold", "warm") for p in ("p50", "p95")]
+        print(
+            f"  {n:<24}"
+            + "".join(f" {x:>9.1f}" for x in figures)
+            + f" {r['raw']['p95'] / r['cold']['p95']:>12.1f}x"
+            f" {r['raw']['p95'] / r['warm']['p95']:>12.1f}x"
+        )
+    cold_ok = all(r["cold"]["p95"] <= 200 for r in results.values())
+    warm_ok = all(r["warm"]["p95"] <= 50 for r in results.values())
+    print(f"  targets: warm p95 <= 50 ms {'MET' if warm_ok else 'NOT MET'}; "
+          f"cold p95 <= 200 ms {'MET' if cold_ok else 'NOT MET'}")  # fmt: skip
+    print(f"  run at {datetime.now().astimezone().isoformat(timespec='seconds')}")
 
 
 if __name__ == "__main__":
