@@ -16,6 +16,7 @@ on a connection already in a scoped analyst session
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -144,25 +145,38 @@ async def stream_export(
     progress: Progress | None = None,
     batch_rows: int = BATCH_ROWS,
 ) -> ExportResult:
-    """Run ``statement`` in ``conn``'s analyst session and write it to ``sink`` as ``fmt``."""
+    """Run ``statement`` in ``conn``'s analyst session and write it to ``sink`` as ``fmt``.
+
+    Rows come ``batch_rows`` at a time from a server-side cursor, loaded as the
+    format wants them (``use_format_loaders``: for CSV and Parquet most types
+    as the server's text, no Python object per value); each batch is encoded
+    column by column in a thread while the next one is fetched, so the server
+    and the encoding work at the same time.
+    """
     rows = nbytes = 0
     try:
         async with conn.cursor(name="lp_export") as cur:
-            use_format_loaders(cur, fmt)  # JSON and numeric as the format wants them, exact
+            use_format_loaders(cur, fmt)  # JSON, numeric, times as the format wants them
             await cur.execute(statement, params)
             columns = columns_from_description(cur.description or [], conn.adapters.types)
             writer = open_writer(fmt, columns, watermark=watermark)
-            while True:
-                batch = await cur.fetchmany(batch_rows)
-                if not batch:
-                    break
-                chunk = await asyncio.to_thread(writer.write, batch)
-                if chunk:
-                    await sink(chunk)
-                rows += len(batch)
-                nbytes += len(chunk)
-                if progress is not None:
-                    await progress(rows, nbytes)
+            fetch = asyncio.ensure_future(cur.fetchmany(batch_rows))
+            try:
+                while batch := await fetch:
+                    fetch = asyncio.ensure_future(cur.fetchmany(batch_rows))
+                    chunk = await asyncio.to_thread(writer.write, batch)
+                    if chunk:
+                        await sink(chunk)
+                    rows += len(batch)
+                    nbytes += len(chunk)
+                    if progress is not None:
+                        await progress(rows, nbytes)
+            finally:
+                if not fetch.done():
+                    # a failure while the next batch was on its way: let it land, so the
+                    # cursor closes on an idle connection
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.shield(fetch)
             tail = writer.close()
     except ANALYST_MISTAKES as e:
         raise input_error(e) from e

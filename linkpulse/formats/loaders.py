@@ -1,16 +1,19 @@
 """psycopg loaders that hand each format its values ready-made, skipping a round trip.
 
 By default psycopg parses ``jsonb`` into Python objects (which the JSON and CSV
-writers then serialise again) and ``numeric`` into ``Decimal`` (which JSON can't
-take without a Python callback per value). ``use_format_loaders(cursor, fmt)``
-makes the cursor load them as the format needs them instead:
+writers then serialise again), ``numeric`` into ``Decimal`` (which JSON can't
+take without a Python callback per value) and times into ``datetime`` (which
+Parquet then converts back). ``use_format_loaders(cursor, fmt)`` makes the
+cursor load them as the format needs them instead:
 
 * ``jsonl``/``json``: ``json``/``jsonb`` and ``numeric`` as ``orjson.Fragment``,
   the server's text embedded as it is (exact numbers, no parse);
-* ``csv``: ``json``/``jsonb`` and ``numeric`` as ``PgText``, the server's text
-  (the CSV writer writes a ``PgText`` column as it is, with no per-value step);
-* ``parquet``: ``json``/``jsonb`` as text (Parquet keeps JSON as text anyway);
-  the rest unchanged (Arrow wants Python values).
+* ``csv`` and ``parquet``: ``json``/``jsonb``, ``numeric``, ``uuid``, ``date``,
+  ``timestamp``, ``timestamptz`` and ``bool`` as the server's text, with
+  psycopg's C text loader (no Python object but the ``str``): the CSV writer
+  writes that text (times made ISO 8601, booleans ``true``/``false``), the
+  Parquet writer has Arrow parse each column at once
+  (``linkpulse.formats.columnar``).
 
 NaN and infinite numerics have no JSON spelling: they load as ``null`` in JSON.
 
@@ -25,10 +28,13 @@ from typing import Any
 import orjson
 from psycopg.abc import AdaptContext
 from psycopg.adapt import Loader
+from psycopg.types.string import TextLoader
 
-__all__ = ["PgText", "use_format_loaders"]
+__all__ = ["TEXT_LOADED", "use_format_loaders"]
 
 _NOT_JSON_NUMBERS = frozenset({b"NaN", b"Infinity", b"-Infinity"})
+# Types the CSV and Parquet writers take as PostgreSQL's text (see the docstring).
+TEXT_LOADED = ("json", "jsonb", "numeric", "uuid", "date", "timestamp", "timestamptz", "bool")
 
 
 def _json_number(data: Any) -> Any:
@@ -46,17 +52,6 @@ class _JsonNumberLoader(Loader):
         return _json_number(data)
 
 
-class PgText(str):
-    """A value as the server printed it: ready to be written as text."""
-
-    __slots__ = ()
-
-
-class _TextLoader(Loader):
-    def load(self, data: Any) -> Any:
-        return PgText(bytes(data).decode())
-
-
 def use_format_loaders(context: AdaptContext, fmt: str) -> None:
     """Register on ``context`` (a cursor or connection) the loaders ``fmt`` benefits from."""
     if fmt in ("jsonl", "json"):
@@ -65,10 +60,8 @@ def use_format_loaders(context: AdaptContext, fmt: str) -> None:
             ("jsonb", _FragmentLoader),
             ("numeric", _JsonNumberLoader),
         ]
-    elif fmt == "csv":
-        pairs = [("json", _TextLoader), ("jsonb", _TextLoader), ("numeric", _TextLoader)]
-    elif fmt == "parquet":
-        pairs = [("json", _TextLoader), ("jsonb", _TextLoader)]
+    elif fmt in ("csv", "parquet"):
+        pairs = [(name, TextLoader) for name in TEXT_LOADED]
     else:
         return
     for name, loader in pairs:

@@ -26,6 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from linkpulse.formats.columnar import record_batch
 from linkpulse.formats.columns import Column
 from linkpulse.formats.writers import RowWriter
 
@@ -60,7 +61,11 @@ class _DrainSink(io.RawIOBase):
 
 
 class ParquetRowWriter(RowWriter):
-    """Parquet (zstd) of the rows; ``write`` returns whole row groups as they complete."""
+    """Parquet (zstd) of the rows; ``write`` returns whole row groups as they complete.
+
+    Each batch becomes Arrow columns at once (``linkpulse.formats.columnar``),
+    kept (in Arrow, compact) until a row group is full.
+    """
 
     def __init__(
         self,
@@ -74,8 +79,8 @@ class ParquetRowWriter(RowWriter):
             msg = f"row_group_rows must be >= 1, got {row_group_rows}"
             raise ValueError(msg)
         self._group_rows = row_group_rows
-        self._pending: list[Sequence[Any]] = []
-        self._conv = [c.to_arrow_value() for c in self.columns]
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
         meta = {"linkpulse.columns": orjson.dumps(self.header()["columns"])}
         if self.watermark is not None:
             meta["linkpulse.watermark"] = orjson.dumps(self.watermark)
@@ -87,24 +92,25 @@ class ParquetRowWriter(RowWriter):
         return b""  # the magic bytes come with the first row group
 
     def _rows(self, rows: Sequence[Sequence[Any]]) -> bytes:
-        self._pending.extend(rows)
-        while len(self._pending) >= self._group_rows:
-            group = self._pending[: self._group_rows]
-            del self._pending[: self._group_rows]
-            self._write_group(group)
-        return self._sink.take()
+        return self._add(record_batch(self.columns, rows, schema=self.schema))
 
-    def _write_group(self, rows: Sequence[Sequence[Any]]) -> None:
-        arrays = []
-        for i, (col, conv) in enumerate(zip(self.columns, self._conv, strict=True)):
-            values = [conv(r[i]) for r in rows]
-            arrays.append(pa.array(values, type=col.arrow_type))
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+    def _add(self, batch: pa.RecordBatch) -> bytes:
+        if batch.num_rows:
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+        while self._pending_rows >= self._group_rows:
+            table = pa.Table.from_batches(self._pending, schema=self.schema)
+            self._writer.write_table(table.slice(0, self._group_rows), self._group_rows)
+            rest = table.slice(self._group_rows)
+            self._pending = rest.to_batches()
+            self._pending_rows = rest.num_rows
+        return self._sink.take()
 
     def _end(self, summary: dict[str, Any] | None) -> bytes:
         if self._pending:
-            self._write_group(self._pending)
-            self._pending = []
+            table = pa.Table.from_batches(self._pending, schema=self.schema)
+            self._writer.write_table(table, self._group_rows)
+            self._pending, self._pending_rows = [], 0
         if summary is not None:
             self._writer.add_key_value_metadata({"linkpulse.summary": orjson.dumps(summary)})
         self._writer.close()

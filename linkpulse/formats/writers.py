@@ -34,9 +34,10 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from linkpulse.formats.columns import Column, json_default
-from linkpulse.formats.loaders import PgText
 
 __all__ = ["CsvWriter", "JsonLinesWriter", "JsonWriter", "RowWriter", "unique_names"]
 
@@ -164,6 +165,7 @@ def _csv_text(v: Any) -> Any:
 
 
 def _csv_converter(col: Column) -> Callable[[Any], Any] | None:
+    """The per-value conversion of a column of Python values (None: written as they are)."""
     if col.base in ("json", "jsonb") or col.is_array:
         return lambda v: v if v is None or isinstance(v, str) else _csv_text(v)
     if col.base in ("text", "varchar", "bpchar", "name", "int2", "int4", "int8", "float8"):
@@ -171,12 +173,46 @@ def _csv_converter(col: Column) -> Callable[[Any], Any] | None:
     return lambda v: None if v is None else _csv_text(v)
 
 
+_BOOL_TEXT = {"t": "true", "f": "false"}
+
+
+def _iso_times(values: Sequence[Any], *, zoned: bool) -> list[Any]:
+    """PostgreSQL's ``2026-11-30 12:00:00.5+00`` as ISO 8601 ``2026-11-30T12:00:00.5+00:00``,
+    the column at once in Arrow."""
+    text = pc.utf8_replace_slice(pa.array(values, pa.string()), 10, 11, "T")
+    if zoned:  # +HH -> +HH:MM (+05:30 stays)
+        text = pc.replace_substring_regex(text, r"([+-]\d\d)$", r"\1:00")
+    return text.to_pylist()  # type: ignore[no-any-return]
+
+
+def _csv_column(col: Column, values: Sequence[Any]) -> Sequence[Any]:
+    """One column of a batch as the CSV writer takes it.
+
+    Values loaded as the server's text (``loaders.use_format_loaders``) are
+    written as they are, but times (ISO 8601, as ``datetime.isoformat`` spells
+    them) and booleans (``true``/``false``); Python values are converted one by one.
+    """
+    first = next((v for v in values if v is not None), None)
+    if first is None:
+        return values
+    if isinstance(first, str):
+        if col.is_array:
+            return values
+        if col.base == "bool":
+            return list(map(_BOOL_TEXT.get, values))
+        if col.base in ("timestamptz", "timestamp"):
+            return _iso_times(values, zoned=col.base == "timestamptz")
+        return values
+    conv = _csv_converter(col)
+    return values if conv is None else [conv(v) for v in values]
+
+
 class CsvWriter(RowWriter):
     """CSV (RFC 4180, ``text/csv``): header and summary as ``# linkpulse {...}`` comment lines.
 
     NULL is an empty field; so is an empty text (Python 3.11's csv module can't
     tell them apart; readers such as polars read both as null). Use JSON lines or
-    Parquet when that difference matters.
+    Parquet when that difference matters. Batches are converted column by column.
     """
 
     def __init__(
@@ -185,8 +221,6 @@ class CsvWriter(RowWriter):
         super().__init__(columns, watermark=watermark)
         self._buf = io.StringIO()
         self._csv = csv.writer(self._buf, lineterminator="\n")
-        self._conv = [_csv_converter(c) for c in self.columns]
-        self._settled = False
 
     def _take(self) -> bytes:
         text = self._buf.getvalue()
@@ -199,17 +233,10 @@ class CsvWriter(RowWriter):
         return b"# linkpulse " + _dumps(self.header()) + b"\n" + self._take()
 
     def _rows(self, rows: Sequence[Sequence[Any]]) -> bytes:
-        if not self._settled and rows:
-            # columns the cursor loaded as the server's text need no conversion
-            first = rows[0]
-            self._conv = [
-                None if isinstance(v, PgText) else f for f, v in zip(self._conv, first, strict=True)
-            ]
-            self._settled = True
-        conv = self._conv
-        if any(conv):
-            rows = [[v if f is None else f(v) for f, v in zip(conv, r, strict=True)] for r in rows]
-        self._csv.writerows(rows)
+        cols = [
+            _csv_column(c, v) for c, v in zip(self.columns, zip(*rows, strict=True), strict=True)
+        ]
+        self._csv.writerows(zip(*cols, strict=True))
         return self._take()
 
     def _end(self, summary: dict[str, Any] | None) -> bytes:
