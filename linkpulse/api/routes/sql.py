@@ -23,6 +23,7 @@ answered or refused, is in the audit log (``sql.query``, ``sql.explain``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -328,12 +329,16 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     """The answer's bytes: the first batch (encoded already), the rest as fetched, the summary."""
     outcome = "aborted"  # the client went away before the end
+    # The next batch is fetched while this one is encoded and sent: the server and the
+    # encoding (in a thread) work at the same time.
+    fetch = None if result.done else asyncio.ensure_future(result.next_batch())
     try:
         if head:
             yield head
-        while not result.done:
+        while fetch is not None:
             try:
-                batch, _ = await result.next_batch()
+                batch, _ = await fetch
+                fetch = None if result.done else asyncio.ensure_future(result.next_batch())
                 chunk = await _encode(writer, batch)
             except psycopg.Error as e:
                 result.error = _db_problem(e, offset=0, limit=result.limit)
@@ -347,6 +352,11 @@ async def _stream(
         outcome = "error" if result.error else ("truncated" if result.truncated else "ok")
     finally:
         with anyio.CancelScope(shield=True):  # give the connection back even when cancelled
+            if fetch is not None and not fetch.done():
+                # the client left (or a batch failed) while the next one was on its way:
+                # let it land, so the session ends on an idle connection
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await fetch
             await stack.aclose()
             status = result.error.status if result.error else 200
             audit.record(outcome, status, result.rows, db_time_s=round(result.used_s, 3))
