@@ -17,8 +17,9 @@ seller_id, amount, properties``, ~60% of the events), is read:
   encoded or sent), and ``psql -c "COPY (...) TO STDOUT CSV"`` as the owner
   (PostgreSQL's own CSV, no Python at all).
 
-Best of ``--runs`` per path (the machine is shared: the load average is
-printed before and after).
+Best of ``--runs`` per path, the paths interleaved (every other round in
+reverse order); the machine is shared: the load average is printed before,
+after each read, and after.
 """
 
 from __future__ import annotations
@@ -52,14 +53,19 @@ REDIS_URL = os.environ.get("LINKPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0
 NATS_URL = os.environ.get("LINKPULSE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
-def best(fn: Callable[[], int], runs: int) -> tuple[int, float]:
-    """(rows, best seconds) of ``runs`` calls of ``fn`` (which returns the rows it read)."""
-    times, rows = [], 0
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        rows = fn()
-        times.append(time.perf_counter() - t0)
-    return rows, min(times)
+def interleaved(paths: dict[str, Callable[[], int]], runs: int) -> dict[str, tuple[int, float]]:
+    """(rows, best seconds) per path, the paths run in turn ``runs`` times (every other
+    round in reverse order), so each baseline is read next to what it is compared with."""
+    times: dict[str, list[float]] = {label: [] for label in paths}
+    rows: dict[str, int] = {}
+    order = list(paths)
+    for r in range(runs):
+        for label in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            rows[label] = paths[label]()
+            times[label].append(time.perf_counter() - t0)
+            print(f"  {label}: {times[label][-1]:.2f} s, load {os.getloadavg()[0]:.1f}", flush=True)
+    return {label: (rows[label], min(times[label])) for label in paths}
 
 
 def via_api(base: str, fmt: str) -> int:
@@ -166,16 +172,15 @@ def main() -> None:
         proc = start_api(dsn, args.port)
         base = f"http://127.0.0.1:{args.port}"
         fetch = Settings().sql_fetch_rows
-        results: dict[str, tuple[int, float]] = {
-            f"psycopg, scoped session, server cursor ({fetch:,}/fetch)": best(
-                lambda: via_psycopg(dsn, settings, secret, fetch), args.runs
+        paths: dict[str, Callable[[], int]] = {
+            f"psycopg, scoped session, server cursor ({fetch:,}/fetch)": lambda: via_psycopg(
+                dsn, settings, secret, fetch
             ),
-            "psql COPY TO STDOUT CSV (owner)": best(lambda: via_copy(dsn), args.runs),
+            "psql COPY TO STDOUT CSV (owner)": lambda: via_copy(dsn),
         }
         for fmt in ("jsonl", "csv", "parquet"):
-            results[f"POST /v1/sql format={fmt}"] = best(
-                lambda fmt=fmt: via_api(base, fmt), args.runs
-            )
+            paths[f"POST /v1/sql format={fmt}"] = lambda fmt=fmt: via_api(base, fmt)
+        results = interleaved(paths, args.runs)
         baseline = next(iter(results.values()))
         base_rate = baseline[0] / baseline[1]
         copy_rows, copy_s = results["psql COPY TO STDOUT CSV (owner)"]
