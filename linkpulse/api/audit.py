@@ -15,7 +15,6 @@ dropped and counted in ``dropped``, because memory must stay bounded).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import psycopg
 import psycopg_pool
 from psycopg.types.json import Jsonb
 
+from linkpulse.aio import cancel_and_wait
 from linkpulse.api.auth.roles import Principal
 from linkpulse.logging import get_logger
 
@@ -173,9 +173,7 @@ class AuditLog:
     async def stop(self) -> None:
         """Stop the flusher and write what is left (clean shutdown loses nothing)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         try:
             await self.flush()

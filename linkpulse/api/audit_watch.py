@@ -27,7 +27,6 @@ them; on start it replays ``history`` of the log so the detectors are warm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -37,6 +36,7 @@ import msgspec
 import psycopg
 import psycopg_pool
 
+from linkpulse.aio import cancel_and_wait
 from linkpulse.bus.subjects import anomaly_subject
 from linkpulse.config import Settings
 from linkpulse.logging import get_logger
@@ -184,10 +184,7 @@ class AuditWatch:
         self._task = asyncio.create_task(self._run(), name="audit-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     @property
     def scorer(self) -> VolumeScorer:

@@ -21,7 +21,6 @@ retried with backoff, a failed query is logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -31,6 +30,7 @@ import psycopg
 from fastapi import FastAPI
 from starlette.requests import Request
 
+from linkpulse.aio import cancel_and_wait
 from linkpulse.api.auth.roles import Principal, Role
 from linkpulse.api.metrics import ApiMetrics
 from linkpulse.config import Settings
@@ -144,9 +144,7 @@ class CacheWarmer:
     async def stop(self) -> None:
         """Stop listening."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -42,6 +42,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from linkpulse.aio import cancel_and_wait
 from linkpulse.bus.connection import connect_nats
 from linkpulse.bus.stream import ensure_streams
 from linkpulse.cli.demo_stream import StreamWatch, demo_keys
@@ -374,10 +375,7 @@ async def _run(settings: Settings, run: DemoRun) -> int:
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
-        if watch_task is not None:
-            watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch_task
+        await cancel_and_wait(watch_task)
         for proc in procs:
             await _stop(proc)
         await rd.aclose()

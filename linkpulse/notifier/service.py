@@ -42,6 +42,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from linkpulse.aio import cancel_and_wait
 from linkpulse.alerts.delivery.base import ContactPoint, DeliveryError, Outgoing
 from linkpulse.alerts.delivery.config import NotifierConfig
 from linkpulse.alerts.policy import Dispatcher, Notification
@@ -172,18 +173,13 @@ class Notifier:
             log.info("notifier running", name=self.name, receivers=sorted(self._wake))
             stopping = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in [stopping, *tasks]:
-                t.cancel()
-            for t in [stopping, *tasks]:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
             for t in done:
                 failure = None if t is stopping or t.cancelled() else t.exception()
                 if failure is not None:
                     # a task died of something unforeseen: stop whole (a restart resumes
                     # from the saved state and the outbox) rather than run half a notifier
                     log.error("notifier task failed", task=t.get_name(), error=repr(failure))
-                    raise failure
+            await cancel_and_wait(stopping, *tasks)  # raises the failure logged above
         finally:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await self._nc.close()
