@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +37,7 @@ from tests.browser_page import (
     watch_attribute,
 )
 from tests.browser_stack import SELLERS, TENANT, Pipeline, running_pipeline, seller_id
+from tests.test_api_query_lanes import raw_total
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -168,7 +171,7 @@ def test_viewer_page_fills_and_follows_new_events(
     page = open_page(browser, pipeline, "viewer")
     expect(page.get_by_test_id("scope-label")).to_contain_text(TENANT)
     expect(page.get_by_test_id("tenant-picker")).to_have_count(0)  # admins only
-    for name in KPIS:  # their numbers: tests/wip_dashboard_kpis.py (events_1h not refreshed)
+    for name in KPIS:  # their numbers: test_kpi_tiles_show_the_stores_numbers
         expect(page.get_by_test_id(f"kpi-{name}").get_by_test_id("kpi-value")).to_be_visible()
     ensure_chart(page, LIVE_CHART)
     wait_points(page, LIVE_CHART, 10)
@@ -199,6 +202,86 @@ def test_viewer_page_fills_and_follows_new_events(
     # The issue's figure: the last point moves within 2 s of new events.
     assert lag <= 2.0, f"the chart moved {lag:.2f} s after the minute's first payment"
     save_artifact(page, artifacts, "dashboard-viewer-desktop.png")
+
+
+_COMPACT = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+def shown_number(text: str) -> tuple[float, float] | None:
+    """A tile's number and half its last shown digit (None for "—"), as web/src/lib/format.ts
+    writes them: "12,345.67", "1,234", "45.2%", "123.5K".
+
+    >>> shown_number("45.2%"), shown_number("1,234"), shown_number("123.5K")
+    ((0.452, 0.0005), (1234.0, 0.5), (123500.0, 50.0))
+    """
+    text = text.strip().replace(",", "")
+    if text in ("—", ""):
+        return None
+    scale = 1.0
+    if text.endswith("%"):
+        text, scale = text[:-1], 0.01
+    elif text[-1] in _COMPACT:
+        text, scale = text[:-1], _COMPACT[text[-1]]
+    decimals = len(text.partition(".")[2])
+    return round(float(text) * scale, 12), round(0.5 * 10**-decimals * scale, 12)
+
+
+def _shows(text: str, value: float | None) -> bool:
+    shown = shown_number(text)
+    return shown is not None and value is not None and abs(shown[0] - value) <= shown[1] + 1e-9
+
+
+def _quiet_store(pipe: Pipeline) -> None:
+    """Wait until the flow has stored everything published (the feed is stopped)."""
+    seen, same = None, 0
+    while same < 3:  # unchanged over three reads a second apart
+        time.sleep(1)
+        with psycopg.connect(pipe.database_url) as conn:
+            now = conn.execute("SELECT count(*), max(ingested_at) FROM events").fetchone()
+        same, seen = (same + 1, seen) if now == seen else (0, now)
+
+
+def test_kpi_tiles_show_the_stores_numbers(browser: Browser, pipeline: Pipeline) -> None:
+    """The tiles fill with the store's numbers before any rollup refresh reaches them.
+
+    The live feed is paused so the store holds still; the tiles' next poll after that
+    must equal aggregates of the raw events over the period /v1/kpis answered for.
+    """
+    page = open_page(browser, pipeline, "viewer")
+    for name in KPIS:  # numbers, not "0.00" or "—" (the rollups lag the live minutes)
+        tile = page.get_by_test_id(f"kpi-{name}")
+        expect(tile.get_by_test_id("kpi-value")).to_have_text(re.compile(r"[1-9]"))
+    live = pipeline.procs["live"]
+    live.send_signal(signal.SIGSTOP)
+    try:
+        _quiet_store(pipeline)
+        is_kpis = lambda r: "/v1/kpis" in r.url and r.status == 200  # noqa: E731
+        with page.expect_response(is_kpis, timeout=LIVE_MS):  # in flight while the store moved
+            pass
+        with page.expect_response(is_kpis, timeout=LIVE_MS) as polled:  # sent after it held
+            pass
+        body = polled.value.json()
+        start, end = (datetime.fromisoformat(body[k]) for k in ("start", "end"))
+        with psycopg.connect(pipeline.database_url) as conn:
+            store = {n: raw_total(conn, n, start, end, tenant=TENANT) for n in KPIS}
+        answered = {k["name"]: k for k in body["kpis"]}
+        for name in KPIS:
+            assert store[name] is not None, (name, store)  # the feed made every kind of event
+            assert answered[name]["value"] == pytest.approx(store[name], rel=1e-12), (name, body)
+        for name in KPIS:  # the poll's render: the tile shows the answer, to its last digit
+            tile = page.get_by_test_id(f"kpi-{name}")
+            texts = [tile.get_by_test_id("kpi-value").inner_text()]
+            while not _shows(texts[-1], store[name]) and len(texts) < 50:
+                page.wait_for_timeout(200)
+                texts.append(tile.get_by_test_id("kpi-value").inner_text())
+            assert _shows(texts[-1], store[name]), (name, texts[-1], store[name])
+            expect(tile).to_have_attribute("data-stale", "false")
+        print(
+            f"tiles over [{start:%m-%d %H:%M}, {end:%m-%d %H:%M}) from {body['sources']}: {store}"
+        )
+    finally:
+        live.send_signal(signal.SIGCONT)
+        page.close()  # its streams count against the viewer key's limit
 
 
 def test_injected_anomaly_is_in_the_alert_feed_and_marked_on_the_chart(
