@@ -26,8 +26,13 @@ Against the local NATS and PostgreSQL, on a fresh stream and database:
    windows, so this backlog's event times span ``--alerts-span-s`` (600 s:
    ~150x the final updates per event of live traffic at 50,000 events/s);
    the ratio is a bound, and the cost per final update is also carried to
-   live density. Run: ``.venv/bin/python -m bench.bench_dataflow --alerts-only
-   --runs 5``.
+   live density. Then (``--alert-delay-s``, default 60; 0 skips it) the flow
+   runs live with one rule whose every 10 s step is an alert change for each
+   of 20 probe tenants: the delay from a window's end to its final update on
+   NATS, and from that update to the alert change on the alerts subject (the
+   rest of the way to a page is ``bench/bench_notifier.py``'s). ``--runs 0``
+   runs the delay alone. Run: ``.venv/bin/python -m bench.bench_dataflow
+   --alerts-only --runs 5``.
 3. The whole flow on one worker (decode + validate, every metric and window,
    raw events to the store, windows to the store, Redis and NATS) over a
    backlog of ``--events``: events/s sustained (from the moment 10% of the
@@ -318,19 +323,7 @@ async def latency(settings: Settings, seconds: float, load_eps: int, prefix: str
     info = await js.stream_info(settings.stream_name)
     # The flow runs in its own process (as in production), not sharing this
     # process's GIL with the load generator.
-    cmd = [
-        sys.executable, "-m", "linkpulse", "run", "dataflow", "--recovery-dir", "",
-        "--start-seq", str(int(info.state.last_seq) + 1), "--redis-prefix", prefix,
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "LINKPULSE_DATABASE_URL": settings.database_url,
-        "LINKPULSE_STREAM_NAME": settings.stream_name,
-        "LINKPULSE_SUBJECT_PREFIX": settings.subject_prefix,
-        "LINKPULSE_METRICS_PORT": "0",
-        "LINKPULSE_LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    proc = start_flow(settings, prefix, int(info.state.last_seq) + 1)
     await asyncio.sleep(3.0)  # let the flow start
     i = 10_000_000
     end = time.time() + seconds
@@ -362,6 +355,137 @@ async def latency(settings: Settings, seconds: float, load_eps: int, prefix: str
     proc.terminate()
     proc.wait(timeout=30)
     return lat
+
+
+DELAY_TENANTS = 20
+DELAY_RULES = """\
+# bench_dataflow's close-to-alert probe: every 10 s step of a probe tenant's 5m/10s signups
+# window either adds a busy block (20 signups: firing) or a quiet one (0: resolved)
+rules:
+  - name: probe_step
+    kind: rate_of_change
+    metric: signups
+    window: 5m/10s
+    change: absolute
+    op: ">"
+    threshold: 5
+    summary: "{{ tenant }}: {{ value }} signups more"
+"""
+
+
+async def alert_delay(settings: Settings, seconds: float, load_eps: int, prefix: str) -> dict:
+    """Live flow with one rule; delays of final window -> alert change, both seen on NATS.
+
+    ``DELAY_TENANTS`` probe tenants publish 20 signups in every even 10 s block
+    of the wall clock and none in the odd ones, under a steady background load
+    (which moves the watermark); ``DELAY_RULES``' rule then fires on a busy
+    step's final 5m/10s window and resolves on a quiet one's, so every step's
+    close is one alert change per probe tenant (a burst of ``DELAY_TENANTS``,
+    as every series' rules evaluate at the same close). Returns the delays (s)
+    from the window's end to its final update on NATS (the allowed lateness
+    and the watermark: settings) and from that update to the alert change on
+    the alerts subject (the alert step, its store write and its publish).
+    """
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream(publish_async_max_pending=4000)
+    finals: dict[tuple[str, float], float] = {}  # (tenant, window end) -> arrival
+    close: list[float] = []
+    to_alert: list[float] = []
+    states: dict[str, int] = {}
+
+    async def on_window(msg: Any) -> None:
+        w = msgspec.json.decode(msg.data, type=MetricWindow)
+        if w.final and w.revision == 0:
+            now = time.time()
+            finals.setdefault((w.tenant, w.window_end.timestamp()), now)
+            close.append(now - w.window_end.timestamp())
+
+    async def on_alert(msg: Any) -> None:
+        now = time.time()
+        c = json.loads(msg.data)
+        if not c["tenant"].startswith("dp") or c["state"] not in ("firing", "resolved"):
+            return
+        at = datetime.fromisoformat(c["at"]).timestamp()
+        seen = finals.get((c["tenant"], at))
+        if seen is not None:
+            to_alert.append(now - seen)
+            states[c["state"]] = states.get(c["state"], 0) + 1
+
+    await nc.subscribe(f"{settings.subject_prefix}.metrics.signups.*.5m_10s", cb=on_window)
+    await nc.subscribe(f"{settings.subject_prefix}.alerts.>", cb=on_alert)
+    info = await js.stream_info(settings.stream_name)
+    with tempfile.TemporaryDirectory() as d:
+        rules = Path(d) / "delay-rules.yaml"
+        rules.write_text(DELAY_RULES)
+        proc = start_flow(settings, prefix, int(info.state.last_seq) + 1, "--alert-rules", rules)
+        try:
+            await asyncio.sleep(3.0)  # let the flow start
+            i = 20_000_000
+            probing = time.time() + seconds
+            end = probing + 15.0  # the load goes on: the watermark closes the last steps
+            while time.time() < end:
+                tick = time.time()
+                for _ in range(load_eps // 20):
+                    i += 1
+                    tenant, kind = f"t{i % 10}", KINDS[i % len(KINDS)]
+                    await js.publish_async(
+                        f"{settings.subject_prefix}.events.{tenant}.{kind}",
+                        make_event(i, datetime.now(UTC), tenant, kind),
+                        stream=settings.stream_name,
+                    )
+                busy = tick < probing and int(tick // 10) % 2 == 0
+                if busy and int(tick * 20) % 10 == 0:  # 2 signups/s per probe tenant
+                    for k in range(DELAY_TENANTS):
+                        i += 1
+                        tenant = f"dp{k:02d}"
+                        await js.publish_async(
+                            f"{settings.subject_prefix}.events.{tenant}.user_signup",
+                            make_event(i, datetime.now(UTC), tenant, "user_signup"),
+                            stream=settings.stream_name,
+                        )
+                await asyncio.sleep(max(0.0, 0.05 - (time.time() - tick)))
+            await js.publish_async_completed()
+            await asyncio.sleep(1.0)  # the last changes arrive
+        finally:
+            await nc.close()
+            proc.terminate()
+            proc.wait(timeout=30)
+    return {"close": close, "to_alert": to_alert, "states": states}
+
+
+def start_flow(settings: Settings, prefix: str, start_seq: int, *extra: object) -> Any:
+    """``linkpulse run dataflow`` as its own process (as in production) from ``start_seq``."""
+    cmd = [
+        sys.executable, "-m", "linkpulse", "run", "dataflow", "--recovery-dir", "",
+        "--start-seq", str(start_seq), "--redis-prefix", prefix, *map(str, extra),
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "LINKPULSE_DATABASE_URL": settings.database_url,
+        "LINKPULSE_STREAM_NAME": settings.stream_name,
+        "LINKPULSE_SUBJECT_PREFIX": settings.subject_prefix,
+        "LINKPULSE_METRICS_PORT": "0",
+        "LINKPULSE_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+
+
+def report_delay(d: dict, seconds: float) -> None:
+    """p50/p99 of the two parts of the close-to-alert delay."""
+    for key, label in (
+        ("close", "window end -> final 5m/10s update on NATS (allowed lateness 10 s)"),
+        ("to_alert", "final update on NATS -> its alert change on the alerts subject"),
+    ):
+        xs = d[key]
+        if len(xs) < 2:
+            print(f"{label}: {len(xs)} samples, too few")
+            continue
+        q = statistics.quantiles(xs, n=100)
+        print(
+            f"{label}: n={len(xs)}, p50 {statistics.median(xs) * 1e3:,.0f} ms, "
+            f"p99 {q[98] * 1e3:,.0f} ms, max {max(xs) * 1e3:,.0f} ms"
+        )
+    print(f"  alert changes matched in {seconds:g} s: {d['states']}")
 
 
 CONFIGS = (("wire", False), ("wire", True), ("nats-py", False), ("nats-py", True))
@@ -398,7 +522,7 @@ def compare(
 N_RULES = 100
 
 
-def alert_rules_yaml(n: int = N_RULES) -> str:
+def alert_rules_yaml(n: int = N_RULES, *, stacked: bool = False) -> str:
     """``n`` rules (>= 66) on every series the flow produces, as a rule file's text (checked).
 
     One rule per (metric, window) of the registry and the flow's windows, for
@@ -406,11 +530,14 @@ def alert_rules_yaml(n: int = N_RULES) -> str:
     threshold / rate of change / absence; then, on the 1m windows the scoring
     branch reads, an anomaly-score rule per metric, forecast-band rules (80%
     and 95%) per forecast metric, and thresholds with ``for``, hysteresis and
-    ``keep_firing_for`` up to ``n``.
+    ``keep_firing_for`` up to ``n``. ``stacked``: the worst shape instead, all
+    ``n`` rules (the five kinds in turn) on one metric and window, ``orders``
+    at 1m (tenant and seller series), so each of its final updates visits
+    every rule.
 
     >>> from linkpulse.alerts.rules import parse_rules
-    >>> len(parse_rules(alert_rules_yaml()).rules)
-    100
+    >>> [len(parse_rules(alert_rules_yaml(stacked=s)).rules) for s in (False, True)]
+    [100, 100]
     """
     metrics = [m.name for m in REGISTRY]
     ratio = {m.name for m in REGISTRY if m.value == "ratio"}
@@ -419,6 +546,19 @@ def alert_rules_yaml(n: int = N_RULES) -> str:
     def threshold(m: str, i: int) -> float:
         return 0.5 if m in ratio else float(20 * (1 + i % 3))
 
+    if stacked:
+        kinds: list[dict[str, object]] = [
+            {"kind": "threshold", "op": ">", "threshold": 20.0, "for": "1m"},
+            {"kind": "rate_of_change", "op": ">", "threshold": 0.5},
+            {"kind": "absence", "absent_for": "2m"},
+            {"kind": "anomaly", "threshold": 0.99, "recovery": 0.9},
+            {"kind": "forecast", "interval": 95},
+        ]
+        specs = [
+            {"name": f"r{i:03d}", "metric": "orders", "window": "1m", **kinds[i % len(kinds)]}
+            for i in range(n)
+        ]
+        metrics = []  # nothing else
     for m in metrics:
         for w in MetricsConfig().windows:
             i = len(specs)
@@ -440,6 +580,8 @@ def alert_rules_yaml(n: int = N_RULES) -> str:
         for m in ScoringConfig().forecast_metrics
         for iv in (80, 95)
     ]
+    if stacked:
+        extra = []
     while len(specs) + len(extra) < n:
         m = metrics[len(extra) % len(metrics)]
         t = threshold(m, len(extra))
@@ -632,12 +774,20 @@ async def main(args: argparse.Namespace) -> None:
             print(
                 f"machine load average (1 min): {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
             )
-            with tempfile.TemporaryDirectory() as d:
-                rules = Path(d) / "bench-rules.yaml"
-                rules.write_text(alert_rules_yaml(args.rules))
-                runs = compare_alerts(settings, last, args.runs, f"benchdf:{tag}:", rules)
-            report_alerts(runs, args.rules, last, args.alerts_span_s)
-            print(f"machine load average (1 min): {os.getloadavg()[0]:.2f}")
+            if args.runs > 0:  # --runs 0: the delay run alone
+                with tempfile.TemporaryDirectory() as d:
+                    rules = Path(d) / "bench-rules.yaml"
+                    rules.write_text(alert_rules_yaml(args.rules, stacked=args.stacked_rules))
+                    shape = "stacked on orders 1m" if args.stacked_rules else "spread"
+                    print(f"{args.rules} rules, {shape}")
+                    runs = compare_alerts(settings, last, args.runs, f"benchdf:{tag}:", rules)
+                report_alerts(runs, args.rules, last, args.alerts_span_s)
+                print(f"machine load average (1 min): {os.getloadavg()[0]:.2f}")
+            if args.alert_delay_s > 0:
+                s0 = settings.model_copy(update={"database_url": dsns[0]})
+                d = await alert_delay(s0, args.alert_delay_s, args.load_eps, f"benchdf:{tag}:")
+                report_delay(d, args.alert_delay_s)
+                print(f"machine load average (1 min): {os.getloadavg()[0]:.2f}")
             return
         raw_rate = await raw_consume_rate(nc, settings, last)
         src_rate = source_rate(settings, last)
@@ -711,6 +861,17 @@ if __name__ == "__main__":
         help="only the alerting off/on comparison (scoring on, --runs rounds each)",
     )
     parser.add_argument("--rules", type=int, default=N_RULES, help="alert rules (>= 66)")
+    parser.add_argument(
+        "--stacked-rules",
+        action="store_true",
+        help="the worst shape: every rule on orders at 1m (each of its updates visits all)",
+    )
+    parser.add_argument(
+        "--alert-delay-s",
+        type=float,
+        default=60.0,
+        help="with --alerts-only: seconds of the live close-to-alert delay run (0: none)",
+    )
     parser.add_argument(
         "--alerts-span-s",
         type=float,
