@@ -13,7 +13,7 @@ retention policy of archived tables (maintain's ``drop_chunks`` does it).
 
 Layout under the target (a folder, ``file:///path``, or ``s3://bucket/prefix``
 through ``pyarrow.fs``, the same interface; S3 credentials come from the usual
-AWS variables; S3 is untested here, there is no S3 server)::
+AWS variables; tests/test_store_archive.py runs it against moto's S3 server)::
 
     <table>/<start>_<end>/data.parquet    the rows, zstd, with a watermark
     <table>/<start>_<end>/manifest.json   range, rows, sha256, size, schema
@@ -331,9 +331,11 @@ class Archiver:
 
             def chunks() -> Iterator[bytes]:
                 from linkpulse.formats import open_writer
+                from linkpulse.formats.loaders import use_format_loaders
 
                 writer = open_writer("parquet", [c for _, c in cols], watermark=mark)
                 with conn.cursor(name="lp_archive") as cur:
+                    use_format_loaders(cur, "parquet")  # times, JSON as text: Arrow parses them
                     cur.execute(select)
                     while batch := cur.fetchmany(BATCH_ROWS):
                         written[0] += len(batch)
