@@ -319,6 +319,16 @@ def test_removed_rule_resolves_its_open_alerts() -> None:
     assert eng.open_alerts() == []
 
 
+def test_a_changed_threshold_is_in_force_at_the_next_window() -> None:
+    # the engine compiles each (metric, window)'s rules once: a new rule set replaces that
+    eng = thresh()
+    assert feed(eng, [0.04]) == []
+    moved = THRESH.format(for_="0s", keep="0s", extra="").replace("0.05", "0.03")
+    assert eng.set_rules(parse_rules(moved)) == []
+    assert states(eng.on_window(win(1, 0.04))) == [("firing", 2)]
+    assert states(eng.on_window(win(2, 0.02))) == [("resolved", 3)]
+
+
 def test_tenant_scope_and_where_matchers() -> None:
     eng = engine("""
 tenant: acme
