@@ -2,10 +2,19 @@
 
 Per API process, the hub holds one ordered JetStream consumer per live channel
 (window updates, anomalies, alerts; see ``linkpulse.bus.live``). Each message
-is decoded once into an ``Update`` and put on the queue of every client whose
-``StreamFilter`` matches it. A queue is bounded: a client whose queue is full
-is marked ``overflowed``, taken off the hub and its queue emptied, so a slow
+is decoded once into an ``Update`` (its SSE frame encoded once too) and put on
+the inbox of every client whose ``StreamFilter`` matches it. Clients are
+indexed by their filter's key (tenant, metric, window, seller; ``None`` for
+"any"), so an update costs at most 16 dict look-ups to find its clients, not
+a test per open stream. An inbox is bounded: a client whose inbox is full is
+marked ``overflowed``, taken off the hub and its inbox emptied, so a slow
 client never makes memory grow; its stream then says ``overflow`` and ends.
+
+Time-based duties take no timer per update: one hub task ticks (every second
+at most) and wakes the clients whose heartbeat or credential check is due,
+cancels the send of a client that accepted nothing for ``SEND_TIMEOUT_S``,
+and ends every stream when the server is told to exit (sse-starlette's
+``AppStatus``, set on SIGINT/SIGTERM).
 
 Resume: ``plan`` tells a (re)connecting client what to send first. A
 ``Last-Event-ID`` still retained on the channel's stream is replayed from the
@@ -21,9 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
 import msgspec
 import nats.errors
@@ -33,6 +43,7 @@ import redis.exceptions
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sse_starlette.sse import AppStatus
 
 from linkpulse.api.auth.guard import Guard
 from linkpulse.api.auth.roles import Principal
@@ -45,26 +56,130 @@ from linkpulse.errors import IngestError
 from linkpulse.logging import get_logger
 from linkpulse.schemas.outputs import MetricWindow
 
-__all__ = ["STOP", "Client", "Plan", "StreamHub"]
+__all__ = ["SEND_TIMEOUT_S", "STOP", "Client", "Inbox", "Plan", "StreamHub", "filter_key"]
 
 log = get_logger(__name__)
 _RETRY_S = 2.0
 _REPLAY_BATCH = 500
 _window_decoder = msgspec.json.Decoder(MetricWindow)
-# Put on a client's queue to wake its stream when the hub ends it (overflow, shutdown).
+SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is disconnected
+_MAX_TICK_S = 1.0
+# Put on a client's inbox to wake its stream when the hub ends it (overflow, shutdown).
 STOP = Update(-1, "", None, None, None, b"")
+
+FilterKey = tuple[str | None, str | None, str | None, str | None]
+
+
+def filter_key(flt: StreamFilter) -> FilterKey:
+    """The index key of a filter: (tenant, metric, window, seller), None for "any".
+
+    >>> filter_key(StreamFilter("metrics", "acme", seller="s1"))
+    ('acme', None, None, 's1')
+    """
+    return (flt.tenant, flt.metric, flt.window, flt.seller)
+
+
+def _keys_of(u: Update) -> Iterator[FilterKey]:
+    """Every filter key that matches ``u`` (each attribute: its value or "any").
+
+    >>> sorted(_keys_of(Update(1, "acme", None, "gmv", None, b"")), key=str)
+    [('acme', 'gmv', None, None), ('acme', None, None, None), (None, 'gmv', None, None), \
+(None, None, None, None)]
+    """
+    tenants = (None,) if u.tenant is None else (u.tenant, None)
+    metrics = (None,) if u.metric is None else (u.metric, None)
+    windows = (None,) if u.window is None else (u.window, None)
+    sellers = (None,) if u.seller is None else (u.seller, None)
+    for t in tenants:
+        for m in metrics:
+            for w in windows:
+                for s in sellers:
+                    yield (t, m, w, s)
+
+
+class Inbox:
+    """A client's bounded FIFO of updates, with one reader that waits on it.
+
+    The part of ``asyncio.Queue`` a stream uses, cheaper per update (a deque
+    append, and a future only when the reader waits); the hub can also wake
+    the reader with nothing in it (a heartbeat or a check is due).
+
+    >>> box = Inbox(1)
+    >>> box.put_nowait(STOP); box.qsize(), box.get_nowait() is STOP, box.empty()
+    (1, True, True)
+    """
+
+    __slots__ = ("_items", "_maxsize", "_waiter")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: deque[Update] = deque()
+        self._maxsize = maxsize
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Update) -> None:
+        """Append ``item``; ``asyncio.QueueFull`` when the inbox is full."""
+        if len(self._items) >= self._maxsize:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        self.wake()
+
+    def stop(self) -> None:
+        """Drop what is queued (its memory goes now) and leave ``STOP`` alone in it."""
+        self._items.clear()
+        self._items.append(STOP)
+        self.wake()
+
+    def wake(self) -> None:
+        """Make a waiting reader return from ``wait``."""
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def get_nowait(self) -> Update:
+        """The oldest item; ``asyncio.QueueEmpty`` if none."""
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    def take_all(self) -> list[Update]:
+        """Everything queued, oldest first, leaving the inbox empty."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def qsize(self) -> int:
+        """How many items are queued."""
+        return len(self._items)
+
+    def empty(self) -> bool:
+        """Whether nothing is queued."""
+        return not self._items
+
+    async def wait(self) -> None:
+        """Return once something is queued, or the hub woke the reader."""
+        if self._items:
+            return
+        w = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await w
+        finally:
+            self._waiter = None
 
 
 @dataclass(eq=False)
 class Client:
-    """One open stream: its filter, its bounded queue, and why it must stop (if so)."""
+    """One open stream: its filter, its bounded inbox, and why it must stop (if so)."""
 
     principal: Principal
     filter: StreamFilter
-    queue: asyncio.Queue[Update]
+    queue: Inbox
     overflowed: bool = False
     registered: bool = True
     closing: str | None = None  # set by the hub: "shutdown"
+    key: FilterKey = field(default=(None, None, None, None))
+    due: float = float("inf")  # monotonic time of its next heartbeat or credential check
+    send_since: float = 0.0  # monotonic time its pending send began; 0: none pending
+    sender: asyncio.Task[object] | None = None  # cancelled when a send takes too long
 
 
 @dataclass(frozen=True)
@@ -94,8 +209,15 @@ class StreamHub:
         self._subs: list[object] = []
         self._last_seq: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._clients: dict[str, set[Client]] = {k: set() for k in KINDS}
+        self._index: dict[str, dict[FilterKey, set[Client]]] = {k: {} for k in KINDS}
+        self._open: set[Client] = set()  # registered, overflowed ones too, until unregistered
         self._per_principal: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.tick_s = min(
+            _MAX_TICK_S, settings.stream_heartbeat_s / 3, settings.stream_revalidate_s / 3
+        )
+        self.send_timeouts = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.bad_messages = 0
         self.overflows = 0
@@ -106,6 +228,7 @@ class StreamHub:
         """Connect in the background (the API starts even when NATS is down)."""
         self.loop = asyncio.get_running_loop()  # tests count its tasks (leak checks)
         self._task = asyncio.create_task(self._connect_loop(), name="stream-hub-connect")
+        self._ticker = asyncio.create_task(self._tick_loop(), name="stream-hub-tick")
 
     async def _connect_loop(self) -> None:
         while True:
@@ -164,15 +287,42 @@ class StreamHub:
 
     async def stop(self) -> None:
         """End every open stream, then close the subscriptions."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._shutdown()
+        await self._close_nats()
+
+    def _shutdown(self) -> None:
         for clients in self._clients.values():
             for c in tuple(clients):
                 c.closing = "shutdown"
                 self._kick(c)
-        await self._close_nats()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # noqa: BLE001 - the ticker must outlive any one bad client
+                log.exception("stream hub tick failed")
+
+    def tick(self, now: float) -> None:
+        """Wake the clients with a duty due; cut off a send stuck past SEND_TIMEOUT_S;
+        end every stream once the server is exiting."""
+        if AppStatus.should_exit:  # uvicorn waits for open streams before the lifespan ends
+            self._shutdown()
+            return
+        for c in self._open:  # an overflowed client too: its last send may be stuck
+            if c.send_since and now - c.send_since > SEND_TIMEOUT_S:
+                if c.sender is not None and not c.sender.done():
+                    self.send_timeouts += 1
+                    c.queue.stop()  # in case the cancellation is swallowed under the send
+                    c.sender.cancel()
+            elif now >= c.due:
+                c.queue.wake()
 
     @property
     def ready(self) -> bool:
@@ -186,6 +336,7 @@ class StreamHub:
             "subscriptions": len(self._subs),
             "nats_subscriptions": len(getattr(self._nc, "_subs", {})),
             "overflows": self.overflows,
+            "send_timeouts": self.send_timeouts,
             "bad_messages": self.bad_messages,
             **{f"last_seq_{k}": v for k, v in self._last_seq.items()},
         }
@@ -213,26 +364,43 @@ class StreamHub:
 
     def dispatch(self, kind: str, update: Update) -> None:
         """Queue ``update`` for every matching client; cut off the ones that are full."""
-        for c in tuple(self._clients[kind]):
-            if not c.filter.matches(update):
+        index = self._index[kind]
+        if not index:
+            return
+        full: list[Client] = []
+        for key in _keys_of(update):
+            clients = index.get(key)
+            if clients is None:
                 continue
-            try:
-                c.queue.put_nowait(update)
-            except asyncio.QueueFull:
-                self._overflow(kind, c)
+            for c in clients:
+                try:
+                    c.queue.put_nowait(update)
+                except asyncio.QueueFull:
+                    full.append(c)
+        for c in full:
+            self._overflow(c)
 
-    def _overflow(self, kind: str, c: Client) -> None:
+    def _overflow(self, c: Client) -> None:
         self.overflows += 1
         c.overflowed = True
-        self._clients[kind].discard(c)
+        self._forget(c)
         self._kick(c)
+
+    def _forget(self, c: Client) -> None:
+        """Take a client off the fan-out (it receives nothing more)."""
+        kind = c.filter.kind
+        self._clients[kind].discard(c)
+        index = self._index[kind]
+        clients = index.get(c.key)
+        if clients is not None:
+            clients.discard(c)
+            if not clients:
+                del index[c.key]
 
     @staticmethod
     def _kick(c: Client) -> None:
-        """Empty a client's queue (its memory goes now) and wake its stream with STOP."""
-        while not c.queue.empty():
-            c.queue.get_nowait()
-        c.queue.put_nowait(STOP)
+        """Empty a client's inbox (its memory goes now) and wake its stream with STOP."""
+        c.queue.stop()
 
     # clients -----------------------------------------------------------
 
@@ -267,8 +435,10 @@ class StreamHub:
 
     def register(self, principal: Principal, flt: StreamFilter) -> Client:
         """Start queueing matching updates for a new client."""
-        c = Client(principal, flt, asyncio.Queue(self.settings.stream_queue_size))
+        c = Client(principal, flt, Inbox(self.settings.stream_queue_size), key=filter_key(flt))
         self._clients[flt.kind].add(c)
+        self._index[flt.kind].setdefault(c.key, set()).add(c)
+        self._open.add(c)
         self._per_principal[principal.id] += 1
         return c
 
@@ -277,7 +447,8 @@ class StreamHub:
         if not c.registered:
             return
         c.registered = False
-        self._clients[c.filter.kind].discard(c)
+        self._forget(c)
+        self._open.discard(c)
         self._per_principal[c.principal.id] -= 1
         if self._per_principal[c.principal.id] <= 0:
             del self._per_principal[c.principal.id]

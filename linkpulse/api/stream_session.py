@@ -7,10 +7,11 @@ is the stream itself, transport-neutral: an optional ``reset``, then a
 ``snapshot`` or the replay of what was missed, then live updates; it re-checks
 the credentials every ``LINKPULSE_STREAM_REVALIDATE_S`` and ends with
 ``revoked`` or ``overflow`` when it must; it unregisters the client and audits
-the stream's end; ``batches`` is the same stream in lists of what was ready
-together (the SSE route writes each list at once). ``routes/stream.py`` turns
-its ``Message`` s into SSE frames or WebSocket text messages (see
-docs/streams.md).
+the stream's end (``Session.close``); ``batches`` is the same stream in lists
+of what was ready together (the SSE route writes each list at once), with
+stored and live updates as the hub's ``Update`` itself (no object per client
+per update) and, if asked, a ``HEARTBEAT`` when one is due. ``routes/stream.py``
+turns them into SSE frames or WebSocket text messages (see docs/streams.md).
 
 >>> Message("reset", None, b'{"reason":"x"}').json()
 b'{"event":"reset","id":null,"data":{"reason":"x"}}'
@@ -20,7 +21,6 @@ b'{"event":"metric","id":"metrics-7","data":{}}'
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Iterable
@@ -45,7 +45,7 @@ from linkpulse.api.stream_filter import (
     scoped_filter,
 )
 
-__all__ = ["Message", "Session", "batches", "messages", "open_session"]
+__all__ = ["HEARTBEAT", "Message", "Session", "as_message", "batches", "messages", "open_session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,9 @@ class Message:
         return b'{"event":"%s","id":%s,"data":%s}' % (self.event.encode(), ident, self.data)
 
 
+HEARTBEAT = Message("heartbeat", None, b"")  # in a batch when a heartbeat is due (SSE)
+
+
 @dataclass
 class Session:
     """An admitted stream: its hub, registered client, plan and credential."""
@@ -76,6 +79,26 @@ class Session:
     plan: Plan
     token: str | None
     resource: str
+    closed: bool = False
+
+    def close(self, outcome: str = "closed", sent: int = 0) -> None:
+        """Take the client off the hub and audit the stream's end (once; idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        client = self.client
+        self.hub.unregister(client)
+        self.hub.guard.audit.record(
+            AuditEntry.of(
+                client.principal,
+                f"stream.{client.filter.kind}",
+                resource=self.resource,
+                scope=client.filter.describe(),
+                outcome=outcome,
+                status=200,
+                items=sent,
+            )
+        )
 
 
 def _checked(
@@ -173,13 +196,22 @@ def _update(kind: str, u: Update) -> Message:
     return Message(EVENT_NAMES[kind], format_event_id(kind, u.seq), u.data, u)
 
 
-async def batches(s: Session) -> AsyncGenerator[list[Message], None]:
+def as_message(kind: str, item: Message | Update) -> Message:
+    """An item of ``batches`` as a ``Message`` (updates come as the hub's ``Update``)."""
+    return item if isinstance(item, Message) else _update(kind, item)
+
+
+async def batches(
+    s: Session, *, heartbeat_s: float | None = None
+) -> AsyncGenerator[list[Message | Update], None]:
     """Everything the stream sends, in order, in lists of what was ready together;
     ends the session (unregister, audit).
 
     A client that fell behind gets every queued update in one list, so its
     transport sends them in one write: the cost per update falls as the load
-    rises, instead of each update paying a send of its own.
+    rises, instead of each update paying a send of its own. No timer is armed
+    per wait: the hub's tick wakes the stream when ``client.due`` (its next
+    credential check, or ``HEARTBEAT`` every ``heartbeat_s``) has passed.
     """
     hub, client, plan = s.hub, s.client, s.plan
     kind, queue = client.filter.kind, client.queue
@@ -197,30 +229,29 @@ async def batches(s: Session) -> AsyncGenerator[list[Message], None]:
             async for u in hub.replay(client.filter, plan.replay_from):
                 last = max(last, u.seq)
                 sent += 1
-                yield [_update(kind, u)]
-        next_check = time.monotonic() + settings.stream_revalidate_s
+                yield [u]
+        now = time.monotonic()
+        next_check = now + settings.stream_revalidate_s
+        next_beat = now + heartbeat_s if heartbeat_s else float("inf")
+        client.due = min(next_check, next_beat)
         while True:
-            timeout = next_check - time.monotonic()
-            if timeout <= 0:
-                reason = await _still_valid(hub, s.token)
-                if reason is not None:
-                    outcome = "revoked"
-                    yield [Message("revoked", None, _json({"reason": reason}))]
-                    return
-                next_check = time.monotonic() + settings.stream_revalidate_s
+            out: list[Message | Update] = []
+            if client.due <= (now := time.monotonic()):
+                if now >= next_check:
+                    reason = await _still_valid(hub, s.token)
+                    if reason is not None:
+                        outcome = "revoked"
+                        yield [Message("revoked", None, _json({"reason": reason}))]
+                        return
+                    next_check = time.monotonic() + settings.stream_revalidate_s
+                if heartbeat_s and now >= next_beat:
+                    out.append(HEARTBEAT)
+                    next_beat = now + heartbeat_s
+                client.due = min(next_check, next_beat)
+            elif queue.empty():
+                await queue.wait()
                 continue
-            if queue.empty():
-                try:  # asyncio.timeout, not wait_for: wait_for makes a task per call
-                    async with asyncio.timeout(timeout):
-                        ready = [await queue.get()]
-                except TimeoutError:
-                    continue
-            else:
-                ready = []
-            while not queue.empty():
-                ready.append(queue.get_nowait())
-            out: list[Message] = []
-            for u in ready:
+            for u in queue.take_all():
                 if u is STOP:
                     if client.overflowed:
                         outcome = "overflow"
@@ -239,27 +270,17 @@ async def batches(s: Session) -> AsyncGenerator[list[Message], None]:
                     continue
                 last = u.seq
                 sent += 1
-                out.append(_update(kind, u))
+                out.append(u)
             if out:
                 yield out
     finally:
-        hub.unregister(client)
-        hub.guard.audit.record(
-            AuditEntry.of(
-                client.principal,
-                f"stream.{kind}",
-                resource=s.resource,
-                scope=client.filter.describe(),
-                outcome=outcome,
-                status=200,
-                items=sent,
-            )
-        )
+        s.close(outcome, sent)
 
 
 async def messages(s: Session) -> AsyncGenerator[Message, None]:
     """Everything the stream sends, one message at a time (see ``batches``)."""
+    kind = s.client.filter.kind
     async with contextlib.aclosing(batches(s)) as it:
         async for batch in it:
-            for m in batch:
-                yield m
+            for item in batch:
+                yield as_message(kind, item)

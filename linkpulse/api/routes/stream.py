@@ -19,28 +19,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
 from starlette.requests import HTTPConnection
-from starlette.types import Message as AsgiMessage
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from linkpulse.api.auth.guard import StreamPrincipal, WsStreamPrincipal
 from linkpulse.api.auth.roles import Principal
+from linkpulse.api.hub import SEND_TIMEOUT_S
 from linkpulse.api.problems import ProblemError, problem_responses
-from linkpulse.api.stream_filter import EVENT_NAMES
-from linkpulse.api.stream_session import Message, Session, batches, messages, open_session
+from linkpulse.api.stream_filter import EVENT_NAMES, Update
+from linkpulse.api.stream_session import (
+    HEARTBEAT,
+    Message,
+    Session,
+    batches,
+    messages,
+    open_session,
+)
 from linkpulse.logging import get_logger
 
 router = APIRouter(tags=["streams"])
 log = get_logger(__name__)
 
 RETRY_MS = 3000
-SEND_TIMEOUT_S = 10.0  # a client that accepts nothing for this long is disconnected
 _RESPONSES = {
     200: {
         "description": "an SSE stream (text/event-stream); see docs/streams.md",
@@ -50,26 +56,81 @@ _RESPONSES = {
 }
 
 
-class _EventStream(EventSourceResponse):
-    """An SSE response for which a client that stopped reading is routine, not an error."""
+class SseStream(Response):
+    """One SSE stream written straight to the ASGI ``send``: a batch of frames per write.
 
-    async def _send_with_timeout(self, send: Send, message: AsgiMessage) -> None:
-        """sse-starlette's per-send timeout, with asyncio.timeout for anyio's cancel scope:
-        the scope cost ~14% of the API's CPU under fan-out (py-spy), the timeout ~4%."""
-        if self.send_timeout is None:
-            await send(message)
-            return
-        try:
-            async with asyncio.timeout(self.send_timeout):
-                await send(message)
-        except TimeoutError as e:
-            raise SendTimeoutError from e
+    Why not sse-starlette's ``EventSourceResponse`` here: it takes one event
+    per iteration of an async iterator, encodes it, and arms a timer per send
+    (a cancel scope, or ``asyncio.timeout``), and runs four tasks per client.
+    This response sends bytes the hub encoded once per update (shared by all
+    its clients) with no timer per send: the hub's tick wakes the stream for
+    its heartbeat and credential check and cancels a send stuck past
+    ``SEND_TIMEOUT_S``. Two tasks per client: the sender, and a watcher of
+    ``http.disconnect`` (a vanished client frees its stream at once, not at its
+    next write). sse-starlette still encodes the control events
+    (``ServerSentEvent``) and tells the hub when the server exits (``AppStatus``).
+    HEAD gets the headers and an empty body, as with ``EventSourceResponse``.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.status_code = 200
+        self.background = None
+        self.init_headers(  # no body attribute: no content-length, the stream is chunked
+            {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = self.session
         try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            log.info("stream client accepted nothing for a while: disconnected", path=scope["path"])
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            if scope["method"] == "HEAD":
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            sender = asyncio.create_task(self._send_all(send), name="sse-send")
+            session.client.sender = sender
+            watcher = asyncio.create_task(_gone(receive), name="sse-gone")
+            try:
+                done, _ = await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # STOP as well as cancel: a cancellation swallowed below us (seen at an abrupt
+                # reset during the snapshot) would leave the sender waiting for updates.
+                session.client.queue.stop()
+                for task in (sender, watcher):
+                    task.cancel()
+                await asyncio.gather(sender, watcher, return_exceptions=True)
+            if watcher in done:  # the client went: nothing more to send
+                return
+            if sender.cancelled():  # the hub's tick: a send stuck past SEND_TIMEOUT_S
+                log.info("stream client accepted nothing for a while: disconnected")
+                return
+            error = sender.exception()
+            if error is not None:
+                raise error
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            session.close()  # if the stream never started (HEAD, a failed first send)
+
+    async def _send_all(self, send: Send) -> None:
+        session = self.session
+        client = session.client
+        hb = session.hub.settings.stream_heartbeat_s
+        head = _RETRY_FRAME  # goes out with the first batch (reset or snapshot)
+        async with contextlib.aclosing(batches(session, heartbeat_s=hb)) as it:
+            async for batch in it:
+                body = head + b"".join([_frame(x) for x in batch])
+                head = b""
+                client.send_since = time.monotonic()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                client.send_since = 0.0
+
+
+async def _gone(receive: Receive) -> None:
+    """Return when the client disconnects (an SSE request has nothing more to read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _token(conn: HTTPConnection) -> str | None:
@@ -80,18 +141,19 @@ def _token(conn: HTTPConnection) -> str | None:
     return conn.headers.get("x-api-key") or conn.query_params.get("token")
 
 
-def _frame(m: Message) -> bytes:
-    """The SSE frame of a message: an update's was encoded once by the hub for every client."""
-    if m.update is not None:
-        return m.update.frame
-    return ServerSentEvent(event=m.event, id=m.id, data=m.data.decode()).encode()
+_SEP = "\r\n"  # as the hub's update frames (stream_filter.sse_frame)
+_RETRY_FRAME = ServerSentEvent(comment="linkpulse stream", retry=RETRY_MS, sep=_SEP).encode()
+_HEARTBEAT_FRAME = ServerSentEvent(comment="heartbeat", sep=_SEP).encode()
 
 
-async def _sse(session: Session) -> AsyncIterator[ServerSentEvent | bytes]:
-    yield ServerSentEvent(comment="linkpulse stream", retry=RETRY_MS)
-    async with contextlib.aclosing(batches(session)) as it:
-        async for batch in it:  # what was ready together goes out in one send
-            yield b"".join(map(_frame, batch))
+def _frame(item: Message | Update) -> bytes:
+    """The SSE frame of a batch item: an update's was encoded once by the hub for all."""
+    if type(item) is Update:
+        return item.frame
+    assert isinstance(item, Message)
+    if item is HEARTBEAT:
+        return _HEARTBEAT_FRAME
+    return ServerSentEvent(event=item.event, id=item.id, data=item.data.decode(), sep=_SEP).encode()
 
 
 async def _open(
@@ -100,17 +162,11 @@ async def _open(
     kind: str,
     last_event_id: str | None,
     **filters: str | None,
-) -> EventSourceResponse:
+) -> SseStream:
     session = await open_session(
         request, principal, kind, last_event_id, filters, token=_token(request)
     )
-    return _EventStream(
-        _sse(session),
-        ping=session.hub.settings.stream_heartbeat_s,
-        ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
-        send_timeout=SEND_TIMEOUT_S,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return SseStream(session)
 
 
 _METRIC = Query(None, description="only this metric (e.g. gmv, orders)")
@@ -135,7 +191,7 @@ async def stream_metrics(
     tenant: str | None = _TENANT,
     seller: str | None = _SELLER,
     last_event_id: str | None = _LAST,
-) -> EventSourceResponse:
+) -> SseStream:
     """Every window update in scope, as ``event: metric`` with a MetricWindow as data."""
     return await _open(
         request,
@@ -162,7 +218,7 @@ async def stream_anomalies(
     tenant: str | None = _TENANT,
     seller: str | None = _SELLER,
     last_event_id: str | None = _LAST,
-) -> EventSourceResponse:
+) -> SseStream:
     """Every anomaly score in scope, as ``event: anomaly``."""
     return await _open(
         request, principal, "anomalies", last_event_id, metric=metric, tenant=tenant, seller=seller
@@ -182,7 +238,7 @@ async def stream_alerts(
     tenant: str | None = _TENANT,
     seller: str | None = _SELLER,
     last_event_id: str | None = _LAST,
-) -> EventSourceResponse:
+) -> SseStream:
     """Every alert state change in scope, as ``event: alert``."""
     return await _open(
         request, principal, "alerts", last_event_id, metric=metric, tenant=tenant, seller=seller
@@ -201,18 +257,18 @@ WS_PARAMS = ("channel", "token", "last_event_id")  # beside the channel's filter
 async def _ws_send(websocket: WebSocket, session: Session) -> str | None:
     """Send the session's messages; the ending event's name, or None if the client went."""
     ending: str | None = None
+    client = session.client
     async with contextlib.aclosing(messages(session)) as it:
         async for m in it:
             if m.event in WS_CLOSE:
                 ending = m.event
+            client.send_since = time.monotonic()  # the hub's tick cancels a stuck send
             try:
-                await asyncio.wait_for(websocket.send_text(m.json().decode()), SEND_TIMEOUT_S)
-            except TimeoutError:
-                log.info("ws client accepted nothing for a while: disconnected")
-                return None
+                await websocket.send_text(m.json().decode())
             except (WebSocketDisconnect, OSError, RuntimeError):  # gone mid-send
                 return None
-    return ending or session.client.closing
+            client.send_since = 0.0
+    return ending or client.closing
 
 
 async def _ws_gone(websocket: WebSocket) -> None:
@@ -258,9 +314,10 @@ async def stream_ws(
     try:
         await websocket.accept()
     except BaseException:
-        session.hub.unregister(session.client)
+        session.close()
         raise
     sender = asyncio.create_task(_ws_send(websocket, session), name="ws-send")
+    session.client.sender = sender
     watcher = asyncio.create_task(_ws_gone(websocket), name="ws-gone")
     done: set[asyncio.Task[object]] = set()
     try:
@@ -269,7 +326,10 @@ async def stream_ws(
         for task in (sender, watcher):
             task.cancel()
         await asyncio.gather(sender, watcher, return_exceptions=True)
-        session.hub.unregister(session.client)  # in case the sender never got to run
+        session.close()  # in case the sender never got to run
+    if sender.cancelled() and watcher not in done:
+        log.info("ws client accepted nothing for a while: disconnected")
+        return
     if watcher in done or sender not in done or sender.exception() is not None:
         return  # the client went (or the send failed): nothing to close
     code, reason = WS_CLOSE.get(sender.result() or "", (1000, "closed"))
