@@ -172,20 +172,12 @@ class _StorePartition(StatelessSinkPartition[AlertChange]):
         self._conn: psycopg.Connection[Any] | None = None
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        from linkpulse.store.partitions import ensure_partitions
+        from linkpulse.store.partitions import insert_rows
 
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._dsn, connect_timeout=5)
-        conn = self._conn
-        try:
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(_INSERT, rows)
-        except psycopg.errors.CheckViolation:
-            # plain tier: no partition for some day of the batch; make it, once
-            with conn.transaction():
-                ensure_partitions(conn, "alerts", {r[4].date() for r in rows})
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(_INSERT, rows)
+        # plain tier: a day of the batch with no partition gets it made, once
+        insert_rows(self._conn, "alerts", _INSERT, rows, {r[4].date() for r in rows})
 
     def write_batch(self, items: list[AlertChange]) -> None:
         from linkpulse.store.writer import backoff_s
