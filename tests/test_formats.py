@@ -20,7 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from linkpulse.api.problems import ProblemError
-from linkpulse.formats import FORMATS, Column, media_type, negotiate, open_writer
+from linkpulse.formats import (
+    FORMATS,
+    Column,
+    columns_from_description,
+    media_type,
+    negotiate,
+    open_writer,
+)
 from linkpulse.formats.loaders import use_format_loaders
 from linkpulse.formats.parquet import ParquetRowWriter
 from tests.fix_db import ADMIN_DSN
@@ -295,3 +302,43 @@ def test_format_loaders_give_each_format_its_values() -> None:
         w = open_writer("parquet", cols)
         got = pl.read_parquet(io.BytesIO(w.write(rows) + w.close()))
         assert got["j"].to_list() == ['{"a": [1]}'] and got["n"].to_list() == [12.5]
+
+
+@pytest.mark.integration
+def test_values_loaded_as_the_servers_text_keep_their_types_and_instants() -> None:
+    """CSV and Parquet take times, dates, booleans, uuids and numerics as PostgreSQL prints
+    them (in the session's time zone, here +05:30): Parquet parses them into typed
+    columns, the same instant; CSV writes them as ISO 8601, booleans true/false."""
+    q = (
+        "SELECT '2026-11-30 12:00:00.25+00'::timestamptz AS at, "
+        "'2026-11-30 12:00:00'::timestamp AS local, DATE '2026-11-30' AS day, "
+        "true AS yes, NULL::bool AS unknown, "
+        "'00000000-0000-0000-0000-00000000002a'::uuid AS ref, 10.50::numeric(12,2) AS total "
+        "UNION ALL SELECT NULL, NULL, NULL, false, NULL, NULL, NULL"
+    )
+    with psycopg.connect(ADMIN_DSN) as conn:
+        conn.execute("SET TimeZone = 'Asia/Kolkata'")
+        out = {}
+        for fmt in ("parquet", "csv"):
+            cur = conn.cursor()
+            use_format_loaders(cur, fmt)
+            cur.execute(q)
+            rows = cur.fetchall()
+            assert isinstance(rows[0][0], str)  # loaded as text, no datetime per value
+            cols = columns_from_description(cur.description, conn.adapters.types)
+            w = open_writer(fmt, cols)
+            out[fmt] = w.write(rows) + w.close()
+    got = pl.read_parquet(io.BytesIO(out["parquet"]))
+    assert got["at"].to_list() == [dt.datetime(2026, 11, 30, 12, 0, 0, 250000, tzinfo=dt.UTC), None]
+    naive = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC).replace(tzinfo=None)
+    assert got["local"].to_list() == [naive, None]
+    assert got["day"].to_list() == [dt.date(2026, 11, 30), None]
+    assert got["yes"].to_list() == [True, False] and got["unknown"].to_list() == [None, None]
+    assert got["ref"].to_list() == ["00000000-0000-0000-0000-00000000002a", None]
+    assert got["total"].to_list() == [Decimal("10.50"), None]
+    lines = out["csv"].decode().splitlines()
+    assert lines[2:4] == [
+        "2026-11-30T17:30:00.25+05:30,2026-11-30T12:00:00,2026-11-30,true,,"
+        "00000000-0000-0000-0000-00000000002a,10.50",
+        ",,,false,,,",
+    ]
