@@ -1,7 +1,7 @@
 """Ingestion throughput: raw NATS ceiling, validation, the publisher, and the HTTP API.
 
     .venv/bin/python -m bench.bench_ingest [--events 50000] [--batch 500] [--concurrency 4]
-        [--rounds 3] [--stages raw,validate,pub,http] [--servers auto,asyncio-h11]
+        [--rounds 3] [--stages raw,validate,pub,pub-nc,pub-lib,http] [--servers auto,asyncio-h11]
         [--auth on,off] [--tree LABEL=DIR ...]
 
 Needs NATS with JetStream at LINKPULSE_NATS_URL (default nats://127.0.0.1:4222); the
@@ -11,6 +11,7 @@ Stages:
   1. raw:       nats-py publish_async of pre-encoded bytes, acks awaited per chunk (ceiling)
   2. validate:  split_batch + decode_event of the request bodies (CPU only)
   3. pub:       EventPublisher.publish (encode, subject, Nats-Msg-Id, acks) on validated events
+     pub-nc:    the same, its HPUB commands through nc.publish per message (not hand-framed)
      pub-lib:   the same messages (EventPublisher.prepare) through js.publish_async
   4. http:      POST /v1/events to one API process (uvicorn) in a subprocess, over TCP,
                 for each server variant and auth mode: ``auto`` is what ``linkpulse serve``
@@ -18,10 +19,10 @@ Stages:
                 loop and HTTP parser; auth ``on`` posts with an ingest key, ``off`` runs
                 with LINKPULSE_AUTH=off. Reports events/s and the API process's CPU per
                 event (user + system, psutil), which a loaded machine disturbs less.
-``--tree base=/tmp/lp_base`` adds an API run from another copy of the ``linkpulse`` package
-(e.g. ``git archive COMMIT linkpulse | tar -x -C /tmp/lp_base``) beside this tree's, for
-a before/after in one run; ``pub-lib`` is this tree's ``prepare`` with nats-py's
-``publish_async`` per message (what ``send`` did before), beside ``pub``.
+``--tree base=/tmp/lp_base --tree this=.`` runs the API from each copy of the ``linkpulse``
+package named (e.g. ``git archive COMMIT linkpulse | tar -x -C /tmp/lp_base``) instead of
+only this tree's, for a before/after in one run; ``pub-lib`` is this tree's ``prepare``
+with nats-py's ``publish_async`` per message (what ``send`` did before), beside ``pub``.
 Rounds are interleaved (every stage and variant once per round), best of N is kept; every
 stage and variant uses its own throw-away stream, deleted at the end.
 """
@@ -123,9 +124,13 @@ def stage_validate(batches: list[bytes]) -> tuple[float, list]:
     return len(events) / (time.perf_counter() - start), events
 
 
-async def stage_publisher(events: list, s: Settings, batch: int) -> tuple[float, float]:
-    """Events/s and CPU µs per event of ``EventPublisher.publish``, one call per batch."""
+async def stage_publisher(
+    events: list, s: Settings, batch: int, *, hand_framed: bool = True
+) -> tuple[float, float]:
+    """Events/s and CPU µs per event of ``EventPublisher.publish``, one call per batch
+    (``hand_framed=False``: its HPUB commands through ``nc.publish``, the library path)."""
     pub = await EventPublisher.connect(s)
+    pub.hand_framed = hand_framed
     cpu0, start = time.process_time(), time.perf_counter()
     for i in range(0, len(events), batch):
         await pub.publish(events[i : i + batch])
@@ -275,7 +280,7 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="best of N, stages interleaved")
-    ap.add_argument("--stages", default="raw,validate,pub,pub-lib,http")
+    ap.add_argument("--stages", default="raw,validate,pub,pub-nc,pub-lib,http")
     ap.add_argument("--servers", default="auto,asyncio-h11", help=f"of {', '.join(SERVERS)}")
     ap.add_argument("--auth", default="on,off")
     ap.add_argument(
@@ -286,9 +291,9 @@ async def main() -> None:
         help="also run the API from DIR/linkpulse (repeatable)",
     )
     args = ap.parse_args()
-    trees = {"": REPO} | {
-        label: Path(d).resolve() for label, d in (t.split("=", 1) for t in args.tree)
-    }
+    # This tree's API unless trees are named (name this one too: --tree this=.).
+    trees = {label: Path(d).resolve() for label, d in (t.split("=", 1) for t in args.tree)}
+    trees = trees or {"": REPO}
     stages = args.stages.split(",")
     servers, auths = args.servers.split(","), args.auth.split(",")
 
@@ -323,13 +328,17 @@ async def main() -> None:
                 dropped.append(s := settings_for("raw"))
                 keep("raw nats publish_async (ceiling)", await stage_raw(payloads, s))
             decoded: list = []
-            if {"validate", "pub", "pub-lib"} & set(stages):
+            if {"validate", "pub", "pub-nc", "pub-lib"} & set(stages):
                 rate, decoded = stage_validate(batches)
                 if "validate" in stages:
                     keep("validate (split + decode_event)", rate, 1e6 / rate)
             if "pub" in stages:
                 dropped.append(s := settings_for("pub"))
                 keep("EventPublisher.publish", *await stage_publisher(decoded, s, args.batch))
+            if "pub-nc" in stages:
+                dropped.append(s := settings_for("pub"))
+                rate_cpu = await stage_publisher(decoded, s, args.batch, hand_framed=False)
+                keep("EventPublisher.publish via nc.publish", *rate_cpu)
             if "pub-lib" in stages:
                 dropped.append(s := settings_for("pub"))
                 keep("prepare + publish_async", *await stage_publisher_lib(decoded, s, args.batch))

@@ -160,9 +160,12 @@ async def test_the_same_id_twice_in_one_batch_is_one_message(
     assert await _count(js, nats_settings.stream_name) == 1
 
 
+@pytest.mark.parametrize("hand_framed", [True, False], ids=["hand-framed", "nc.publish"])
 async def test_events_go_to_their_tenant_and_type_subject(
-    js: JetStreamContext, publisher: EventPublisher, nats_settings: Settings
+    js: JetStreamContext, publisher: EventPublisher, nats_settings: Settings, hand_framed: bool
 ) -> None:
+    # Both ways of writing the HPUB commands store the same messages, headers included.
+    publisher.hand_framed = hand_framed
     batch = [
         *_events(2, "acme", "page_view"),
         *_events(3, "globex", "order_placed"),
@@ -183,6 +186,27 @@ async def test_events_go_to_their_tenant_and_type_subject(
         assert decode_event(msg.data) == ev
         assert msg.headers is not None
         assert msg.headers["Nats-Msg-Id"] == f"{ev.tenant}/{ev.event_id}"
+        assert msg.headers["Nats-Expected-Stream"] == nats_settings.stream_name
+
+
+async def test_the_hand_framed_chunk_is_byte_for_byte_what_nc_publish_writes(
+    nats_settings: Settings,
+) -> None:
+    # No server needed: an unconnected client keeps what it would write in its buffer.
+    ours, library = Client(), Client()
+    publisher = EventPublisher(ours, nats_settings)
+    messages = publisher.prepare([*_events(3), *_events(2, "globex", "order_placed")])
+    # A header value nats-py would clean (stripped, CR/LF to spaces): cleaned alike.
+    odd = msgspec.structs.replace(messages[1], headers={**messages[1].headers, "X-Odd": " a\r\nb "})
+    messages = [messages[0], odd, *messages[2:]]
+    await publisher._write_framed(messages, "_INBOX.t.0.")
+    for i, m in enumerate(messages):
+        await library._send_publish(
+            m.subject, f"_INBOX.t.0.{i}", m.payload, len(m.payload), m.headers
+        )
+    assert b"".join(ours._pending) == b"".join(library._pending)
+    assert ours.stats["out_msgs"] == library.stats["out_msgs"] == 5
+    assert ours.stats["out_bytes"] == library.stats["out_bytes"]
 
 
 async def test_a_large_batch_is_published_in_chunks_in_order(
