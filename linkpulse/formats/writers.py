@@ -179,9 +179,12 @@ _BOOL_TEXT = {"t": "true", "f": "false"}
 def _iso_times(values: Sequence[Any], *, zoned: bool) -> list[Any]:
     """PostgreSQL's ``2026-11-30 12:00:00.5+00`` as ISO 8601 ``2026-11-30T12:00:00.5+00:00``,
     the column at once in Arrow."""
-    text = pc.utf8_replace_slice(pa.array(values, pa.string()), 10, 11, "T")
+    # (infinity stays infinity: only a date followed by a time gets its T)
+    text = pc.replace_substring_regex(
+        pa.array(values, pa.string()), r"^(\d{4,}-\d\d-\d\d) ", r"\1T", max_replacements=1
+    )
     if zoned:  # +HH -> +HH:MM (+05:30 stays)
-        text = pc.replace_substring_regex(text, r"([+-]\d\d)$", r"\1:00")
+        text = pc.replace_substring_regex(text, r"(\d[+-]\d\d)$", r"\1:00")
     return text.to_pylist()  # type: ignore[no-any-return]
 
 
