@@ -106,7 +106,7 @@ class UnitValue(ScalarDetector):
         c0, c1, c2 = self._cal
         z0 = (y0 - mu0) * sqrt(b0 / v0)
         r0 = 2.0 * (0.5 * erfc(abs(z0) / SQRT2))  # 2 * normal_sf(|z|), inlined
-        if r0 > 1.0:
+        if not r0 < 1.0:  # min(1.0, r), NaN included
             r0 = 1.0
         best, z = 1.0, 0.0
         q = c0.calibrate(r0)
@@ -114,14 +114,14 @@ class UnitValue(ScalarDetector):
             best, z = q, z0
         z1 = (y1 - mu1) * sqrt(b1 / v1) if y1 == y1 else -40.0
         r1 = 2.0 * (0.5 * erfc(abs(z1) / SQRT2))
-        if r1 > 1.0:
+        if not r1 < 1.0:  # min(1.0, r), NaN included
             r1 = 1.0
         q = c1.calibrate(r1)
         if q < best:
             best, z = q, z1
         z2 = (y2 - mu2) * sqrt(b2 / v2) if y2 == y2 else -40.0
         r2 = 2.0 * (0.5 * erfc(abs(z2) / SQRT2))
-        if r2 > 1.0:
+        if not r2 < 1.0:  # min(1.0, r), NaN included
             r2 = 1.0
         q = c2.calibrate(r2)
         if q < best:
