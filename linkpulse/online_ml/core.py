@@ -37,9 +37,9 @@ import math
 from datetime import datetime
 from typing import ClassVar, Final
 
-from linkpulse.online_ml.base import DAY_S, Versioned, clean, score_from_p, to_seconds
+from linkpulse.online_ml.base import DAY_S, Versioned, clean, to_seconds
 from linkpulse.online_ml.explain import sentence, slot_label
-from linkpulse.online_ml.stats import surprise
+from linkpulse.online_ml.stats import TINY
 from linkpulse.schemas.outputs import AnomalyScore, Explanation
 
 _log, _exp = math.log, math.exp
@@ -280,7 +280,13 @@ class ScalarDetector(Versioned):
     def to_score(self, t: datetime, ts: float, x: float | None, v: Verdict) -> AnomalyScore:
         """The public ``AnomalyScore`` of a verdict."""
         warm = self._n >= self._grace
-        score = score_from_p(v.p, self._steps_per_day) if warm else 0.0
+        p = v.p
+        # score_from_p(p, steps_per_day) and surprise(p) written out (once per step per series)
+        score = 0.0
+        if warm:
+            score = math.exp(-self._steps_per_day * (1.0 if 1.0 < p else p)) if p > 0.0 else 1.0
+        q = p if p > TINY else TINY
+        raw = 0.0 if q >= 1.0 else -math.log10(q)
         slot = slot_label(ts)
         direction = v.direction if score > 0.0 else "none"
         text = sentence(
@@ -302,7 +308,7 @@ class ScalarDetector(Versioned):
             series=self.series,
             time=t,
             score=score,
-            raw=surprise(v.p),
+            raw=raw,
             value=x,
             expected=v.expected,
             lower=v.lower,

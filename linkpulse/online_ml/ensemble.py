@@ -67,21 +67,21 @@ class Ensemble(ScalarDetector):
 
     def _combine(self, verdicts: list[Verdict]) -> Verdict:
         """The ensemble's verdict of its members' (in member order)."""
-        best: Verdict | None = None
-        band: Verdict | None = None
-        gap = 0
-        for v in verdicts:
-            gap = max(gap, v.gap_steps)
-            if best is None or v.p < best.p:
+        best = verdicts[0]
+        band = best if best.expected is not None else None
+        gap = best.gap_steps if best.gap_steps > 0 else 0
+        for v in verdicts[1:]:
+            if v.gap_steps > gap:
+                gap = v.gap_steps
+            if v.p < best.p:
                 best = v
             if band is None and v.expected is not None:
                 band = v
-        assert best is not None
-        k = len(verdicts)
         if band is None:
             band = best
+        p = len(verdicts) * best.p
         return Verdict(
-            min(1.0, k * best.p),
+            p if p < 1.0 else 1.0,
             best.direction,
             band.expected,
             band.lower,
