@@ -16,6 +16,7 @@ import math
 from typing import Final
 
 SQRT2: Final = math.sqrt(2.0)
+_SQRT3: Final = math.sqrt(3.0)
 TINY: Final = 1e-300  # smallest p we report: surprise 300 digits
 LN10: Final = math.log(10.0)
 # Above this mean the Poisson tails use the normal approximation (Wilson-Hilferty-like error
@@ -41,9 +42,10 @@ def t3_sf(t: float) -> float:
     if t < 0.0:
         return 1.0 - t3_sf(-t)
     if t > 1e4:  # the tail's leading term, where the closed form cancels to noise
-        return 2.0 * math.sqrt(3.0) / (math.pi * t**3)
-    u = t / math.sqrt(3.0)
-    return max(0.0, 0.5 - (u / (1.0 + u * u) + math.atan(u)) / math.pi)
+        return 2.0 * _SQRT3 / (math.pi * t**3)
+    u = t / _SQRT3
+    tail = 0.5 - (u / (1.0 + u * u) + math.atan(u)) / math.pi
+    return tail if tail > 0.0 else 0.0  # max(0.0, tail)
 
 
 def surprise(p: float) -> float:
