@@ -34,6 +34,21 @@ _END_OFFSET = {"events_1m": "1 minute", "events_1h": "1 hour", "events_1d": "1 d
                "users_1h": "1 hour"}  # fmt: skip
 
 
+def _cagg_horizon(cagg: str, *, raw: timedelta, rollup: timedelta) -> timedelta:
+    """How long a continuous aggregate's chunks are kept.
+
+    A rollup holding user ids (users_1h) goes a day (one chunk, migration 0016) inside
+    the raw horizon: its chunks are dropped before the raw chunks an erase would
+    recompute them from, whichever of the two retention jobs runs first.
+
+    >>> _cagg_horizon("users_1h", raw=timedelta(days=90), rollup=timedelta(days=730)).days
+    89
+    """
+    if ROLLUP_HORIZON[cagg] == "raw":
+        return max(raw - timedelta(days=1), timedelta(days=1))
+    return rollup
+
+
 def policy_statements(
     tier: Tier,
     *,
@@ -72,7 +87,7 @@ def policy_statements(
         out.append(sql.SQL("SELECT remove_retention_policy({}, if_exists => true)").format(name))
         out.append(
             sql.SQL("SELECT add_retention_policy({}, drop_after => {})").format(
-                name, sql.Literal(raw if ROLLUP_HORIZON[cagg] == "raw" else rollup)
+                name, sql.Literal(_cagg_horizon(cagg, raw=raw, rollup=rollup))
             )
         )
     out.append(sql.SQL("SELECT remove_compression_policy('events', if_exists => true)"))
