@@ -80,11 +80,24 @@ class JointDetector(Protocol):
 
 
 def to_seconds(t: datetime) -> float:
-    """Unix seconds of an aware datetime; a naive one is refused by name."""
+    """Unix seconds of an aware datetime; a naive one is refused by name.
+
+    The flow steps every series with the same ``t`` object, so the last one's
+    seconds are kept (datetimes are immutable: the same object, the same seconds).
+    """
+    global _last
+    last = _last  # one tuple, read and written whole: safe with several worker threads
+    if t is last[0]:
+        return last[1]
     if t.tzinfo is None:
         msg = f"t must be an aware datetime (UTC), got naive {t.isoformat()}"
         raise ValueError(msg)
-    return t.timestamp()
+    ts = t.timestamp()
+    _last = (t, ts)
+    return ts
+
+
+_last: tuple[datetime | None, float] = (None, 0.0)
 
 
 LIMIT: Final = 1e15  # |x| beyond this is clamped: its square still fits a float
