@@ -137,3 +137,41 @@ def test_eval_options_are_checked(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--days must be more than" in _flat(result.output)
     result = runner.invoke(app, ["eval", "anomalies", "--kinds", "meteor"])
     assert result.exit_code == 2 and "--kinds: unknown" in _flat(result.output)
+
+
+def test_a_seller_label_is_found_only_on_that_sellers_or_the_tenants_series() -> None:
+    from linkpulse.online_ml.quality import Label, evaluate_scores
+
+    lab = Label(kind="seller_shift", tenant="acme", start=10, end=40, seller_id="acme-s0001")
+    quiet = [0.0] * 100
+    paged = [0.0] * 20 + [1.0] + [0.0] * 79  # a page 10 windows into the label
+    for key, found in (
+        ("acme|orders|seller_id=acme-s0002|1m", False),  # another seller: not this anomaly
+        ("acme|orders|seller_id=acme-s0001|1m", True),
+        ("acme|orders||1m", True),  # the tenant's series (its root cause names the seller)
+        ("globex|orders||1m", False),  # another tenant
+    ):
+        scores = {"acme|orders||1m": quiet, key: paged}
+        kind = evaluate_scores(scores, [lab], minutes=100)["kinds"]["seller_shift"]
+        assert kind["detected"] == int(found), (key, kind)
+        assert kind["delays"] == ([10.0] if found else []), key
+
+
+def test_one_record_order_is_no_page_on_a_heavy_tailed_sum_but_is_on_a_normal_one() -> None:
+    """A new record by one big order is expected every few days of log-normal amounts."""
+    from linkpulse.online_ml.seasonal import SeasonalBaseline
+
+    rng = random.Random(SEED)
+    heavy = SeasonalBaseline(series="acme|gmv||1m", point_tail="t3", clip=8.0, grace=1440)
+    normal = SeasonalBaseline(series="acme|gmv||1m", grace=1440)
+    for i in range(3 * 1440):
+        orders = sum(1 for _ in range(6) if rng.random() < 0.5)
+        x = sum(rng.lognormvariate(math.log(35.0), 0.8) for _ in range(orders))
+        t = T0 + timedelta(minutes=i)
+        heavy.update(t, x)
+        normal.update(t, x)
+    t = T0 + timedelta(days=3)
+    record = 3 * 35.0 * 40.0  # three usual orders and one of 40x the median
+    s_heavy, s_normal = heavy.update(t, record), normal.update(t, record)
+    assert s_heavy.details.novel and s_normal.details.novel, SEED
+    assert s_heavy.score < 0.99 <= s_normal.score, (s_heavy.score, s_normal.score, SEED)
