@@ -15,7 +15,9 @@ Rules, so the figures can be checked:
 * a label is *detected* if a page on a series of a metric that kind moves
   (``KIND_METRICS``) falls in ``[start, end + after]``; the delay is the
   first such page's minute minus the label's first minute (0 = the first
-  window of the anomaly);
+  window of the anomaly). For a label on one seller (``seller_id``), the
+  series must be that seller's, the tenant's own, or the joint one: a page on
+  another seller's series is not this seller's anomaly found;
 * an incident that overlaps no label window of its tenant is a *false page*.
 
 >>> lab = Label(kind="revenue_drop", tenant="acme", start=10, end=20)
@@ -35,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import unquote
 
 from linkpulse.online_ml.base import PAGE_THRESHOLD
 from linkpulse.online_ml.joint import TENANT_FEATURES, build_joint_detector
@@ -154,14 +157,20 @@ def evaluate_scores(
 ) -> dict[str, Any]:
     """The quality figures of ``scores`` against ``labels`` (rules in the module docstring)."""
     pages: dict[str, list[tuple[int, str]]] = {}
+    # the seller of each page on a per-seller series (pages[tenant][k] -> seller id or None)
+    sellers: dict[str, list[str | None]] = {}
     for key, ss in scores.items():
         tenant, metric = key.split("|")[:2]
+        seller = _seller_of(key)
         for i in range(from_minute, len(ss)):
             if ss[i] >= threshold:
                 pages.setdefault(tenant, []).append((i, metric))
+                sellers.setdefault(tenant, []).append(seller)
     incidents: list[tuple[str, int, int, set[str]]] = []
     for tenant, ps in pages.items():
-        ps.sort()
+        order = sorted(range(len(ps)), key=ps.__getitem__)
+        ps[:] = [ps[k] for k in order]
+        sellers[tenant] = [sellers[tenant][k] for k in order]
         cur: list[Any] | None = None
         for i, metric in ps:
             if cur is not None and i - cur[2] <= merge_gap:
@@ -188,8 +197,12 @@ def evaluate_scores(
         for lab in labs:
             hits = [
                 i
-                for i, metric in pages.get(lab.tenant, [])
-                if metric in wanted and lab.start <= i <= lab.end + after
+                for (i, metric), seller in zip(
+                    pages.get(lab.tenant, []), sellers.get(lab.tenant, []), strict=True
+                )
+                if metric in wanted
+                and lab.start <= i <= lab.end + after
+                and (lab.seller_id is None or seller is None or seller == lab.seller_id)
             ]
             if hits:
                 detected += 1
@@ -234,6 +247,21 @@ def evaluate_scores(
             for t, a, b, m in false_incidents
         ],
     }
+
+
+def _seller_of(key: str) -> str | None:
+    """The seller id of a per-seller series key (``seller_id=...`` in its dims), else None.
+
+    >>> _seller_of("acme|orders|seller_id=acme-s0001|1m"), _seller_of("acme|orders||1m")
+    ('acme-s0001', None)
+    """
+    parts = key.split("|")
+    dims = parts[2] if len(parts) > 2 else ""
+    for item in dims.split(","):
+        name, _, value = item.partition("=")
+        if name == "seller_id" and value:
+            return unquote(value)  # dims_key escapes values
+    return None
 
 
 def _f1(p: float, r: float) -> float:
