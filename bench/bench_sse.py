@@ -10,7 +10,9 @@ queues updates for it); the report gives connected vs registered clients,
 refusals (status and detail, on stderr) and overflows. Cost, measurable on a
 loaded machine where delays are not: the API process's CPU (psutil) per
 delivered update, net of its idle CPU with the same clients connected, and
-its RSS growth per registered client.
+its RSS growth per registered client; and the API's write system calls per
+delivered update (under 1 when clients fell behind and got several updates in
+one write) with its CPU per write.
 
 ``ingest``: events/s through ``POST /v1/events`` (batches of 500, 4 concurrent
 posts) with auth on (an ingest key) and off, interleaved in the same run, and
@@ -103,6 +105,8 @@ def _serve(
     e.g. ``git archive HEAD linkpulse | tar -x -C DIR``, to compare two versions)."""
     spec, _, code_dir = server.partition("@")
     loop, _, http = spec.partition("/")
+    # Only what differs from auto: a copy of older code has no --loop/--http.
+    flags = [f"--{k}={v}" for k, v in (("loop", loop), ("http", http)) if v and v != "auto"]
     env = {
         **os.environ,
         "LINKPULSE_DATABASE_URL": _dsn(),
@@ -122,18 +126,7 @@ def _serve(
     if path or SERVER_PATH:
         env["PYTHONPATH"] = os.pathsep.join([*path, *SERVER_PATH, env.get("PYTHONPATH", "")])
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "linkpulse",
-            "serve",
-            "--port",
-            str(port),
-            "--loop",
-            loop,
-            "--http",
-            http or "auto",
-        ],
+        [sys.executable, "-m", "linkpulse", "serve", "--port", str(port), *flags],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -272,6 +265,11 @@ def _pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=1000)[int(q * 1000) - 1] if len(xs) > 10 else float("nan")
 
 
+def _writes(p: psutil.Process) -> int:
+    """Write system calls of ``p`` so far (Linux; its socket writes to the clients)."""
+    return int(p.io_counters().write_count)
+
+
 def _cpu(p: psutil.Process) -> float:
     t = p.cpu_times()
     return float(t.user + t.system)
@@ -285,7 +283,8 @@ async def fanout(counts: list[int], seconds: float, servers: list[str], idle: fl
     print(f"load average {os.getloadavg()[0]:.1f} (2 cores)")
     print(
         "server                subscribers  connected  registered  overflows  received/expected  "
-        "p50 ms  p99 ms  max ms  idle cpu/s  cpu us/update  client us/update  rss KiB/client"
+        "p50 ms  p99 ms  max ms  idle cpu/s  cpu us/update  client us/update  writes/update  "
+        "cpu us/write  rss KiB/client"
     )
     for n in counts:
         for server in servers:
@@ -313,11 +312,11 @@ async def _fanout_one(n: int, seconds: float, server: str, key: str, idle: float
         c0, t0 = _cpu(proc), time.monotonic()
         await asyncio.sleep(idle)  # baseline: the same clients, no updates
         c1, t1 = _cpu(proc), time.monotonic()
-        k1 = _cpu(cproc)
+        k1, w1 = _cpu(cproc), _writes(proc)
         sent = await _publish(prefix, seconds, 10.0)
         await asyncio.sleep(1)  # let the last updates drain
         c2, t2 = _cpu(proc), time.monotonic()
-        k2 = _cpu(cproc)
+        k2, w2 = _cpu(cproc), _writes(proc)
         out, _ = clients.communicate(timeout=180)
         head, _, tail = out.partition("DELAYS")
         _, connected, registered, overflows = head.split()
@@ -326,13 +325,18 @@ async def _fanout_one(n: int, seconds: float, server: str, key: str, idle: float
         net = (c2 - c1) - idle_rate * (t2 - t1)
         per_update = net / max(len(delays), 1) * 1e6
         client_per_update = (k2 - k1) / max(len(delays), 1) * 1e6
+        # Updates per write tell batching (a client behind gets several in one write)
+        # from a cheaper write: CPU per update falls with either.
+        per_write = (w2 - w1) / max(len(delays), 1)
+        cpu_per_write = net / max(w2 - w1, 1) * 1e6
         per_client = (rss1 - rss0) / max(int(ready[2]), 1) / 1024
         print(
             f"{server:20s}  {n:11d}  {connected:>9s}  {registered:>10s}  {overflows:>9s}  "
             f"{len(delays):>8d}/{sent * int(registered):<8d}  "
             f"{_pct(delays, 0.5) * 1e3:6.0f}  {_pct(delays, 0.99) * 1e3:6.0f}  "
             f"{max(delays, default=0) * 1e3:6.0f}  {idle_rate:10.3f}  {per_update:13.1f}  "
-            f"{client_per_update:16.1f}  {per_client:14.1f}   load {os.getloadavg()[0]:.1f}",
+            f"{client_per_update:16.1f}  {per_write:13.2f}  {cpu_per_write:12.1f}  "
+            f"{per_client:14.1f}   load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     finally:
