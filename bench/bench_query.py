@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
 import statistics
 import time
@@ -44,6 +45,7 @@ from psycopg import sql
 
 from bench.bench_store import ADMIN_DSN, END, load_raw, percentile, vacuum_rollups
 from linkpulse.config import Settings
+from linkpulse.errors import MigrationError
 from linkpulse.store import Tier, migrate, roles, stored_tier
 from linkpulse.store.partitions import create_ahead
 from linkpulse.store.rollups import ROLLUP_SPECS, rebuild
@@ -159,7 +161,14 @@ def _vacuum_users(conn: psycopg.Connection[Any], tier: Tier) -> None:
 
 def _prepare(dsn: str, n_events: int, *, reuse: bool) -> Tier:
     """Migrate, set up the roles, load the events (unless ``reuse``) and build the rollups."""
-    migrate(dsn)  # on a reused database: only the migrations added since it was kept
+    try:
+        migrate(dsn)  # on a reused database: only the migrations added since it was kept
+    except MigrationError as e:
+        if not reuse:
+            raise
+        msg = (f"{e}\n  the kept database predates an edited migration: load a new one with"
+               " --keep --name NEW_NAME --load-only, then --reuse NEW_NAME")  # fmt: skip
+        raise SystemExit(msg) from e
     defaults = Settings()
     with psycopg.connect(dsn, autocommit=True) as conn:
         tier = stored_tier(conn) or Tier.PLAIN_POSTGRES
@@ -233,6 +242,7 @@ def main() -> None:
 
 def _measure(dsn: str, url_dsn: str, args: argparse.Namespace) -> None:
     """Time the raw baseline, then each request cold and warm; print the table."""
+    load_before = os.getloadavg()
     with psycopg.connect(dsn, autocommit=True) as conn:
         raw = {n: _timed(_baseline(conn, n), args.raw_runs) for n in REQUESTS}
     results: dict[str, dict[str, dict[str, float]]] = {n: {"raw": raw[n]} for n in REQUESTS}
@@ -256,7 +266,13 @@ def _measure(dsn: str, url_dsn: str, args: argparse.Namespace) -> None:
     warm_ok = all(r["warm"]["p95"] <= 50 for r in results.values())
     print(f"  targets: warm p95 <= 50 ms {'MET' if warm_ok else 'NOT MET'}; "
           f"cold p95 <= 200 ms {'MET' if cold_ok else 'NOT MET'}")  # fmt: skip
-    print(f"  run at {datetime.now().astimezone().isoformat(timespec='seconds')}")
+    now = datetime.now().astimezone().isoformat(timespec="seconds")
+    after = _load(os.getloadavg())
+    print(f"  run at {now}; load average {_load(load_before)} before, {after} after (1/5/15 min)")
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return " ".join(f"{x:.2f}" for x in avg)
 
 
 if __name__ == "__main__":
