@@ -266,7 +266,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _writes(p: psutil.Process) -> int:
-    """Write system calls of ``p`` so far (Linux; its socket writes to the clients)."""
+    """Write system calls of ``p`` so far (Linux: write/writev, as uvloop writes a socket)."""
     return int(p.io_counters().write_count)
 
 
@@ -327,15 +327,16 @@ async def _fanout_one(n: int, seconds: float, server: str, key: str, idle: float
         client_per_update = (k2 - k1) / max(len(delays), 1) * 1e6
         # Updates per write tell batching (a client behind gets several in one write)
         # from a cheaper write: CPU per update falls with either.
-        per_write = (w2 - w1) / max(len(delays), 1)
-        cpu_per_write = net / max(w2 - w1, 1) * 1e6
+        # asyncio's sockets send with send(2), which /proc/PID/io does not count: n/a.
+        per_write = f"{(w2 - w1) / max(len(delays), 1):.2f}" if w2 > w1 else "n/a"
+        cpu_per_write = f"{net / (w2 - w1) * 1e6:.1f}" if w2 > w1 else "n/a"
         per_client = (rss1 - rss0) / max(int(ready[2]), 1) / 1024
         print(
             f"{server:20s}  {n:11d}  {connected:>9s}  {registered:>10s}  {overflows:>9s}  "
             f"{len(delays):>8d}/{sent * int(registered):<8d}  "
             f"{_pct(delays, 0.5) * 1e3:6.0f}  {_pct(delays, 0.99) * 1e3:6.0f}  "
             f"{max(delays, default=0) * 1e3:6.0f}  {idle_rate:10.3f}  {per_update:13.1f}  "
-            f"{client_per_update:16.1f}  {per_write:13.2f}  {cpu_per_write:12.1f}  "
+            f"{client_per_update:16.1f}  {per_write:>13s}  {cpu_per_write:>12s}  "
             f"{per_client:14.1f}   load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
