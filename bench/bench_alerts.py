@@ -18,7 +18,9 @@ No services: everything runs in process.
 2. The whole flow in process (Bytewax ``run_main`` on a ``TestingSource`` of
    chunks, decode + every metric and window, outputs discarded), the same
    backlog with the alerting branch off and on (100 rules spread over the
-   metrics, every tenant series), interleaved ``--runs`` rounds; events/s.
+   metrics, every tenant series), interleaved ``--runs`` rounds; events/s;
+   with ``--baseline``, a third configuration runs the alert step with the
+   engine at REV.
    The backlog's event times span ``--span-min`` minutes, so the flow closes
    that many minutes of windows: a replay far faster than real time, hence
    far more window updates per event than live traffic at 50,000 events/s.
@@ -44,6 +46,7 @@ from bench.bench_dataflow import KINDS, make_event
 from linkpulse.alerts.engine import RuleEngine
 from linkpulse.alerts.rules import parse_rules
 from linkpulse.config import Settings
+from linkpulse.dataflows import alerting as alerting_step
 from linkpulse.dataflows.alerting import AlertingBranch, AlertingConfig, AlertingSinks
 from linkpulse.dataflows.chunks import Chunk
 from linkpulse.dataflows.live_metrics import FlowOptions, MetricsBranch, MetricsSinks, build_flow
@@ -190,7 +193,13 @@ class Discard(DynamicSink[MetricWindow]):
         return _Count()
 
 
-def flow_rate(source: list[Chunk], n: int, alerting: AlertingConfig | None) -> tuple[float, int]:
+def flow_rate(
+    source: list[Chunk],
+    n: int,
+    alerting: AlertingConfig | None,
+    engine: type[RuleEngine] | None = None,
+) -> tuple[float, int]:
+    """events/s of the flow over ``source``, and its alert changes; ``engine``: the step's."""
     changes: list[object] = []
     _Count.finals = 0
     branches: list = [MetricsBranch(MetricsSinks(windows_nats=Discard()))]
@@ -202,13 +211,25 @@ def flow_rate(source: list[Chunk], n: int, alerting: AlertingConfig | None) -> t
         source=TestingSource(source),
         branches=branches,
     )
-    t = time.perf_counter()
-    run_main(flow)
-    return n / (time.perf_counter() - t), len(changes)
+    # the alert step makes its engine by this module-level name: swapped for the run
+    saved = alerting_step.RuleEngine
+    alerting_step.RuleEngine = engine or saved  # type: ignore[misc]
+    try:
+        t = time.perf_counter()
+        run_main(flow)
+        return n / (time.perf_counter() - t), len(changes)
+    finally:
+        alerting_step.RuleEngine = saved  # type: ignore[misc]
 
 
-def flow_cost(n: int, runs: int, span_min: float, tenants: int) -> None:
+def flow_cost(
+    n: int, runs: int, span_min: float, tenants: int, baseline: str | None = None
+) -> None:
     metrics = [m.name for m in REGISTRY]
+    configs: dict[str, type[RuleEngine] | None] = {"alerts off": None}
+    if baseline is not None:
+        configs[f"alerts on, engine at {baseline}"] = engine_at(baseline).RuleEngine
+    configs["alerts on (100 rules)"] = RuleEngine
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "rules.yaml"
         path.write_text(rules_yaml(metrics))
@@ -218,16 +239,18 @@ def flow_cost(n: int, runs: int, span_min: float, tenants: int) -> None:
             f"2. the flow in process, {n:,} events over {span_min:g} min of stream time,"
             f" {tenants} tenants, {runs} interleaved rounds"
         )
-        off, on = [], []
+        rates: dict[str, list[float]] = {label: [] for label in configs}
         n_changes = 0
         for _ in range(runs):
-            off.append(flow_rate(source, n, None)[0])
-            rate, n_changes = flow_rate(source, n, cfg)
-            on.append(rate)
-        for label, xs in (("alerts off", off), ("alerts on (100 rules)", on)):
+            for label, engine in configs.items():
+                rate, got = flow_rate(source, n, None if engine is None else cfg, engine)
+                rates[label].append(rate)
+                n_changes = max(n_changes, got)
+        off = statistics.median(rates["alerts off"])
+        for label, xs in rates.items():
             print(
-                f"   {label:<24} median {statistics.median(xs):>9,.0f} events/s"
-                f" (range {min(xs):,.0f}-{max(xs):,.0f})"
+                f"   {label:<34} median {statistics.median(xs):>9,.0f} events/s"
+                f" (range {min(xs):,.0f}-{max(xs):,.0f}), {statistics.median(xs) / off:.2f}x off"
             )
         print(f"   final window updates per run: {_Count.finals:,}; alert changes: {n_changes:,}")
 
@@ -245,7 +268,7 @@ def main() -> None:
     args = p.parse_args()
     engine_cost(args.windows, args.series, args.baseline)
     if not args.skip_flow:
-        flow_cost(args.events, args.runs, args.span_min, args.tenants)
+        flow_cost(args.events, args.runs, args.span_min, args.tenants, args.baseline)
 
 
 if __name__ == "__main__":
