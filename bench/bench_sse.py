@@ -126,7 +126,9 @@ def _serve(
     if path or SERVER_PATH:
         env["PYTHONPATH"] = os.pathsep.join([*path, *SERVER_PATH, env.get("PYTHONPATH", "")])
     return subprocess.Popen(
-        [sys.executable, "-m", "linkpulse", "serve", "--port", str(port), *flags],
+        # -P: `python -m` would put the current directory (this checkout) before DIR.
+        [sys.executable, *(["-P"] if code_dir else []), "-m", "linkpulse", "serve"]
+        + ["--port", str(port), *flags],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
