@@ -49,6 +49,7 @@ if not __package__:  # run as a script (bench/ first on the path): the repositor
 
 from bench.bench_sse import _dsn, _free_port, _keys  # noqa: E402
 from linkpulse.bus import EventPublisher
+from linkpulse.bus.live import live_channels
 from linkpulse.config import Settings
 from linkpulse.schemas import decode_event, split_batch
 
@@ -93,7 +94,9 @@ async def drop_streams(*all_settings: Settings) -> None:
     nc = await nats.connect(NATS_URL)
     js = nc.jetstream()
     for s in all_settings:
-        for name in (s.stream_name, f"{s.stream_name}_DLQ"):
+        # The events and dead-letter streams, and the API's live streams (its stream hub).
+        live = [c.stream for c in live_channels(s)]
+        for name in (s.stream_name, f"{s.stream_name}_DLQ", *live):
             try:
                 await js.delete_stream(name)
             except nats.js.errors.NotFoundError:
