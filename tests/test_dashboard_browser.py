@@ -66,6 +66,15 @@ def browser() -> Iterator[Browser]:
         yield b
 
 
+@pytest.fixture(autouse=True)
+def _pages_closed(browser: Browser) -> Iterator[None]:
+    """Each test's pages closed after it: their streams count against a key's limit
+    (``LINKPULSE_STREAM_MAX_PER_PRINCIPAL``), which the next test's page would meet."""
+    yield
+    for context in browser.contexts:
+        context.close()
+
+
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Path:
     return tmp_path / "artifacts"
@@ -250,7 +259,9 @@ def test_kpi_tiles_show_the_stores_numbers(browser: Browser, pipeline: Pipeline)
     page = open_page(browser, pipeline, "viewer")
     for name in KPIS:  # numbers, not "0.00" or "—" (the rollups lag the live minutes)
         tile = page.get_by_test_id(f"kpi-{name}")
-        expect(tile.get_by_test_id("kpi-value")).to_have_text(re.compile(r"[1-9]"))
+        # refunds are rare in the simulator's mix: 0 in a day is a right answer
+        shown = r"\d" if name == "refunds" else r"[1-9]"
+        expect(tile.get_by_test_id("kpi-value")).to_have_text(re.compile(shown))
     live = pipeline.procs["live"]
     live.send_signal(signal.SIGSTOP)
     try:
@@ -281,7 +292,6 @@ def test_kpi_tiles_show_the_stores_numbers(browser: Browser, pipeline: Pipeline)
         )
     finally:
         live.send_signal(signal.SIGCONT)
-        page.close()  # its streams count against the viewer key's limit
 
 
 def test_injected_anomaly_is_in_the_alert_feed_and_marked_on_the_chart(
