@@ -110,13 +110,33 @@ class BinomialRate(ScalarDetector):
         return p, p0, p1, p2, d0, d1, d2
 
     def assess(self, ts: float, x: float | None) -> Verdict:
-        n = self._trials_of()
-        p = self._rate()
+        # _trials_of, _rate and _tests written out (once per step of every ratio series);
+        # min/max as comparisons, the same floats
+        n = self._trials
+        if n is None or n <= 0.0:
+            n = 1.0
+        p = (self._k + 0.025) / (self._m + 1.0)
         sd = math.sqrt(self._phi * p * (1.0 - p) / n)
-        lower, upper = max(0.0, p - self._band * sd), min(1.0, p + self._band * sd)
+        lower = p - self._band * sd
+        if not lower > 0.0:
+            lower = 0.0
+        upper = p + self._band * sd
+        if not upper < 1.0:
+            upper = 1.0
         if x is None or self._m <= 0.0:
             return Verdict(1.0, "none", p, lower, upper, None, "value", self.name)
-        p, p0, p1, p2, d0, d1, d2 = self._tests(x, n)
+        if 1e-6 > p:
+            p = 1e-6
+        if 1.0 - 1e-6 < p:
+            p = 1.0 - 1e-6
+        share = 0.0 if 0.0 > x else x
+        k = (1.0 if 1.0 < share else share) * n
+        sk, sn, lk, ln = self._windows.sums
+        phi = self._phi
+        lp, lq = math.log(p), math.log1p(-p)
+        p0, d0 = _two_sided(k, n, p, phi, lp, lq)
+        p1, d1 = _two_sided(sk + k, sn + n, p, phi, lp, lq)
+        p2, d2 = _two_sided(lk + k, ln + n, p, phi, lp, lq)
         c0, c1, c2 = self._cal
         q, d, feature = c0.calibrate(p0), d0, "value"
         q1 = c1.calibrate(p1)
@@ -127,7 +147,9 @@ class BinomialRate(ScalarDetector):
             q, d, feature = q2, d2, "long_mean"
         sigmas = (x - p) / sd if sd > 0.0 else None
         raw = (p, p0, p1, p2)
-        return Verdict(min(1.0, 3.0 * q), d, p, lower, upper, sigmas, feature, self.name, raw=raw)
+        q *= 3.0
+        q = q if q < 1.0 else 1.0
+        return Verdict(q, d, p, lower, upper, sigmas, feature, self.name, raw=raw)
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
         if x is None:
