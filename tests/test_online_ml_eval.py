@@ -137,6 +137,8 @@ def test_eval_options_are_checked(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--days must be more than" in _flat(result.output)
     result = runner.invoke(app, ["eval", "anomalies", "--kinds", "meteor"])
     assert result.exit_code == 2 and "--kinds: unknown" in _flat(result.output)
+    result = runner.invoke(app, ["eval", "anomalies", "--jobs", "0"])
+    assert result.exit_code == 2 and "--jobs must be >= 1" in _flat(result.output)
 
 
 def test_a_seller_label_is_found_only_on_that_sellers_or_the_tenants_series() -> None:

@@ -16,6 +16,7 @@ and write ``timestamp,value,score,expected,lower,upper,explanation``.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import pickle
 import sys
 import time
@@ -193,6 +194,33 @@ def _pool_forecasts(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return pooled
 
 
+def run_seed(
+    seed: int, group: str, options: dict[str, Any], plot_wanted: bool
+) -> tuple[int, str, dict[str, Any], tuple[Any, Backfill] | None, float]:
+    """One seed's whole evaluation: (seed, group, report, (scored, data) to plot, seconds).
+
+    A module-level function so ``--jobs`` can run seeds in worker processes.
+    """
+    t1 = time.perf_counter()
+    data = dataset(seed, **options["dataset"])
+    keep = [f"{a.tenant}|{_plot_metric(a.kind)}||1m" for a in data.anomalies]
+    report, scored = evaluate_seed(
+        data, threshold=options["threshold"], specs=options["specs"],
+        warmup_days=options["dataset"]["warmup_days"], keep_bands=keep,
+    )  # fmt: skip
+    last = None
+    if group == "report":
+        report["forecasts"] = forecast_quality(data, options["dataset"]["warmup_days"])
+        if plot_wanted:
+            last = (scored, data)
+    report["labels"] = [asdict(lab) for lab in labels_of(data)]
+    return seed, group, report, last, time.perf_counter() - t1
+
+
+def _run_seed_star(args: tuple[int, str, dict[str, Any], bool]) -> Any:
+    return run_seed(*args)
+
+
 def plot(scored: Any, data: Backfill, path: Path, threshold: float) -> None:
     """PNG: a few labeled series around their anomaly, with band and score."""
     try:
@@ -320,6 +348,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("anomaly-eval.json"), help="JSON report"),
         plot_path: Path | None = typer.Option(None, "--plot", help="PNG of a few series"),
         cache: Path | None = typer.Option(None, help="folder caching the simulated windows"),
+        jobs: int = typer.Option(1, help="seeds evaluated at once, in worker processes"),
     ) -> None:  # fmt: skip
         """Report detection quality on simulated traffic (or score --csv FILE)."""
         spec_dict = None
@@ -344,6 +373,9 @@ def register(app: typer.Typer) -> None:
             t0 = parse_time(start, "--start").timestamp()
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
+        if jobs < 1:
+            msg = f"--jobs must be >= 1, got {jobs}"
+            raise typer.BadParameter(msg)
         report_seeds = _parse_seeds(seeds, "--seeds")
         tune = _parse_seeds(tune_seeds, "--tune-seeds")
         if not report_seeds:
@@ -359,36 +391,44 @@ def register(app: typer.Typer) -> None:
             "seeds": {},
         }  # fmt: skip
         groups: dict[str, list[dict[str, Any]]] = {"tune": [], "report": []}
+        options: dict[str, Any] = {
+            "dataset": {
+                "start": t0, "days": days, "rate": rate, "tenants": tenants, "sellers": sellers,
+                "warmup_days": warmup_days, "per_kind": per_kind, "kinds": kind_list,
+                "cache": cache,
+            },
+            "threshold": threshold,
+            "specs": spec_dict,
+        }  # fmt: skip
+        last_report = report_seeds[-1]
+        work = [(s, "tune", options, False) for s in tune] + [
+            (s, "report", options, plot_path is not None and s == last_report) for s in report_seeds
+        ]
+        try:
+            if jobs == 1 or len(work) == 1:
+                results = [run_seed(*w) for w in work]
+            else:
+                # fork: the workers share the imported detectors; each seed is independent
+                ctx = multiprocessing.get_context("fork")
+                with ctx.Pool(min(jobs, len(work))) as pool:
+                    results = pool.map(_run_seed_star, work, chunksize=1)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
         forecasts: list[dict[str, Any]] = []
         last: tuple[Any, Backfill] | None = None
-        for group_name, group_seeds in (("tune", tune), ("report", report_seeds)):
-            for seed in group_seeds:
-                t1 = time.perf_counter()
-                try:
-                    data = dataset(seed, start=t0, days=days, rate=rate, tenants=tenants,
-                                   sellers=sellers, warmup_days=warmup_days, per_kind=per_kind,
-                                   kinds=kind_list, cache=cache)  # fmt: skip
-                except ValueError as e:
-                    raise typer.BadParameter(str(e)) from e
-                keep = [f"{a.tenant}|{_plot_metric(a.kind)}||1m" for a in data.anomalies]
-                report, scored = evaluate_seed(
-                    data, threshold=threshold, specs=spec_dict, warmup_days=warmup_days,
-                    keep_bands=keep,
-                )  # fmt: skip
-                if group_name == "report":
-                    fq = forecast_quality(data, warmup_days)
-                    forecasts.append(fq)
-                    report["forecasts"] = fq
-                    last = (scored, data)
-                report["labels"] = [asdict(lab) for lab in labels_of(data)]
-                full["seeds"][str(seed)] = {"group": group_name, **report}
-                groups[group_name].append(report)
-                console.print(
-                    f"seed {seed} ({group_name}): {data.events:,} events, "
-                    f"F1 {report['overall']['f1']:.2f}, "
-                    f"{report['overall']['false_pages_per_tenant_day']:.2f} false pages/tenant-day "
-                    f"({time.perf_counter() - t1:.0f} s)"
-                )
+        for seed, group_name, report, plotted, seconds in results:
+            if group_name == "report":
+                forecasts.append(report["forecasts"])
+            if plotted is not None:
+                last = plotted
+            full["seeds"][str(seed)] = {"group": group_name, **report}
+            groups[group_name].append(report)
+            console.print(
+                f"seed {seed} ({group_name}): {report['events']:,} events, "
+                f"F1 {report['overall']['f1']:.2f}, "
+                f"{report['overall']['false_pages_per_tenant_day']:.2f} false pages/tenant-day "
+                f"({seconds:.0f} s)"
+            )
         for group_name, reports in groups.items():
             if reports:
                 full[group_name] = merge_reports(reports)
