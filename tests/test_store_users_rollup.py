@@ -87,7 +87,7 @@ def users_dsn(lane_dsn: str) -> str:
     return lane_dsn
 
 
-def test_users_rollup_equals_raw_distinct_counts_after_refresh(users_dsn: str) -> None:
+def test_users_rollup_equals_raw_distinct_counts_and_forgets_the_erased(users_dsn: str) -> None:
     seed = 4141
     events = make_events(1500, seed=seed, span_s=2 * 86400)
     late = make_events(200, seed=seed + 1, start=BASE + timedelta(hours=3), prefix="late")
@@ -114,16 +114,11 @@ def test_users_rollup_equals_raw_distinct_counts_after_refresh(users_dsn: str) -
         assert_matches_raw(conn)
         if tier is Tier.FULL_TIMESCALE:  # its chunks never outlive the raw chunks (0016)
             assert chunk_intervals(conn)["users_1h"] == chunk_intervals(conn)["events"]
+        # an erase leaves no row of the person, and the rest still equal to the raw events
+        person = "SELECT count(*) FROM users_1h WHERE user_id = 'u7'"
+        assert conn.execute(person).fetchone() != (0,)
+        erase_store(conn, Person(user_id="u7", tenant=None, ids=("u7",), label="u7"))
+        assert conn.execute(person).fetchone() == (0,)
+        assert_matches_raw(conn)
     assert all(c[-1] == c[-2] for c in counts), f"seed {seed}: {counts}"
     assert any(c[-1] != (0,) for c in counts if c[1] is not None), f"seed {seed}: sellers empty"
-
-
-def test_erase_removes_the_person_from_the_users_rollup(users_dsn: str) -> None:
-    with EventWriter(users_dsn) as w:
-        w.write_events(make_events(600, seed=4242, span_s=6 * 3600))
-    with psycopg.connect(users_dsn, autocommit=True) as conn:
-        refresh(conn)
-        assert conn.execute("SELECT count(*) FROM users_1h WHERE user_id = 'u7'").fetchone() != (0,)
-        erase_store(conn, Person(user_id="u7", tenant=None, ids=("u7",), label="u7"))
-        assert conn.execute("SELECT count(*) FROM users_1h WHERE user_id = 'u7'").fetchone() == (0,)
-        assert_matches_raw(conn)
