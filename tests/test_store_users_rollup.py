@@ -4,7 +4,7 @@ After a refresh the rollup's rows equal a GROUP BY over the raw events, and a
 distinct count over it, through the scoped analyst view, equals the raw
 ``count(DISTINCT user_id)`` for hour-aligned ranges, a tenant and a seller scope
 and a type filter. Late events are picked up by the next refresh; an erase
-leaves no row of the person; retention keeps it to the raw horizon.
+leaves no row of the person (its raw-horizon retention: test_store_retention.py).
 """
 
 from __future__ import annotations
