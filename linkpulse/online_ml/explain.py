@@ -135,32 +135,44 @@ def rank_contributors(
 
     ``parts`` are ``(value, expected, actual)``; a missing actual counts as 0
     (no window means no events). Only values that moved the same way as the
-    total are ranked; ``share`` is their delta over the total.
+    total are ranked; ``share`` is their delta over the total. When those
+    deltas add up to more than the total (a ratio, whose parts do not add up
+    to it, or parts that moved the other way and offset them), the share is
+    over their sum instead, so the shares never add up to more than 100%.
 
     >>> [(c.value, round(c.share, 2)) for c in rank_contributors(
     ...     -100.0, [("s1", 80.0, 10.0), ("s2", 50.0, 45.0), ("s3", 20.0, 30.0)])]
     [('s1', 0.7), ('s2', 0.05)]
+
+    A failure rate up 0.45 at the tenant, one seller's up 1.0 and another's 0.5:
+
+    >>> [(c.value, round(c.share, 2)) for c in rank_contributors(
+    ...     0.45, [("s1", 0.0, 1.0), ("s2", 0.0, 0.5), ("s3", 0.1, 0.1)])]
+    [('s1', 0.67), ('s2', 0.33)]
     """
     if not (deviation != 0.0 and math.isfinite(deviation)):
         return []
-    ranked: list[Contributor] = []
+    movers: list[tuple[str, float, float | None, float]] = []
     for value, expected, actual in parts:
         if expected is None or not math.isfinite(expected):
             continue
         got = actual if actual is not None and math.isfinite(actual) else 0.0
         delta = got - expected
-        share = delta / deviation
-        if share > 0.0:
-            ranked.append(
-                Contributor(
-                    dimension=dimension,
-                    value=value,
-                    delta=delta,
-                    share=share,
-                    expected=expected,
-                    actual=actual,
-                )
-            )
+        if delta / deviation > 0.0:
+            movers.append((value, expected, actual, delta))
+    total = math.fsum(delta for *_, delta in movers)
+    over = total if abs(total) > abs(deviation) else deviation
+    ranked = [
+        Contributor(
+            dimension=dimension,
+            value=value,
+            delta=delta,
+            share=delta / over,
+            expected=expected,
+            actual=actual,
+        )
+        for value, expected, actual, delta in movers
+    ]
     ranked.sort(key=lambda c: -c.share)
     return ranked[:top]
 
