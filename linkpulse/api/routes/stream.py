@@ -69,7 +69,7 @@ class SseStream(Response):
     ``http.disconnect`` (a vanished client frees its stream at once, not at its
     next write). sse-starlette still encodes the control events
     (``ServerSentEvent``) and tells the hub when the server exits (``AppStatus``).
-    HEAD gets the headers and an empty body, as with ``EventSourceResponse``.
+    (HEAD, which sse-starlette answers without a body, is not routed here: 405.)
     """
 
     media_type = "text/event-stream"
@@ -86,9 +86,6 @@ class SseStream(Response):
         session = self.session
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            if scope["method"] == "HEAD":
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
             sender = asyncio.create_task(self._send_all(send), name="sse-send")
             session.client.sender = sender
             watcher = asyncio.create_task(_gone(receive), name="sse-gone")
@@ -111,7 +108,7 @@ class SseStream(Response):
                 raise error
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            session.close()  # if the stream never started (HEAD, a failed first send)
+            session.close()  # if the stream never started (a failed first send)
 
     async def _send_all(self, send: Send) -> None:
         session = self.session
