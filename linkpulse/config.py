@@ -72,6 +72,23 @@ class Settings(BaseSettings):
     store_maintain_interval_s: float = Field(60, gt=0, description="`db maintain` loop interval")
     analyst_role: str = Field("linkpulse_analyst", description="read-only NOLOGIN analyst role")
     analyst_sql_login: str = Field("linkpulse_sql", description="login role of the SQL endpoint")
+    db_pool_min: int = Field(
+        1, ge=0, le=100, description="connections the API's owner pool (keys, audit) keeps open"
+    )
+    db_pool_max: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="connections each of the API's two pools (owner; scoped analyst reads) "
+        "opens at most",
+    )
+    db_pool_max_idle_s: float = Field(
+        600,
+        ge=0,
+        description="an idle pooled connection above the minimum is closed after this; 0: none "
+        "is kept, each use opens its own (needs LINKPULSE_DB_POOL_MIN=0; for a server that "
+        "serves few connections)",
+    )
 
     # access: principals, rate limits, streams, audit (docs/api-access.md, docs/streams.md)
     auth: str = Field("on", description="on, or off (loopback binds only: every caller is admin)")
@@ -141,6 +158,11 @@ class Settings(BaseSettings):
         gt=0,
         description="a cache read or write slower than this answers uncached (and Redis is "
         "left alone for 5 s)",
+    )
+    query_cache_warm: bool = Field(
+        True,
+        description="warm the dashboard's queries after each rollup refresh (LISTENs on a "
+        "connection of its own)",
     )
     query_slow_s: float = Field(
         0.5, ge=0, description="queries slower than this go to the slow-query log"
@@ -226,6 +248,25 @@ class Settings(BaseSettings):
         from linkpulse.sqlapi.limits import parse_sql_limits  # noqa: PLC0415 (config loads first)
 
         parse_sql_limits(v)
+        return v
+
+    @field_validator("db_pool_max")
+    @classmethod
+    def _pool_max(cls, v: int, info: ValidationInfo) -> int:
+        if v < info.data.get("db_pool_min", 0):
+            msg = f"expected at least LINKPULSE_DB_POOL_MIN ({info.data['db_pool_min']}), got {v}"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("db_pool_max_idle_s")
+    @classmethod
+    def _pool_idle(cls, v: float, info: ValidationInfo) -> float:
+        if v == 0 and info.data.get("db_pool_min", 0) > 0:
+            msg = (
+                "0 (no idle connection kept) needs LINKPULSE_DB_POOL_MIN=0, "
+                f"not {info.data['db_pool_min']}"
+            )
+            raise ValueError(msg)
         return v
 
     @field_validator("query_cache_bucket_s")

@@ -22,7 +22,7 @@ import psycopg_pool
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from linkpulse.api.analyst_db import AnalystDb
+from linkpulse.api.analyst_db import AnalystDb, api_pool
 from linkpulse.api.audit import AuditLog
 from linkpulse.api.auth.authenticator import Authenticator
 from linkpulse.api.auth.guard import Guard
@@ -86,14 +86,8 @@ class AccessLayer:
     async def start(self, app: FastAPI) -> None:
         """Open the pool and Redis (lazily), start the audit flusher and the hub."""
         s = self.settings
-        self.pool = psycopg_pool.AsyncConnectionPool(
-            s.database_url,
-            min_size=1,
-            max_size=4,
-            open=False,
-            kwargs={"autocommit": True},
-            name="linkpulse-api",
-        )
+        # LINKPULSE_DB_POOL_*: sized for the server (one connection per use: max_idle_s=0)
+        self.pool = api_pool(s.database_url, s, min_size=s.db_pool_min, name="linkpulse-api")
         await self.pool.open(wait=False)
         self.redis = aioredis.from_url(s.redis_url, socket_connect_timeout=1, socket_timeout=1)
         self.audit = AuditLog(self.pool, flush_s=s.audit_flush_s)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -23,7 +24,7 @@ from linkpulse.api.problems import ProblemError
 from linkpulse.config import Settings
 from linkpulse.store import roles
 
-__all__ = ["AnalystDb", "login_conninfo"]
+__all__ = ["AnalystDb", "api_pool", "login_conninfo"]
 
 _NOT_SET_UP = (
     "the analyst roles are not set up in this database: run `linkpulse db migrate` "
@@ -39,6 +40,37 @@ def login_conninfo(dsn: str, login: str) -> str:
     return psycopg.conninfo.make_conninfo("", **params)
 
 
+def api_pool(
+    conninfo: str, settings: Settings, *, min_size: int, name: str, timeout: float = 30.0
+) -> psycopg_pool.AsyncConnectionPool:
+    """One of the API's (unopened) pools, sized by ``LINKPULSE_DB_POOL_MAX`` and ``_MAX_IDLE_S``.
+
+    With ``db_pool_max_idle_s=0`` no connection is kept: each use opens its own and
+    closes it when given back (``AsyncNullConnectionPool``, still at most
+    ``db_pool_max`` at once), so a server that serves one connection at a time (the
+    WASM TimescaleDB of the tests, a tight ``max_connections``) is never held idle.
+
+    >>> s = Settings(db_pool_min=0, db_pool_max=1, db_pool_max_idle_s=0)
+    >>> type(api_pool("dbname=x", s, min_size=0, name="p")).__name__
+    'AsyncNullConnectionPool'
+    >>> api_pool("dbname=x", Settings(), min_size=1, name="p").max_size
+    4
+    """
+    kw: dict[str, Any] = {"open": False, "kwargs": {"autocommit": True}, "name": name}
+    if settings.db_pool_max_idle_s == 0:
+        return psycopg_pool.AsyncNullConnectionPool(
+            conninfo, max_size=settings.db_pool_max, timeout=timeout, **kw
+        )
+    return psycopg_pool.AsyncConnectionPool(
+        conninfo,
+        min_size=min(min_size, settings.db_pool_max),
+        max_size=settings.db_pool_max,
+        max_idle=settings.db_pool_max_idle_s,
+        timeout=timeout,
+        **kw,
+    )
+
+
 class AnalystDb:
     """A pool of the SQL login's connections, each lent as one scoped analyst session."""
 
@@ -46,12 +78,10 @@ class AnalystDb:
         self._settings = settings
         self._owner = owner_pool
         self._secret: str | None = None
-        self.pool = psycopg_pool.AsyncConnectionPool(
+        self.pool = api_pool(
             login_conninfo(settings.database_url, settings.analyst_sql_login),
-            min_size=0,
-            max_size=4,
-            open=False,
-            kwargs={"autocommit": True},
+            settings,
+            min_size=0,  # scoped reads come and go: nothing kept open for them
             name="linkpulse-analyst",
             timeout=10,  # seconds to wait for a connection before answering 503
         )

@@ -67,7 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
         await broker.start()
         await access.start(app)
         warmer = CacheWarmer(app, settings, metrics=metrics)  # dashboard queries, after refreshes
-        warmer.start()
+        if settings.query_cache_warm:  # off: no LISTEN connection held (LINKPULSE_QUERY_CACHE_WARM)
+            warmer.start()
         try:
             yield
         finally:
