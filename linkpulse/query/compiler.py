@@ -253,16 +253,23 @@ def compile_plan(plan: Plan) -> Compiled:
         select.append(sql.SQL("{} AS {}").format(_measure(m, source), sql.Identifier(m.name)))
         columns.append(Column(m.name, m.value_type))
     if len(reads) == 1:
-        inner = sql.SQL("SELECT {} FROM {} WHERE {}").format(
-            sql.SQL(", ").join(select),
+        rows: sql.Composable = sql.SQL("{} WHERE {}").format(
             sql.Identifier("analyst", source.name),
             sql.SQL(" AND ").join(_where(plan, time_col, params)),
         )
     else:
-        inner = sql.SQL("SELECT {} FROM ({}) u").format(
-            sql.SQL(", ").join(select),
-            sql.SQL(" UNION ALL ").join(_part(plan, part, params) for part in reads),
+        rows = sql.SQL("({}) u").format(
+            sql.SQL(" UNION ALL ").join(_part(plan, part, params) for part in reads)
         )
+    if not groups and [m.kind for m in plan.measures] == ["distinct"]:
+        # count(DISTINCT) always sorts its input; a DISTINCT subquery may hash, about twice as
+        # fast over a day of users_1h (count(user_id): the NULL user is no user, as there)
+        distinct = "SELECT count(user_id)::bigint AS {} FROM (SELECT DISTINCT user_id FROM {}) d"
+        inner: sql.Composable = sql.SQL(distinct).format(
+            sql.Identifier(plan.measures[0].name), rows
+        )
+    else:
+        inner = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(select), rows)
     if groups:
         inner += sql.SQL(" GROUP BY ") + sql.SQL(", ").join(
             sql.SQL(str(i + 1)) for i in range(groups)
