@@ -4,29 +4,36 @@
 on a scoped analyst session; these tests run those functions on each lane
 (plain PostgreSQL and the WASM TimescaleDB, where the rollups are continuous
 aggregates) and compare every number with the test's own GROUP BY over
-``events``. The API's HTTP path over the same functions is tested on the
-server lane in ``test_api_query.py`` (the WASM server serves one connection
-at a time, and the API holds pools of several). The helpers here (seeding,
-the raw expectations) are shared with that module.
+``events``. Over HTTP, the real API answers them on the TimescaleDB lane here
+(the WASM server serves one connection at a time: the API runs with one
+connection per use, ``LINKPULSE_DB_POOL_MAX_IDLE_S=0``), and on the server
+lane in ``test_api_query.py`` (scope, paging, audit, bad input). The helpers
+here (seeding, the raw expectations) are shared with that module.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from linkpulse.config import Settings
 from linkpulse.query import answers
 from linkpulse.store import EventWriter, migrate, refresh, roles, stored_tier
+from tests.api_server import ApiServer
+from tests.fix_access import make_key
+from tests.fix_redis import REDIS_URL
 from tests.test_store_writer import BASE, make_events
 
 pytestmark = pytest.mark.integration
 
 SEED = 1313
 START, END = BASE, BASE + timedelta(hours=3)
+SPAN = {"start": START.isoformat(), "end": END.isoformat()}
 # The test's own definitions, written apart from the catalogue.
 RAW: dict[str, str] = {
     "gmv": "coalesce(sum(amount) FILTER (WHERE type = 'payment_settled'), 0)::float8",
@@ -88,6 +95,18 @@ def raw_total(
     return None if row[0] is None else float(row[0])
 
 
+def raw_top(
+    conn: psycopg.Connection[Any], start: datetime, end: datetime, limit: int | None = None
+) -> list[tuple[str, int]]:
+    """acme's sellers by orders in [start, end) (most first, then by name), by a GROUP BY."""
+    rows = conn.execute(
+        "SELECT seller_id, count(*) FROM events WHERE tenant = 'acme' AND type = 'order_placed'"
+        " AND event_time >= %s AND event_time < %s GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %s",
+        (start, end, limit),
+    ).fetchall()
+    return [(str(k), int(v)) for k, v in rows]
+
+
 def check_series(body: dict[str, Any], expected: dict[datetime, float]) -> None:
     """Every point equals the raw GROUP BY (0 where it has no row), and not all are 0."""
     got = {datetime.fromisoformat(p["t"]): p["value"] for p in body["points"]}
@@ -133,14 +152,19 @@ async def _answer(
     return body
 
 
-@pytest.fixture
-def seeded(lane_dsn: str) -> str:
-    migrate(lane_dsn)
-    with psycopg.connect(lane_dsn, autocommit=True) as conn:
+def prepare_store(dsn: str) -> str:
+    """Migrate, set up the analyst roles and seed (``seed_store``); return ``dsn``."""
+    migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
         s = Settings()
         roles.setup(conn, analyst_role=s.analyst_role, sql_login=s.analyst_sql_login)
-    seed_store(lane_dsn)
-    return lane_dsn
+    seed_store(dsn)
+    return dsn
+
+
+@pytest.fixture
+def seeded(lane_dsn: str) -> str:
+    return prepare_store(lane_dsn)
 
 
 @pytest.mark.parametrize(
@@ -229,11 +253,7 @@ async def test_events_after_the_last_refresh_are_in_every_answer(seeded: str) ->
             check_series(series, raw_series(conn, "gmv", 3600))
             check_series(minutes, raw_series(conn, "orders", 300))
             check_kpis(conn, kpis, None)
-            rows = conn.execute(
-                "SELECT seller_id, count(*) FROM events WHERE tenant = 'acme'"
-                " AND type = 'order_placed' AND event_time >= %s AND event_time < %s"
-                " GROUP BY 1", (kpi_range["start"], kpi_range["end"]),
-            ).fetchall()  # fmt: skip
+            rows = raw_top(conn, kpi_range["start"], kpi_range["end"])
         assert {r["key"]: r["value"] for r in top["rows"]} == dict(rows)
 
     stale = await answer_all()
@@ -261,3 +281,63 @@ async def test_events_after_the_last_refresh_are_in_every_answer(seeded: str) ->
     users = next(k for k in fresh[2]["kpis"] if k["name"] == "active_users")
     assert users["sources"] == ["users_1h"], tier
     assert fresh[0]["points"] == series["points"], tier
+
+
+@pytest.mark.timescale
+async def test_the_api_answers_over_http_on_the_timescale_lane(
+    timescale_dsn: str, nats_settings: Settings, nc: object, redis_prefix: str,
+    unused_tcp_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The real API (auth on, its key looked up in the store) over the WASM TimescaleDB,
+    which serves one connection at a time: with one connection per use
+    (``LINKPULSE_DB_POOL_MAX_IDLE_S=0``, at most one per pool) and the services that
+    hold one of their own turned off (cache warmer, audit watch), each request takes
+    one connection at a time, and its series, KPIs and top N equal the raw GROUP BY."""
+    dsn = prepare_store(timescale_dsn)
+    secret, _ = await make_key(dsn, "analyst")  # acme's analyst: closed before the API starts
+    settings = Settings(**{
+        **nats_settings.model_dump(), "database_url": dsn, "redis_url": REDIS_URL,
+        "redis_key_prefix": redis_prefix, "db_pool_min": 0, "db_pool_max": 1,
+        "db_pool_max_idle_s": 0, "query_cache_warm": False, "audit_watch": False,
+        "query_cache_ttl_s": 0,  # the pg lane's answers to the same query are never read
+        "audit_flush_s": 0.2,
+    })  # fmt: skip
+    # The SQL login's password, as libpq finds it in production too (the server asks for
+    # one, never checks it; the analyst pool's DSN carries none: docs/analyst-sql.md).
+    passfile = tmp_path / "pgpass"
+    port = psycopg.conninfo.conninfo_to_dict(dsn)["port"]
+    passfile.write_text(f"127.0.0.1:{port}:*:{settings.analyst_sql_login}:unchecked\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    h = {"Authorization": f"Bearer {secret}"}
+    kpi_range = {"start": (START + timedelta(hours=1)).isoformat(), "end": END.isoformat()}
+    with ApiServer(settings, unused_tcp_port) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            got = [
+                await c.get(path, params=params, headers=h)
+                for path, params in (
+                    ("/v1/series", {"metric": "gmv", "step": "1h", **SPAN}),
+                    ("/v1/series", {"metric": "orders", "step": "5m", **SPAN}),
+                    ("/v1/kpis", kpi_range),
+                    ("/v1/top", {"measure": "orders", "limit": 3, **SPAN}),
+                )
+            ]
+    for resp in got:
+        assert resp.status_code == 200, resp.text
+    series, minutes, kpis, top = (r.json() for r in got)
+    with psycopg.connect(dsn) as conn:  # the API has stopped: its connections are closed
+        tier = stored_tier(conn)
+        check_series(series, raw_series(conn, "gmv", 3600))
+        check_series(minutes, raw_series(conn, "orders", 300))
+        check_kpis(conn, kpis, None)
+        rows = raw_top(conn, START, END, 3)
+        audited = conn.execute(
+            "SELECT action, count(*) FROM audit_log GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert tier == "full_timescale", tier
+    assert (series["source"], minutes["source"], top["source"]) == (
+        "events_1h", "events_1m", "events_1h",
+    ), tier  # fmt: skip
+    assert [(r["key"], r["value"]) for r in top["rows"]] == rows and rows, rows
+    # the audit writer got its connection too, in turn (flushed by the API's stop at the latest)
+    assert audited == [("query.kpis", 1), ("query.series", 2), ("query.top", 1)], audited
