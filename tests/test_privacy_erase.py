@@ -27,7 +27,7 @@ SEED = 41
 KEY, OLD_KEY = "current key 0123456789", "previous key 0123456789"
 SETTINGS = Settings(privacy_pii_fields="user_id", privacy_key=KEY, privacy_previous_keys=OLD_KEY)
 VICTIM = "u7"
-ROLLUPS = ("events_1m", "events_1h", "events_1d")
+ROLLUPS = ("events_1m", "events_1h", "events_1d", "users_1h")
 
 
 def stored_events() -> list[BaseEvent]:

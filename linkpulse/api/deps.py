@@ -1,7 +1,9 @@
 """Dependencies for route handlers, as ``Annotated`` aliases.
 
 Everything a handler needs lives on ``app.state`` (set up once in the
-lifespan); these aliases hand it over, so handlers declare what they use:
+lifespan); these aliases hand it over, so handlers declare what they use.
+They are ``async def`` although they never await: FastAPI runs a plain
+``def`` dependency in its thread pool, a thread hop per dependency per request.
 
     async def handler(settings: SettingsDep, broker: BrokerDep) -> ...
 """
@@ -20,22 +22,23 @@ from linkpulse.config import Settings
 __all__ = ["BrokerDep", "MetricsDep", "PublisherDep", "SettingsDep"]
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _broker(request: Request) -> BrokerLink:
+async def _broker(request: Request) -> BrokerLink:
     broker: BrokerLink = request.app.state.broker
     return broker
 
 
-def _publisher(request: Request) -> EventPublisher:
+async def _publisher(request: Request) -> EventPublisher:
     # IngestError when NATS is down; the problem handler makes it a 503.
-    return _broker(request).require()
+    broker: BrokerLink = request.app.state.broker
+    return broker.require()
 
 
-def _metrics(request: Request) -> ApiMetrics:
+async def _metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 
