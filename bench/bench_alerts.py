@@ -109,13 +109,14 @@ def engine_at(rev: str) -> ModuleType:
         check=True,
         cwd=Path(__file__).resolve().parent.parent,
     ).stdout
-    path = Path(tempfile.mkdtemp()) / f"engine_{rev.replace('/', '_')}.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(f"_baseline_engine_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
+    with tempfile.TemporaryDirectory() as d:  # compiled on load: the file can go after
+        path = Path(d) / f"engine_{rev.replace('/', '_')}.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(f"_baseline_engine_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up by name
+        spec.loader.exec_module(mod)
     return mod
 
 
