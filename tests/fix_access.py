@@ -26,9 +26,8 @@ from linkpulse.dataflows.nats_sink import MetricUpdatesSink
 from linkpulse.dataflows.redis_sink import RedisLatestSink
 from linkpulse.operators.metrics import dims_key
 from linkpulse.schemas.outputs import MetricWindow
-from linkpulse.store import roles
-from linkpulse.store.migrate import migrate
 from tests.api_server import ApiServer
+from tests.fix_db import migrate_with_roles
 from tests.fix_redis import REDIS_URL
 
 # name -> (role, tenant, seller): one key per role of tenant acme, plus the keys the
@@ -60,10 +59,7 @@ class Keys:
 def access_settings(pg_dsn: str, nats_settings: Settings, redis_prefix: str) -> Settings:
     """Settings of a test's own database (migrated, analyst roles set up), stream, subjects
     and Redis prefix."""
-    migrate(pg_dsn)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the default (cluster-wide) roles
-        defaults = Settings()
-        roles.setup(conn, analyst_role=defaults.analyst_role, sql_login=defaults.analyst_sql_login)
+    migrate_with_roles(pg_dsn)  # the default (cluster-wide) roles
     return Settings(
         **{
             **nats_settings.model_dump(),

@@ -23,6 +23,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from linkpulse.config import Settings
+from linkpulse.store import migrate, roles
+
 ADMIN_DSN = os.environ.get(
     "LINKPULSE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -86,3 +89,16 @@ def pg_conn(pg_dsn: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the test's own database."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         yield conn
+
+
+def migrate_with_roles(dsn: str, settings: Settings | None = None) -> str:
+    """Migrate ``dsn``'s database and set up the analyst roles, as ``linkpulse db migrate``
+    does; return ``dsn``.
+
+    The roles are ``settings``' (the defaults, which are cluster-wide, when not given).
+    """
+    migrate(dsn)
+    s = settings or Settings()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        roles.setup(conn, analyst_role=s.analyst_role, sql_login=s.analyst_sql_login)
+    return dsn

@@ -10,6 +10,7 @@ from linkpulse.api.analyst_db import AnalystDb
 from linkpulse.api.problems import ProblemError
 from linkpulse.config import Settings
 from linkpulse.store import EventWriter, migrate, roles
+from tests.fix_db import migrate_with_roles
 from tests.test_store_writer import make_events
 
 pytestmark = pytest.mark.integration
@@ -24,13 +25,11 @@ def _seed(dsn: str) -> list[tuple[str, str | None]]:
 
 
 async def test_session_sees_only_its_scope(pg_dsn: str) -> None:
-    migrate(pg_dsn)
     tag = psycopg.connect(pg_dsn).info.dbname[-8:]
     settings = Settings(
         database_url=pg_dsn, analyst_role=f"lp_an_{tag}", analyst_sql_login=f"lp_sql_{tag}"
     )
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        roles.setup(conn, analyst_role=settings.analyst_role, sql_login=settings.analyst_sql_login)
+    migrate_with_roles(pg_dsn, settings)
     scopes = _seed(pg_dsn)
     tenant, seller = next((t, s) for t, s in scopes if s is not None)
     tenant_count = sum(1 for t, _ in scopes if t == tenant)

@@ -23,9 +23,10 @@ import pytest
 
 from linkpulse.config import Settings
 from linkpulse.query import answers
-from linkpulse.store import EventWriter, migrate, refresh, roles, stored_tier
+from linkpulse.store import EventWriter, refresh, roles, stored_tier
 from tests.api_server import ApiServer
 from tests.fix_access import make_key
+from tests.fix_db import migrate_with_roles
 from tests.fix_redis import REDIS_URL
 from tests.test_store_writer import BASE, make_events
 
@@ -154,10 +155,7 @@ async def _answer(
 
 def prepare_store(dsn: str) -> str:
     """Migrate, set up the analyst roles and seed (``seed_store``); return ``dsn``."""
-    migrate(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        s = Settings()
-        roles.setup(conn, analyst_role=s.analyst_role, sql_login=s.analyst_sql_login)
+    migrate_with_roles(dsn)
     seed_store(dsn)
     return dsn
 

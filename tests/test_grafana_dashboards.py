@@ -23,8 +23,7 @@ import yaml
 from psycopg import sql as sql_
 
 from linkpulse.config import Settings
-from linkpulse.store import roles
-from linkpulse.store.migrate import migrate
+from tests.fix_db import migrate_with_roles
 
 GRAFANA = Path(__file__).resolve().parents[1] / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -128,11 +127,7 @@ def test_credentials_come_from_the_environment() -> None:
 @pytest.fixture
 def migrated(lane_dsn: str) -> str:
     """A migrated database of the lane, with the analyst roles and grants set up."""
-    migrate(lane_dsn)
-    with psycopg.connect(lane_dsn, autocommit=True) as conn:
-        defaults = Settings()
-        roles.setup(conn, analyst_role=defaults.analyst_role, sql_login=defaults.analyst_sql_login)
-    return lane_dsn
+    return migrate_with_roles(lane_dsn)
 
 
 @pytest.mark.integration

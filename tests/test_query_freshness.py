@@ -16,7 +16,8 @@ import pytest
 
 from linkpulse.config import Settings
 from linkpulse.query import answers
-from linkpulse.store import EventWriter, migrate, refresh, roles
+from linkpulse.store import EventWriter, refresh, roles
+from tests.fix_db import migrate_with_roles
 from tests.test_api_query_lanes import _answer, check_series, raw_series, seed_store
 from tests.test_store_writer import BASE, make_events
 
@@ -40,10 +41,7 @@ async def _stale(dsn: str, tenant: str, start: Any, end: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def store(pg_dsn: str) -> str:
-    migrate(pg_dsn)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        s = Settings()
-        roles.setup(conn, analyst_role=s.analyst_role, sql_login=s.analyst_sql_login)
+    migrate_with_roles(pg_dsn)
     seed_store(pg_dsn, n=300)
     return pg_dsn
 
