@@ -76,8 +76,11 @@ def fmt_number(v: float, percent: bool = False) -> str:
     """
     if percent:
         return f"{v * 100.0:.1f}%"
-    if abs(v) >= 100.0:
-        return f"{v:,.0f}"
+    a = abs(v)
+    if a >= 100.0:
+        # below 999.5 there is no thousands separator to place, and the plain format is 3x
+        # cheaper (every score's sentence formats three numbers)
+        return f"{v:.0f}" if a < 999.5 else f"{v:,.0f}"
     return f"{v:.3g}"
 
 

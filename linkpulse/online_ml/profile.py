@@ -121,15 +121,12 @@ class SeasonalProfile(Versioned):
         """The deseasonalised level (the mean for a multiplicative profile)."""
         return self._level
 
-    def _season(self, ts: float) -> tuple[int, int, float, float, float]:
-        wd, i, f = slot_of(ts)
-        j = (i + 1) % 24
-        d = self._daily[i] * (1.0 - f) + self._daily[j] * f
-        return wd, i, f, d, self._weekly[wd]
-
     def expected(self, ts: float) -> float:
         """The usual value at ``ts`` (level constant from now on)."""
-        _, _, _, d, w = self._season(ts)
+        wd, i, f = slot_of(ts)
+        daily = self._daily
+        d = daily[i] * (1.0 - f) + daily[(i + 1) % 24] * f
+        w = self._weekly[wd]
         return self._level + d + w if self._add else self._level * d * w
 
     def scale(self, ts: float) -> float:
@@ -140,22 +137,36 @@ class SeasonalProfile(Versioned):
 
     def expected_and_scale(self, ts: float) -> tuple[float, float]:
         """``(expected(ts), scale(ts))`` in one slot lookup (the hot path)."""
-        wd, i, f, d, w = self._season(ts)
+        wd, i, f = slot_of(ts)
         j = (i + 1) % 24
-        s = (self._scale[i] * (1.0 - f) + self._scale[j] * f) * MAD_TO_SIGMA
+        g = 1.0 - f
+        daily = self._daily
+        sc = self._scale
+        d = daily[i] * g + daily[j] * f
+        w = self._weekly[wd]
+        s = (sc[i] * g + sc[j] * f) * MAD_TO_SIGMA
         mu = self._level + d + w if self._add else self._level * d * w
-        return mu, max(s, self._floor)
+        return mu, (self._floor if self._floor > s else s)
 
     def learn(self, ts: float, x: float) -> None:
         """Learn the finite value ``x`` at ``ts`` (winsorised at ``clip`` sigmas)."""
-        wd, i, f, d, w = self._season(ts)
+        # written out (every scored series learns once a step): the same operations in the
+        # same order as the loop over the two hour slots it replaced, each slot's rate once
+        wd, i, f = slot_of(ts)
         j = (i + 1) % 24
-        n = self._n
+        g = 1.0 - f
+        daily = self._daily
         sc = self._scale
+        dn = self._daily_n
+        d = daily[i] * g + daily[j] * f
+        w = self._weekly[wd]
+        n = self._n
+        add = self._add
         if n == 0:
-            self._level = x if self._add else max(x, 0.0)
-        mu = self._level + d + w if self._add else self._level * d * w
-        s = (sc[i] * (1.0 - f) + sc[j] * f) * MAD_TO_SIGMA
+            self._level = x if add else max(x, 0.0)
+        level = self._level
+        mu = level + d + w if add else level * d * w
+        s = (sc[i] * g + sc[j] * f) * MAD_TO_SIGMA
         err = x - mu
         if n > 30 and s > 0.0:
             lim = self._clip * s
@@ -165,41 +176,47 @@ class SeasonalProfile(Versioned):
                 err = -lim
         # scale first (on the winsorised residual, so one outlier moves it by at most `clip`)
         ae = abs(err)
-        dn = self._daily_n
-        for k, wk in ((i, 1.0 - f), (j, f)):
-            if wk > 0.0:
-                a = max(wk / (dn[k] + 1.0), self._a_daily * wk)
-                sc[k] += a * (ae - sc[k])
+        a_daily = self._a_daily
+        ai = aj = 0.0  # the two slots' rates (a slot with no weight is not touched)
+        if g > 0.0:
+            ai = g / (dn[i] + 1.0)
+            if a_daily * g > ai:
+                ai = a_daily * g
+            sc[i] += ai * (ae - sc[i])
+        if f > 0.0:
+            aj = f / (dn[j] + 1.0)
+            if a_daily * f > aj:
+                aj = a_daily * f
+            sc[j] += aj * (ae - sc[j])
         xc = mu + err
-        a_level = max(1.0 / (n + 1.0), self._a_level)
+        a_level = 1.0 / (n + 1.0)
+        if self._a_level > a_level:
+            a_level = self._a_level
         # The weekday factors wait for a whole day of daily profile (else they soak up its
         # errors) and start with `weekly_prior_days` of prior weight at 1.
         learn_week = n >= self._spd
-        a_week = (
-            max(1.0 / (self._weekly_n[wd] + self._week_prior), self._a_weekly)
-            if learn_week
-            else 0.0
-        )
-        daily = self._daily
-        if self._add:
+        a_week = 0.0
+        if learn_week:
+            a_week = 1.0 / (self._weekly_n[wd] + self._week_prior)
+            if self._a_weekly > a_week:
+                a_week = self._a_weekly
+        if add:
             self._level += a_level * (xc - mu)
-            for k, wk in ((i, 1.0 - f), (j, f)):
-                if wk > 0.0:
-                    a = max(wk / (dn[k] + 1.0), self._a_daily * wk)
-                    daily[k] += a * (xc - mu)
+            if g > 0.0:
+                daily[i] += ai * (xc - mu)
+            if f > 0.0:
+                daily[j] += aj * (xc - mu)
             self._weekly[wd] += a_week * (xc - mu)
+        elif level > 0.0 and d > 0.0 and w > 0.0:
+            self._level += a_level * (xc / (d * w) - level)
+            if g > 0.0:
+                daily[i] += ai * (xc / (level * w) - daily[i])
+            if f > 0.0:
+                daily[j] += aj * (xc / (level * w) - daily[j])
+            self._weekly[wd] += a_week * (xc / (level * d) - w)
         else:
-            level = self._level
-            if level > 0.0 and d > 0.0 and w > 0.0:
-                self._level += a_level * (xc / (d * w) - level)
-                for k, wk in ((i, 1.0 - f), (j, f)):
-                    if wk > 0.0:
-                        a = max(wk / (dn[k] + 1.0), self._a_daily * wk)
-                        daily[k] += a * (xc / (level * w) - daily[k])
-                self._weekly[wd] += a_week * (xc / (level * d) - w)
-            else:
-                self._level += a_level * (max(xc, 0.0) - level)
-        dn[i] += 1.0 - f
+            self._level += a_level * (max(xc, 0.0) - level)
+        dn[i] += g
         dn[j] += f
         if learn_week:
             self._weekly_n[wd] += 1.0

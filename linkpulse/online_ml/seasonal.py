@@ -24,9 +24,15 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Final
 
-from linkpulse.online_ml.core import Calibrator, ScalarDetector, Verdict, learn_weight
+from linkpulse.online_ml.core import (
+    ANOMALOUS_P,
+    ANOMALOUS_WEIGHT,
+    Calibrator,
+    ScalarDetector,
+    Verdict,
+)
 from linkpulse.online_ml.profile import LN2, SeasonalProfile
-from linkpulse.online_ml.stats import normal_sf, t3_sf
+from linkpulse.online_ml.stats import SQRT2, normal_sf, t3_sf
 
 _Z_CAP: Final = 4.0  # what one step adds to the recent means, in sigmas
 # A series is heavy-tailed (one big order) when more than _WILD_RATE of its points land beyond
@@ -136,7 +142,7 @@ class SeasonalBaseline(ScalarDetector):
         lower = mu - half
         if self._nonneg and lower < 0.0:
             lower = 0.0
-        v = self._value(x)
+        v = self._gap_value if x is None else x  # self._value(x), inlined (the hot path)
         if v is None or self._profile.n == 0:
             return Verdict(1.0, "none", mu, lower, mu + half, None, "value", self.name)
         z = (v - mu) / s
@@ -147,7 +153,11 @@ class SeasonalBaseline(ScalarDetector):
         zf = fast / math.sqrt(self._vf)
         zs = slow / math.sqrt(self._vs)
         c0, c1, c2 = self._cal
-        raw_point = self._point_p(z)
+        # the three tails written out: 2 * t3_sf(|z|) or 2 * normal_sf(|z|), at most 1
+        erfc = math.erfc
+        raw_point = 2.0 * (t3_sf(abs(z)) if self._t3 else 0.5 * erfc(abs(z) / SQRT2))
+        if not raw_point < 1.0:  # min(1.0, ...), NaN included
+            raw_point = 1.0
         novel = self._n > 0 and (v > self._hi + s or v < self._lo - s)
         p_point = c0.calibrate(raw_point)
         if novel:
@@ -160,8 +170,12 @@ class SeasonalBaseline(ScalarDetector):
                 p_point = min(p_point, raw_point)
             else:
                 p_point = min(p_point, raw_point, 2.0 * normal_sf(abs(z)))
-        raw_fast = min(1.0, 2.0 * normal_sf(abs(zf)))
-        raw_slow = min(1.0, 2.0 * normal_sf(abs(zs)))
+        raw_fast = 2.0 * (0.5 * erfc(abs(zf) / SQRT2))
+        if not raw_fast < 1.0:
+            raw_fast = 1.0
+        raw_slow = 2.0 * (0.5 * erfc(abs(zs) / SQRT2))
+        if not raw_slow < 1.0:
+            raw_slow = 1.0
         p_fast = c1.calibrate(raw_fast)
         p_slow = c2.calibrate(raw_slow)
         p, feature, sign = p_point, "value", z
@@ -169,8 +183,9 @@ class SeasonalBaseline(ScalarDetector):
             p, feature, sign = p_fast, "recent_mean", zf
         if p_slow < p:
             p, feature, sign = p_slow, "long_mean", zs
+        p *= 3.0
         return Verdict(
-            min(1.0, 3.0 * p),
+            p if p < 1.0 else 1.0,
             "up" if sign > 0 else "down",
             mu,
             lower,
@@ -182,29 +197,33 @@ class SeasonalBaseline(ScalarDetector):
             raw=(mu, s, fast, slow, raw_point, raw_fast, raw_slow),
         )
 
-    def _point_p(self, z: float) -> float:
-        tail = t3_sf(abs(z)) if self._t3 else normal_sf(abs(z))
-        return min(1.0, 2.0 * tail)
-
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
-        v = self._value(x)
+        v = self._gap_value if x is None else x
         if v is None:
             return
         prof = self._profile
         raw = verdict.raw
         if raw is not None:
-            mu, s, self._fast, self._slow, p0, p1, p2 = raw
+            mu, s, fast, slow, p0, p1, p2 = raw
+            self._fast, self._slow = fast, slow
             wild = 1.0 if abs(v - mu) > _WILD_Z * s else 0.0
             self._wild += max(1.0 / (self._n + 1000.0), self._a_var) * (wild - self._wild)
-            # the means' variances learn from winsorised squares (an incident bends them little)
-            a = max(1.0 / (self._n + 300.0), self._a_var)
-            iid_f = self._af / (2.0 - self._af)
-            iid_s = self._as / (2.0 - self._as)
-            self._vf += a * (min(self._fast**2, 9.0 * self._vf) - self._vf)
-            self._vs += a * (min(self._slow**2, 9.0 * self._vs) - self._vs)
-            self._vf, self._vs = max(self._vf, 0.5 * iid_f), max(self._vs, 0.5 * iid_s)
+            # the means' variances learn from winsorised squares (an incident bends them
+            # little); min/max written as comparisons, the same floats
+            a = 1.0 / (self._n + 300.0)
+            if self._a_var > a:
+                a = self._a_var
+            vf, vs = self._vf, self._vs
+            sq = fast**2
+            vf += a * ((9.0 * vf if 9.0 * vf < sq else sq) - vf)
+            sq = slow**2
+            vs += a * ((9.0 * vs if 9.0 * vs < sq else sq) - vs)
+            low = 0.5 * (self._af / (2.0 - self._af))  # half the iid variance of each mean
+            self._vf = low if low > vf else vf
+            low = 0.5 * (self._as / (2.0 - self._as))
+            self._vs = low if low > vs else vs
             c0, c1, c2 = self._cal
-            w = learn_weight(verdict.p)
+            w = ANOMALOUS_WEIGHT if verdict.p < ANOMALOUS_P else 1.0  # learn_weight
             c0.learn(p0, w)
             c1.learn(p1, w)
             c2.learn(p2, w)

@@ -20,7 +20,7 @@ third empty minute; one present half the time needs some twenty.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from linkpulse.online_ml.core import ScalarDetector, Verdict
 from linkpulse.online_ml.profile import LN2, slot_of
@@ -69,26 +69,41 @@ class SilentStream(ScalarDetector):
         return math.log((b + k) / (a + b + k))
 
     def assess(self, ts: float, x: float | None) -> Verdict:
-        if not self._empty(x):
-            return Verdict(1.0, "none", None, None, None, None, "gap", self.name)
-        log_p = self._run_log + self._log_next_absent(ts)
+        if not (x is None or (self._zero_is_empty and x == 0.0)):  # not self._empty(x)
+            return _PRESENT
+        step = self._log_next_absent(ts)
+        log_p = self._run_log + step
         run = self._run + 1
         return Verdict(
-            math.exp(log_p), "down", None, None, None, None, "gap", self.name, False, run
+            math.exp(log_p), "down", None, None, None, None, "gap", self.name, False, run, (step,)
         )
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
-        empty = self._empty(x)
+        empty = x is None or (self._zero_is_empty and x == 0.0)
         if empty:
-            self._run_log += self._log_next_absent(ts)
+            raw = verdict.raw
+            # assess's log P of this empty step (nothing learned since), else afresh
+            self._run_log += raw[0] if raw is not None else self._log_next_absent(ts)
             self._run += 1
         else:
             self._run_log = 0.0
             self._run = 0
         _, i, f = slot_of(ts)
-        keep = self._keep
-        for k, wk in ((i, 1.0 - f), ((i + 1) % 24, f)):
-            if wk > 0.0:
-                d = 1.0 - (1.0 - keep) * wk  # a slot decays as much as it is updated
-                self._hits[k] = self._hits[k] * d + (0.0 if empty else wk)
-                self._misses[k] = self._misses[k] * d + (wk if empty else 0.0)
+        # both hour slots written out (every series learns once a step); a slot decays as
+        # much as it is updated
+        hits, misses = self._hits, self._misses
+        rate = 1.0 - self._keep
+        wi = 1.0 - f
+        if wi > 0.0:
+            d = 1.0 - rate * wi
+            hits[i] = hits[i] * d + (0.0 if empty else wi)
+            misses[i] = misses[i] * d + (wi if empty else 0.0)
+        if f > 0.0:
+            j = (i + 1) % 24
+            d = 1.0 - rate * f
+            hits[j] = hits[j] * d + (0.0 if empty else f)
+            misses[j] = misses[j] * d + (f if empty else 0.0)
+
+
+_PRESENT: Final = Verdict(1.0, "none", None, None, None, None, "gap", SilentStream.name)
+"""The verdict on a step with data (nothing silent about it)."""

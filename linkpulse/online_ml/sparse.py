@@ -31,27 +31,17 @@ import math
 from typing import ClassVar, Final
 
 from linkpulse.online_ml.core import (
+    ANOMALOUS_P,
+    ANOMALOUS_WEIGHT,
     Calibrator,
     ScalarDetector,
     Verdict,
     WindowSums,
-    learn_weight,
 )
 from linkpulse.online_ml.profile import LN2, SeasonalProfile
-from linkpulse.online_ml.stats import poisson_cdf, poisson_sf
+from linkpulse.online_ml.stats import poisson_two_sided
 
 _PHI_MAX: Final = 50.0
-
-
-def _two_sided(x: float, lam: float, phi: float) -> tuple[float, str]:
-    """Quasi-Poisson two-sided tail probability of count ``x`` and its direction."""
-    if lam <= 1e-9:
-        return (1.0, "none") if x <= 0.0 else (1e-12, "up")
-    k = x / phi
-    m = lam / phi
-    if k >= m:
-        return min(1.0, 2.0 * poisson_sf(math.ceil(k - 1e-9), m)), "up"
-    return min(1.0, 2.0 * poisson_cdf(math.floor(k + 1e-9), m)), "down"
 
 
 class SparseCounts(ScalarDetector):
@@ -113,22 +103,30 @@ class SparseCounts(ScalarDetector):
         expect 0, and its first event would look impossible.
         """
         prof = self._profile
-        return max(prof.expected(ts), 0.2 * prof.level, 1e-4)
+        # max(expected, 0.2 * level, 1e-4), written out (the hot path)
+        lam = prof.expected(ts)
+        low = 0.2 * prof.level
+        if low > lam:
+            lam = low
+        return 1e-4 if 1e-4 > lam else lam
 
     def _tests(self, ts: float, x: float) -> tuple[float, float, float, float, str, str, str]:
         lam = self._rate(ts)
         phi = self._phi
-        p0, d0 = _two_sided(x, lam, phi)
+        p0, d0 = poisson_two_sided(x, lam, phi)
         sx, sl, lx, ll = self._windows.sums
-        p1, d1 = _two_sided(sx + x, sl + lam, max(phi, self._phi_w[0]))
-        p2, d2 = _two_sided(lx + x, ll + lam, max(phi, self._phi_w[1]))
+        pw0, pw1 = self._phi_w
+        p1, d1 = poisson_two_sided(sx + x, sl + lam, pw0 if pw0 > phi else phi)
+        p2, d2 = poisson_two_sided(lx + x, ll + lam, pw1 if pw1 > phi else phi)
         return lam, p0, p1, p2, d0, d1, d2
 
     def assess(self, ts: float, x: float | None) -> Verdict:
-        v = 0.0 if x is None else max(x, 0.0)
+        v = 0.0 if x is None else (0.0 if 0.0 > x else x)  # max(x, 0.0)
         lam, p0, p1, p2, d0, d1, d2 = self._tests(ts, v)
         sd = math.sqrt(self._phi * lam) if lam > 0.0 else 0.0
-        lower = max(0.0, lam - self._band * sd)
+        lower = lam - self._band * sd
+        if not lower > 0.0:  # max(0.0, lower)
+            lower = 0.0
         upper = lam + self._band * sd
         if self._profile.n == 0:
             return Verdict(1.0, "none", lam, lower, upper, None, "value", self.name)
@@ -142,10 +140,13 @@ class SparseCounts(ScalarDetector):
             p, d, feature = q, d2, "long_mean"
         sigmas = (v - lam) / sd if sd > 0.0 else None
         raw = (lam, p0, p1, p2)
-        return Verdict(min(1.0, 3.0 * p), d, lam, lower, upper, sigmas, feature, self.name, raw=raw)
+        p *= 3.0
+        return Verdict(
+            p if p < 1.0 else 1.0, d, lam, lower, upper, sigmas, feature, self.name, raw=raw
+        )
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
-        v = 0.0 if x is None else max(x, 0.0)
+        v = 0.0 if x is None else (0.0 if 0.0 > x else x)  # max(x, 0.0)
         prof = self._profile
         if prof.n > 0:
             if verdict.raw is not None:
@@ -153,23 +154,43 @@ class SparseCounts(ScalarDetector):
             else:
                 lam, p0, p1, p2, _, _, _ = self._tests(ts, v)
             c0, c1, c2 = self._cal
-            w = learn_weight(verdict.p)
+            w = ANOMALOUS_WEIGHT if verdict.p < ANOMALOUS_P else 1.0  # learn_weight
             c0.learn(p0, w)
             c1.learn(p1, w)
             c2.learn(p2, w)
             if lam > 0.05:
+                phi = self._phi
                 ratio = (v - lam) ** 2 / lam
                 # winsorised, so one burst does not make every later step look normal
-                ratio = min(ratio, 4.0 * self._phi + 4.0)
-                a = max(1.0 / (prof.n + 10.0), self._a_phi)
-                self._phi = min(_PHI_MAX, max(1.0, self._phi + a * (ratio - self._phi)))
+                cap = 4.0 * phi + 4.0
+                if cap < ratio:
+                    ratio = cap
+                a = 1.0 / (prof.n + 10.0)
+                if self._a_phi > a:
+                    a = self._a_phi
+                self._phi = _bounded(phi + a * (ratio - phi))
                 sx, sl, lx, ll = self._windows.sums
-                for k, (wx, wl) in enumerate(((sx + v, sl + lam), (lx + v, ll + lam))):
-                    if wl > 0.5:
-                        pw = self._phi_w[k]
-                        r = min((wx - wl) ** 2 / wl, 4.0 * pw + 4.0)
-                        self._phi_w[k] = min(_PHI_MAX, max(1.0, pw + a * (r - pw)))
+                phi_w = self._phi_w
+                wl = sl + lam
+                if wl > 0.5:
+                    pw = phi_w[0]
+                    r = (sx + v - wl) ** 2 / wl
+                    cap = 4.0 * pw + 4.0
+                    phi_w[0] = _bounded(pw + a * ((cap if cap < r else r) - pw))
+                wl = ll + lam
+                if wl > 0.5:
+                    pw = phi_w[1]
+                    r = (lx + v - wl) ** 2 / wl
+                    cap = 4.0 * pw + 4.0
+                    phi_w[1] = _bounded(pw + a * ((cap if cap < r else r) - pw))
         else:
             lam = v
-        self._windows.push(v, max(lam, 0.0))
+        self._windows.push(v, 0.0 if 0.0 > lam else lam)
         prof.learn(ts, v)
+
+
+def _bounded(phi: float) -> float:
+    """``min(_PHI_MAX, max(1.0, phi))``: a dispersion between 1 and ``_PHI_MAX``."""
+    if not phi > 1.0:
+        phi = 1.0
+    return phi if phi < _PHI_MAX else _PHI_MAX
