@@ -38,19 +38,20 @@ def slot_of(ts: float) -> tuple[int, int, float]:
     >>> slot_of(0.0)  # 1970-01-01 00:00 UTC, a Thursday: between 23:30 and 00:30
     (3, 23, 0.5)
     """
-    global _last_ts, _last_slot
-    if ts == _last_ts:  # every detector of a step asks for the same slot, several times
-        return _last_slot
+    global _last
+    last = _last  # one tuple, written whole: a thread switch cannot pair one ts with another slot
+    if ts == last[0]:  # every detector of a step asks for the same slot, several times
+        return last[1]
     day, sec = divmod(ts, DAY_S)
     weekday = (int(day) + 3) % 7
     h = sec / HOUR_S - 0.5
     left = math.floor(h)
-    _last_ts, _last_slot = ts, (weekday, left % 24, h - left)
-    return _last_slot
+    slot = (weekday, left % 24, h - left)
+    _last = (ts, slot)
+    return slot
 
 
-_last_ts = math.nan
-_last_slot = (0, 0, 0.0)
+_last: tuple[float, tuple[int, int, float]] = (math.nan, (0, 0, 0.0))
 
 
 class SeasonalProfile(Versioned):
