@@ -64,7 +64,7 @@ class Case:
     steps: list[Step]
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
+def poisson_draw(rng: random.Random, lam: float) -> int:
     k, p, u = 0, math.exp(-lam), rng.random()
     while u > p and k < 1000:
         u -= p
@@ -73,7 +73,7 @@ def _poisson(rng: random.Random, lam: float) -> int:
     return k
 
 
-def _daily(i: int) -> float:
+def daily_factor(i: int) -> float:
     return 1.0 + 0.6 * math.sin(2 * math.pi * (i % 1440) / 1440.0)
 
 
@@ -85,12 +85,12 @@ def _odd(i: int, x: float | None) -> float | None:
 def _counts(rng: random.Random, base: float, steps: int) -> list[Step]:
     out: list[Step] = []
     for i in range(steps):
-        lam = base * _daily(i)
+        lam = base * daily_factor(i)
         if 1800 <= i < 1830:
             lam *= 3.0  # surge
         elif 2100 <= i < 2130:
             lam *= 0.2  # drop
-        k = 0 if 2300 <= i < 2312 else _poisson(rng, lam)  # the stream stops
+        k = 0 if 2300 <= i < 2312 else poisson_draw(rng, lam)  # the stream stops
         x = float(k) if k else None
         out.append((T0 + timedelta(minutes=i), _odd(i, x), x))
     return out
@@ -99,10 +99,10 @@ def _counts(rng: random.Random, base: float, steps: int) -> list[Step]:
 def _amounts(rng: random.Random, base: float, mean: bool, steps: int) -> list[Step]:
     out: list[Step] = []
     for i in range(steps):
-        lam = base * _daily(i)
+        lam = base * daily_factor(i)
         if 2200 <= i < 2230:
             lam *= 0.3  # fewer orders
-        n = 0 if 2400 <= i < 2406 else _poisson(rng, lam)
+        n = 0 if 2400 <= i < 2406 else poisson_draw(rng, lam)
         keep = 0.4 if 1800 <= i < 1840 else 1.0  # each order worth 60% less
         total = sum(40.0 * rng.lognormvariate(0.0, 0.8) for _ in range(n)) * keep
         if i == 2000 and n:
@@ -115,7 +115,7 @@ def _amounts(rng: random.Random, base: float, mean: bool, steps: int) -> list[St
 def _ratio(rng: random.Random, base: float, steps: int) -> list[Step]:
     out: list[Step] = []
     for i in range(steps):
-        n = 0 if 2300 <= i < 2310 else _poisson(rng, base * _daily(i))
+        n = 0 if 2300 <= i < 2310 else poisson_draw(rng, base * daily_factor(i))
         p = 0.3 if 1800 <= i < 1830 else 0.03  # failure spike
         k = sum(rng.random() < p for _ in range(n))
         x = k / n if n else None
@@ -126,10 +126,10 @@ def _ratio(rng: random.Random, base: float, steps: int) -> list[Step]:
 def _distinct(rng: random.Random, base: float, steps: int) -> list[Step]:
     out: list[Step] = []
     for i in range(steps):
-        lam = base * _daily(i) * (1.5 if 1900 <= i < 2000 else 1.0)  # a slow rise
-        users = _poisson(rng, lam)
+        lam = base * daily_factor(i) * (1.5 if 1900 <= i < 2000 else 1.0)  # a slow rise
+        users = poisson_draw(rng, lam)
         x = float(users) if users else None
-        n = float(users + _poisson(rng, lam / 2)) if users else None
+        n = float(users + poisson_draw(rng, lam / 2)) if users else None
         out.append((T0 + timedelta(minutes=i), _odd(i, x), n))
     return out
 

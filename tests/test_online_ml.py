@@ -27,6 +27,7 @@ from linkpulse.online_ml import (
 )
 from linkpulse.online_ml.base import Detector, JointDetector
 from linkpulse.schemas.outputs import AnomalyScore, Explanation, MetricWindow
+from tests.online_ml_golden import daily_factor, poisson_draw
 
 T0 = datetime(2026, 11, 16, tzinfo=UTC)  # a Monday
 SEED = 20261116
@@ -158,19 +159,6 @@ def test_a_naive_datetime_is_refused() -> None:
 # -- behaviour of the default ensembles ------------------------------------------------------
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
-    k, p, u = 0, math.exp(-lam), rng.random()
-    while u > p:
-        u -= p
-        k += 1
-        p *= lam / k
-    return k
-
-
-def _daily(i: int) -> float:
-    return 1.0 + 0.6 * math.sin(2 * math.pi * (i % 1440) / 1440.0)
-
-
 @pytest.mark.parametrize("lam", [0.5, 30.0])
 def test_calibrated_false_page_rate_on_quiet_series(lam: float) -> None:
     """The same threshold pages about as rarely on a sparse and on a busy series."""
@@ -179,7 +167,7 @@ def test_calibrated_false_page_rate_on_quiet_series(lam: float) -> None:
     days = 4
     pages = 0
     for i in range(days * 1440):
-        x = _poisson(rng, lam * _daily(i))
+        x = poisson_draw(rng, lam * daily_factor(i))
         s = det.update(T0 + timedelta(minutes=i), float(x) if x else None)
         pages += s.score >= PAGE_THRESHOLD
     # 3 warm days: at 0.99 that is ~0.03 expected; allow noise and calibration slack
@@ -191,10 +179,10 @@ def test_a_drop_pages_within_six_windows_with_direction_and_explanation() -> Non
     rng = random.Random(SEED)
     det = build_detector({"kind": "sum"}, series="acme|gmv||1m")
     for i in range(2 * 1440):
-        det.update(T0 + timedelta(minutes=i), 2000.0 * _daily(i) + rng.gauss(0, 80))
+        det.update(T0 + timedelta(minutes=i), 2000.0 * daily_factor(i) + rng.gauss(0, 80))
     scores = [
         det.update(
-            T0 + timedelta(minutes=2 * 1440 + k), 0.4 * 2000.0 * _daily(k) + rng.gauss(0, 80)
+            T0 + timedelta(minutes=2 * 1440 + k), 0.4 * 2000.0 * daily_factor(k) + rng.gauss(0, 80)
         )
         for k in range(6)
     ]
@@ -225,7 +213,7 @@ def test_sparse_seller_counts_do_not_page_on_noise_but_do_on_a_burst() -> None:
     det = build_detector({"kind": "count"}, series="acme|refunds|seller_id=s-1|1m")
     worst = 0.0
     for i in range(3 * 1440):
-        x = _poisson(rng, 0.3 * _daily(i))
+        x = poisson_draw(rng, 0.3 * daily_factor(i))
         worst = max(worst, det.update(T0 + timedelta(minutes=i), float(x) or None).score)
     assert worst < PAGE_THRESHOLD, f"seed {SEED}"
     burst = [det.update(T0 + timedelta(minutes=3 * 1440 + k), 6.0) for k in range(2)]
@@ -396,7 +384,9 @@ def test_root_cause_shares_and_no_cause_without_a_deviation() -> None:
 
 def test_forecasts_beat_seasonal_naive_with_honest_intervals() -> None:
     rng = random.Random(SEED)
-    values: list[float | None] = [float(_poisson(rng, 25.0 * _daily(i))) for i in range(6 * 1440)]
+    values: list[float | None] = [
+        float(poisson_draw(rng, 25.0 * daily_factor(i))) for i in range(6 * 1440)
+    ]
     minutes, hours = evaluate_forecaster(T0.timestamp(), values, kind="count", warmup_days=2)
     for q in (minutes, hours):
         assert q.points > 100
