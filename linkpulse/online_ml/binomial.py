@@ -98,19 +98,19 @@ class BinomialRate(ScalarDetector):
         n = self._trials
         return 1.0 if n is None or n <= 0.0 else n
 
-    def _tests(self, x: float, n: float) -> tuple[float, float, float, float, str, str, str]:
-        p = min(max(self._rate(), 1e-6), 1.0 - 1e-6)
-        k = min(max(x, 0.0), 1.0) * n
+    def _tests(self, k: float, n: float, p: float) -> tuple[float, float, float, str, str, str]:
+        """The step's, the recent and the long windows' two-sided tails (and directions)
+        of ``k`` successes in ``n`` trials against the rate ``p`` (kept off 0 and 1)."""
         sk, sn, lk, ln = self._windows.sums
         phi = self._phi
         lp, lq = math.log(p), math.log1p(-p)
         p0, d0 = _two_sided(k, n, p, phi, lp, lq)
         p1, d1 = _two_sided(sk + k, sn + n, p, phi, lp, lq)
         p2, d2 = _two_sided(lk + k, ln + n, p, phi, lp, lq)
-        return p, p0, p1, p2, d0, d1, d2
+        return p0, p1, p2, d0, d1, d2
 
     def assess(self, ts: float, x: float | None) -> Verdict:
-        # _trials_of, _rate and _tests written out (once per step of every ratio series);
+        # _trials_of and _rate written out (once per step of every ratio series);
         # min/max as comparisons, the same floats
         n = self._trials
         if n is None or n <= 0.0:
@@ -131,12 +131,7 @@ class BinomialRate(ScalarDetector):
             p = 1.0 - 1e-6
         share = 0.0 if 0.0 > x else x
         k = (1.0 if 1.0 < share else share) * n
-        sk, sn, lk, ln = self._windows.sums
-        phi = self._phi
-        lp, lq = math.log(p), math.log1p(-p)
-        p0, d0 = _two_sided(k, n, p, phi, lp, lq)
-        p1, d1 = _two_sided(sk + k, sn + n, p, phi, lp, lq)
-        p2, d2 = _two_sided(lk + k, ln + n, p, phi, lp, lq)
+        p0, p1, p2, d0, d1, d2 = self._tests(k, n, p)
         c0, c1, c2 = self._cal
         q, d, feature = c0.calibrate(p0), d0, "value"
         q1 = c1.calibrate(p1)
@@ -161,7 +156,8 @@ class BinomialRate(ScalarDetector):
             if verdict.raw is not None:
                 p, p0, p1, p2 = verdict.raw
             else:
-                p, p0, p1, p2, _, _, _ = self._tests(x, n)
+                p = min(max(self._rate(), 1e-6), 1.0 - 1e-6)
+                p0, p1, p2, _, _, _ = self._tests(k, n, p)
             c0, c1, c2 = self._cal
             # an anomalous step is learned at a tenth of its weight, so a burst bends the
             # rate and the calibration little while a lasting change is still followed
