@@ -8,8 +8,8 @@ in the background; once connected, nats-py reconnects by itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+from linkpulse.aio import cancel_and_wait
 from linkpulse.bus import EventPublisher
 from linkpulse.config import Settings
 from linkpulse.errors import IngestError
@@ -72,10 +72,7 @@ class BrokerLink:
 
     async def stop(self) -> None:
         """Stop retrying and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._publisher is not None:
             await self._publisher.close()
             self._publisher = None

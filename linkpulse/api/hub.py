@@ -45,6 +45,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sse_starlette.sse import AppStatus
 
+from linkpulse.aio import cancel_and_wait
 from linkpulse.api.auth.guard import Guard
 from linkpulse.api.auth.roles import Principal
 from linkpulse.api.problems import ProblemError
@@ -287,11 +288,7 @@ class StreamHub:
 
     async def stop(self) -> None:
         """End every open stream, then close the subscriptions."""
-        for task in (self._task, self._ticker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._task, self._ticker)
         self._shutdown()
         await self._close_nats()
 

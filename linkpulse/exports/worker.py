@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import psycopg_pool
 
+from linkpulse.aio import cancel_and_wait
 from linkpulse.config import Settings
 from linkpulse.exports.jobs import EXTENSIONS, Job, JobStore
 from linkpulse.exports.run import ExportInputError, ExportResult, Progress, stream_export
@@ -87,10 +88,7 @@ class ExportWorker:
 
     async def stop(self) -> None:
         """Stop claiming; jobs still running are marked failed (they will not resume)."""
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await cancel_and_wait(self._loop)
         tasks = list(self._running.values())
         for task in tasks:
             task.cancel()
