@@ -116,25 +116,22 @@ def wait_points(page: Page, metric: str, at_least: int = 1) -> None:
     )
 
 
-def store_series(pipe: Pipeline, metric: str, dims_key: str = "") -> dict[datetime, float | None]:
-    """The 1-minute windows of a tenant series in the store, by window start."""
+def store_series(
+    pipe: Pipeline, metric: str, dims_key: str = "", *, final: bool = False
+) -> dict[datetime, float | None]:
+    """The 1-minute windows of a tenant series in the store, by window start (only the final
+    ones with ``final``)."""
     with psycopg.connect(pipe.database_url) as conn:
         rows = conn.execute(
             "SELECT window_start, value FROM metric_windows WHERE tenant = %s AND metric = %s"
-            " AND dims_key = %s AND \"window\" = '1m' ORDER BY 1",
-            (TENANT, metric, dims_key),
+            " AND dims_key = %s AND \"window\" = '1m' AND (final OR NOT %s) ORDER BY 1",
+            (TENANT, metric, dims_key, final),
         ).fetchall()
     return {r[0]: r[1] for r in rows}
 
 
 def final_series(pipe: Pipeline, metric: str, dims_key: str = "") -> dict[datetime, float | None]:
-    with psycopg.connect(pipe.database_url) as conn:
-        rows = conn.execute(
-            "SELECT window_start, value FROM metric_windows WHERE tenant = %s AND metric = %s"
-            " AND dims_key = %s AND \"window\" = '1m' AND final ORDER BY 1",
-            (TENANT, metric, dims_key),
-        ).fetchall()
-    return {r[0]: r[1] for r in rows}
+    return store_series(pipe, metric, dims_key, final=True)
 
 
 def assert_no_gap_and_matches_store(
