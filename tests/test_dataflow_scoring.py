@@ -295,3 +295,33 @@ def test_a_tick_from_an_unknown_route_completes_nothing() -> None:
     logic = ScoringLogic(CFG, ("r00", "r01"), None, route_of=lambda w: "r00")
     assert feed(logic, [window(0, 1.0), tick(1, "r00"), tick(1, ""), tick(1, "r99")]) == []
     assert len(feed(logic, [tick(1, "r01")])) == 1
+
+
+def test_the_joint_detector_gets_the_event_counts_and_pages_when_orders_stop_being_paid() -> None:
+    """The funnel: orders go on, settled payments stop; the joint score pages at once."""
+    rng = random.Random(SEED_FUNNEL)
+    cfg = ScoringConfig(specs=SPECS, forecast_metrics=())
+    logic = ScoringLogic(cfg, ("r00",), None)
+    warm_up = 1500  # the joint detector pages after a day of steps
+    joint: list[AnomalyScore] = []
+    for m in range(warm_up + 3):
+        orders = rng.randrange(3, 9)
+        paid = sum(rng.random() < 0.97 for _ in range(orders)) if m < warm_up else 0
+        items: list[MetricWindow | RouteTick] = [
+            msgspec.structs.replace(window(m, float(orders)), count=orders)
+        ]
+        if paid:  # no settled payment: no GMV window that minute
+            gmv = window(m, 40.0 * paid, metric="gmv")
+            items.append(msgspec.structs.replace(gmv, count=paid))
+        items.append(tick(m + 1))
+        out, _ = logic.on_batch(items)
+        joint += [s for s in out if isinstance(s, AnomalyScore) and s.series == "acme|joint||1m"]
+    normal = joint[1440:warm_up]
+    assert max(s.score for s in normal) < 0.99, f"seed {SEED_FUNNEL}"
+    stopped = joint[warm_up:]
+    assert stopped[1].score >= 0.99, (stopped, SEED_FUNNEL)
+    assert stopped[1].details.detector == "funnel" and stopped[1].direction == "down"
+    assert "settled payments for 0% of orders" in stopped[1].explanation
+
+
+SEED_FUNNEL = 20261201

@@ -40,7 +40,9 @@ JOINT = sorted(JOINT_DETECTORS)
 
 def make(name: str) -> Any:
     if name in JOINT_DETECTORS:
-        return build_joint_detector("acme", detector=name, features=("a", "b", "c"), grace=GRACE)
+        return build_joint_detector(
+            "acme", detector=name, features=("orders", "gmv", "c"), grace=GRACE
+        )
     if name == "ensemble":
         return build_detector({"kind": "count", "grace": GRACE}, series="acme|orders||1m")
     return build_detector({"detector": name, "grace": GRACE}, series="acme|orders||1m")
@@ -49,8 +51,13 @@ def make(name: str) -> Any:
 def value(name: str, x: float | None) -> Any:
     """The step input of detector ``name``: a float, or a dict of features for joint ones."""
     if name in JOINT_DETECTORS:
-        return {"a": x, "b": None if x is None else 2.0 * x, "c": 1.0}
+        return {"orders": x, "gmv": None if x is None else 2.0 * x, "c": 1.0}
     return x
+
+
+def counts(x: float | None) -> dict[str, float | None]:
+    """A joint step's event counts, as odd as its values (the orders -> gmv funnel)."""
+    return {"orders": x, "gmv": x}
 
 
 def noisy(rng: random.Random, n: int) -> list[float | None]:
@@ -62,6 +69,11 @@ def noisy(rng: random.Random, n: int) -> list[float | None]:
 
 
 def feed(det: Any, name: str, xs: list[float | None], start: int = 0) -> list[AnomalyScore]:
+    if name in JOINT_DETECTORS:  # with the counts, so the funnels are stepped too
+        return [
+            det.update(T0 + timedelta(minutes=start + i), value(name, x), counts(x))
+            for i, x in enumerate(xs)
+        ]
     return [det.update(T0 + timedelta(minutes=start + i), value(name, x)) for i, x in enumerate(xs)]
 
 

@@ -357,6 +357,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, Scored, bytes]):
         scores: list[tuple[_Series, AnomalyScore]] = []
         forecasts: list[Forecast] = []
         tenant_values: dict[str, dict[str, float | None]] = {}
+        tenant_counts: dict[str, dict[str, float | None]] = {}  # their events (the funnels')
         next_t = _dt(start + self._step)
         hour_ends = (start + self._step) % 3600.0 == 0.0
         for key in sorted(self._series):
@@ -375,6 +376,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, Scored, bytes]):
             scores.append((s, s.detector.update(t, x, n)))
             if not s.dims_key:
                 tenant_values.setdefault(s.tenant, {})[s.metric] = x
+                tenant_counts.setdefault(s.tenant, {})[s.metric] = n
             if s.forecaster is not None:
                 s.forecaster.update(t, x)
                 forecasts.append(s.forecaster.forecast(next_t, steps=cfg.forecast_minutes))
@@ -390,7 +392,7 @@ class ScoringLogic(StatefulBatchLogic[TimelineItem, Scored, bytes]):
                 joint = self._joint.get(tenant)
                 if joint is None:
                     joint = self._joint[tenant] = build_joint_detector(tenant, window=cfg.window)
-                out.append(joint.update(t, tenant_values[tenant]))
+                out.append(joint.update(t, tenant_values[tenant], tenant_counts[tenant]))
             for tenant in [k for k in self._joint if k not in tenant_values]:
                 del self._joint[tenant]  # no tenant-level series left: the tenant is idle
         out.extend(forecasts)

@@ -72,11 +72,28 @@ class JointDetector(Protocol):
     @property
     def warm(self) -> bool: ...
 
-    def score_one(self, t: datetime, x: Mapping[str, float | None]) -> AnomalyScore: ...
+    def score_one(
+        self,
+        t: datetime,
+        x: Mapping[str, float | None],
+        n: Mapping[str, float | None] | None = None,
+    ) -> AnomalyScore:
+        """Score the step: ``x`` maps features to values, ``n`` to their events (optional)."""
+        ...
 
-    def learn_one(self, t: datetime, x: Mapping[str, float | None]) -> None: ...
+    def learn_one(
+        self,
+        t: datetime,
+        x: Mapping[str, float | None],
+        n: Mapping[str, float | None] | None = None,
+    ) -> None: ...
 
-    def update(self, t: datetime, x: Mapping[str, float | None]) -> AnomalyScore: ...
+    def update(
+        self,
+        t: datetime,
+        x: Mapping[str, float | None],
+        n: Mapping[str, float | None] | None = None,
+    ) -> AnomalyScore: ...
 
 
 def to_seconds(t: datetime) -> float:

@@ -6,7 +6,13 @@ gone). ``JointShift`` then learns the z-vectors' mean and covariance
 (exponentially weighted) and scores the Mahalanobis distance of the step, and
 of a fast moving average of steps, with a chi-square tail, calibrated like
 every detector; orders up while GMV flat is far out even when both are
-within their own bands. ``JointHST`` feeds the same z-scores, squashed to
+within their own bands. Both also watch the tenant's *funnels*
+(``FUNNELS``): a metric whose events follow another's one for one (each
+order is paid seconds later). Given the minute's event counts (``n``),
+the share of orders followed by a settled payment is scored with the
+binomial tails of ``BinomialRate``: a payment stream that stops while
+orders go on pages in a minute or two, long before the payments' own series
+can tell its silence from a quiet minute. ``JointHST`` feeds the same z-scores, squashed to
 [0, 1] by the normal CDF, to River's ``HalfSpaceTrees`` (the issue's "properly
 scaled inputs"), its score turned into a tail probability against the
 score's own running mean and spread.
@@ -21,18 +27,35 @@ score's own running mean and spread.
 >>> s = det.update(t0 + timedelta(minutes=900), {"orders": 60.0, "gmv": 1650.0})
 >>> s.score > 0.99, s.details.detector
 (True, 'joint')
+
+With the counts, orders that stop being paid page on the first silent minutes:
+
+>>> det = JointShift(series="acme|joint||1m", features=("orders", "gmv"), grace=300)
+>>> for i in range(900):
+...     o = float(rng.randrange(2, 8))
+...     paid = sum(rng.random() < 0.97 for _ in range(int(o)))
+...     _ = det.update(t0 + timedelta(minutes=i), {"orders": o, "gmv": 40.0 * paid},
+...                    {"orders": o, "gmv": float(paid)})
+>>> s = [det.update(t0 + timedelta(minutes=900 + k), {"orders": 5.0, "gmv": None},
+...                 {"orders": 5.0}) for k in range(2)][-1]
+>>> s.score > 0.99, s.details.detector, s.direction
+(True, 'funnel', 'down')
+>>> s.explanation
+'acme: settled payments for 0% of orders (0 of 5 this minute), usually 97% (funnel orders -> gmv)'
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Final
 
 from river import anomaly as _anomaly
 
 from linkpulse.online_ml.base import DAY_S, Versioned, clean, score_from_p, to_seconds
+from linkpulse.online_ml.binomial import BinomialRate
 from linkpulse.online_ml.core import Calibrator
 from linkpulse.online_ml.explain import series_label, slot_label
 from linkpulse.online_ml.profile import LN2, SeasonalProfile
@@ -49,6 +72,27 @@ TENANT_FEATURES: Final = (
     "page_views",
     "active_users",
 )
+
+
+@dataclass(frozen=True)
+class Funnel:
+    """``downstream``'s events follow ``upstream``'s one for one, seconds later.
+
+    ``upstream_events`` and ``downstream_events`` name the events in explanations.
+    """
+
+    upstream: str
+    downstream: str
+    upstream_events: str
+    downstream_events: str
+
+
+FUNNELS: Final = (Funnel("orders", "gmv", "orders", "settled payments"),)
+"""The tenant funnels the joint detectors watch: every order is paid within seconds."""
+# The funnel's windows: the step, the last 3 and the last 11 steps. Short, so a page clears
+# within minutes of the stream coming back (a payment's lag straddles at most one boundary).
+_FUNNEL_SHORT: Final = 2
+_FUNNEL_LONG: Final = 10
 _Z_CAP: Final = 6.0
 _RIDGE: Final = 0.05
 
@@ -75,7 +119,18 @@ class _JointBase(Versioned):
     """Per-feature profiles -> z-vector; the public contract around ``_assess``."""
 
     name: ClassVar[str] = "joint"
-    __slots__ = ("series", "_features", "_profiles", "_gap_zero", "_grace", "_n", "_spd", "_cal")
+    STATE_VERSION = 2
+    __slots__ = (
+        "series",
+        "_features",
+        "_profiles",
+        "_gap_zero",
+        "_grace",
+        "_n",
+        "_spd",
+        "_cal",
+        "_funnels",
+    )
 
     def __init__(
         self,
@@ -85,6 +140,7 @@ class _JointBase(Versioned):
         ratios: Sequence[str] = ("payment_failure_rate", "conversion_rate"),
         period_s: float = 60.0,
         grace: int | None = None,
+        funnels: Sequence[Funnel] = FUNNELS,
     ) -> None:
         if len(features) < 2 or len(set(features)) != len(features):
             msg = f"features must name at least two distinct metrics, got {list(features)}"
@@ -102,10 +158,41 @@ class _JointBase(Versioned):
         self._grace = int(self._spd) if grace is None else int(grace)
         self._n = 0
         self._cal = (Calibrator(), Calibrator())
+        # the funnels between two of the features, each with its share's binomial detector
+        self._funnels = tuple(
+            (f, BinomialRate(series=f"{series}|{f.upstream}>{f.downstream}", period_s=period_s,
+                             grace=0, short=_FUNNEL_SHORT, long=_FUNNEL_LONG))
+            for f in funnels
+            if f.upstream in self._features and f.downstream in self._features
+        )  # fmt: skip
 
     @property
     def warm(self) -> bool:
         return self._n >= self._grace
+
+    def _funnel_steps(
+        self, x: Mapping[str, float | None], n: Mapping[str, float | None] | None
+    ) -> list[tuple[float | None, float | None]]:
+        """Per funnel: (share of upstream events followed downstream, upstream events).
+
+        Counts come from ``n`` (a missing downstream count with the metric in ``x``
+        is an empty window: none came); an upstream count missing from ``n`` is its
+        value (a count metric's value is its events). Without ``n``: nothing to test.
+        """
+        out: list[tuple[float | None, float | None]] = []
+        for f, _ in self._funnels:
+            if n is None or f.downstream not in x:
+                out.append((None, None))
+                continue
+            up = clean(n.get(f.upstream))
+            if up is None:
+                up = clean(x.get(f.upstream))
+            down = clean(n.get(f.downstream)) or 0.0
+            if up is None or up < 1.0:
+                out.append((None, None))  # nothing upstream: nothing to follow
+                continue
+            out.append((min(max(down, 0.0), up) / up, up))
+        return out
 
     def _z(self, ts: float, x: Mapping[str, float | None]) -> list[float | None]:
         zs: list[float | None] = []
@@ -135,33 +222,72 @@ class _JointBase(Versioned):
     def _learn(self, zs: list[float | None], raw: tuple[float, float, float]) -> None:
         raise NotImplementedError
 
-    def score_one(self, t: datetime, x: Mapping[str, float | None]) -> AnomalyScore:
+    def score_one(
+        self,
+        t: datetime,
+        x: Mapping[str, float | None],
+        n: Mapping[str, float | None] | None = None,
+    ) -> AnomalyScore:
         ts = to_seconds(t)
         zs = self._z(ts, x)
-        return self._score(t, ts, zs, self._assess(zs))
+        steps = self._funnel_steps(x, n)
+        funnels = [d.score_one(t, share, m) for (_, d), (share, m) in zip(self._funnels, steps,
+                                                                        strict=True)]  # fmt: skip
+        return self._score(t, ts, zs, self._assess(zs), funnels, steps)
 
-    def learn_one(self, t: datetime, x: Mapping[str, float | None]) -> None:
+    def learn_one(
+        self,
+        t: datetime,
+        x: Mapping[str, float | None],
+        n: Mapping[str, float | None] | None = None,
+    ) -> None:
         ts = to_seconds(t)
         zs = self._z(ts, x)
         self._learn(zs, self._assess(zs))
         self._learn_profiles(ts, x)
+        for (_, d), (share, m) in zip(self._funnels, self._funnel_steps(x, n), strict=True):
+            d.learn_one(t, share, m)
         self._n += 1
 
-    def update(self, t: datetime, x: Mapping[str, float | None]) -> AnomalyScore:
+    def update(
+        self,
+        t: datetime,
+        x: Mapping[str, float | None],
+        n: Mapping[str, float | None] | None = None,
+    ) -> AnomalyScore:
+        """Score the step's features (and funnels, given the counts ``n``), then learn it."""
         ts = to_seconds(t)
         zs = self._z(ts, x)
         raw = self._assess(zs)
-        score = self._score(t, ts, zs, raw)
+        steps = self._funnel_steps(x, n)
+        funnels = [d.update(t, share, m) for (_, d), (share, m) in zip(self._funnels, steps,
+                                                                     strict=True)]  # fmt: skip
+        score = self._score(t, ts, zs, raw, funnels, steps)
         self._learn(zs, raw)
         self._learn_profiles(ts, x)
         self._n += 1
         return score
 
     def _score(
-        self, t: datetime, ts: float, zs: list[float | None], raw: tuple[float, float, float]
+        self,
+        t: datetime,
+        ts: float,
+        zs: list[float | None],
+        raw: tuple[float, float, float],
+        funnels: Sequence[AnomalyScore] = (),
+        steps: Sequence[tuple[float | None, float | None]] = (),
     ) -> AnomalyScore:
         p, stat, _ = raw
         warm = self._n >= self._grace
+        if funnels:
+            # Bonferroni over the features' verdict and each funnel's (already calibrated)
+            ps = [p] + [f.details.p_value if f.details.p_value is not None else 1.0
+                        for f in funnels]  # fmt: skip
+            k = min(range(len(ps)), key=ps.__getitem__)
+            p = min(1.0, len(ps) * ps[k])
+            if k > 0 and warm:
+                return self._funnel_score(t, ts, p, self._funnels[k - 1][0], funnels[k - 1],
+                                          steps[k - 1])  # fmt: skip
         score = score_from_p(p, self._spd) if warm else 0.0
         # the feature furthest from its usual value explains the shift
         k, zk = max(
@@ -201,6 +327,51 @@ class _JointBase(Versioned):
             ),
         )
 
+    def _funnel_score(
+        self,
+        t: datetime,
+        ts: float,
+        p: float,
+        funnel: Funnel,
+        verdict: AnomalyScore,
+        step: tuple[float | None, float | None],
+    ) -> AnomalyScore:
+        """The joint score when a funnel drove it: the share that came, and the usual one."""
+        score = score_from_p(p, self._spd)
+        share, trials = step
+        tenant = self.series.split("|", 1)[0]
+        usual = verdict.expected
+        if share is None or trials is None:
+            now = "none this minute"
+        else:
+            now = f"{share:.0%} of {funnel.upstream_events} ({round(share * trials)} of "
+            now += f"{round(trials)} this minute)"
+        text = f"{tenant}: {funnel.downstream_events} for {now}"
+        if usual is not None:
+            text += f", usually {usual:.0%}"
+        text += f" (funnel {funnel.upstream} -> {funnel.downstream})"
+        return AnomalyScore(
+            series=self.series,
+            time=t,
+            score=score,
+            raw=surprise(p),
+            value=share,
+            expected=usual,
+            lower=verdict.lower,
+            upper=verdict.upper,
+            direction=verdict.direction if score > 0.0 else "none",
+            warm=True,
+            model=self.name,
+            explanation=text,
+            details=Explanation(
+                detector="funnel",
+                feature=funnel.downstream,
+                sigmas=verdict.details.sigmas,
+                slot=slot_label(ts),
+                p_value=p,
+            ),
+        )
+
 
 class JointShift(_JointBase):
     """Mahalanobis distance of the z-vector (and its fast mean) under a learned covariance."""
@@ -218,10 +389,12 @@ class JointShift(_JointBase):
         grace: int | None = None,
         half_life_days: float = 3.0,
         fast_alpha: float = 0.3,
+        funnels: Sequence[Funnel] = FUNNELS,
     ) -> None:
         super().__init__(
-            series=series, features=features, ratios=ratios, period_s=period_s, grace=grace
-        )
+            series=series, features=features, ratios=ratios, period_s=period_s, grace=grace,
+            funnels=funnels,
+        )  # fmt: skip
         k = len(self._features)
         self._mean = [0.0] * k
         self._cov = [[1.0 if i == j else 0.0 for j in range(k)] for i in range(k)]
@@ -305,10 +478,12 @@ class JointHST(_JointBase):
         height: int = 6,
         window_size: int = 250,
         seed: int = 42,
+        funnels: Sequence[Funnel] = FUNNELS,
     ) -> None:
         super().__init__(
-            series=series, features=features, ratios=ratios, period_s=period_s, grace=grace
-        )
+            series=series, features=features, ratios=ratios, period_s=period_s, grace=grace,
+            funnels=funnels,
+        )  # fmt: skip
         limits = {f: (0.0, 1.0) for f in self._features}
         self._hst: Any = anomaly.HalfSpaceTrees(
             n_trees=n_trees, height=height, window_size=window_size, limits=limits, seed=seed

@@ -116,31 +116,41 @@ def score_series(
         if key in keep:
             out.bands[key] = bands
     if joint:
+        counts = _tenant_features(trials or {}, least=1)
         for tenant, feats in _tenant_features(series).items():
-            out.scores[f"{tenant}|{JOINT}||1m"] = _score_joint(start, tenant, feats)
+            out.scores[f"{tenant}|{JOINT}||1m"] = _score_joint(
+                start, tenant, feats, counts.get(tenant, {})
+            )
     return out
 
 
 def _tenant_features(
-    series: Mapping[str, Sequence[float | None]],
+    series: Mapping[str, Sequence[float | None]], least: int = 2
 ) -> dict[str, dict[str, Sequence[float | None]]]:
+    """Per tenant, its tenant-level series of the joint features (tenants with ``least``)."""
     by_tenant: dict[str, dict[str, Sequence[float | None]]] = {}
     for key, values in series.items():
         tenant, metric, dims, _ = key.split("|")
         if not dims and metric in TENANT_FEATURES:
             by_tenant.setdefault(tenant, {})[metric] = values
-    return {t: f for t, f in by_tenant.items() if len(f) >= 2}
+    return {t: f for t, f in by_tenant.items() if len(f) >= least}
 
 
 def _score_joint(
-    start: float, tenant: str, feats: Mapping[str, Sequence[float | None]]
+    start: float,
+    tenant: str,
+    feats: Mapping[str, Sequence[float | None]],
+    counts: Mapping[str, Sequence[float | None]],
 ) -> list[float]:
+    """The joint detector's scores; ``counts``: the features' events per step, where known."""
     det = build_joint_detector(tenant, features=tuple(feats))
     n = max(len(v) for v in feats.values())
     scores = [0.0] * n
     for i in range(n):
         t = datetime.fromtimestamp(start + 60.0 * i, UTC)
-        s: AnomalyScore = det.update(t, {f: v[i] for f, v in feats.items()})
+        s: AnomalyScore = det.update(
+            t, {f: v[i] for f, v in feats.items()}, {f: v[i] for f, v in counts.items()}
+        )
         scores[i] = s.score
     return scores
 
