@@ -15,6 +15,14 @@ between the forecast and the hour, and an hour's minutes err together, which
 the profile's per-minute scale does not know. An hour is the sum of its
 minutes for counts and sums, their mean for ratios and levels.
 
+An hour's forecast is a fixed blend (``NAIVE_WEIGHT``) of the profile's and
+the seasonal-naive one (the same hour a day before), when that hour was
+whole. The two err differently: the profile learns a weekday's step only
+once a week and lags it until then, the naive forecast carries yesterday's
+weekday and noise into today. A fixed weight, because weights estimated
+from a few days' errors chase yesterday's winner (the forecast-combination
+puzzle); chosen on the tuning seeds.
+
 >>> from datetime import UTC, datetime, timedelta
 >>> import random; rng = random.Random(5)
 >>> fc = Forecaster(series="acme|orders||1m", kind="count")
@@ -54,6 +62,10 @@ _MIN_ERRORS: Final = 12  # a horizon's quantiles are used from this many errors 
 # every interval for a week (80% covering 0.95 on a 6-day series); later, the first hours'
 # intervals wait for their errors longer (normal quantiles meanwhile)
 _SHADOW_FROM: Final = 2160
+# the seasonal-naive forecast's share of an hour's forecast. Hourly MASE on the evaluation's
+# tuning seeds 1 and 2 (18 series), median / max: 0.841 / 0.976 with the profile alone,
+# 0.836 / 0.927 at 0.3, 0.847 / 0.921 at 0.4, 0.864 / 0.927 at 0.5
+NAIVE_WEIGHT: Final = 0.3
 
 
 class _AbsQuantiles(Versioned):
@@ -104,7 +116,7 @@ class _Conformal(Versioned):
 class Forecaster(Versioned):
     """Online minute and hour forecasts of one series; see the module docstring."""
 
-    STATE_VERSION = 2
+    STATE_VERSION = 3  # 3: the whole hours of the last day (the seasonal-naive forecast)
     __slots__ = (
         "series",
         "_kind",
@@ -116,6 +128,7 @@ class Forecaster(Versioned):
         "_hour",
         "_hour_sum",
         "_hour_n",
+        "_past",
     )
 
     def __init__(self, *, series: str = "", kind: str = "count", period_s: float = 60.0) -> None:
@@ -146,6 +159,8 @@ class Forecaster(Versioned):
         self._hour = -1
         self._hour_sum = 0.0
         self._hour_n = 0
+        # (hour, actual) of the last 24 whole hours, at hour % 24
+        self._past: list[tuple[int, float] | None] = [None] * 24
 
     @property
     def summed(self) -> bool:
@@ -168,7 +183,7 @@ class Forecaster(Versioned):
             # _SHADOW_FROM steps of profile first: its first hours would teach wide intervals
             if prof.n > _SHADOW_FROM:
                 for k, pending in zip(HORIZONS, self._pending, strict=True):
-                    pending.append((hour + k, *self._hour_point((hour + k) * HOUR_S)))
+                    pending.append((hour + k, *self._hour_forecast(hour + k)))
         if prof.n > 60:
             mu, s = prof.expected_and_scale(ts)
             self._minute_q.learn((v - mu) / s)
@@ -182,6 +197,8 @@ class Forecaster(Versioned):
         # only whole hours count: a partial one (the first, or a ratio's gaps) would mislead
         whole = self._hour_n == 60
         actual = self._hour_sum if self.summed else self._hour_sum / max(self._hour_n, 1)
+        if hour >= 0:
+            self._past[hour % 24] = (hour, actual) if whole else None
         for pending, conformal in zip(self._pending, self._hour_q, strict=True):
             while pending and pending[0][0] < hour:  # hours that never came (a gap in updates)
                 pending.pop(0)
@@ -222,6 +239,24 @@ class Forecaster(Versioned):
             return mean / 60.0, sd / 60.0
         return mean, sd
 
+    def _naive(self, hour: int) -> float | None:
+        """The seasonal-naive forecast of ``hour``: the hour a day before, if it was whole."""
+        src = hour - 24
+        if src == self._hour:  # the hour in progress, complete but not closed yet
+            if self._hour_n != 60:
+                return None
+            return self._hour_sum if self.summed else self._hour_sum / 60.0
+        kept = self._past[src % 24]
+        return kept[1] if kept is not None and kept[0] == src else None
+
+    def _hour_forecast(self, hour: int) -> tuple[float, float]:
+        """The forecast of ``hour`` (hours since the epoch) and its sigma: see the module."""
+        mu, sd = self._hour_point(hour * HOUR_S)
+        naive = self._naive(hour)
+        if naive is not None:
+            mu = (1.0 - NAIVE_WEIGHT) * mu + NAIVE_WEIGHT * naive
+        return mu, sd
+
     def forecast(self, start: datetime, *, steps: int, step: str = "1m") -> Forecast:
         """``steps`` points of ``step`` (``"1m"`` or ``"1h"``) from ``start`` (aligned down)."""
         if step not in _STEPS:
@@ -236,7 +271,10 @@ class Forecaster(Versioned):
         for k in range(steps):
             ts = ts0 + k * size
             q = self._minute_q.q if step == "1m" else self._hour_quantiles(k)
-            mu, sd = self._minute(ts + 30.0) if step == "1m" else self._hour_point(ts)
+            if step == "1m":
+                mu, sd = self._minute(ts + 30.0)
+            else:
+                mu, sd = self._hour_forecast(int(ts // HOUR_S))
             lo80, hi80 = mu - q[0] * sd, mu + q[0] * sd
             lo95, hi95 = mu - q[1] * sd, mu + q[1] * sd
             # every metric of the registry is >= 0 (counts, sums, ratios, levels)
