@@ -8,7 +8,7 @@ the log of the mean amount ``y = ln(x / n)`` is close to normal with
 variance ``v / n`` (``v``: the spread of one event's log amount, learned), so
 the test is as sharp as the count of events allows and ignores how many
 there were. Three tests, as for counts: the step, and the amounts of the
-last ``short`` and ``long`` steps pooled (``ln(sum x / sum n)`` over them),
+last ``short`` (12) and ``long`` (30) steps pooled (``ln(sum x / sum n)``),
 each with its own learned spread and ``Calibrator``; the verdict is the
 smallest times three. Steps without events, or without ``n``, are not
 tested. A step scored as anomalous is learned at a tenth of its weight, so
@@ -61,7 +61,7 @@ class UnitValue(ScalarDetector):
         period_s: float = 60.0,
         grace: int | None = None,
         percent: bool = False,
-        short: int = 5,
+        short: int = 12,
         long: int = 30,
         half_life_days: float = 1.0,
     ) -> None:
