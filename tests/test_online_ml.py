@@ -427,6 +427,30 @@ def test_forecast_points_are_ordered_and_aligned() -> None:
     assert restored().forecast(T0, steps=2, step="1h") == fc.forecast(T0, steps=2, step="1h")
 
 
+def test_an_hour_forecast_leans_on_the_same_hour_a_day_before() -> None:
+    """The seasonal-naive share: yesterday's odd hour moves tomorrow's forecast of it alone."""
+    from linkpulse.online_ml import Forecaster
+    from linkpulse.online_ml.forecast import NAIVE_WEIGHT
+
+    def forecaster(odd_hour_rate: float) -> Forecaster:
+        fc = Forecaster(series="acme|orders||1m", kind="count")
+        rng = random.Random(SEED)
+        for i in range(3 * 1440):
+            odd = i // 60 == 2 * 24 + 14  # day 2, 14:00-15:00
+            fc.update(T0 + timedelta(minutes=i), rng.gauss(odd_hour_rate if odd else 50.0, 3.0))
+        return fc
+
+    usual, odd = forecaster(50.0), forecaster(100.0)
+    start = T0 + timedelta(days=3)
+    a = usual.forecast(start, steps=24, step="1h").points
+    b = odd.forecast(start, steps=24, step="1h").points
+    moved = b[14].mean - a[14].mean  # yesterday's hour was 3,000 orders above the usual
+    assert NAIVE_WEIGHT * 3000 * 0.9 < moved < NAIVE_WEIGHT * 3000 * 1.2, (moved, SEED)
+    others = [abs(y.mean - x.mean) / x.mean for k, (x, y) in enumerate(zip(a, b, strict=True))
+              if k != 14]  # fmt: skip
+    assert max(others) < 0.02, (others, SEED)
+
+
 # -- golden scores (speed work must not move them) -------------------------------------------
 
 
