@@ -6,9 +6,13 @@ ratio's denominator, ``MetricWindow.count``), the step has ``k = x * n``
 successes; the usual rate is the exponentially weighted share of successes
 in all trials (half-life ``half_life_days``), over-dispersion ``phi`` is
 learned as for counts, and ``k / phi`` out of ``n / phi`` is scored with a
-binomial tail: for the step, and for the step plus the ``short`` and the
-``long`` steps before it. Calibrated, the smallest times three.
-Without ``n`` a step counts as one trial.
+binomial tail: for the step; for the step plus the last 1, 2, 3 and ``short``
+steps before it, the smallest of the four (a scan: a spike that began two
+minutes ago is tested on its own minutes, not diluted by normal ones); and
+for the step plus the ``long`` steps before it. Each of the three is
+calibrated (the scan's calibrator learns how much more often the smallest of
+four tails is small), the verdict is the smallest times three. Without
+``n`` a step counts as one trial.
 
 >>> from datetime import UTC, datetime, timedelta
 >>> import random; rng = random.Random(6)
@@ -40,6 +44,7 @@ from linkpulse.online_ml.profile import LN2
 from linkpulse.online_ml.stats import binom_two_sided
 
 _PHI_MAX: Final = 20.0
+_SCAN: Final = (1, 2, 3)  # steps before the step in the scan's windows (and ``short``)
 
 
 def _two_sided(
@@ -67,7 +72,8 @@ class BinomialRate(ScalarDetector):
     """Quasi-binomial tails of a ratio's step and recent windows; see the module docstring."""
 
     name: ClassVar[str] = "binomial"
-    __slots__ = ("_k", "_m", "_alpha", "_phi", "_windows", "_cal", "_band")
+    STATE_VERSION = 2  # 2: the scan over the last steps
+    __slots__ = ("_k", "_m", "_alpha", "_phi", "_windows", "_cal", "_band", "_recent", "_scan")
 
     def __init__(
         self,
@@ -87,6 +93,10 @@ class BinomialRate(ScalarDetector):
         self._alpha = LN2 / max(1.0, half_life_days * self.steps_per_day)
         self._phi = 1.0
         self._windows = WindowSums(short, long)  # (successes, trials) of the recent steps
+        # the scan's window lengths in steps before the step, and those steps' (successes,
+        # trials), newest first
+        self._scan = tuple(sorted({j for j in _SCAN if j < short} | {short}))
+        self._recent: list[tuple[float, float]] = []
         self._cal = (Calibrator(), Calibrator(), Calibrator())
         self._band = band_sigmas
 
@@ -99,13 +109,23 @@ class BinomialRate(ScalarDetector):
         return 1.0 if n is None or n <= 0.0 else n
 
     def _tests(self, k: float, n: float, p: float) -> tuple[float, float, float, str, str, str]:
-        """The step's, the recent and the long windows' two-sided tails (and directions)
-        of ``k`` successes in ``n`` trials against the rate ``p`` (kept off 0 and 1)."""
-        sk, sn, lk, ln = self._windows.sums
+        """The step's, the scan's (smallest) and the long window's two-sided tails (and
+        directions) of ``k`` successes in ``n`` trials against the rate ``p`` (off 0 and 1)."""
+        _, _, lk, ln = self._windows.sums
         phi = self._phi
         lp, lq = math.log(p), math.log1p(-p)
         p0, d0 = _two_sided(k, n, p, phi, lp, lq)
-        p1, d1 = _two_sided(sk + k, sn + n, p, phi, lp, lq)
+        p1, d1 = 1.0, "none"
+        sk, sn, j = k, n, 0
+        scan = self._scan
+        for rk, rn in self._recent:
+            sk += rk
+            sn += rn
+            j += 1
+            if j in scan:
+                q, d = _two_sided(sk, sn, p, phi, lp, lq)
+                if q < p1:
+                    p1, d1 = q, d
         p2, d2 = _two_sided(lk + k, ln + n, p, phi, lp, lq)
         return p0, p1, p2, d0, d1, d2
 
@@ -174,3 +194,7 @@ class BinomialRate(ScalarDetector):
         self._k = self._k * decay + w * k
         self._m = self._m * decay + w * n
         self._windows.push(k, n)
+        recent = self._recent
+        recent.insert(0, (k, n))
+        if len(recent) > self._scan[-1]:
+            recent.pop()
