@@ -36,6 +36,7 @@ from typing import ClassVar, Final
 from linkpulse.online_ml.core import (
     Calibrator,
     ScalarDetector,
+    Scan,
     Verdict,
     WindowSums,
     learn_weight,
@@ -44,7 +45,6 @@ from linkpulse.online_ml.profile import LN2
 from linkpulse.online_ml.stats import binom_two_sided
 
 _PHI_MAX: Final = 20.0
-_SCAN: Final = (1, 2, 3)  # steps before the step in the scan's windows (and ``short``)
 
 
 def _two_sided(
@@ -73,7 +73,7 @@ class BinomialRate(ScalarDetector):
 
     name: ClassVar[str] = "binomial"
     STATE_VERSION = 2  # 2: the scan over the last steps
-    __slots__ = ("_k", "_m", "_alpha", "_phi", "_windows", "_cal", "_band", "_recent", "_scan")
+    __slots__ = ("_k", "_m", "_alpha", "_phi", "_windows", "_cal", "_band", "_scan")
 
     def __init__(
         self,
@@ -93,10 +93,7 @@ class BinomialRate(ScalarDetector):
         self._alpha = LN2 / max(1.0, half_life_days * self.steps_per_day)
         self._phi = 1.0
         self._windows = WindowSums(short, long)  # (successes, trials) of the recent steps
-        # the scan's window lengths in steps before the step, and those steps' (successes,
-        # trials), newest first
-        self._scan = tuple(sorted({j for j in _SCAN if j < short} | {short}))
-        self._recent: list[tuple[float, float]] = []
+        self._scan = Scan(short)  # the scan's (successes, trials) of the last steps
         self._cal = (Calibrator(), Calibrator(), Calibrator())
         self._band = band_sigmas
 
@@ -116,16 +113,10 @@ class BinomialRate(ScalarDetector):
         lp, lq = math.log(p), math.log1p(-p)
         p0, d0 = _two_sided(k, n, p, phi, lp, lq)
         p1, d1 = 1.0, "none"
-        sk, sn, j = k, n, 0
-        scan = self._scan
-        for rk, rn in self._recent:
-            sk += rk
-            sn += rn
-            j += 1
-            if j in scan:
-                q, d = _two_sided(sk, sn, p, phi, lp, lq)
-                if q < p1:
-                    p1, d1 = q, d
+        for sk, sn in self._scan.sums(k, n):
+            q, d = _two_sided(sk, sn, p, phi, lp, lq)
+            if q < p1:
+                p1, d1 = q, d
         p2, d2 = _two_sided(lk + k, ln + n, p, phi, lp, lq)
         return p0, p1, p2, d0, d1, d2
 
@@ -194,7 +185,4 @@ class BinomialRate(ScalarDetector):
         self._k = self._k * decay + w * k
         self._m = self._m * decay + w * n
         self._windows.push(k, n)
-        recent = self._recent
-        recent.insert(0, (k, n))
-        if len(recent) > self._scan[-1]:
-            recent.pop()
+        self._scan.push(k, n)

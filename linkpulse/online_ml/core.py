@@ -371,3 +371,52 @@ class WindowSums(Versioned):
             sa, sb = sum(xs[i] for i in idx), sum(ys[i] for i in idx)
             la, lb = sum(xs), sum(ys)
         self.sums = (sa, sb, la, lb)
+
+
+SCAN_STEPS: Final = (1, 2, 3)
+"""The scans' window lengths in steps before the step, besides the detector's ``short``."""
+
+
+class Scan(Versioned):
+    """The last steps' (a, b) pairs, newest first, and their sums with the step's at scan lengths.
+
+    A detector that tests "the step plus the last j steps" for a few ``j`` and
+    keeps the smallest tail tests a change on its own steps, whenever it began.
+
+    >>> s = Scan(5)
+    >>> s.lengths
+    (1, 2, 3, 5)
+    >>> for k in range(6):
+    ...     s.push(float(k), 1.0)
+    >>> s.sums(10.0, 1.0)  # (a, b) of the step with the last 1, 2, 3 and 5 steps
+    [(15.0, 2.0), (19.0, 3.0), (22.0, 4.0), (25.0, 6.0)]
+    """
+
+    __slots__ = ("lengths", "_recent")
+
+    def __init__(self, short: int) -> None:
+        if short < 1:
+            msg = f"short must be >= 1 step, got {short}"
+            raise ValueError(msg)
+        self.lengths = tuple(sorted({j for j in SCAN_STEPS if j < short} | {short}))
+        self._recent: list[tuple[float, float]] = []
+
+    def push(self, a: float, b: float) -> None:
+        """Add one step's pair; the oldest beyond the longest scan leaves."""
+        recent = self._recent
+        recent.insert(0, (a, b))
+        if len(recent) > self.lengths[-1]:
+            recent.pop()
+
+    def sums(self, a: float, b: float) -> list[tuple[float, float]]:
+        """The step's ``(a, b)`` plus the last j steps', for each scan length j seen so far."""
+        out = []
+        lengths = self.lengths
+        j = 0
+        for ra, rb in self._recent:
+            a += ra
+            b += rb
+            j += 1
+            if j in lengths:
+                out.append((a, b))
+        return out

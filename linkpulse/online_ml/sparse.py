@@ -4,10 +4,13 @@ Per-seller series have 0-3 events a minute, where a Gaussian z-score pages
 on noise. Here the expected count ``lam`` comes from a ``SeasonalProfile``
 of the counts, over-dispersion ``phi`` (variance / mean, at least 1) is
 learned, and ``x / phi`` is taken as Poisson with mean ``lam / phi``
-(quasi-Poisson). Three tests: the step itself, and the step plus the sum of the
-``short`` or the ``long`` steps before it (a seller that stopped
-selling shows no single unlikely minute, but an hour without its usual 40
-orders is). Each is calibrated; the verdict is the smallest times three.
+(quasi-Poisson). Three tests: the step itself; a scan of the step plus the
+last 1, 2, 3 and ``short`` steps, the smallest of the four tails (a change
+that began two minutes ago is tested on its own minutes); and the step plus
+the ``long`` steps before it (a seller that stopped selling shows no single
+unlikely minute, but an hour without its usual 40 orders is). Each is
+calibrated (the scan's calibrator learns how much more often the smallest of
+four tails is small); the verdict is the smallest times three.
 
 >>> from datetime import UTC, datetime, timedelta
 >>> import random; rng = random.Random(3)
@@ -35,6 +38,7 @@ from linkpulse.online_ml.core import (
     ANOMALOUS_WEIGHT,
     Calibrator,
     ScalarDetector,
+    Scan,
     Verdict,
     WindowSums,
 )
@@ -56,7 +60,9 @@ class SparseCounts(ScalarDetector):
         "_phi_w",
         "_cal",
         "_band",
+        "_scan",
     )
+    STATE_VERSION = 2  # 2: the scan over the last steps
 
     def __init__(
         self,
@@ -75,6 +81,7 @@ class SparseCounts(ScalarDetector):
     ) -> None:
         super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
         self._windows = WindowSums(short, long)  # (counts, rates) of the recent steps
+        self._scan = Scan(short)  # the scan's (counts, rates) of the last steps
         # dispersion of the window sums: rate errors last longer than a step, so sums spread
         # more than phi alone says
         self._phi_w = [1.0, 1.0]
@@ -114,9 +121,15 @@ class SparseCounts(ScalarDetector):
         lam = self._rate(ts)
         phi = self._phi
         p0, d0 = poisson_two_sided(x, lam, phi)
-        sx, sl, lx, ll = self._windows.sums
+        _, _, lx, ll = self._windows.sums
         pw0, pw1 = self._phi_w
-        p1, d1 = poisson_two_sided(sx + x, sl + lam, pw0 if pw0 > phi else phi)
+        # the short window's dispersion for all of the scan's (shorter windows spread less)
+        phi_s = pw0 if pw0 > phi else phi
+        p1, d1 = 1.0, "none"
+        for sx, sl in self._scan.sums(x, lam):
+            q, d = poisson_two_sided(sx, sl, phi_s)
+            if q < p1:
+                p1, d1 = q, d
         p2, d2 = poisson_two_sided(lx + x, ll + lam, pw1 if pw1 > phi else phi)
         return lam, p0, p1, p2, d0, d1, d2
 
@@ -185,7 +198,9 @@ class SparseCounts(ScalarDetector):
                     phi_w[1] = _bounded(pw + a * ((cap if cap < r else r) - pw))
         else:
             lam = v
-        self._windows.push(v, 0.0 if 0.0 > lam else lam)
+        lam = 0.0 if 0.0 > lam else lam
+        self._windows.push(v, lam)
+        self._scan.push(v, lam)
         prof.learn(ts, v)
 
 
