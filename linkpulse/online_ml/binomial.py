@@ -113,7 +113,13 @@ class BinomialRate(ScalarDetector):
         lp, lq = math.log(p), math.log1p(-p)
         p0, d0 = _two_sided(k, n, p, phi, lp, lq)
         p1, d1 = 1.0, "none"
+        spread = phi * p * (1.0 - p)
         for sk, sn in self._scan.sums(k, n):
+            # within a sigma of its expectation a window's two-sided tail is above 0.05, so
+            # it cannot page nor count as an exceedance for the calibrator: not worth a tail
+            e = sk - sn * p
+            if e * e < spread * sn:
+                continue
             q, d = _two_sided(sk, sn, p, phi, lp, lq)
             if q < p1:
                 p1, d1 = q, d

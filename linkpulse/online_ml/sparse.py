@@ -127,6 +127,9 @@ class SparseCounts(ScalarDetector):
         phi_s = pw0 if pw0 > phi else phi
         p1, d1 = 1.0, "none"
         for sx, sl in self._scan.sums(x, lam):
+            e = sx - sl
+            if e * e < phi_s * sl:  # within a sigma: a tail above 0.05 (see binomial's scan)
+                continue
             q, d = poisson_two_sided(sx, sl, phi_s)
             if q < p1:
                 p1, d1 = q, d
