@@ -187,24 +187,26 @@ class SparseCounts(ScalarDetector):
                 self._phi = _bounded(phi + a * (ratio - phi))
                 sx, sl, lx, ll = self._windows.sums
                 phi_w = self._phi_w
-                wl = sl + lam
-                if wl > 0.5:
-                    pw = phi_w[0]
-                    r = (sx + v - wl) ** 2 / wl
-                    cap = 4.0 * pw + 4.0
-                    phi_w[0] = _bounded(pw + a * ((cap if cap < r else r) - pw))
-                wl = ll + lam
-                if wl > 0.5:
-                    pw = phi_w[1]
-                    r = (lx + v - wl) ** 2 / wl
-                    cap = 4.0 * pw + 4.0
-                    phi_w[1] = _bounded(pw + a * ((cap if cap < r else r) - pw))
+                phi_w[0] = _window_dispersion(phi_w[0], sx + v, sl + lam, a)
+                phi_w[1] = _window_dispersion(phi_w[1], lx + v, ll + lam, a)
         else:
             lam = v
         lam = 0.0 if 0.0 > lam else lam
         self._windows.push(v, lam)
         self._scan.push(v, lam)
         prof.learn(ts, v)
+
+
+def _window_dispersion(pw: float, count: float, expected: float, a: float) -> float:
+    """A window sum's dispersion ``pw`` after learning ``count`` against ``expected`` at rate ``a``.
+
+    Winsorised like the step's; a window expecting half an event or less teaches nothing.
+    """
+    if not expected > 0.5:
+        return pw
+    r = (count - expected) ** 2 / expected
+    cap = 4.0 * pw + 4.0
+    return _bounded(pw + a * ((cap if cap < r else r) - pw))
 
 
 def _bounded(phi: float) -> float:
