@@ -54,13 +54,20 @@ def spawn_detached(argv: list[str], log_file: Path, cwd: Path, run_as: str = "")
     return psutil.Process(proc.pid)
 
 
+START_TIME_SLACK_S = 5.0
+"""How far a process's start time may read from the recorded one and still be it."""
+
+
 def is_ours(rec: EmbeddedProcess) -> bool:
     """Whether ``rec.pid`` is still the very process ``linkpulse up`` started."""
     try:
         proc = psutil.Process(rec.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        if rec.create_time and abs(proc.create_time() - rec.create_time) > 1.0:
+        # The kernel's boot time (``btime``) is in whole seconds and moves when
+        # the clock is adjusted (NTP just after boot), so the same process can
+        # read a second or so apart; a reused pid starts far later than that.
+        if rec.create_time and abs(proc.create_time() - rec.create_time) > START_TIME_SLACK_S:
             return False
         cmdline = proc.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
