@@ -15,7 +15,9 @@ Rules, so the figures can be checked:
 * a label is *detected* if a page on a series of a metric that kind moves
   (``KIND_METRICS``) falls in ``[start, end + after]``; the delay is the
   first such page's minute minus the label's first minute (0 = the first
-  window of the anomaly). For a label on one seller (``seller_id``), the
+  window of the anomaly); the *clear delay* is the last minute of the
+  incidents it is part of minus the label's end (how long the page outlives
+  the anomaly; negative if it cleared first). For a label on one seller (``seller_id``), the
   series must be that seller's, the tenant's own, or the joint one: a page on
   another seller's series is not this seller's anomaly found;
 * an incident that overlaps no label window of its tenant is a *false page*.
@@ -25,6 +27,8 @@ Rules, so the figures can be checked:
 >>> r = evaluate_scores(s, [lab], minutes=60, threshold=0.99)
 >>> r["kinds"]["revenue_drop"]["recall"], r["kinds"]["revenue_drop"]["median_delay"]
 (1.0, 2.0)
+>>> r["kinds"]["revenue_drop"]["median_clear_delay"]  # the pages stopped at minute 14
+-6.0
 >>> r["overall"]["false_incidents"], r["overall"]["precision"]
 (1, 0.5)
 """
@@ -199,10 +203,12 @@ def evaluate_scores(
     false_incidents = [inc for inc in incidents if not any(overlaps(inc, lab) for lab in labels)]
     kinds: dict[str, Any] = {}
     delays_all: list[float] = []
+    clears_all: list[float] = []
     for kind in sorted({lab.kind for lab in labels}):
         labs = [lab for lab in labels if lab.kind == kind]
         wanted = set(KIND_METRICS.get(kind, ()))
         delays: list[float] = []
+        clears: list[float] = []
         detected = 0
         for lab in labs:
             hits = [
@@ -217,6 +223,10 @@ def evaluate_scores(
             if hits:
                 detected += 1
                 delays.append(float(min(hits) - lab.start))
+                # the last page of the incidents it is part of: how long after the anomaly's
+                # end the page goes on (negative: it cleared while the anomaly still ran)
+                last = max(inc[2] for inc in incidents if overlaps(inc, lab))
+                clears.append(float(last - lab.end))
         tp = sum(1 for inc in incidents if any(overlaps(inc, lab) for lab in labs))
         fp = sum(1 for inc in false_incidents if inc[3] & wanted)
         recall = detected / len(labs)
@@ -229,10 +239,13 @@ def evaluate_scores(
             "f1": _f1(precision, recall),
             "median_delay": statistics.median(delays) if delays else None,
             "delays": delays,
+            "median_clear_delay": statistics.median(clears) if clears else None,
+            "clear_delays": clears,
             "true_incidents": tp,
             "false_incidents_on_its_metrics": fp,
         }
         delays_all += delays
+        clears_all += clears
     tp_all = len(incidents) - len(false_incidents)
     precision = tp_all / len(incidents) if incidents else 0.0
     recall = sum(k["detected"] for k in kinds.values()) / len(labels) if labels else 0.0
@@ -248,6 +261,7 @@ def evaluate_scores(
             "recall": recall,
             "f1": _f1(precision, recall),
             "median_delay": statistics.median(delays_all) if delays_all else None,
+            "median_clear_delay": statistics.median(clears_all) if clears_all else None,
             "false_pages_per_tenant_day": len(false_incidents) / normal_days,
             "normal_tenant_days": normal_days,
         },
@@ -284,11 +298,12 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for r in reports:
         for kind, k in r["kinds"].items():
             acc = kinds.setdefault(
-                kind, {"labels": 0, "detected": 0, "tp": 0, "fp": 0, "delays": []}
+                kind, {"labels": 0, "detected": 0, "tp": 0, "fp": 0, "delays": [], "clears": []}
             )
             acc["labels"] += k["labels"]
             acc["detected"] += k["detected"]
             acc["delays"] += k["delays"]
+            acc["clears"] += k.get("clear_delays", [])
             acc["fp"] += k["false_incidents_on_its_metrics"]
             acc["tp"] += k["true_incidents"]
     out_kinds = {}
@@ -303,6 +318,7 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "precision": precision,
             "f1": _f1(precision, recall),
             "median_delay": statistics.median(acc["delays"]) if acc["delays"] else None,
+            "median_clear_delay": statistics.median(acc["clears"]) if acc["clears"] else None,
             "true_incidents": tp,
             "false_incidents_on_its_metrics": acc["fp"],
         }
@@ -312,6 +328,7 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     days = sum(r["overall"]["normal_tenant_days"] for r in reports)
     detected = sum(k["detected"] for k in out_kinds.values())
     delays = [d for r in reports for k in r["kinds"].values() for d in k["delays"]]
+    clears = [d for r in reports for k in r["kinds"].values() for d in k.get("clear_delays", [])]
     precision = (incidents - false) / incidents if incidents else 0.0
     recall = detected / labels if labels else 0.0
     return {
@@ -323,6 +340,7 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "recall": recall,
             "f1": _f1(precision, recall),
             "median_delay": statistics.median(delays) if delays else None,
+            "median_clear_delay": statistics.median(clears) if clears else None,
             "false_pages_per_tenant_day": false / days if days else math.nan,
             "normal_tenant_days": days,
         },
