@@ -26,6 +26,7 @@ from linkpulse.online_ml import (
     rank_contributors,
 )
 from linkpulse.online_ml.base import Detector, JointDetector
+from linkpulse.online_ml.sparse import SparseCounts
 from linkpulse.schemas.outputs import AnomalyScore, Explanation, MetricWindow
 from tests.online_ml_golden import daily_factor, poisson_draw
 
@@ -230,6 +231,22 @@ def test_sparse_seller_counts_do_not_page_on_noise_but_do_on_a_burst() -> None:
     assert worst < PAGE_THRESHOLD, f"seed {SEED}"
     burst = [det.update(T0 + timedelta(minutes=3 * 1440 + k), 6.0) for k in range(2)]
     assert burst[-1].score >= PAGE_THRESHOLD and burst[-1].direction == "up"
+
+
+def test_a_burst_teaches_the_count_profile_little() -> None:
+    # An anomalous step is learned at its band's edge: after a 20-minute burst the expected
+    # count is near the usual one (learned whole, it was more than double), so the end of
+    # the burst does not page "down" for hours.
+    rng = random.Random(SEED)
+    det = SparseCounts(series="acme|refunds||1m", grace=300)
+    for i in range(3 * 1440):
+        det.update(T0 + timedelta(minutes=i), float(poisson_draw(rng, 2.0)))
+    start = 3 * 1440
+    before = det.profile.expected((T0 + timedelta(minutes=start)).timestamp())
+    burst = [det.update(T0 + timedelta(minutes=start + k), 30.0) for k in range(20)]
+    assert min(s.score for s in burst) >= PAGE_THRESHOLD, f"seed {SEED}"
+    after = det.profile.expected((T0 + timedelta(minutes=start + 20)).timestamp())
+    assert after < 1.3 * before, f"seed {SEED}: expected {before:.2f} before, {after:.2f} after"
 
 
 def test_detector_for_window_follows_the_metric_registry() -> None:

@@ -194,6 +194,11 @@ class SparseCounts(ScalarDetector):
         lam = 0.0 if 0.0 > lam else lam
         self._windows.push(v, lam)
         self._scan.push(v, lam)
+        if prof.n > 0 and verdict.p < ANOMALOUS_P:
+            # an anomalous step teaches the profile its band's edge, not its value: a burst
+            # would leave the rate high for hours and page "down" once it has passed
+            edge = self._band * math.sqrt(self._phi * lam)
+            v = min(max(v, lam - edge), lam + edge)
         prof.learn(ts, v)
 
 
