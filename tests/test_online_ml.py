@@ -249,6 +249,31 @@ def test_a_burst_teaches_the_count_profile_little() -> None:
     assert after < 1.3 * before, f"seed {SEED}: expected {before:.2f} before, {after:.2f} after"
 
 
+@pytest.mark.parametrize("kind", ["count", "ratio"])
+def test_a_short_incident_stops_paging_soon_after_it_ends(kind: str) -> None:
+    # The 60-step window holds a spike for an hour after it; once the last GATE_STEPS steps
+    # no longer lean the spike's way the window forgets it (before: pages for 52 more minutes).
+    rng = random.Random(SEED)
+    det = build_detector({"kind": kind}, series=f"acme|{kind}-series||1m")
+
+    def step(i: int, high: bool) -> AnomalyScore:
+        t = T0 + timedelta(minutes=i)
+        if kind == "count":
+            return det.update(t, float(poisson_draw(rng, 60.0 if high else 20.0)))
+        n = 4 + int(rng.random() * 4)
+        k = sum(rng.random() < (0.4 if high else 0.025) for _ in range(n))
+        return det.update(t, k / n, n)
+
+    start = 3 * 1440
+    for i in range(start):
+        step(i, False)
+    spike = [step(start + j, True) for j in range(15)]
+    assert max(s.score for s in spike) >= PAGE_THRESHOLD, f"seed {SEED}"
+    after = [step(start + 15 + j, False) for j in range(90)]
+    last = max((j for j, s in enumerate(after) if s.score >= PAGE_THRESHOLD), default=-1)
+    assert last < 20, f"seed {SEED}: still paging {last} steps after the spike ended"
+
+
 def test_detector_for_window_follows_the_metric_registry() -> None:
     w = MetricWindow(
         metric="payment_failure_rate", tenant="acme", dims_key="seller_id=s1",

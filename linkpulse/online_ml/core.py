@@ -330,27 +330,38 @@ class ScalarDetector(Versioned):
 
 
 class WindowSums(Versioned):
-    """Sums of (a, b) pairs over the last ``short`` and the last ``long`` steps (ring buffer).
+    """Sums of (a, b) pairs over the last ``short``, the last ``long`` and the last ``mid`` steps.
 
-    >>> w = WindowSums(2, 3)
+    A ring buffer; ``mid`` (0: none) is the window a long test's lean is checked on
+    (see ``GATE_STEPS``).
+
+    >>> w = WindowSums(2, 4, mid=3)
     >>> for k in range(5):
     ...     w.push(float(k), 1.0)
-    >>> w.sums  # (a, b) over the last 2 steps, then over the last 3
+    >>> w.sums, w.mid_sums  # (a, b) over the last 2 steps, the last 4; the last 3
+    ((7.0, 2.0, 10.0, 4.0), (9.0, 3.0))
+    >>> w.forget_before_mid(); w.sums  # the long window keeps the last 3 steps only
     (7.0, 2.0, 9.0, 3.0)
     """
 
-    __slots__ = ("_short", "_long", "_a", "_b", "_pos", "sums")
+    STATE_VERSION = 2  # 2: the mid window
+    __slots__ = ("_short", "_long", "_mid", "_a", "_b", "_pos", "sums", "mid_sums")
 
-    def __init__(self, short: int, long: int) -> None:
+    def __init__(self, short: int, long: int, mid: int = 0) -> None:
         if not 1 <= short <= long <= 100_000:
             msg = f"need 1 <= short <= long steps, got short={short}, long={long}"
             raise ValueError(msg)
+        if not 0 <= mid <= long:
+            msg = f"need 0 <= mid <= long steps, got mid={mid}, long={long}"
+            raise ValueError(msg)
         self._short = short
         self._long = long
+        self._mid = mid
         self._a = [0.0] * long
         self._b = [0.0] * long
         self._pos = 0
         self.sums = (0.0, 0.0, 0.0, 0.0)
+        self.mid_sums = (0.0, 0.0)
 
     def push(self, a: float, b: float) -> None:
         """Add one step's pair; the oldest leaves each window."""
@@ -362,6 +373,12 @@ class WindowSums(Versioned):
         sb += b - ys[old]
         la += a - xs[pos]
         lb += b - ys[pos]
+        mid = self._mid
+        if mid:
+            ma, mb = self.mid_sums
+            old = (pos - mid) % n
+            ma += a - xs[old]
+            mb += b - ys[old]
         xs[pos] = a
         ys[pos] = b
         self._pos = pos
@@ -370,7 +387,44 @@ class WindowSums(Versioned):
             idx = [(pos - k) % n for k in range(self._short)]
             sa, sb = sum(xs[i] for i in idx), sum(ys[i] for i in idx)
             la, lb = sum(xs), sum(ys)
+            if mid:
+                idx = [(pos - k) % n for k in range(mid)]
+                ma, mb = sum(xs[i] for i in idx), sum(ys[i] for i in idx)
         self.sums = (sa, sb, la, lb)
+        if mid:
+            self.mid_sums = (ma, mb)
+
+    def forget_before_mid(self) -> None:
+        """Drop every step older than the last ``mid``: what is left is only the recent steps."""
+        xs, ys, n, pos = self._a, self._b, self._long, self._pos
+        for k in range(self._mid, n):
+            i = (pos - k) % n
+            xs[i] = ys[i] = 0.0
+        short = [(pos - k) % n for k in range(self._short)]
+        self.sums = (sum(xs[i] for i in short), sum(ys[i] for i in short), sum(xs), sum(ys))
+
+
+GATE_STEPS: Final = 15
+"""The steps that tell a count or ratio detector that an incident is over.
+
+A long window holds an incident's minutes for ``long`` steps after it ended,
+so its test alone would keep paging for most of an hour after the series
+came back. Once a detector has scored a step anomalous, it watches the step
+with the last ``GATE_STEPS`` steps: when they no longer deviate the incident's
+way by ``GATE_Z`` sigmas, the long window forgets the steps before them.
+"""
+GATE_Z: Final = 1.2816
+
+
+def leans(excess: float, variance: float, direction: str) -> bool:
+    """Whether a window ``excess`` over its expectation leans ``direction`` by ``GATE_Z`` sigmas.
+
+    >>> leans(-6.0, 9.0, "down"), leans(-6.0, 9.0, "up"), leans(-3.0, 9.0, "down")
+    (True, False, False)
+    """
+    if excess * excess <= GATE_Z * GATE_Z * variance:
+        return False
+    return direction == ("up" if excess > 0.0 else "down")
 
 
 SCAN_STEPS: Final = (1, 2, 3)
