@@ -251,7 +251,7 @@ def test_a_burst_teaches_the_count_profile_little() -> None:
 
 @pytest.mark.parametrize("kind", ["count", "ratio"])
 def test_a_short_incident_stops_paging_soon_after_it_ends(kind: str) -> None:
-    # The 60-step window holds a spike for an hour after it; once the last GATE_STEPS steps
+    # The 60-step window holds a spike for an hour after it; once the last CLEAR_STEPS steps
     # no longer lean the spike's way the window forgets it (before: pages for 52 more minutes).
     rng = random.Random(SEED)
     det = build_detector({"kind": kind}, series=f"acme|{kind}-series||1m")

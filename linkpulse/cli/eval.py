@@ -288,7 +288,7 @@ def _summary_table(title: str, report: dict[str, Any]) -> Table:
     rows = [*report["kinds"].items(), ("all", report["overall"])]
     for kind, k in rows:
         delay, clear = (
-            "-" if k.get(f) is None else f"{k[f]:g}" for f in ("median_delay", "median_clear_delay")
+            "-" if k[f] is None else f"{k[f]:g}" for f in ("median_delay", "median_clear_delay")
         )
         t.add_row(kind, str(k["labels"]), f"{k['recall']:.2f}", f"{k['precision']:.2f}",
                   f"{k['f1']:.2f}", delay, clear)  # fmt: skip

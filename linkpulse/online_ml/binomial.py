@@ -14,7 +14,7 @@ calibrated (the scan's calibrator learns how much more often the smallest of
 four tails is small), the verdict is the smallest times three. Without
 ``n`` a step counts as one trial.
 Once a step is scored anomalous the detector follows the incident: when the
-step with the last ``GATE_STEPS`` (15) no longer leans its way, the long
+step with the last ``CLEAR_STEPS`` (15) no longer leans its way, the long
 window forgets the steps before them, so a 15-minute spike stops paging
 about a quarter of an hour after it ended, not an hour.
 
@@ -39,13 +39,13 @@ from typing import ClassVar, Final
 
 from linkpulse.online_ml.core import (
     ANOMALOUS_P,
-    GATE_STEPS,
+    CLEAR_STEPS,
     Calibrator,
     ScalarDetector,
     Scan,
     Verdict,
     WindowSums,
-    leans,
+    follow_incident,
     learn_weight,
 )
 from linkpulse.online_ml.profile import LN2
@@ -99,8 +99,8 @@ class BinomialRate(ScalarDetector):
         self._m = 0.0
         self._alpha = LN2 / max(1.0, half_life_days * self.steps_per_day)
         self._phi = 1.0
-        self._windows = WindowSums(short, long, min(GATE_STEPS, long))  # (successes, trials)
-        self._incident = ""  # the direction of the incident under way, if any (GATE_STEPS)
+        self._windows = WindowSums(short, long, min(CLEAR_STEPS, long))  # (successes, trials)
+        self._incident = ""  # the direction of the incident under way, if any (CLEAR_STEPS)
         self._scan = Scan(short)  # the scan's (successes, trials) of the last steps
         self._cal = (Calibrator(), Calibrator(), Calibrator())
         self._band = band_sigmas
@@ -201,12 +201,8 @@ class BinomialRate(ScalarDetector):
         self._windows.push(k, n)
         self._scan.push(k, n)
         if self._incident or verdict.p < ANOMALOUS_P:
-            way = self._incident or verdict.direction
             mk, mn = self._windows.mid_sums
             p = min(max(self._rate(), 1e-6), 1.0 - 1e-6)
-            if leans(mk - mn * p, self._phi * p * (1.0 - p) * mn, way):
-                self._incident = way
-            else:
-                # the incident is over: its steps leave the long window now, not in an hour
-                self._windows.forget_before_mid()
-                self._incident = ""
+            way = self._incident or verdict.direction
+            spread = self._phi * p * (1.0 - p)
+            self._incident = follow_incident(self._windows, way, mk - mn * p, spread * mn)

@@ -332,8 +332,8 @@ class ScalarDetector(Versioned):
 class WindowSums(Versioned):
     """Sums of (a, b) pairs over the last ``short``, the last ``long`` and the last ``mid`` steps.
 
-    A ring buffer; ``mid`` (0: none) is the window a long test's lean is checked on
-    (see ``GATE_STEPS``).
+    A ring buffer; ``mid`` (0: none) is the window that tells an incident is over
+    (see ``CLEAR_STEPS`` and ``follow_incident``).
 
     >>> w = WindowSums(2, 4, mid=3)
     >>> for k in range(5):
@@ -376,23 +376,27 @@ class WindowSums(Versioned):
         mid = self._mid
         if mid:
             ma, mb = self.mid_sums
-            old = (pos - mid) % n
-            ma += a - xs[old]
-            mb += b - ys[old]
+            gone = (pos - mid) % n  # leaves the mid window
+            ma += a - xs[gone]
+            mb += b - ys[gone]
         xs[pos] = a
         ys[pos] = b
         self._pos = pos
         if pos == 0:
             # re-add exactly once per turn, so rounding left by a huge value cannot linger
-            idx = [(pos - k) % n for k in range(self._short)]
-            sa, sb = sum(xs[i] for i in idx), sum(ys[i] for i in idx)
+            sa, sb = self._last(self._short)
             la, lb = sum(xs), sum(ys)
             if mid:
-                idx = [(pos - k) % n for k in range(mid)]
-                ma, mb = sum(xs[i] for i in idx), sum(ys[i] for i in idx)
+                ma, mb = self._last(mid)
         self.sums = (sa, sb, la, lb)
         if mid:
             self.mid_sums = (ma, mb)
+
+    def _last(self, k: int) -> tuple[float, float]:
+        """The sums of the last ``k`` steps' pairs, added afresh."""
+        xs, ys, n, pos = self._a, self._b, self._long, self._pos
+        idx = [(pos - j) % n for j in range(k)]
+        return sum(xs[i] for i in idx), sum(ys[i] for i in idx)
 
     def forget_before_mid(self) -> None:
         """Drop every step older than the last ``mid``: what is left is only the recent steps."""
@@ -400,29 +404,45 @@ class WindowSums(Versioned):
         for k in range(self._mid, n):
             i = (pos - k) % n
             xs[i] = ys[i] = 0.0
-        short = [(pos - k) % n for k in range(self._short)]
-        self.sums = (sum(xs[i] for i in short), sum(ys[i] for i in short), sum(xs), sum(ys))
+        self.sums = (*self._last(self._short), sum(xs), sum(ys))
 
 
-GATE_STEPS: Final = 15
+CLEAR_STEPS: Final = 15
 """The steps that tell a count or ratio detector that an incident is over.
 
 A long window holds an incident's minutes for ``long`` steps after it ended,
 so its test alone would keep paging for most of an hour after the series
 came back. Once a detector has scored a step anomalous, it watches the step
-with the last ``GATE_STEPS`` steps: when they no longer deviate the incident's
-way by ``GATE_Z`` sigmas, the long window forgets the steps before them.
+with the last ``CLEAR_STEPS`` steps: when they no longer deviate the incident's
+way by ``CLEAR_Z`` sigmas, the long window forgets the steps before them.
 """
-GATE_Z: Final = 1.2816
+CLEAR_Z: Final = 1.2816
+
+
+def follow_incident(windows: WindowSums, way: str, excess: float, variance: float) -> str:
+    """The incident's direction after a step: ``way`` while the mid window's ``excess`` (with
+    its ``variance``) still leans that way, else ``""``, and ``windows`` forgets its old steps.
+
+    >>> w = WindowSums(1, 4, mid=2)
+    >>> for x in (9.0, 9.0, 0.0, 0.0):
+    ...     w.push(x, 1.0)
+    >>> follow_incident(w, "up", -2.0, 2.0), w.sums  # over: only the last 2 steps are left
+    ('', (0.0, 1.0, 0.0, 2.0))
+    """
+    if leans(excess, variance, way):
+        return way
+    # the incident is over: its steps leave the long window now, not ``long`` steps later
+    windows.forget_before_mid()
+    return ""
 
 
 def leans(excess: float, variance: float, direction: str) -> bool:
-    """Whether a window ``excess`` over its expectation leans ``direction`` by ``GATE_Z`` sigmas.
+    """Whether a window ``excess`` over its expectation leans ``direction`` by ``CLEAR_Z`` sigmas.
 
     >>> leans(-6.0, 9.0, "down"), leans(-6.0, 9.0, "up"), leans(-3.0, 9.0, "down")
     (True, False, False)
     """
-    if excess * excess <= GATE_Z * GATE_Z * variance:
+    if excess * excess <= CLEAR_Z * CLEAR_Z * variance:
         return False
     return direction == ("up" if excess > 0.0 else "down")
 

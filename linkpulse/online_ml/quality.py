@@ -303,7 +303,7 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             acc["labels"] += k["labels"]
             acc["detected"] += k["detected"]
             acc["delays"] += k["delays"]
-            acc["clears"] += k.get("clear_delays", [])
+            acc["clears"] += k["clear_delays"]
             acc["fp"] += k["false_incidents_on_its_metrics"]
             acc["tp"] += k["true_incidents"]
     out_kinds = {}
@@ -328,7 +328,7 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     days = sum(r["overall"]["normal_tenant_days"] for r in reports)
     detected = sum(k["detected"] for k in out_kinds.values())
     delays = [d for r in reports for k in r["kinds"].values() for d in k["delays"]]
-    clears = [d for r in reports for k in r["kinds"].values() for d in k.get("clear_delays", [])]
+    clears = [d for r in reports for k in r["kinds"].values() for d in k["clear_delays"]]
     precision = (incidents - false) / incidents if incidents else 0.0
     recall = detected / labels if labels else 0.0
     return {

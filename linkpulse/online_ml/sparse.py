@@ -12,7 +12,7 @@ unlikely minute, but an hour without its usual 40 orders is). Each is
 calibrated (the scan's calibrator learns how much more often the smallest of
 four tails is small); the verdict is the smallest times three.
 Once a step is scored anomalous the detector follows the incident: when the
-step with the last ``GATE_STEPS`` (15) no longer leans its way, the long
+step with the last ``CLEAR_STEPS`` (15) no longer leans its way, the long
 window forgets the steps before them, so a 15-minute spike stops paging
 about a quarter of an hour after it ended, not an hour.
 
@@ -40,13 +40,13 @@ from typing import ClassVar, Final
 from linkpulse.online_ml.core import (
     ANOMALOUS_P,
     ANOMALOUS_WEIGHT,
-    GATE_STEPS,
+    CLEAR_STEPS,
     Calibrator,
     ScalarDetector,
     Scan,
     Verdict,
     WindowSums,
-    leans,
+    follow_incident,
 )
 from linkpulse.online_ml.profile import LN2, SeasonalProfile
 from linkpulse.online_ml.stats import poisson_two_sided
@@ -87,8 +87,8 @@ class SparseCounts(ScalarDetector):
         dispersion_half_life_days: float = 3.0,
     ) -> None:
         super().__init__(series=series, period_s=period_s, grace=grace, percent=percent)
-        self._windows = WindowSums(short, long, min(GATE_STEPS, long))  # (counts, rates)
-        self._incident = ""  # the direction of the incident under way, if any (GATE_STEPS)
+        self._windows = WindowSums(short, long, min(CLEAR_STEPS, long))  # (counts, rates)
+        self._incident = ""  # the direction of the incident under way, if any (CLEAR_STEPS)
         self._scan = Scan(short)  # the scan's (counts, rates) of the last steps
         # dispersion of the window sums: rate errors last longer than a step, so sums spread
         # more than phi alone says
@@ -202,17 +202,13 @@ class SparseCounts(ScalarDetector):
         lam = 0.0 if 0.0 > lam else lam
         self._windows.push(v, lam)
         self._scan.push(v, lam)
-        if self._incident or verdict.p < ANOMALOUS_P:
-            way = self._incident or verdict.direction
+        anomalous = verdict.p < ANOMALOUS_P
+        if self._incident or anomalous:
             mx, ml = self._windows.mid_sums
-            pw0 = self._phi_w[0]
-            if leans(mx - ml, (pw0 if pw0 > self._phi else self._phi) * ml, way):
-                self._incident = way
-            else:
-                # the incident is over: its steps leave the long window now, not in an hour
-                self._windows.forget_before_mid()
-                self._incident = ""
-        if prof.n > 0 and verdict.p < ANOMALOUS_P:
+            phi_s = max(self._phi_w[0], self._phi)  # as the scan's, in _tests
+            way = self._incident or verdict.direction
+            self._incident = follow_incident(self._windows, way, mx - ml, phi_s * ml)
+        if prof.n > 0 and anomalous:
             # an anomalous step teaches the profile its band's edge, not its value: a burst
             # would leave the rate high for hours and page "down" once it has passed
             edge = self._band * math.sqrt(self._phi * lam)
