@@ -6,13 +6,14 @@ ratio's denominator, ``MetricWindow.count``), the step has ``k = x * n``
 successes; the usual rate is the exponentially weighted share of successes
 in all trials (half-life ``half_life_days``), over-dispersion ``phi`` is
 learned as for counts, and ``k / phi`` out of ``n / phi`` is scored with a
-binomial tail: for the step; for the step plus the last 1, 2, 3 and ``short``
-steps before it, the smallest of the four (a scan: a spike that began two
-minutes ago is tested on its own minutes, not diluted by normal ones); and
-for the step plus the ``long`` steps before it. Each of the three is
+binomial tail. Two tests: a scan of the step alone and of the step plus the
+last 1, 2, 3 and ``short`` steps, the smallest of the five tails (a spike
+that began two minutes ago is tested on its own minutes, not diluted by
+normal ones); and the step plus the ``long`` steps before it. Each is
 calibrated (the scan's calibrator learns how much more often the smallest of
-four tails is small), the verdict is the smallest times three. Without
-``n`` a step counts as one trial.
+five tails is small, so the scan's windows cost what they cost on this
+series, not a Bonferroni factor each); the verdict is the smallest times two.
+Without ``n`` a step counts as one trial.
 Once a step is scored anomalous the detector follows the incident: when the
 step with the last ``CLEAR_STEPS`` (15) no longer leans its way, the long
 window forgets the steps before them, so a 15-minute spike stops paging
@@ -59,7 +60,7 @@ def _two_sided(
 ) -> tuple[float, str]:
     """Quasi-binomial two-sided tail of ``k`` successes in ``n`` trials at rate ``p``.
 
-    ``log_p``, ``log_q``: ``log(p)`` and ``log1p(-p)``, taken once for the step's three tests.
+    ``log_p``, ``log_q``: ``log(p)`` and ``log1p(-p)``, taken once for the step's tests.
     """
     if n <= 0.0:
         return 1.0, "none"
@@ -79,7 +80,8 @@ class BinomialRate(ScalarDetector):
     """Quasi-binomial tails of a ratio's step and recent windows; see the module docstring."""
 
     name: ClassVar[str] = "binomial"
-    STATE_VERSION = 3  # 2: the scan over the last steps; 3: the incident it follows
+    # 2: the scan over the last steps; 3: the incident it follows; 4: the step in the scan
+    STATE_VERSION = 4
     __slots__ = ("_k", "_m", "_alpha", "_phi", "_windows", "_cal", "_band", "_scan", "_incident")
 
     def __init__(
@@ -102,7 +104,7 @@ class BinomialRate(ScalarDetector):
         self._windows = WindowSums(short, long, min(CLEAR_STEPS, long))  # (successes, trials)
         self._incident = ""  # the direction of the incident under way, if any (CLEAR_STEPS)
         self._scan = Scan(short)  # the scan's (successes, trials) of the last steps
-        self._cal = (Calibrator(), Calibrator(), Calibrator())
+        self._cal = (Calibrator(), Calibrator())  # the scan's (the step's too), the long's
         self._band = band_sigmas
 
     def _rate(self) -> float:
@@ -157,17 +159,18 @@ class BinomialRate(ScalarDetector):
         share = 0.0 if 0.0 > x else x
         k = (1.0 if 1.0 < share else share) * n
         p0, p1, p2, d0, d1, d2 = self._tests(k, n, p)
-        c0, c1, c2 = self._cal
-        q, d, feature = c0.calibrate(p0), d0, "value"
-        q1 = c1.calibrate(p1)
-        if q1 < q:
-            q, d, feature = q1, d1, "recent_mean"
+        c1, c2 = self._cal
+        # the step is the scan's shortest window: one test, one calibrator (see the module)
+        if p0 <= p1:
+            q, d, feature = c1.calibrate(p0), d0, "value"
+        else:
+            q, d, feature = c1.calibrate(p1), d1, "recent_mean"
         q2 = c2.calibrate(p2)
         if q2 < q:
             q, d, feature = q2, d2, "long_mean"
         sigmas = (x - p) / sd if sd > 0.0 else None
         raw = (p, p0, p1, p2)
-        q *= 3.0
+        q *= 2.0
         q = q if q < 1.0 else 1.0
         return Verdict(q, d, p, lower, upper, sigmas, feature, self.name, raw=raw)
 
@@ -183,12 +186,11 @@ class BinomialRate(ScalarDetector):
             else:
                 p = min(max(self._rate(), 1e-6), 1.0 - 1e-6)
                 p0, p1, p2, _, _, _ = self._tests(k, n, p)
-            c0, c1, c2 = self._cal
+            c1, c2 = self._cal
             # an anomalous step is learned at a tenth of its weight, so a burst bends the
             # rate and the calibration little while a lasting change is still followed
             w = learn_weight(verdict.p)
-            c0.learn(p0, w)
-            c1.learn(p1, w)
+            c1.learn(p0 if p0 < p1 else p1, w)
             c2.learn(p2, w)
             var = n * p * (1.0 - p)
             if var > 0.0:

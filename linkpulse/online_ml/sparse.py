@@ -4,13 +4,13 @@ Per-seller series have 0-3 events a minute, where a Gaussian z-score pages
 on noise. Here the expected count ``lam`` comes from a ``SeasonalProfile``
 of the counts, over-dispersion ``phi`` (variance / mean, at least 1) is
 learned, and ``x / phi`` is taken as Poisson with mean ``lam / phi``
-(quasi-Poisson). Three tests: the step itself; a scan of the step plus the
-last 1, 2, 3 and ``short`` steps, the smallest of the four tails (a change
-that began two minutes ago is tested on its own minutes); and the step plus
-the ``long`` steps before it (a seller that stopped selling shows no single
-unlikely minute, but an hour without its usual 40 orders is). Each is
-calibrated (the scan's calibrator learns how much more often the smallest of
-four tails is small); the verdict is the smallest times three.
+(quasi-Poisson). Two tests: a scan of the step alone and of the step plus
+the last 1, 2, 3 and ``short`` steps, the smallest of the five tails (a
+change that began two minutes ago is tested on its own minutes); and the
+step plus the ``long`` steps before it (a seller that stopped selling shows
+no single unlikely minute, but an hour without its usual 40 orders is). Each
+is calibrated (the scan's calibrator learns how much more often the smallest
+of five tails is small); the verdict is the smallest times two.
 Once a step is scored anomalous the detector follows the incident: when the
 step with the last ``CLEAR_STEPS`` (15) no longer leans its way, the long
 window forgets the steps before them, so a 15-minute spike stops paging
@@ -69,7 +69,8 @@ class SparseCounts(ScalarDetector):
         "_scan",
         "_incident",
     )
-    STATE_VERSION = 3  # 2: the scan over the last steps; 3: the incident it follows
+    # 2: the scan over the last steps; 3: the incident it follows; 4: the step in the scan
+    STATE_VERSION = 4
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class SparseCounts(ScalarDetector):
         )
         self._phi = 1.0
         self._a_phi = LN2 / max(1.0, dispersion_half_life_days * self.steps_per_day)
-        self._cal = (Calibrator(), Calibrator(), Calibrator())
+        self._cal = (Calibrator(), Calibrator())  # the scan's (the step's too), the long's
         self._band = band_sigmas
 
     @property
@@ -154,17 +155,18 @@ class SparseCounts(ScalarDetector):
         upper = lam + self._band * sd
         if self._profile.n == 0:
             return Verdict(1.0, "none", lam, lower, upper, None, "value", self.name)
-        c0, c1, c2 = self._cal
-        p, d, feature = c0.calibrate(p0), d0, "value"
-        q = c1.calibrate(p1)
-        if q < p:
-            p, d, feature = q, d1, "recent_mean"
+        c1, c2 = self._cal
+        # the step is the scan's shortest window: one test, one calibrator (see the module)
+        if p0 <= p1:
+            p, d, feature = c1.calibrate(p0), d0, "value"
+        else:
+            p, d, feature = c1.calibrate(p1), d1, "recent_mean"
         q = c2.calibrate(p2)
         if q < p:
             p, d, feature = q, d2, "long_mean"
         sigmas = (v - lam) / sd if sd > 0.0 else None
         raw = (lam, p0, p1, p2)
-        p *= 3.0
+        p *= 2.0
         return Verdict(
             p if p < 1.0 else 1.0, d, lam, lower, upper, sigmas, feature, self.name, raw=raw
         )
@@ -177,10 +179,9 @@ class SparseCounts(ScalarDetector):
                 lam, p0, p1, p2 = verdict.raw
             else:
                 lam, p0, p1, p2, _, _, _ = self._tests(ts, v)
-            c0, c1, c2 = self._cal
+            c1, c2 = self._cal
             w = ANOMALOUS_WEIGHT if verdict.p < ANOMALOUS_P else 1.0  # learn_weight
-            c0.learn(p0, w)
-            c1.learn(p1, w)
+            c1.learn(p0 if p0 < p1 else p1, w)
             c2.learn(p2, w)
             if lam > 0.05:
                 phi = self._phi
