@@ -128,6 +128,14 @@ def test_small_simulated_evaluation_writes_a_report_and_a_plot(tmp_path: Path) -
         assert kinds[kind]["median_delay"] <= 5, (kind, kinds[kind])
     seed = report["seeds"]["11"]
     assert seed["events"] > 100_000 and seed["scoring"]["series"] > 10
+    # each failure spike has its oracle's delay beside its own: the oracle knows the rate and
+    # the start, so it pages no later than the detector
+    spike = seed["kinds"]["failure_spike"]
+    assert len(spike["oracle_delays"]) == len(spike["label_delays"]) == 1
+    assert spike["oracle_delays"][0] is not None
+    assert spike["oracle_delays"][0] <= spike["label_delays"][0]
+    assert kinds["failure_spike"]["median_oracle_delay"] == spike["oracle_delays"][0]
+    assert kinds["traffic_surge"]["median_oracle_delay"] is None  # no oracle for that kind
     assert {"1m", "1h"} <= set(report["forecasts"]) or report["forecasts"] == {}
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
@@ -157,6 +165,35 @@ def test_a_seller_label_is_found_only_on_that_sellers_or_the_tenants_series() ->
         kind = evaluate_scores(scores, [lab], minutes=100)["kinds"]["seller_shift"]
         assert kind["detected"] == int(found), (key, kind)
         assert kind["delays"] == ([10.0] if found else []), key
+        assert kind["label_delays"] == [10.0 if found else None], key
+
+
+def test_label_delays_keep_the_labels_order_with_the_missed_ones() -> None:
+    from linkpulse.online_ml.quality import Label, evaluate_scores
+
+    labs = [Label("refund_burst", "acme", 10, 20), Label("refund_burst", "acme", 50, 60),
+            Label("refund_burst", "acme", 130, 140)]  # fmt: skip
+    scores = [0.0] * 200
+    scores[13] = scores[131] = 1.0  # the first found after 3 windows, the third after 1
+    kind = evaluate_scores({"acme|refunds||1m": scores}, labs, minutes=200)["kinds"]
+    assert kind["refund_burst"]["label_delays"] == [3.0, None, 1.0]
+    assert kind["refund_burst"]["delays"] == [3.0, 1.0]
+
+
+def test_the_oracle_pages_at_the_first_window_rare_enough_and_never_before_the_start() -> None:
+    from linkpulse.online_ml.quality import Label, oracle_rate_delay
+    from linkpulse.online_ml.stats import binom_sf
+
+    lab = Label(kind="failure_spike", tenant="acme", start=10, end=25)
+    trials = [4.0] * 60
+    # a burst of failures before the label is not the label's: the oracle starts at its start
+    rates = [0.0] * 6 + [1.0] * 4 + [0.0, 0.5, 0.0, 0.75] + [0.0] * 46
+    delay = oracle_rate_delay(rates, trials, lab, 0.02)
+    alpha = -math.log(0.99) / 1440
+    # minute 13's window from minute 11 has 5 of 12; no window ending earlier is rare enough
+    assert binom_sf(5, 12, 0.02) <= alpha < binom_sf(2, 4, 0.02)
+    assert delay == 3.0
+    assert oracle_rate_delay(rates, trials, lab, 0.02, threshold=0.999999) is None
 
 
 def test_one_record_order_is_no_page_on_a_heavy_tailed_sum_but_is_on_a_normal_one() -> None:

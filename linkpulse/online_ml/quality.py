@@ -46,6 +46,7 @@ from urllib.parse import unquote
 from linkpulse.online_ml.base import PAGE_THRESHOLD
 from linkpulse.online_ml.joint import TENANT_FEATURES, build_joint_detector
 from linkpulse.online_ml.spec import build_detector, series_kind
+from linkpulse.online_ml.stats import binom_sf
 from linkpulse.schemas.outputs import AnomalyScore
 
 JOINT: Final = "joint"
@@ -209,6 +210,8 @@ def evaluate_scores(
         wanted = set(KIND_METRICS.get(kind, ()))
         delays: list[float] = []
         clears: list[float] = []
+        # per label of the kind, in the order given: its delay, or None if not detected
+        label_delays: list[float | None] = []
         detected = 0
         for lab in labs:
             hits = [
@@ -220,6 +223,7 @@ def evaluate_scores(
                 and lab.start <= i <= lab.end + after
                 and (lab.seller_id is None or seller is None or seller == lab.seller_id)
             ]
+            label_delays.append(float(min(hits) - lab.start) if hits else None)
             if hits:
                 detected += 1
                 delays.append(float(min(hits) - lab.start))
@@ -239,6 +243,7 @@ def evaluate_scores(
             "f1": _f1(precision, recall),
             "median_delay": statistics.median(delays) if delays else None,
             "delays": delays,
+            "label_delays": label_delays,
             "median_clear_delay": statistics.median(clears) if clears else None,
             "clear_delays": clears,
             "true_incidents": tp,
@@ -273,6 +278,51 @@ def evaluate_scores(
     }
 
 
+def oracle_rate_delay(
+    rates: Sequence[float | None],
+    trials: Sequence[float | None],
+    lab: Label,
+    base_rate: float,
+    *,
+    threshold: float = PAGE_THRESHOLD,
+    after: int = 30,
+    steps_per_day: float = 1440.0,
+) -> float | None:
+    """The delay of an oracle on a rise of a ratio: the earliest the data let any detector page.
+
+    The oracle knows the usual rate (``base_rate``) and when the anomaly
+    began. At each minute ``m`` from the label's start on, it tests every
+    window from a minute ``a >= start`` to ``m`` with the binomial upper tail
+    of its successes (``rate * trials`` per minute), and pages at the first
+    window whose tail is at most the p a page needs (score ``threshold``:
+    ``-ln(threshold) / steps_per_day``), counting none of its many tests. A
+    detector must learn the rate and cannot know the start, so it pages no
+    sooner on average: the gap between the two is what modelling can still win.
+    ``None``: the oracle too finds nothing before ``lab.end + after``.
+
+    >>> lab = Label(kind="failure_spike", tenant="acme", start=5, end=20)
+    >>> rates = [0.0] * 5 + [0.4] * 15  # 4 of 10 payments fail from minute 5, usually 2%
+    >>> oracle_rate_delay(rates, [10.0] * 20, lab, 0.02)  # 8 of 20 in its first two minutes
+    1.0
+    >>> oracle_rate_delay([0.0] * 5 + [0.5] * 15, [2.0] * 20, lab, 0.02)  # 1 of 2 a minute
+    4.0
+    >>> oracle_rate_delay([0.0] * 20, [2.0] * 20, lab, 0.02) is None  # no rise: no page
+    True
+    """
+    alpha = -math.log(threshold) / steps_per_day
+    stop = min(len(rates), len(trials), lab.end + after + 1)
+    for m in range(lab.start, stop):
+        k = n = 0
+        for a in range(m, lab.start - 1, -1):
+            x, t = rates[a], trials[a]
+            if x is not None and t is not None and t > 0:
+                n += round(t)
+                k += round(x * t)
+            if n and binom_sf(k, n, base_rate) <= alpha:
+                return float(m - lab.start)
+    return None
+
+
 def _seller_of(key: str) -> str | None:
     """The seller id of a per-seller series key (``seller_id=...`` in its dims), else None.
 
@@ -304,6 +354,8 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             acc["detected"] += k["detected"]
             acc["delays"] += k["delays"]
             acc["clears"] += k["clear_delays"]
+            found = [d for d in k.get("oracle_delays", ()) if d is not None]
+            acc.setdefault("oracle", []).extend(found)
             acc["fp"] += k["false_incidents_on_its_metrics"]
             acc["tp"] += k["true_incidents"]
     out_kinds = {}
@@ -319,6 +371,8 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "f1": _f1(precision, recall),
             "median_delay": statistics.median(acc["delays"]) if acc["delays"] else None,
             "median_clear_delay": statistics.median(acc["clears"]) if acc["clears"] else None,
+            # where the evaluation knows the earliest possible page (oracle_rate_delay)
+            "median_oracle_delay": statistics.median(acc["oracle"]) if acc.get("oracle") else None,
             "true_incidents": tp,
             "false_incidents_on_its_metrics": acc["fp"],
         }
