@@ -7,12 +7,14 @@ count ``n`` (``MetricWindow.count``, which the flow passes for every window),
 the log of the mean amount ``y = ln(x / n)`` is close to normal with
 variance ``v / n`` (``v``: the spread of one event's log amount, learned), so
 the test is as sharp as the count of events allows and ignores how many
-there were. Three tests, as for counts: the step, and the amounts of the
-last ``short`` (12) and ``long`` (30) steps pooled (``ln(sum x / sum n)``),
-each with its own learned spread and ``Calibrator``; the verdict is the
-smallest times three. Steps without events, or without ``n``, are not
-tested. A step scored as anomalous is learned at a tenth of its weight, so
-an incident bends the usual amount little.
+there were. Three tests: the step, and the amounts of the last ``short``
+(12) and ``long`` (30) steps pooled (``ln(sum x / sum n)``), each with its
+own learned spread and ``Calibrator``; the verdict is the smallest times
+three. (Not one scan as in the count detectors: a sum ensemble 1.5 times
+less strict paged 3 more false pages on GMV's heavy tail on seeds 1-4, and
+revenue drops only 0-2 windows sooner.) Steps without events, or without
+``n``, are not tested. A step scored as anomalous is learned at a tenth of
+its weight, so an incident bends the usual amount little.
 
 >>> from datetime import UTC, datetime, timedelta
 >>> import random; rng = random.Random(2)
