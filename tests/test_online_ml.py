@@ -249,6 +249,29 @@ def test_a_burst_teaches_the_count_profile_little() -> None:
     assert after < 1.3 * before, f"seed {SEED}: expected {before:.2f} before, {after:.2f} after"
 
 
+def test_one_event_in_a_quiet_hour_leaves_a_sparse_profile_as_it_was() -> None:
+    # A seller's refunds come only around 08:00 (and once, on the first day, at 05:10, so the
+    # 05:00 curve is tiny but not 0). Its first event at 05:50 on a new weekday was divided
+    # by that tiny curve: the level grew 24 times (0.0014 -> 0.035), the weekday factors
+    # were thrown off, and on the evaluation's seed 11 such a series then paged "down" for
+    # hours on end (6 of the 22 false incidents on seeds 9-12 were such pages).
+    from linkpulse.online_ml.profile import SeasonalProfile
+
+    rng = random.Random(SEED)
+    prof = SeasonalProfile(clip=30.0)  # as the count detector's
+    t0 = T0.timestamp()
+    for minute in range(4 * 1440):
+        busy = minute % 1440 // 60 == 8 and rng.random() < 0.1
+        prof.learn(t0 + 60.0 * minute, 1.0 if busy or minute == 310 else 0.0)
+    ts = t0 + 4 * 86400 + (5 * 60 + 50) * 60  # Friday 05:50
+    level, later = prof.level, prof.expected(ts + 2 * 3600)
+    prof.learn(ts, 1.0)
+    assert prof.level < 1.25 * level, f"seed {SEED}: level {level:.5f} -> {prof.level:.5f}"
+    after = prof.expected(ts + 2 * 3600)
+    assert after < 1.25 * later, f"seed {SEED}: 07:50 expected {later:.4f} -> {after:.4f}"
+    assert all(0.5 < w < 2.0 for w in prof._weekly), f"seed {SEED}: weekdays {prof._weekly}"
+
+
 @pytest.mark.parametrize("kind", ["count", "ratio"])
 def test_a_short_incident_stops_paging_soon_after_it_ends(kind: str) -> None:
     # The 60-step window holds a spike for an hour after it; once the last CLEAR_STEPS steps

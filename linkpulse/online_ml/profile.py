@@ -209,12 +209,18 @@ class SeasonalProfile(Versioned):
                 daily[j] += aj * (xc - mu)
             self._weekly[wd] += a_week * (xc - mu)
         elif level > 0.0 and d > 0.0 and w > 0.0:
-            self._level += a_level * (xc / (d * w) - level)
+            # The level and the weekday learn the residual as a share of the mean step
+            # (factor 1), not of this step's: a step the hour's curve expects little of says
+            # little about the day. Divided by this step's tiny `d`, one event in an hour a
+            # sparse series had never seen busy would multiply the level and the weekday
+            # hundreds of times over (what ratio-of-sums estimators avoid; same fixed point).
+            resid = xc - mu
+            self._level += a_level * resid
             if g > 0.0:
                 daily[i] += ai * (xc / (level * w) - daily[i])
             if f > 0.0:
                 daily[j] += aj * (xc / (level * w) - daily[j])
-            self._weekly[wd] += a_week * (xc / (level * d) - w)
+            self._weekly[wd] += a_week * resid / level
         else:
             self._level += a_level * (max(xc, 0.0) - level)
         dn[i] += g
