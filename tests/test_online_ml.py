@@ -297,6 +297,29 @@ def test_a_short_incident_stops_paging_soon_after_it_ends(kind: str) -> None:
     assert last < 20, f"seed {SEED}: still paging {last} steps after the spike ended"
 
 
+def test_big_orders_alone_make_no_joint_page() -> None:
+    # The joint test is for shifts spread over features: one feature far out is its own
+    # detector's page. With z capped at 6, the big orders of three quiet days of log-normal
+    # amounts (GMV z ~ 6 now and then) made a joint page (score 0.9998); capped at 4, none.
+    rng = random.Random(SEED)
+    det = build_joint_detector("acme", features=("orders", "gmv", "page_views"), grace=1440)
+
+    def step(i: int) -> AnomalyScore:
+        views = float(poisson_draw(rng, 200.0 * daily_factor(i)))
+        orders = float(poisson_draw(rng, 5.0 * daily_factor(i)))
+        gmv = sum(rng.lognormvariate(math.log(40.0), 0.7) for _ in range(int(orders)))
+        return det.update(T0 + timedelta(minutes=i), {"orders": orders, "gmv": gmv,
+                                                      "page_views": views})  # fmt: skip
+
+    start = 3 * 1440
+    quiet = max(step(i).score for i in range(start))
+    assert quiet < PAGE_THRESHOLD, f"seed {SEED}"
+    big = det.update(T0 + timedelta(minutes=start),
+                     {"orders": 5.0, "gmv": 5000.0, "page_views": 200.0})  # fmt: skip
+    assert big.details.sigmas is not None and big.details.sigmas > 3.9, f"seed {SEED}"
+    assert big.score < PAGE_THRESHOLD, f"seed {SEED}: {big.explanation}"
+
+
 def test_detector_for_window_follows_the_metric_registry() -> None:
     w = MetricWindow(
         metric="payment_failure_rate", tenant="acme", dims_key="seller_id=s1",
