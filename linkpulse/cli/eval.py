@@ -41,15 +41,13 @@ from linkpulse.online_ml.quality import (
 )
 from linkpulse.simulator.anomalies import KINDS, parse_time
 from linkpulse.simulator.backfill import Backfill, BackfillConfig, backfill, eval_schedule
-from linkpulse.simulator.generator import TrafficConfig
+from linkpulse.simulator.generator import BASE_FAILURE_RATE
 from linkpulse.simulator.model import MarketConfig, build_marketplace
 
 console = Console(stderr=True)
 DEFAULT_START = "2026-11-02T00:00:00Z"  # a Monday
 FORECAST_METRICS = ("gmv", "orders", "page_views")
 SELLERS_SCORED = 3  # per tenant: the biggest sellers' series are scored (anomalies target them)
-# the simulator's usual payment failure rate (a backfill keeps its default)
-BASE_FAILURE_RATE = TrafficConfig(rate=1.0, start=0.0, duration=None).failure_rate
 
 
 def _parse_seeds(text: str, option: str) -> list[int]:
@@ -176,9 +174,10 @@ def evaluate_seed(
 def add_oracle_delays(report: dict[str, Any], data: Backfill, threshold: float) -> None:
     """Give the failure spikes of ``report`` their oracle's delays, in label order.
 
-    The oracle knows the simulator's usual failure rate and when each spike
-    began (``quality.oracle_rate_delay``): the earliest the data let any
-    detector page, beside which the detectors' delays can be judged.
+    The oracle knows the simulator's usual failure rate (a backfill runs at
+    ``BASE_FAILURE_RATE``) and when each spike began (``quality.oracle_rate_delay``):
+    the earliest the data let any detector page, beside which the detectors'
+    delays can be judged.
     """
     kind = report["kinds"].get("failure_spike")
     if kind is None:

@@ -27,7 +27,7 @@ from linkpulse.simulator.anomalies import (
     parse_time,
     resolve,
 )
-from linkpulse.simulator.generator import TrafficConfig
+from linkpulse.simulator.generator import BASE_FAILURE_RATE, TrafficConfig
 from linkpulse.simulator.model import MarketConfig, build_marketplace
 from linkpulse.simulator.report import render_summary
 from linkpulse.simulator.runner import RunPlan, RunSummary, run, utcnow
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
         seasonality: bool = typer.Option(
             True, "--seasonality/--no-seasonality", help="daily and weekly rate curves"
         ),
-        failure_rate: float = typer.Option(0.025, help="base payment failure rate"),
+        failure_rate: float = typer.Option(BASE_FAILURE_RATE, help="base payment failure rate"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     ) -> None:
         """Generate realistic marketplace traffic, with labeled anomalies, into NATS or a file."""

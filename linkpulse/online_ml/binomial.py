@@ -47,7 +47,9 @@ from linkpulse.online_ml.core import (
     Verdict,
     WindowSums,
     follow_incident,
+    learn_scan_or_long,
     learn_weight,
+    scan_or_long,
 )
 from linkpulse.online_ml.profile import LN2
 from linkpulse.online_ml.stats import binom_two_sided
@@ -159,19 +161,9 @@ class BinomialRate(ScalarDetector):
         share = 0.0 if 0.0 > x else x
         k = (1.0 if 1.0 < share else share) * n
         p0, p1, p2, d0, d1, d2 = self._tests(k, n, p)
-        c1, c2 = self._cal
-        # the step is the scan's shortest window: one test, one calibrator (see the module)
-        if p0 <= p1:
-            q, d, feature = c1.calibrate(p0), d0, "value"
-        else:
-            q, d, feature = c1.calibrate(p1), d1, "recent_mean"
-        q2 = c2.calibrate(p2)
-        if q2 < q:
-            q, d, feature = q2, d2, "long_mean"
+        q, d, feature = scan_or_long(self._cal, p0, p1, p2, d0, d1, d2)
         sigmas = (x - p) / sd if sd > 0.0 else None
         raw = (p, p0, p1, p2)
-        q *= 2.0
-        q = q if q < 1.0 else 1.0
         return Verdict(q, d, p, lower, upper, sigmas, feature, self.name, raw=raw)
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
@@ -186,12 +178,10 @@ class BinomialRate(ScalarDetector):
             else:
                 p = min(max(self._rate(), 1e-6), 1.0 - 1e-6)
                 p0, p1, p2, _, _, _ = self._tests(k, n, p)
-            c1, c2 = self._cal
             # an anomalous step is learned at a tenth of its weight, so a burst bends the
             # rate and the calibration little while a lasting change is still followed
             w = learn_weight(verdict.p)
-            c1.learn(p0 if p0 < p1 else p1, w)
-            c2.learn(p2, w)
+            learn_scan_or_long(self._cal, p0, p1, p2, w)
             var = n * p * (1.0 - p)
             if var > 0.0:
                 ratio = min((k - n * p) ** 2 / var, 4.0 * self._phi + 4.0)

@@ -447,6 +447,50 @@ def leans(excess: float, variance: float, direction: str) -> bool:
     return direction == ("up" if excess > 0.0 else "down")
 
 
+def scan_or_long(
+    cal: tuple[Calibrator, Calibrator],
+    p0: float,
+    p1: float,
+    p2: float,
+    d0: str,
+    d1: str,
+    d2: str,
+) -> tuple[float, str, str]:
+    """A count or ratio detector's verdict ``(p, direction, feature)`` of its two tests.
+
+    ``p0``: the step alone, ``p1``: the scan's smallest tail (the step with the last
+    ``SCAN_STEPS`` and ``short`` steps), ``p2``: the long window, with their directions.
+    The step is the scan's shortest window, so the two share the scan's calibrator
+    (``cal[0]``; ``cal[1]`` is the long window's); the verdict is the smaller calibrated
+    tail times two (Bonferroni over the two tests).
+
+    >>> honest = (Calibrator(), Calibrator())
+    >>> p, direction, feature = scan_or_long(honest, 1e-6, 1e-3, 0.5, "up", "up", "none")
+    >>> round(p, 12), direction, feature  # the step's tail, an honest one, times two
+    (2e-06, 'up', 'value')
+    >>> scan_or_long(honest, 0.2, 1e-3, 1e-5, "up", "up", "down")[1:]
+    ('down', 'long_mean')
+    """
+    scan, long = cal
+    if p0 <= p1:
+        q, d, feature = scan.calibrate(p0), d0, "value"
+    else:
+        q, d, feature = scan.calibrate(p1), d1, "recent_mean"
+    q2 = long.calibrate(p2)
+    if q2 < q:
+        q, d, feature = q2, d2, "long_mean"
+    q *= 2.0
+    return (q if q < 1.0 else 1.0), d, feature
+
+
+def learn_scan_or_long(
+    cal: tuple[Calibrator, Calibrator], p0: float, p1: float, p2: float, weight: float
+) -> None:
+    """Teach ``scan_or_long``'s calibrators one step's tails (the scan's: the step's too)."""
+    cal[0].learn(p0 if p0 < p1 else p1, weight)
+    cal[1].learn(p2, weight)
+
+
 SCAN_STEPS: Final = (1, 2, 3)
 """The scans' window lengths in steps before the step, besides the detector's ``short``."""
 

@@ -208,11 +208,9 @@ def evaluate_scores(
     for kind in sorted({lab.kind for lab in labels}):
         labs = [lab for lab in labels if lab.kind == kind]
         wanted = set(KIND_METRICS.get(kind, ()))
-        delays: list[float] = []
         clears: list[float] = []
         # per label of the kind, in the order given: its delay, or None if not detected
         label_delays: list[float | None] = []
-        detected = 0
         for lab in labs:
             hits = [
                 i
@@ -225,12 +223,12 @@ def evaluate_scores(
             ]
             label_delays.append(float(min(hits) - lab.start) if hits else None)
             if hits:
-                detected += 1
-                delays.append(float(min(hits) - lab.start))
                 # the last page of the incidents it is part of: how long after the anomaly's
                 # end the page goes on (negative: it cleared while the anomaly still ran)
                 last = max(inc[2] for inc in incidents if overlaps(inc, lab))
                 clears.append(float(last - lab.end))
+        delays = [d for d in label_delays if d is not None]
+        detected = len(delays)
         tp = sum(1 for inc in incidents if any(overlaps(inc, lab) for lab in labs))
         fp = sum(1 for inc in false_incidents if inc[3] & wanted)
         recall = detected / len(labs)
@@ -347,15 +345,14 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {}
     for r in reports:
         for kind, k in r["kinds"].items():
-            acc = kinds.setdefault(
-                kind, {"labels": 0, "detected": 0, "tp": 0, "fp": 0, "delays": [], "clears": []}
-            )
+            empty = {"labels": 0, "detected": 0, "tp": 0, "fp": 0, "delays": [], "clears": [],
+                     "oracle": []}  # fmt: skip
+            acc = kinds.setdefault(kind, empty)
             acc["labels"] += k["labels"]
             acc["detected"] += k["detected"]
             acc["delays"] += k["delays"]
             acc["clears"] += k["clear_delays"]
-            found = [d for d in k.get("oracle_delays", ()) if d is not None]
-            acc.setdefault("oracle", []).extend(found)
+            acc["oracle"] += [d for d in k.get("oracle_delays", ()) if d is not None]
             acc["fp"] += k["false_incidents_on_its_metrics"]
             acc["tp"] += k["true_incidents"]
     out_kinds = {}
@@ -372,7 +369,7 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "median_delay": statistics.median(acc["delays"]) if acc["delays"] else None,
             "median_clear_delay": statistics.median(acc["clears"]) if acc["clears"] else None,
             # where the evaluation knows the earliest possible page (oracle_rate_delay)
-            "median_oracle_delay": statistics.median(acc["oracle"]) if acc.get("oracle") else None,
+            "median_oracle_delay": statistics.median(acc["oracle"]) if acc["oracle"] else None,
             "true_incidents": tp,
             "false_incidents_on_its_metrics": acc["fp"],
         }

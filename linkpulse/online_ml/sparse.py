@@ -47,6 +47,8 @@ from linkpulse.online_ml.core import (
     Verdict,
     WindowSums,
     follow_incident,
+    learn_scan_or_long,
+    scan_or_long,
 )
 from linkpulse.online_ml.profile import LN2, SeasonalProfile
 from linkpulse.online_ml.stats import poisson_two_sided
@@ -155,21 +157,10 @@ class SparseCounts(ScalarDetector):
         upper = lam + self._band * sd
         if self._profile.n == 0:
             return Verdict(1.0, "none", lam, lower, upper, None, "value", self.name)
-        c1, c2 = self._cal
-        # the step is the scan's shortest window: one test, one calibrator (see the module)
-        if p0 <= p1:
-            p, d, feature = c1.calibrate(p0), d0, "value"
-        else:
-            p, d, feature = c1.calibrate(p1), d1, "recent_mean"
-        q = c2.calibrate(p2)
-        if q < p:
-            p, d, feature = q, d2, "long_mean"
+        p, d, feature = scan_or_long(self._cal, p0, p1, p2, d0, d1, d2)
         sigmas = (v - lam) / sd if sd > 0.0 else None
         raw = (lam, p0, p1, p2)
-        p *= 2.0
-        return Verdict(
-            p if p < 1.0 else 1.0, d, lam, lower, upper, sigmas, feature, self.name, raw=raw
-        )
+        return Verdict(p, d, lam, lower, upper, sigmas, feature, self.name, raw=raw)
 
     def learn(self, ts: float, x: float | None, verdict: Verdict) -> None:
         v = 0.0 if x is None else (0.0 if 0.0 > x else x)  # max(x, 0.0)
@@ -179,10 +170,8 @@ class SparseCounts(ScalarDetector):
                 lam, p0, p1, p2 = verdict.raw
             else:
                 lam, p0, p1, p2, _, _, _ = self._tests(ts, v)
-            c1, c2 = self._cal
             w = ANOMALOUS_WEIGHT if verdict.p < ANOMALOUS_P else 1.0  # learn_weight
-            c1.learn(p0 if p0 < p1 else p1, w)
-            c2.learn(p2, w)
+            learn_scan_or_long(self._cal, p0, p1, p2, w)
             if lam > 0.05:
                 phi = self._phi
                 ratio = (v - lam) ** 2 / lam

@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final
 
 from linkpulse.schemas.events import EVENT_CLASS_BY_TYPE, BaseEvent
 from linkpulse.simulator import funnel as F
@@ -34,6 +35,9 @@ from linkpulse.simulator.model import (
 )
 from linkpulse.simulator.schedule import Schedule
 from linkpulse.simulator.sessions import SessionWriter
+
+BASE_FAILURE_RATE: Final = 0.025
+"""The share of payments that fail in normal traffic (``--failure-rate``'s default)."""
 
 # Warm-up before the run's start: two simulated minutes, at most ~200k discarded events.
 WARMUP_S = 120.0
@@ -58,7 +62,7 @@ class TrafficConfig:
     duration: float | None
     seed: int = 42
     seasonality: bool = True
-    failure_rate: float = 0.025
+    failure_rate: float = BASE_FAILURE_RATE
     refund_rate: float = 0.03
     market: MarketConfig = field(default_factory=MarketConfig)
 
